@@ -1,0 +1,123 @@
+"""Prepare the machine once: OS packages, the Salt virtualenv and the offline wheelhouse.
+
+Every lab host is an overlay on the machine's root filesystem, so whatever is
+installed here before the hosts boot is installed in every host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+LAB_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path("/opt/pgcluster-lab")
+VENV = BASE_DIR / "venv"
+WHEELS = BASE_DIR / "wheels"
+PYTHON = "/usr/bin/python3"
+
+# Debian packages the formulas manage, plus what the lab itself needs.
+PACKAGES = (
+    "systemd-container",
+    "iproute2",
+    "python3-venv",
+    "postgresql-15",
+    "postgresql-contrib",
+    "etcd-server",
+    "etcd-client",
+    "pgbouncer",
+    "pgbackrest",
+    "haproxy",
+    "iputils-ping",
+)
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
+def say(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def _missing_packages() -> list[str]:
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *PACKAGES],
+        capture_output=True,
+        text=True,
+    ).stdout
+    installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
+    return [p for p in PACKAGES if p not in installed]
+
+
+def install_packages() -> None:
+    """Install missing Debian packages without starting their services on the machine."""
+    missing = _missing_packages()
+    if not missing:
+        say("OS packages: present")
+        return
+    say(f"OS packages: installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # The machine is not a database server: keep package scripts from starting services here.
+    had_policy = POLICY_RC_D.exists()
+    if not had_policy:
+        POLICY_RC_D.write_text("#!/bin/sh\nexit 101\n")
+        POLICY_RC_D.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    finally:
+        if not had_policy:
+            POLICY_RC_D.unlink(missing_ok=True)
+
+
+def _stamp_ok(stamp: Path, content: str) -> bool:
+    return stamp.exists() and stamp.read_text() == content
+
+
+def _pip(*args: str) -> None:
+    """Run the venv's pip quietly; show its output only when it fails."""
+    res = subprocess.run([str(VENV / "bin" / "pip"), *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout + res.stderr)
+        raise subprocess.CalledProcessError(res.returncode, res.args)
+
+
+def install_venv() -> None:
+    """Create the shared virtualenv with the pinned Salt and the test tools."""
+    reqs = (LAB_DIR / "requirements.txt").read_text()
+    stamp = VENV / ".pgcluster-lab-requirements"
+    if _stamp_ok(stamp, reqs):
+        say(f"virtualenv {VENV}: present")
+        return
+    say(f"virtualenv {VENV}: installing Salt and test tools")
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([PYTHON, "-m", "venv", str(VENV)], check=True)
+    _pip("install", "-q", "-r", str(LAB_DIR / "requirements.txt"))
+    stamp.write_text(reqs)
+
+
+def build_wheelhouse() -> None:
+    """Download/build the wheels the hosts install from (they reach no package index)."""
+    reqs = (LAB_DIR / "wheels.txt").read_text()
+    stamp = WHEELS / ".pgcluster-lab-wheels"
+    if _stamp_ok(stamp, reqs):
+        say(f"wheelhouse {WHEELS}: present")
+        return
+    say(f"wheelhouse {WHEELS}: building")
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    _pip("wheel", "-q", "-w", str(WHEELS), "-r", str(LAB_DIR / "wheels.txt"))
+    stamp.write_text(reqs)
+
+
+def prepare() -> None:
+    """Prepare the base idempotently. Raises CalledProcessError when an install fails."""
+    if not shutil.which("apt-get"):
+        sys.exit("lab: apt-get not found: the lab needs Debian 12")
+    install_packages()
+    install_venv()
+    build_wheelhouse()

@@ -1,0 +1,268 @@
+"""`lab` command line: bring the multi-host lab up and down, run things in it, inject faults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import base, saltcfg
+from .host import HOSTS_DIR, STATE_DIR, HostError, LabHost
+from .topology import Topology, TopologyError, load
+
+REPO = Path(__file__).resolve().parents[3]
+TOPOLOGY_LINK = STATE_DIR / "topology.toml"
+USAGE_ERROR = 2
+
+
+class LabError(RuntimeError):
+    """A lab command cannot be carried out; the message is shown as is, exit 2."""
+
+
+def _topology(path: str | None) -> Topology:
+    """The topology of the lab that is up, else the one given, else the default."""
+    if path is None and TOPOLOGY_LINK.exists():
+        path = str(TOPOLOGY_LINK)
+    return load(path)
+
+
+def _hosts(topo: Topology) -> list[LabHost]:
+    return [LabHost(topo, h, REPO) for h in topo.hosts]
+
+
+def _host(topo: Topology, name: str) -> LabHost:
+    return LabHost(topo, topo.host(name), REPO)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("this command must run as root (it manages containers, mounts and a bridge)")
+
+
+def _bridge_up(topo: Topology) -> None:
+    ip = ["ip", "link", "show", "dev", topo.bridge]
+    if subprocess.run(ip, capture_output=True).returncode != 0:
+        subprocess.run(
+            ["ip", "link", "add", topo.bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"], check=True
+        )
+        subprocess.run(["ip", "addr", "add", f"{topo.gateway}/24", "dev", topo.bridge], check=True)
+    subprocess.run(["ip", "link", "set", "dev", topo.bridge, "up"], check=True)
+
+
+def _salt(topo: Topology, args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+    master = _host(topo, topo.master.name)
+    return subprocess.run(master.nsenter(args), capture_output=capture, text=True)
+
+
+def wait_minions(topo: Topology, timeout: float = 120) -> float:
+    """Wait until every minion answers test.ping. Returns the seconds waited; raises LabError."""
+    start = time.monotonic()
+    names = {h.name for h in topo.hosts}
+    answered: set[str] = set()
+    while time.monotonic() - start < timeout:
+        res = _salt(topo, ["salt", "*", "test.ping", "--out=json", "--static", "-t", "5"], capture=True)
+        try:
+            answered = {k for k, v in json.loads(res.stdout or "{}").items() if v is True}
+        except json.JSONDecodeError:
+            answered = set()
+        if names <= answered:
+            return time.monotonic() - start
+        time.sleep(1)
+    raise LabError(f"minions not answering after {timeout:.0f} s: {', '.join(sorted(names - answered))}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _require_root()
+    topo = load(args.topology) if args.topology else _topology(None)
+    if TOPOLOGY_LINK.exists() and args.topology and load(TOPOLOGY_LINK).hosts != topo.hosts:
+        raise LabError("a lab with another topology is up: run 'lab down' first")
+    t0 = time.monotonic()
+    base.prepare()
+    t_base = time.monotonic()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    if topo.path != TOPOLOGY_LINK:
+        shutil.copyfile(topo.path, TOPOLOGY_LINK)
+    hosts = _hosts(topo)
+    for h in hosts:
+        h.provision()
+    saltcfg.configure(hosts)
+    _bridge_up(topo)
+    for h in hosts:
+        state = "running" if h.running() else "booting"
+        base.say(f"{h.host.name:8} {h.host.address:14} {state}")
+        h.boot()
+    base.say("waiting for every minion to answer test.ping")
+    waited = wait_minions(topo)
+    base.say(
+        f"up: {len(hosts)} hosts, every minion answers "
+        f"(base {t_base - t0:.1f} s, hosts {time.monotonic() - t_base:.1f} s, ping wait {waited:.1f} s)"
+    )
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _require_root()
+    base.prepare()
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """The project's main job: the lab, the default cluster deployed by highstate, its status."""
+    args.topology = None
+    cmd_up(args)
+    topo = _topology(None)
+    cmd_status(args)
+    print(flush=True)
+    return _salt(topo, ["salt", "*", "test.ping"]).returncode
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    _require_root()
+    topo = _topology(None)
+    for h in _hosts(topo):
+        h.kill()
+    # Also hosts of an older topology that are still on disk.
+    for d in HOSTS_DIR.glob("*") if HOSTS_DIR.exists() else []:
+        subprocess.run(["umount", "-l", str(d / "root")], capture_output=True)
+    for h in _hosts(topo):
+        h.unmount()
+        subprocess.run(["ip", "link", "delete", h.host.veth], capture_output=True)
+    subprocess.run(["ip", "link", "delete", topo.bridge], capture_output=True)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+    base.say("down: no container, mount, bridge or state left")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    topo = _topology(None)
+    print(f"{'HOST':8} {'ADDRESS':14} STATE")
+    for h in _hosts(topo):
+        print(f"{h.host.name:8} {h.host.address:14} {h.state()}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    _require_root()
+    topo = _topology(None)
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise LabError("exec: no command given (lab exec HOST -- CMD...)")
+    return subprocess.run(_host(topo, args.host).nsenter(argv)).returncode
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    _require_root()
+    topo = _topology(None)
+    return subprocess.run(_host(topo, args.host).nsenter(["bash", "-l"], interactive=True)).returncode
+
+
+def cmd_salt(args: argparse.Namespace) -> int:
+    _require_root()
+    return _salt(_topology(None), ["salt", *args.argv]).returncode
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _require_root()
+    return _salt(_topology(None), ["salt-run", *args.argv]).returncode
+
+
+def summarize_highstate(ret: dict) -> tuple[list[str], bool]:
+    """Per-minion summary lines of a state.apply JSON return, and whether all succeeded."""
+    lines, ok = [], True
+    for minion in sorted(ret):
+        states = ret[minion]
+        if not isinstance(states, dict):
+            lines.append(f"{minion:8} ERROR: {states}")
+            ok = False
+            continue
+        failed = [s for s in states.values() if not s.get("result", False) and s.get("result") is not None]
+        changed = [s for s in states.values() if s.get("changes")]
+        succeeded = len(states) - len(failed)
+        lines.append(f"{minion:8} succeeded {succeeded:3}  changed {len(changed):3}  failed {len(failed):3}")
+        for s in failed:
+            lines.append(f"         FAILED {s.get('__id__', '?')}: {str(s.get('comment', ''))[:300]}")
+        ok = ok and not failed
+    return lines, ok
+
+
+def cmd_highstate(args: argparse.Namespace) -> int:
+    _require_root()
+    topo = _topology(None)
+    res = _salt(topo, ["salt", "*", "state.apply", "--out=json", "--static", "-t", "900", *args.argv], capture=True)
+    try:
+        ret = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        sys.stderr.write(res.stdout + res.stderr)
+        raise LabError("highstate: no JSON return from salt") from None
+    missing = {h.name for h in topo.hosts} - set(ret)
+    lines, ok = summarize_highstate(ret)
+    print("\n".join(lines))
+    for m in sorted(missing):
+        print(f"{m:8} NO RETURN")
+    return 0 if ok and not missing else 1
+
+
+def _fault(verb: str):
+    def run(args: argparse.Namespace) -> int:
+        _require_root()
+        topo = _topology(None)
+        h = _host(topo, args.host)
+        if verb == "boot":
+            if h.running():
+                raise LabError(f"boot: {args.host} is already running")
+            _bridge_up(topo)
+            h.boot()
+        else:
+            getattr(h, verb)()
+        base.say(f"{verb} {args.host}: {h.state()}")
+        return 0
+
+    return run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lab", description=__doc__)
+    sub = p.add_subparsers(dest="verb", required=True)
+    up = sub.add_parser("up", help="prepare the base, boot every host, wait for every minion")
+    up.add_argument("--topology", help="topology file (default: test/lab/topology.toml)")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("prepare", help="prepare the base only (packages, venv, wheels)").set_defaults(func=cmd_prepare)
+    sub.add_parser("deploy", help="up, deploy the default cluster, print its status").set_defaults(func=cmd_deploy)
+    sub.add_parser("down", help="remove every container, mount, bridge and state").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="host, address, state").set_defaults(func=cmd_status)
+    for verb, func in (("exec", cmd_exec), ("shell", cmd_shell)):
+        sp = sub.add_parser(verb, help=f"{verb} in a host")
+        sp.add_argument("host")
+        if verb == "exec":
+            sp.add_argument("argv", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=func)
+    for verb, func in (("salt", cmd_salt), ("run", cmd_run), ("highstate", cmd_highstate)):
+        sp = sub.add_parser(verb, help=f"{verb} on the master")
+        sp.add_argument("argv", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=func)
+    for verb in ("crash", "boot", "stop", "isolate", "heal"):
+        sp = sub.add_parser(verb, help=f"fault: {verb} a host")
+        sp.add_argument("host")
+        sp.set_defaults(func=_fault(verb))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (LabError, HostError, TopologyError) as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except subprocess.CalledProcessError as exc:
+        print(f"lab: command failed ({exc.returncode}): {' '.join(map(str, exc.cmd))}", file=sys.stderr)
+        if exc.stderr:
+            print(exc.stderr, file=sys.stderr, end="")
+        return 1
+    except KeyboardInterrupt:
+        return 130

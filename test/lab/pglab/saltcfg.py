@@ -1,0 +1,108 @@
+"""Salt master and minions of the lab: units, configuration and pre-seeded keys.
+
+Keys are generated on the machine and laid onto each host's disk before its first
+boot: the master knows every minion key and every minion knows the master key, so no
+key is ever auto-accepted and no minion trusts a master it was not given.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+
+from .base import VENV
+from .host import STATE_DIR, LabHost
+
+KEYS_DIR = STATE_DIR / "keys"
+REPO_IN_MASTER = "/srv/pgcluster"
+
+UNIT = """[Unit]
+Description=Salt {role} (pgcluster lab)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart={venv}/bin/salt-{role}
+KillMode=process
+Restart=on-failure
+RestartSec=2
+LimitNOFILE=16384
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+MASTER_CONF = f"""# Written by the pgcluster lab. The repository is bind-mounted read-only at {REPO_IN_MASTER}.
+interface: 0.0.0.0
+file_roots:
+  base:
+    - {REPO_IN_MASTER}/salt
+    # Custom modules are served from here only (symlinks into the repository),
+    # so that pillar files are never reachable through salt://.
+    - /srv/pgcluster-ext
+pillar_roots:
+  base:
+    - {REPO_IN_MASTER}/pillar
+# Master-side loaders (runners, orchestrate) read _runners/, _modules/, _states/ live.
+module_dirs:
+  - {REPO_IN_MASTER}
+fileserver_list_cache_time: 0
+file_recv: False
+auto_accept: False
+open_mode: False
+log_level_logfile: info
+# Project master settings (reactor, ...) live in the repository.
+include:
+  - {REPO_IN_MASTER}/conf/master.d/*.conf
+"""
+
+MINION_CONF = """# Written by the pgcluster lab.
+master: {master}
+id: {name}
+log_level_logfile: info
+"""
+
+
+def _gen_key(name: str) -> None:
+    if (KEYS_DIR / f"{name}.pem").exists():
+        return
+    KEYS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=KEYS_DIR) as tmp:
+        subprocess.run(
+            [str(VENV / "bin" / "salt-key"), f"--gen-keys={name}", f"--gen-keys-dir={tmp}", "--keysize=2048"],
+            check=True,
+            capture_output=True,
+        )
+        for ext in ("pub", "pem"):
+            shutil.move(f"{tmp}/{name}.{ext}", KEYS_DIR / f"{name}.{ext}")
+
+
+def configure(hosts: list[LabHost]) -> None:
+    """Lay Salt onto every host's disk once (idempotent: keys are kept)."""
+    master = next(h for h in hosts if h.host.master)
+    _gen_key("master")
+    master_pub = (KEYS_DIR / "master.pub").read_text()
+    for h in hosts:
+        if (h.dir / "salt-configured").exists():
+            continue
+        name = h.host.name
+        _gen_key(name)
+        h.write("/etc/salt/minion.d/lab.conf", MINION_CONF.format(master=master.host.name, name=name))
+        h.write("/etc/salt/pki/minion/minion.pem", (KEYS_DIR / f"{name}.pem").read_text(), 0o400)
+        h.write("/etc/salt/pki/minion/minion.pub", (KEYS_DIR / f"{name}.pub").read_text())
+        h.write("/etc/salt/pki/minion/minion_master.pub", master_pub)
+        h.write("/etc/systemd/system/salt-minion.service", UNIT.format(role="minion", venv=VENV))
+        h.link("/etc/systemd/system/multi-user.target.wants/salt-minion.service", "../salt-minion.service")
+        (h.dir / "salt-configured").write_text("")
+    if not (master.dir / "master-configured").exists():
+        master.write("/etc/salt/master.d/lab.conf", MASTER_CONF)
+        master.write("/etc/salt/pki/master/master.pem", (KEYS_DIR / "master.pem").read_text(), 0o400)
+        master.write("/etc/salt/pki/master/master.pub", master_pub)
+        for h in hosts:
+            master.write(f"/etc/salt/pki/master/minions/{h.host.name}", (KEYS_DIR / f"{h.host.name}.pub").read_text())
+        for sub in ("_modules", "_states", "_runners"):
+            master.link(f"/srv/pgcluster-ext/{sub}", f"{REPO_IN_MASTER}/{sub}")
+        master.write("/etc/systemd/system/salt-master.service", UNIT.format(role="master", venv=VENV))
+        master.link("/etc/systemd/system/multi-user.target.wants/salt-master.service", "../salt-master.service")
+        (master.dir / "master-configured").write_text("")

@@ -1,0 +1,42 @@
+"""Topology validation of the lab (no daemons)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
+from pglab.topology import TopologyError, load  # noqa: E402
+
+
+def test_default_topology_has_the_six_hosts():
+    topo = load()
+    assert [h.name for h in topo.hosts] == ["salt", "pg1", "pg2", "pg3", "backup", "app1"]
+    assert topo.master.name == "salt"
+    assert all(h.address.startswith("198.18.0.") for h in topo.hosts)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("hosts = []", "'hosts' must be a non-empty list"),
+        ('[[hosts]]\nname="a"\naddress="198.18.0.2"\n', "exactly one host must have master = true"),
+        ('[[hosts]]\nname="A b"\naddress="198.18.0.2"\nmaster=true\n', "hosts[0].name"),
+        ('[[hosts]]\nname="a"\naddress="198.18.0.1"\nmaster=true\n', "duplicate address 198.18.0.1"),
+        ('[[hosts]]\nname="a"\naddress="nope"\nmaster=true\n', "hosts[0].address: 'nope' is not an IP address"),
+        ("[[hosts]\n", "not valid TOML"),
+    ],
+)
+def test_bad_topologies_name_the_problem(tmp_path, body, message):
+    f = tmp_path / "t.toml"
+    f.write_text(body)
+    with pytest.raises(TopologyError, match=None) as err:
+        load(f)
+    assert message in str(err.value)
+
+
+def test_unknown_host_lists_the_known_ones():
+    with pytest.raises(TopologyError, match="unknown host 'x' .*salt, pg1"):
+        load().host("x")
