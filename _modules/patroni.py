@@ -1,0 +1,326 @@
+"""Operate a Patroni cluster from Salt through Patroni's REST API.
+
+By default every function talks to the Patroni of this host, with the address,
+credentials and TLS settings read from its ``config.yml`` (so nothing secret travels
+through Salt's job data); ``url``, ``username``, ``password`` and ``verify`` override
+that, for calls aimed at another node. GETs are unauthenticated, writes use basic auth.
+Both Patroni 3.x (``master``) and 4.x (``primary``) are understood.
+
+CLI examples::
+
+    salt pg1 patroni.cluster
+    salt pg1 patroni.switchover candidate=pg2
+    salt pg1 patroni.restart pending_only=True
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+import yaml
+
+try:
+    from salt.exceptions import CommandExecutionError
+except ImportError:  # unit tests without Salt
+
+    class CommandExecutionError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+log = logging.getLogger(__name__)
+__virtualname__ = "patroni"
+
+CONFIG = "/etc/patroni/config.yml"
+TIMEOUT = 10
+# Patroni 3.x calls the leader's PostgreSQL role "master", 4.x "primary".
+PRIMARY_ROLES = ("primary", "master")
+LEADER_ROLES = ("leader", "standby_leader")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class PatroniError(CommandExecutionError):
+    """A Patroni REST call failed; the message says which call, where, and why."""
+
+
+# ---- connection --------------------------------------------------------------------------------
+def _local_settings(config: str = CONFIG) -> dict:
+    """URL, credentials and TLS verification for this host's Patroni, from its config.yml."""
+    try:
+        with open(config) as f:
+            conf = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise PatroniError(f"cannot read Patroni configuration {config}: {exc.strerror}") from None
+    api = conf.get("restapi") or {}
+    scheme = "https" if api.get("certfile") else "http"
+    address = api.get("connect_address") or api.get("listen")
+    if not address:
+        raise PatroniError(f"{config}: restapi.connect_address is not set")
+    auth = api.get("authentication") or {}
+    return {
+        "url": f"{scheme}://{address}",
+        "username": auth.get("username"),
+        "password": auth.get("password"),
+        "verify": api.get("cafile") or True,
+    }
+
+
+def _settings(url: str | None, username: str | None, password: str | None, verify: Any) -> dict:
+    if url:
+        s = {"url": url, "username": username, "password": password, "verify": True if verify is None else verify}
+    else:
+        s = _local_settings()
+        if username is not None:
+            s["username"] = username
+        if password is not None:
+            s["password"] = password
+        if verify is not None:
+            s["verify"] = verify
+    s["url"] = s["url"].rstrip("/")
+    return s
+
+
+def _request(method: str, path: str, conn: dict, body: dict | None = None, ok: tuple = (200,)) -> requests.Response:
+    """Send one request; return the response when its status is in OK; raise PatroniError otherwise."""
+    auth = None
+    if method != "GET" and conn.get("username"):
+        auth = (conn["username"], conn.get("password") or "")
+    where = f"{method} {conn['url']}{path}"
+    try:
+        resp = requests.request(
+            method, conn["url"] + path, json=body, auth=auth, timeout=TIMEOUT, verify=conn.get("verify", True)
+        )
+    except requests.exceptions.SSLError as exc:
+        raise PatroniError(f"Patroni REST API {where}: TLS error: {exc}") from None
+    except requests.exceptions.ConnectionError:
+        raise PatroniError(f"Patroni REST API {where}: cannot connect (is Patroni running?)") from None
+    except requests.exceptions.Timeout:
+        raise PatroniError(f"Patroni REST API {where}: no answer within {TIMEOUT} s") from None
+    if resp.status_code not in ok:
+        detail = resp.text.strip()[:500] or resp.reason
+        if resp.status_code == 401:
+            detail = "authentication failed (check restapi credentials)"
+        raise PatroniError(f"Patroni REST API {where}: HTTP {resp.status_code}: {detail}")
+    return resp
+
+
+def _json(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise PatroniError(f"Patroni REST API {resp.request.method} {resp.url}: answer is not JSON") from None
+
+
+def _conn(kwargs: dict) -> dict:
+    return _settings(kwargs.get("url"), kwargs.get("username"), kwargs.get("password"), kwargs.get("verify"))
+
+
+# ---- reading -----------------------------------------------------------------------------------
+def _lag(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def normalize_cluster(raw: dict) -> dict:
+    """Turn GET /cluster into {'leader', 'members': [...], 'pause', 'scope'} with plain values."""
+    members = []
+    for m in raw.get("members", []):
+        members.append(
+            {
+                "name": m.get("name"),
+                "role": m.get("role"),
+                "state": m.get("state"),
+                "host": m.get("host"),
+                "port": m.get("port"),
+                "api_url": m.get("api_url"),
+                "timeline": m.get("timeline"),
+                "lag": _lag(m.get("lag", 0 if m.get("role") in LEADER_ROLES else None)),
+                "pending_restart": bool(m.get("pending_restart", False)),
+                "tags": m.get("tags", {}),
+            }
+        )
+    leaders = [m["name"] for m in members if m["role"] in LEADER_ROLES]
+    return {
+        "scope": raw.get("scope"),
+        "leader": leaders[0] if leaders else None,
+        "members": members,
+        "pause": bool(raw.get("pause", False)),
+    }
+
+
+def cluster(**kwargs: Any) -> dict:
+    """Return the cluster as Patroni sees it.
+
+    Returns ``{'scope', 'leader', 'pause', 'members': [{'name', 'role', 'state', 'host',
+    'port', 'api_url', 'timeline', 'lag', 'pending_restart', 'tags'}]}``; ``lag`` is in bytes,
+    None when unknown. Raises CommandExecutionError when Patroni cannot be reached.
+    """
+    return normalize_cluster(_json(_request("GET", "/cluster", _conn(kwargs))))
+
+
+def node(**kwargs: Any) -> dict:
+    """Return GET /patroni of the node (its own view: state, role, timeline, xlog...).
+
+    ``role`` is ``primary`` for the leader whatever the Patroni version.
+    """
+    data = _json(_request("GET", "/patroni", _conn(kwargs), ok=(200, 503)))
+    if data.get("role") == "master":
+        data["role"] = "primary"
+    return data
+
+
+def leader(**kwargs: Any) -> str | None:
+    """Return the name of the current leader, or None when the cluster has none."""
+    return cluster(**kwargs)["leader"]
+
+
+def is_leader(**kwargs: Any) -> bool:
+    """Return True when this node is the leader and accepts writes (GET /primary is 200)."""
+    return _request("GET", "/primary", _conn(kwargs), ok=(200, 503)).status_code == 200
+
+
+def _member(c: dict, name: str) -> dict:
+    for m in c["members"]:
+        if m["name"] == name:
+            return m
+    known = ", ".join(m["name"] for m in c["members"])
+    raise PatroniError(f"no member {name!r} in cluster {c['scope']!r} (members: {known})")
+
+
+def _member_conn(kwargs: dict, member: str | None) -> tuple[dict, dict]:
+    """Connection to MEMBER's own REST API (writes like restart act on the node they are sent to)."""
+    conn = _conn(kwargs)
+    if member is None:
+        return conn, {}
+    c = normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    m = _member(c, member)
+    return dict(conn, url=m["api_url"].rsplit("/patroni", 1)[0]), m
+
+
+# ---- acting ------------------------------------------------------------------------------------
+def switchover(candidate: str | None = None, scheduled_at: str | None = None, **kwargs: Any) -> dict:
+    """Planned switchover from the current leader (to CANDIDATE, or Patroni's choice).
+
+    Returns ``{'from', 'to', 'message'}``. Raises CommandExecutionError when the cluster has
+    no leader, CANDIDATE is not a member, is already the leader, or Patroni refuses.
+    """
+    conn = _conn(kwargs)
+    c = normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    if not c["leader"]:
+        raise PatroniError(f"cluster {c['scope']!r} has no leader: use patroni.failover")
+    if candidate is not None:
+        m = _member(c, candidate)
+        if m["name"] == c["leader"]:
+            raise PatroniError(f"{candidate!r} is already the leader of cluster {c['scope']!r}")
+        if m["tags"].get("nofailover"):
+            raise PatroniError(f"{candidate!r} is tagged nofailover and cannot become leader")
+    body: dict[str, Any] = {"leader": c["leader"]}
+    if candidate:
+        body["candidate"] = candidate
+    if scheduled_at:
+        body["scheduled_at"] = scheduled_at
+    resp = _request("POST", "/switchover", conn, body, ok=(200, 202))
+    return {"from": c["leader"], "to": candidate, "message": resp.text.strip()}
+
+
+def failover(candidate: str, **kwargs: Any) -> dict:
+    """Manual failover to CANDIDATE (works without a healthy leader).
+
+    Returns ``{'from', 'to', 'message'}``. Raises CommandExecutionError for an unknown
+    candidate or a refusal.
+    """
+    conn = _conn(kwargs)
+    c = normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    _member(c, candidate)
+    if candidate == c["leader"]:
+        raise PatroniError(f"{candidate!r} is already the leader of cluster {c['scope']!r}")
+    resp = _request("POST", "/failover", conn, {"candidate": candidate})
+    return {"from": c["leader"], "to": candidate, "message": resp.text.strip()}
+
+
+def restart(member: str | None = None, pending_only: bool = False, **kwargs: Any) -> str:
+    """Restart PostgreSQL on MEMBER (default: this node); with PENDING_ONLY only if a restart is pending.
+
+    Returns Patroni's message. Raises CommandExecutionError on refusal.
+    """
+    conn, m = _member_conn(kwargs, member)
+    body = {"restart_pending": True} if pending_only else {}
+    resp = _request("POST", "/restart", conn, body, ok=(200, 202, 503))
+    if resp.status_code == 503:
+        # Patroni answers 503 both for "nothing pending" and for a failed restart.
+        if pending_only and "conditions are not satisfied" in resp.text:
+            return "no restart pending"
+        raise PatroniError(f"restart of {member or 'this node'} failed: {resp.text.strip()}")
+    return resp.text.strip()
+
+
+def reload(member: str | None = None, **kwargs: Any) -> str:
+    """Make MEMBER (default: this node) re-read its configuration. Returns Patroni's message."""
+    conn, _ = _member_conn(kwargs, member)
+    return _request("POST", "/reload", conn, ok=(200, 202)).text.strip()
+
+
+def reinitialize(member: str, force: bool = False, **kwargs: Any) -> str:
+    """Rebuild MEMBER's data directory from the leader. Returns Patroni's message.
+
+    Raises CommandExecutionError for an unknown member or when MEMBER is the leader.
+    """
+    conn, m = _member_conn(kwargs, member)
+    if m.get("role") in LEADER_ROLES:
+        raise PatroniError(f"{member!r} is the leader: a leader cannot be reinitialized")
+    return _request("POST", "/reinitialize", conn, {"force": bool(force)}).text.strip()
+
+
+def config_get(**kwargs: Any) -> dict:
+    """Return the cluster's dynamic configuration (GET /config)."""
+    return _json(_request("GET", "/config", _conn(kwargs)))
+
+
+def config_patch(patch: dict, **kwargs: Any) -> dict:
+    """Merge PATCH into the dynamic configuration (PATCH /config; null deletes a key).
+
+    Returns the new configuration. Raises CommandExecutionError when PATCH is not a dict.
+    """
+    if not isinstance(patch, dict):
+        raise PatroniError(f"patroni.config_patch: patch must be a dict, got {type(patch).__name__}")
+    return _json(_request("PATCH", "/config", _conn(kwargs), patch))
+
+
+def pause(**kwargs: Any) -> dict:
+    """Put the cluster in maintenance mode (Patroni stops acting on failures)."""
+    return config_patch({"pause": True}, **kwargs)
+
+
+def resume(**kwargs: Any) -> dict:
+    """Leave maintenance mode."""
+    return config_patch({"pause": None}, **kwargs)
+
+
+def wait_healthy(replicas: int, max_lag: int = 1048576, timeout: float = 120, **kwargs: Any) -> dict:
+    """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes.
+
+    Returns the cluster. Raises CommandExecutionError with the last seen state on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            c = cluster(**kwargs)
+            streaming = [
+                m
+                for m in c["members"]
+                if m["role"] not in LEADER_ROLES and m["state"] == "streaming" and m["lag"] is not None
+                if m["lag"] <= max_lag
+            ]
+            if c["leader"] and len(streaming) >= replicas:
+                return c
+            last = f"leader={c['leader']}, " + ", ".join(f"{m['name']}:{m['role']}/{m['state']}" for m in c["members"])
+        except CommandExecutionError as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            raise PatroniError(f"cluster not healthy after {timeout:.0f} s ({replicas} replicas wanted): {last}")
+        time.sleep(1)

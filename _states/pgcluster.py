@@ -1,0 +1,157 @@
+"""States of the pgcluster formula that need more than Salt's own: etcd health, roles
+and databases created through the cluster's leader.
+
+Role passwords are read from pillar by the state itself
+(``pgcluster:clusters:<cluster>:roles:<role>:password``), so they never appear in the
+rendered SLS, in job data or in state output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+try:
+    from salt.exceptions import CommandExecutionError
+except ImportError:  # unit tests without Salt
+
+    class CommandExecutionError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+__virtualname__ = "pgcluster"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _ret(name: str) -> dict:
+    return {"name": name, "result": True, "changes": {}, "comment": ""}
+
+
+def etcd_healthy(name: str, endpoints: list[str], timeout: float = 120) -> dict:
+    """Wait until every etcd member in ENDPOINTS (host:port) is healthy. Changes nothing."""
+    ret = _ret(name)
+    if __opts__.get("test"):
+        ret["comment"] = "health is checked on a real run only"
+        return ret
+    cmd = ["etcdctl", "--endpoints", ",".join(endpoints), "--dial-timeout=2s", "--command-timeout=3s",
+           "endpoint", "health", "-w", "json"]  # fmt: skip
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        res = __salt__["cmd.run_all"](cmd, env={"ETCDCTL_API": "3"}, python_shell=False, ignore_retcode=True)
+        try:
+            health = json.loads(res["stdout"] or "[]")
+            sick = [h["endpoint"] for h in health if not h.get("health")]
+            if len(health) == len(endpoints) and not sick:
+                ret["comment"] = f"etcd healthy: {len(endpoints)} members"
+                return ret
+            last = f"unhealthy: {', '.join(sick)}"
+        except (ValueError, KeyError, TypeError):
+            last = (res["stderr"] or res["stdout"]).strip()[-300:]
+        if time.monotonic() >= deadline:
+            ret.update(result=False, comment=f"etcd not healthy after {timeout:.0f} s: {last}")
+            return ret
+        time.sleep(1)
+
+
+def _leader_only(ret: dict) -> bool:
+    """True when this node leads; otherwise fills RET with a no-op comment."""
+    try:
+        if __salt__["patroni.is_leader"]():
+            return True
+    except CommandExecutionError as exc:
+        ret.update(result=False, comment=str(exc))
+        return False
+    ret["comment"] = "not the leader: the leader applies this"
+    return False
+
+
+def _spec(cluster: str, kind: str, name: str) -> dict | None:
+    return (__pillar__.get("pgcluster", {}).get("clusters", {}).get(cluster, {}).get(kind, {}) or {}).get(name)
+
+
+def role_present(name: str, cluster: str, port: int = 5432) -> dict:
+    """Ensure role NAME of CLUSTER exists with its pillar password and LOGIN setting (on the leader)."""
+    ret = _ret(name)
+    spec = _spec(cluster, "roles", name)
+    if spec is None:
+        ret.update(result=False, comment=f"pgcluster:clusters:{cluster}:roles:{name} is not in pillar")
+        return ret
+    if not _leader_only(ret):
+        return ret
+    q, lit, idt = __salt__["pgsql.query"], __salt__["pgsql.literal"], __salt__["pgsql.ident"]
+    login = bool(spec.get("login", True))
+    password = spec.get("password")
+    try:
+        rows = q(f"SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {lit(name)}", port=port)
+    except CommandExecutionError as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+    todo = []
+    if not rows:
+        todo.append("created")
+    else:
+        if (rows[0][0] == "t") != login:
+            todo.append("login" if login else "nologin")
+        if password and not __salt__["pgcluster.scram_matches"](password, rows[0][1]):
+            todo.append("password")
+    if not todo:
+        ret["comment"] = f"role {name} is as wanted"
+        return ret
+    ret["changes"] = {name: todo}  # names of what changes, never a password or verifier
+    if __opts__.get("test"):
+        ret.update(result=None, comment=f"role {name} would be changed: {', '.join(todo)}")
+        return ret
+    attrs = "LOGIN" if login else "NOLOGIN"
+    if password:
+        attrs += " PASSWORD " + lit(__salt__["pgcluster.scram_verifier"](password))
+    verb = "CREATE" if not rows else "ALTER"
+    try:
+        q(f"{verb} ROLE {idt(name)} {attrs}", port=port)
+    except CommandExecutionError as exc:
+        ret.update(result=False, changes={}, comment=f"role {name}: {exc}")
+        return ret
+    ret["comment"] = f"role {name}: {', '.join(todo)}"
+    return ret
+
+
+def database_present(name: str, cluster: str, port: int = 5432) -> dict:
+    """Ensure database NAME of CLUSTER exists with its pillar owner (on the leader)."""
+    ret = _ret(name)
+    spec = _spec(cluster, "databases", name)
+    if spec is None:
+        ret.update(result=False, comment=f"pgcluster:clusters:{cluster}:databases:{name} is not in pillar")
+        return ret
+    if not _leader_only(ret):
+        return ret
+    q, lit, idt = __salt__["pgsql.query"], __salt__["pgsql.literal"], __salt__["pgsql.ident"]
+    owner = (spec or {}).get("owner") or "postgres"
+    try:
+        rows = q("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = " + lit(name), port=port)
+    except CommandExecutionError as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+    if rows and rows[0][0] == owner:
+        ret["comment"] = f"database {name} owned by {owner} exists"
+        return ret
+    ret["changes"] = {name: {"owner": {"old": rows[0][0] if rows else None, "new": owner}}}
+    if __opts__.get("test"):
+        ret.update(result=None, comment=f"database {name} would be {'created' if not rows else 'given to ' + owner}")
+        return ret
+    stmt = (
+        f"CREATE DATABASE {idt(name)} OWNER {idt(owner)}"
+        if not rows
+        else (f"ALTER DATABASE {idt(name)} OWNER TO {idt(owner)}")
+    )
+    try:
+        q(stmt, port=port)
+        # Least privilege: only the owner (and superusers) may connect or create objects.
+        q(f"REVOKE ALL ON DATABASE {idt(name)} FROM PUBLIC", port=port)
+    except CommandExecutionError as exc:
+        ret.update(result=False, changes={}, comment=f"database {name}: {exc}")
+        return ret
+    ret["comment"] = f"database {name} {'created' if not rows else 'given to ' + owner}"
+    return ret

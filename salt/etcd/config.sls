@@ -1,0 +1,27 @@
+{%- from "pgcluster/map.jinja" import pgcluster with context %}
+{%- set cluster = pgcluster.node.etcd %}
+
+include:
+  - etcd.install
+
+etcd-data-dir-present:
+  file.directory:
+    - name: {{ pgcluster.etcd.data_root }}/{{ cluster }}
+    - user: etcd
+    - group: etcd
+    - mode: '0700'
+    - require:
+      - pkg: etcd-packages-installed
+
+etcd-environment-configured:
+  file.managed:
+    - name: /etc/default/etcd
+    - source: salt://etcd/files/etcd.default.jinja
+    - template: jinja
+    - context:
+        cluster: {{ cluster }}
+    - user: root
+    - group: root
+    - mode: '0644'
+    - require:
+      - pkg: etcd-packages-installed

@@ -1,0 +1,4 @@
+include:
+  - etcd.install
+  - etcd.config
+  - etcd.service

@@ -1,0 +1,5 @@
+include:
+  - patroni.install
+  - patroni.config
+  - patroni.service
+  - patroni.databases

@@ -1,0 +1,37 @@
+{%- from "pgcluster/map.jinja" import pgcluster with context %}
+{%- set c = pgcluster.clusters[pgcluster.node.member] %}
+
+include:
+  - patroni.config
+  - postgresql.default_cluster
+
+patroni-service-running:
+  service.running:
+    - name: patroni
+    - enable: True
+    - require:
+      - file: patroni-config-managed
+      - file: patroni-data-root-present
+      - module: patroni-systemd-unit-installed
+      - service: postgresql-default-cluster-stopped
+      - patroni-installed-in-virtualenv
+
+{#- A changed config.yml is reloaded through the REST API (never a restart of PostgreSQL).
+    Not a SIGHUP: a Patroni started a moment ago has no HUP handler yet and would die. #}
+patroni-config-reloaded:
+  module.run:
+    - patroni.reload: []
+    - retry:
+        attempts: 15
+        interval: 2
+    - onchanges:
+      - file: patroni-config-managed
+    - require:
+      - service: patroni-service-running
+
+patroni-cluster-healthy:
+  patroni.healthy:
+    - replicas: {{ c.members | length - 1 }}
+    - timeout: 300
+    - require:
+      - service: patroni-service-running

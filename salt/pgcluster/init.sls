@@ -1,0 +1,16 @@
+{#- Entry state: includes each component this minion's roles call for. #}
+{%- from "pgcluster/map.jinja" import pgcluster with context %}
+{%- set node = pgcluster.node %}
+{%- set components = [] %}
+{%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
+{%- if node.member %}{% do components.extend(["postgresql", "patroni"]) %}{% endif %}
+{%- if components %}
+include:
+{%- for c in components %}
+  - {{ c }}
+{%- endfor %}
+{%- else %}
+pgcluster-no-role-on-this-minion:
+  test.nop:
+    - name: {{ node.id }} has no role in any pgcluster cluster
+{%- endif %}

@@ -1,0 +1,3 @@
+include:
+  - postgresql.install
+  - postgresql.default_cluster
