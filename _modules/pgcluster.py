@@ -236,6 +236,8 @@ def pg_hba(model: dict, name: str) -> list[str]:
         "local all all scram-sha-256",
         "host all all 127.0.0.1/32 scram-sha-256",
     ]
+    # Replication from the other members, and from Patroni itself (it reads its own timeline).
+    rules.append(f"host replication {p['replication_user']} 127.0.0.1/32 scram-sha-256")
     rules += [f"host replication {p['replication_user']} {n} scram-sha-256" for n in member_nets]
     # pg_rewind reads from the new leader through the 'postgres' database.
     rules += [f"host postgres {p['rewind_user']} {n} scram-sha-256" for n in member_nets]

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LAB, lab, sh, wait_for
+from labtools import LAB, lab, sh, wait_for
 
 pytestmark = pytest.mark.usefixtures("lab_up")
 

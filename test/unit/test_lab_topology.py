@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-from pglab.topology import TopologyError, load  # noqa: E402
+from pglab.topology import TopologyError, load
 
 
 def test_default_topology_has_the_six_hosts():

@@ -1,0 +1,151 @@
+"""The pillar data model: merge, validation messages, derived Patroni config and pg_hba."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+
+import pytest
+import yaml
+from pgctest import FIXTURES, REPO, load_module
+
+pgc = load_module("modules", "pgcluster")
+DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())
+OSMAP = yaml.safe_load((REPO / "salt/pgcluster/osfamilymap.yaml").read_text())
+LAB = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+
+
+def model(pillar: dict | None = None) -> dict:
+    return pgc.merge(DEFAULTS, OSMAP, LAB if pillar is None else pillar, "Debian")
+
+
+def lab_with(**cluster_changes) -> dict:
+    p = copy.deepcopy(LAB)
+    p["clusters"]["main"].update(cluster_changes)
+    return p
+
+
+def test_lab_pillar_is_valid_and_fills_os_values():
+    m = pgc.validate(model())
+    assert m["postgresql"]["bin_dir"] == "/usr/lib/postgresql/15/bin"
+    assert m["postgresql"]["packages"] == ["postgresql-15", "postgresql-contrib"]
+    assert m["patroni"]["pip"]["no_index"] is True  # pillar over defaults
+
+
+def test_roles_follow_from_the_model():
+    m = model()
+    assert pgc.node_roles(m, "pg2") == {"member": "main", "etcd": "main", "pgbouncer": ["main"], "backup": []}
+    assert pgc.node_roles(m, "app1") == {"member": None, "etcd": None, "pgbouncer": ["main"], "backup": []}
+    assert pgc.node_roles(m, "backup")["backup"] == ["main"]
+    assert pgc.node_roles(m, "salt") == {"member": None, "etcd": None, "pgbouncer": [], "backup": []}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"members": ["pg1", "pg2", "pg9"]}, "main:members[2]: 'pg9' has no address in pgcluster:hosts"),
+        ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number, at least 3"),
+        ({"etcd": ["pg1"]}, "pgcluster:clusters:main:etcd: 1 members; etcd needs an odd number, at least 3"),
+        ({"members": ["pg1"]}, "pgcluster:clusters:main:members: a cluster needs at least 2 database servers, got 1"),
+        ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo' (known: durable, fast)"),
+        ({"port": "5432x"}, "pgcluster:clusters:main:port: '5432x' is not a port number (1-65535)"),
+        ({"port": 70000}, "pgcluster:clusters:main:port: 70000 is not a port number"),
+        ({"passwords": {"superuser": "x" * 12, "replication": "x" * 12, "rewind": "x" * 12}},
+         "pgcluster:clusters:main:passwords:restapi: missing or shorter than 12 characters"),
+        ({"roles": {"app": {}}}, "pgcluster:clusters:main:roles:app:password: missing"),
+        ({"databases": {"app": {"owner": "nobody"}}}, "databases:app:owner: role 'nobody' is not declared"),
+        ({"client_networks": ["10.0.0.0/33"]}, "client_networks[0]: '10.0.0.0/33' is not a network"),
+    ],
+)  # fmt: skip
+def test_bad_cluster_pillar_names_key_and_problem(change, message):
+    with pytest.raises(pgc.ModelError) as err:
+        pgc.validate(model(lab_with(**change)))
+    assert message in str(err.value)
+    assert str(err.value).startswith("invalid pgcluster pillar: ")
+
+
+def test_every_problem_is_reported_at_once():
+    found = pgc.problems(model(lab_with(etcd=["pg1", "pg2"], profile="turbo")))
+    assert len(found) == 2
+
+
+def test_member_that_is_not_a_minion_is_named():
+    p = copy.deepcopy(LAB)
+    p["minions"] = ["pg1", "pg2", "pg3", "backup", "salt"]  # app1's key was never accepted
+    assert pgc.problems(model(p)) == ["pgcluster:hosts:app1: no minion with id 'app1' is known to the master"]
+
+
+def test_bad_address_and_global_port():
+    p = copy.deepcopy(LAB)
+    p["hosts"]["pg1"] = "pg1.example"
+    p["patroni"]["restapi_port"] = "http"
+    found = pgc.problems(model(p))
+    assert "pgcluster:hosts:pg1: 'pg1.example' is not an IP address" in found
+    assert "pgcluster:patroni:restapi_port: 'http' is not a port number (1-65535)" in found
+
+
+def test_a_minion_is_member_of_one_cluster_only():
+    p = copy.deepcopy(LAB)
+    p["clusters"]["other"] = copy.deepcopy(p["clusters"]["main"])
+    assert any("'pg1' is already a member of cluster 'main'" in f for f in pgc.problems(model(p)))
+
+
+def test_durable_profile_is_patronis_zero_loss_setup():
+    conf = pgc.patroni_config(model(), "main", "pg1")
+    dcs = conf["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] == "quorum" and dcs["synchronous_mode_strict"] is True
+    assert dcs["failsafe_mode"] is True and dcs["check_timeline"] is True
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"] and dcs["ttl"] >= 20
+    assert dcs["postgresql"]["use_pg_rewind"] is True
+    assert dcs["postgresql"]["parameters"]["synchronous_commit"] == "on"
+
+
+def test_fast_profile_is_asynchronous():
+    conf = pgc.patroni_config(model(lab_with(profile="fast")), "main", "pg1")
+    assert conf["bootstrap"]["dcs"]["synchronous_mode"] is False
+    assert conf["bootstrap"]["dcs"]["maximum_lag_on_failover"] == 1048576
+
+
+def test_patroni_config_for_a_member():
+    conf = pgc.patroni_config(model(), "main", "pg2")
+    assert conf["name"] == "pg2" and conf["scope"] == "main"
+    assert conf["restapi"]["listen"] == "198.18.0.12:8008"
+    assert conf["restapi"]["authentication"] == {"username": "patroni", "password": "lab-restapi-pw-31b8"}
+    assert conf["etcd3"]["hosts"] == ["198.18.0.11:2379", "198.18.0.12:2379", "198.18.0.13:2379"]
+    assert conf["postgresql"]["data_dir"] == "/var/lib/postgresql/15/patroni-main"  # never Debian's 15/main
+    auth = conf["postgresql"]["authentication"]
+    assert {auth[k]["username"] for k in auth} == {"postgres", "replicator", "rewind_user"}
+
+
+def test_restapi_tls_when_certificates_are_given():
+    p = copy.deepcopy(LAB)
+    p["patroni"].update(restapi_certfile="/etc/patroni/api.crt", restapi_keyfile="/etc/patroni/api.key")
+    api = pgc.patroni_config(model(p), "main", "pg1")["restapi"]
+    assert api["certfile"] == "/etc/patroni/api.crt" and api["keyfile"] == "/etc/patroni/api.key"
+
+
+def test_pg_hba_is_least_privilege():
+    rules = pgc.pg_hba(model(), "main")
+    assert not any(" trust" in r or " md5" in r or " password" in r for r in rules)
+    assert rules[-2:] == ["host all all 0.0.0.0/0 reject", "host all all ::/0 reject"]
+    assert "host replication replicator 198.18.0.13/32 scram-sha-256" in rules
+    assert "host replication replicator 198.18.0.30/32 scram-sha-256" not in rules  # app1 is no member
+    assert "host app app 198.18.0.30/32 scram-sha-256" in rules  # app1 runs a PgBouncer
+    assert not any(r.startswith("host all app") for r in rules)
+
+
+def test_scram_verifier_round_trip():
+    v = pgc.scram_verifier("s3cret-password")
+    assert v.startswith("SCRAM-SHA-256$4096:")
+    assert pgc.scram_matches("s3cret-password", v)
+    assert not pgc.scram_matches("other-password", v)
+    assert not pgc.scram_matches("s3cret-password", "md5abc")
+    assert not pgc.scram_matches("s3cret-password", None)
+
+
+def test_scram_verifier_matches_one_made_by_postgresql():
+    rec = json.loads((FIXTURES / "postgresql" / "scram_verifier.json").read_text())
+    assert pgc.scram_matches(rec["password"], rec["verifier"])
+    salt = base64.b64decode(rec["verifier"].split(":")[1].split("$")[0])
+    assert pgc.scram_verifier(rec["password"], salt, 4096) == rec["verifier"]
