@@ -1,5 +1,9 @@
 {#- Rendered on the master: the ids of the minions whose keys it accepted, so that the
-    model's validation can tell a typo in a host name from a real minion. #}
-{%- set accepted = salt["file.readdir"](opts["pki_dir"] ~ "/minions") | reject("in", [".", ".."]) | list %}
+    model's validation can tell a typo in a host name from a real minion. (Masterless
+    runs have no such list: the check is skipped there.) #}
+{%- set keydir = opts["pki_dir"] ~ "/minions" %}
+{%- if salt["file.directory_exists"](keydir) %}
+{%- set accepted = salt["file.readdir"](keydir) | reject("in", [".", ".."]) | list %}
 pgcluster:
   minions: {{ accepted | json }}
+{%- endif %}

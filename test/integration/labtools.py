@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -34,3 +36,92 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, interval: flo
             return time.monotonic() - start
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# ---- the cluster ---------------------------------------------------------------------------
+MEMBERS = ("pg1", "pg2", "pg3")
+APP_PASSWORD = "lab-app-pw-5e6b"  # the lab pillar's role 'app' (pillar/pgcluster/lab.sls)
+
+
+def salt_json(*args: str, check: bool = True) -> dict:
+    """`salt ARGS --out=json --static` on the master; returns the parsed return."""
+    res = lab("salt", *args, "--out=json", "--static", check=False)
+    try:
+        data = json.loads(res.stdout or "{}")
+    except json.JSONDecodeError:
+        data = {}
+    if check and res.returncode != 0:
+        raise AssertionError(f"salt {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return data
+
+
+def highstate(*extra: str) -> dict:
+    """state.apply on every minion; returns {minion: {state_id: ret}} (or a list of errors)."""
+    res = lab("salt", "*", "state.apply", "--out=json", "--static", "-t", "900", *extra, check=False, timeout=1200)
+    return json.loads(res.stdout)
+
+
+def changed_states(ret: dict) -> dict[str, list[str]]:
+    """{minion: [ids of states that reported changes]} of a highstate return."""
+    return {m: [s["__id__"] for s in states.values() if s.get("changes")] for m, states in ret.items()}
+
+
+def psql(host: str, sql: str, db: str = "app", check: bool = True) -> subprocess.CompletedProcess:
+    """Run SQL as the postgres OS user on HOST's local socket."""
+    return sh(
+        host, f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db} -c {shlex.quote(sql)}", check
+    )
+
+
+def cluster(via: str | None = None) -> dict:
+    """patroni.cluster as seen from VIA (default: the first member that answers)."""
+    for host in [via] if via else MEMBERS:
+        ret = salt_json(host, "patroni.cluster", check=False).get(host)
+        if isinstance(ret, dict):
+            return ret
+    raise AssertionError("no member answers patroni.cluster")
+
+
+def leader(via: str | None = None) -> str | None:
+    return cluster(via)["leader"]
+
+
+def wait_healthy(replicas: int = 2, timeout: float = 180, via: str | None = None) -> dict:
+    """Wait until the cluster has a leader and REPLICAS streaming replicas; returns the cluster."""
+    found: dict = {}
+
+    def ok() -> bool:
+        nonlocal found
+        try:
+            found = cluster(via)
+        except AssertionError:
+            return False
+        streaming = [m for m in found["members"] if m["role"] != "leader" and m["state"] == "streaming"]
+        return bool(found["leader"]) and len(streaming) >= replicas
+
+    wait_for(f"a leader and {replicas} streaming replicas", ok, timeout, interval=1)
+    return found
+
+
+# A writer on app1: tries every member with target_session_attrs=read-write until one insert works.
+WRITE_LOOP = """
+deadline=$((SECONDS + {timeout}))
+while [ $SECONDS -lt $deadline ]; do
+  if PGPASSWORD={pw} PGCONNECT_TIMEOUT=1 psql -XAtq \
+      "host=pg1,pg2,pg3 dbname=app user=app target_session_attrs=read-write" \
+      -c "INSERT INTO failover_probe(note) VALUES ('{note}')" 2>/dev/null; then
+    exit 0
+  fi
+  sleep 0.2
+done
+exit 1
+"""
+
+
+def write_until_ok(note: str, timeout: int = 90) -> float:
+    """Seconds until an INSERT through any member succeeds (run from app1); fails after TIMEOUT."""
+    start = time.monotonic()
+    res = sh("app1", WRITE_LOOP.format(timeout=timeout, pw=APP_PASSWORD, note=note), check=False, timeout=timeout + 30)
+    if res.returncode != 0:
+        pytest.fail(f"no write succeeded within {timeout} s")
+    return time.monotonic() - start

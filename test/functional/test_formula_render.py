@@ -1,0 +1,103 @@
+"""The formula through Salt's own loader and renderers, masterless (no daemons).
+
+Every lab role renders the states its model implies; a bad pillar stops the render
+with a message naming the key; no secret is rendered into state data.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pgctest import REPO
+
+SALT_CALL = str(Path(sys.executable).parent / "salt-call")
+LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+SECRETS = [
+    *LAB_PILLAR["clusters"]["main"]["passwords"].values(),
+    LAB_PILLAR["clusters"]["main"]["roles"]["app"]["password"],
+]
+
+
+@pytest.fixture(scope="module")
+def confdir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("salt")
+    ext = d / "ext"
+    ext.mkdir()
+    for sub in ("_modules", "_states"):
+        (ext / sub).symlink_to(REPO / sub)
+    (d / "minion").write_text(
+        yaml.safe_dump(
+            {
+                "file_client": "local",
+                "file_roots": {"base": [str(REPO / "salt"), str(ext)]},
+                "pillar_roots": {"base": [str(REPO / "pillar")]},
+                "cachedir": str(d / "cache"),
+                "pki_dir": str(d / "pki"),
+                "log_file": str(d / "minion.log"),
+                "sock_dir": str(d / "sock"),
+            }
+        )
+    )
+    res = salt_call(d, "pg1", "saltutil.sync_all")  # custom modules into the masterless cache
+    assert res.returncode == 0, res.stderr
+    return d
+
+
+def salt_call(confdir: Path, minion: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SALT_CALL, "-c", str(confdir), "--local", f"--id={minion}", "--out=json", "--retcode-passthrough", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def states_of(confdir: Path, minion: str) -> dict:
+    res = salt_call(confdir, minion, "state.show_sls", "pgcluster")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)["local"]
+
+
+def test_database_server_gets_etcd_postgresql_patroni(confdir):
+    ids = set(states_of(confdir, "pg1"))
+    assert {"etcd-service-running", "etcd-cluster-healthy", "postgresql-default-cluster-stopped",
+            "patroni-config-managed", "patroni-service-running", "patroni-cluster-healthy",
+            "pgcluster-role-app-present", "pgcluster-database-app-present"} <= ids  # fmt: skip
+
+
+def test_host_without_a_role_gets_nothing_to_do(confdir):
+    assert set(states_of(confdir, "salt")) == {"pgcluster-no-role-on-this-minion"}
+
+
+def test_no_secret_is_rendered_into_state_data(confdir):
+    rendered = json.dumps(states_of(confdir, "pg1"))
+    assert not [s for s in SECRETS if s in rendered]
+
+
+def test_secret_file_is_0600_and_not_diffed(confdir):
+    conf = states_of(confdir, "pg1")["patroni-config-managed"]["file"]
+    args = {k: v for d in conf if isinstance(d, dict) for k, v in d.items()}
+    assert args["mode"] == "0600" and args["user"] == "postgres" and args["show_changes"] is False
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number, at least 3"),
+        ({"members": ["pg1", "pg2", "db7"]}, "pgcluster:clusters:main:members[2]: 'db7' has no address"),
+        ({"passwords": {"superuser": "short"}}, "pgcluster:clusters:main:passwords:superuser: missing or shorter"),
+        ({"port": "fivefourthreetwo"}, "pgcluster:clusters:main:port: 'fivefourthreetwo' is not a port number"),
+        ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo'"),
+    ],
+)
+def test_bad_pillar_stops_the_render_naming_the_key(confdir, override, message):
+    pillar = json.dumps({"pgcluster": {"clusters": {"main": override}}})
+    res = salt_call(confdir, "pg1", "state.show_sls", "pgcluster", f"pillar={pillar}")
+    assert res.returncode != 0
+    assert message in res.stdout
+    assert "invalid pgcluster pillar" in res.stdout

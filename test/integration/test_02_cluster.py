@@ -1,0 +1,236 @@
+"""HA PostgreSQL by highstate in the lab: etcd, Patroni, failover, idempotence, secrets."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import yaml
+from labtools import (
+    MEMBERS,
+    REPO,
+    changed_states,
+    cluster,
+    highstate,
+    lab,
+    leader,
+    psql,
+    salt_json,
+    sh,
+    wait_for,
+    wait_healthy,
+    write_until_ok,
+)
+
+LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+SECRETS = [
+    *LAB_PILLAR["clusters"]["main"]["passwords"].values(),
+    LAB_PILLAR["clusters"]["main"]["roles"]["app"]["password"],
+]
+DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())["pgcluster"]
+FAILOVER_BOUND = DEFAULTS["profiles"][LAB_CLUSTER["profile"]]["failover_bound"]
+
+
+@pytest.fixture(scope="module")
+def first_highstate(lab_up) -> dict:
+    """A fresh lab (bare hosts), then one highstate: returns its result and duration."""
+    lab("down")
+    lab("up")
+    start = time.monotonic()
+    ret = highstate()
+    return {"ret": ret, "seconds": time.monotonic() - start}
+
+
+@pytest.fixture
+def deployed(first_highstate) -> dict:
+    """A healthy cluster (waits for it: a previous test may have just failed over)."""
+    return wait_healthy(2, timeout=180)
+
+
+def test_first_highstate_from_bare_hosts_gives_a_healthy_cluster(first_highstate):
+    ret = first_highstate["ret"]
+    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    assert failed == {m: [] for m in ret}, failed
+    c = cluster()
+    assert c["leader"] in MEMBERS
+    replicas = [m for m in c["members"] if m["name"] != c["leader"]]
+    assert sorted(m["name"] for m in c["members"]) == list(MEMBERS)
+    assert all(m["state"] == "streaming" and m["lag"] is not None for m in replicas)
+    health = json.loads(sh("pg1", "ETCDCTL_API=3 etcdctl --endpoints=pg1:2379,pg2:2379,pg3:2379 "
+                                  "endpoint health -w json").stdout)  # fmt: skip
+    assert len(health) == 3 and all(h["health"] for h in health)
+
+
+def test_debian_default_cluster_neither_runs_nor_starts(deployed):
+    for host in MEMBERS:
+        assert sh(host, "systemctl is-enabled postgresql@15-main postgresql", check=False).stdout.split() == [
+            "disabled",
+            "disabled",
+        ]
+        assert sh(host, "cat /etc/postgresql/15/main/start.conf").stdout.strip() == "disabled"
+        datadirs = sh(host, "ps -C postgres -o args= | grep -o -- '-D [^ ]*' | sort -u").stdout.split("\n")
+        assert [d for d in datadirs if d] == ["-D /var/lib/postgresql/15/patroni-main"]
+
+
+def test_second_highstate_changes_nothing(deployed):
+    assert changed_states(highstate()) == {m: [] for m in ("salt", "pg1", "pg2", "pg3", "backup", "app1")}
+
+
+def test_test_mode_changes_nothing(deployed):
+    ret = highstate("test=True")
+    would = {
+        m: [s["__id__"] for s in st.values() if s["result"] is not True or s.get("changes")] for m, st in ret.items()
+    }
+    assert would == {m: [] for m in ret}
+
+
+def test_row_written_on_leader_is_read_on_both_replicas(deployed):
+    lead = deployed["leader"]
+    token = str(uuid.uuid4())
+    psql(lead, "CREATE TABLE IF NOT EXISTS replication_probe(token text)", db="app")
+    psql(lead, f"INSERT INTO replication_probe VALUES ('{token}')", db="app")
+    for replica in (m for m in MEMBERS if m != lead):
+        wait_for(
+            f"row on {replica}",
+            lambda r=replica: (
+                psql(r, f"SELECT count(*) FROM replication_probe WHERE token = '{token}'").stdout.strip() == "1"
+            ),
+            10,
+        )
+        assert psql(replica, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
+
+
+def test_app_role_and_database_exist_with_least_privilege(deployed):
+    lead = deployed["leader"]
+    assert psql(lead, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'").stdout.strip() == "app"
+    ok = sh(
+        "app1", f"PGPASSWORD={SECRETS[-1]} psql -XAtq -h {lead} -U app -d app -c 'select current_user'", check=False
+    )
+    assert ok.stdout.strip() == "app"
+    denied = sh("app1", f"PGPASSWORD={SECRETS[-1]} psql -XAtq -h {lead} -U app -d postgres -c 'select 1'", check=False)
+    assert denied.returncode != 0 and "pg_hba.conf rejects connection" in denied.stderr
+    bad = sh("app1", f"PGPASSWORD=wrong psql -XAtq -h {lead} -U app -d app -c 'select 1'", check=False)
+    assert bad.returncode != 0 and "password authentication failed" in bad.stderr
+    method = psql(lead, "SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'app'").stdout.strip()
+    assert method == "SCRAM-SHA-256$"
+
+
+def test_patronictl_list_agrees_with_patroni_cluster(deployed):
+    for host in MEMBERS:
+        ctl = json.loads(sh(host, "patronictl list -f json").stdout)
+        mod = cluster(host)
+        assert {r["Member"]: r["Role"].lower().replace(" ", "_") for r in ctl} == {
+            m["name"]: m["role"] for m in mod["members"]
+        }
+        assert {r["Member"]: r["State"] for r in ctl} == {m["name"]: m["state"] for m in mod["members"]}
+        assert {r["Member"]: r["TL"] for r in ctl} == {m["name"]: m["timeline"] for m in mod["members"]}
+
+
+def test_switchover_through_salt_moves_the_leader(deployed):
+    old = deployed["leader"]
+    new = next(m for m in MEMBERS if m != old)
+    ret = salt_json(old, "patroni.switchover", f"candidate={new}")[old]
+    assert ret["from"] == old and ret["to"] == new
+    wait_for(f"{new} to lead", lambda: leader() == new, 60)
+    c = wait_healthy(2, timeout=120)
+    assert c["leader"] == new
+    assert {m["name"]: m["role"] for m in c["members"]}[old] != "leader"
+
+
+@pytest.mark.parametrize(
+    "candidate, message", [("pg9", "no member 'pg9' in cluster 'main'"), ("LEADER", "is already the leader")]
+)
+def test_switchover_with_bad_arguments_is_a_clear_error(deployed, candidate, message):
+    candidate = deployed["leader"] if candidate == "LEADER" else candidate
+    res = lab("salt", "pg1", "patroni.switchover", f"candidate={candidate}", check=False)
+    assert res.returncode != 0
+    assert message in res.stdout and "Traceback" not in res.stdout
+    assert leader() == deployed["leader"]
+
+
+def test_unreachable_patroni_is_a_clear_error(deployed):
+    res = lab("salt", "pg1", "patroni.cluster", "url=http://198.18.0.13:8999", check=False)
+    assert res.returncode != 0
+    assert "GET http://198.18.0.13:8999/cluster: cannot connect (is Patroni running?)" in res.stdout
+
+
+def test_state_leader_and_dynamic_config(deployed):
+    target = next(m for m in MEMBERS if m != deployed["leader"])
+    ret = salt_json("pg1", "state.single", "patroni.leader", f"name={target}")["pg1"]
+    (r,) = ret.values()
+    assert r["result"] is True and r["changes"] == {"leader": {"old": deployed["leader"], "new": target}}
+    wait_healthy(2, timeout=120)
+    (r,) = salt_json("pg1", "state.single", "patroni.leader", f"name={target}")["pg1"].values()
+    assert r["result"] is True and r["changes"] == {}
+    (r,) = salt_json("pg2", "state.single", "patroni.dynamic_config", "name=c", 'config={"ttl": 20}')["pg2"].values()
+    assert r["changes"] == {}
+    cfg = '{"postgresql": {"parameters": {"work_mem": "8MB"}}}'
+    (r,) = salt_json("pg2", "state.single", "patroni.dynamic_config", "name=c", f"config={cfg}", "test=True")[
+        "pg2"
+    ].values()
+    assert r["result"] is None and r["changes"] == {"patch": {"postgresql": {"parameters": {"work_mem": "8MB"}}}}
+    assert "work_mem" not in salt_json("pg2", "patroni.config_get")["pg2"]["postgresql"]["parameters"]
+
+
+def test_crash_of_the_leader_host_fails_over_and_old_leader_rejoins(deployed):
+    old = deployed["leader"]
+    psql(old, "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text)")
+    psql(old, "GRANT INSERT, SELECT ON failover_probe TO app; GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")
+    old_tl = next(m["timeline"] for m in deployed["members"] if m["name"] == old)
+    start = time.monotonic()
+    lab("crash", old)
+    try:
+        seconds = write_until_ok("after-crash", timeout=FAILOVER_BOUND + 30)
+        assert seconds <= FAILOVER_BOUND, f"new leader accepted writes after {seconds:.1f} s"
+        new = leader()
+        assert new and new != old
+    finally:
+        lab("boot", old)
+    c = wait_healthy(2, timeout=240)
+    roles = {m["name"]: (m["role"], m["state"], m["timeline"]) for m in c["members"]}
+    assert roles[old][0] != "leader" and roles[old][1] == "streaming"
+    assert roles[old][2] > old_tl
+    token = str(uuid.uuid4())
+    psql(c["leader"], f"INSERT INTO failover_probe(note) VALUES ('{token}')")
+    wait_for("row on the old leader", lambda: psql(old, f"SELECT count(*) FROM failover_probe WHERE note = '{token}'")
+             .stdout.strip() == "1", 15)  # fmt: skip
+    assert time.monotonic() - start < 600
+
+
+def test_stopping_patroni_stops_every_postgres_process(deployed):
+    replica = next(m for m in MEMBERS if m != deployed["leader"])
+    sh(replica, "systemctl stop patroni")
+    try:
+        assert sh(replica, "pgrep -u postgres -c postgres", check=False).stdout.strip() == "0"
+    finally:
+        sh(replica, "systemctl start patroni")
+    wait_healthy(2, timeout=120)
+
+
+def test_no_secret_in_process_lists_logs_or_readable_files(deployed):
+    for host in MEMBERS:
+        ps = sh(host, "ps -eo args=").stdout
+        logs = sh(host, "journalctl --no-pager -o cat; cat /var/log/salt/minion 2>/dev/null", check=False).stdout
+        for secret in SECRETS:
+            assert secret not in ps, f"password in a process list on {host}"
+            assert secret not in logs, f"password in the logs of {host}"
+        modes = sh(host, "stat -c '%n %a %U' /etc/patroni/config.yml /etc/patroni/.pgpass").stdout.split("\n")
+        assert modes[:2] == ["/etc/patroni/config.yml 600 postgres", "/etc/patroni/.pgpass 600 postgres"]
+        readable = sh(host, f"grep -rlF {SECRETS[0]} /etc /var/lib/postgresql /opt 2>/dev/null", check=False).stdout
+        for path in filter(None, readable.split("\n")):
+            mode = sh(host, f"stat -c '%a %U' {path}").stdout.strip()
+            assert mode.split()[0][-1] == "0" and mode.split()[0][-2] in "04", f"{path} is {mode}"
+    master_logs = sh("salt", "cat /var/log/salt/master; journalctl --no-pager -o cat", check=False).stdout
+    assert not [s for s in SECRETS if s in master_logs]
+
+
+def test_bad_pillar_stops_highstate_before_any_change(deployed):
+    before = sh("pg1", "stat -c %Y /etc/patroni/config.yml /etc/default/etcd").stdout
+    pillar = json.dumps({"pgcluster": {"clusters": {"main": {"etcd": ["pg1", "pg2"]}}}})
+    ret = highstate(f"pillar={pillar}")
+    for host in MEMBERS:
+        assert isinstance(ret[host], list), ret[host]
+        assert any("pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number" in e for e in ret[host])
+    assert sh("pg1", "stat -c %Y /etc/patroni/config.yml /etc/default/etcd").stdout == before
