@@ -25,10 +25,9 @@ from labtools import (
 )
 
 LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
-SECRETS = [
-    *LAB_PILLAR["clusters"]["main"]["passwords"].values(),
-    LAB_PILLAR["clusters"]["main"]["roles"]["app"]["password"],
-]
+LAB_CLUSTER = LAB_PILLAR["clusters"]["main"]
+APP_PW = LAB_CLUSTER["roles"]["app"]["password"]
+SECRETS = [*LAB_CLUSTER["passwords"].values(), APP_PW]
 DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())["pgcluster"]
 FAILOVER_BOUND = DEFAULTS["profiles"][LAB_CLUSTER["profile"]]["failover_bound"]
 
