@@ -250,16 +250,25 @@ def pg_hba(model: dict, name: str) -> list[str]:
     return rules
 
 
+def dynamic_config(model: dict, name: str) -> dict:
+    """Patroni's dynamic (DCS) configuration of cluster NAME: the profile's timing and durability,
+    and the PostgreSQL parameters every member must share (defaults <- profile <- cluster)."""
+    c = cluster(model, name)
+    prof = c["profile_settings"]
+    params = _merge(_merge(model["postgresql"]["parameters"], prof.get("parameters", {})), c.get("parameters", {}))
+    return {
+        **copy.deepcopy(prof["dcs"]),
+        "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
+    }
+
+
 def patroni_config(model: dict, name: str, member: str) -> dict:
     """Patroni's config.yml for MEMBER of cluster NAME."""
     c = cluster(model, name)
     p = model["patroni"]
     pg = model["postgresql"]
-    prof = c["profile_settings"]
     pw = c["passwords"]
     addr = model["hosts"][member]
-    params = _merge(_merge(pg["parameters"], prof.get("parameters", {})), c.get("parameters", {}))
-    params["port"] = c["port"]
     restapi = {
         "listen": f"{addr}:{p['restapi_port']}",
         "connect_address": f"{addr}:{p['restapi_port']}",
@@ -279,15 +288,7 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
         "restapi": restapi,
         "etcd3": {"hosts": etcd_endpoints(model, name)},
         "bootstrap": {
-            "dcs": {
-                **prof["dcs"],
-                "postgresql": {
-                    "use_pg_rewind": True,
-                    "use_slots": True,
-                    # Dynamic parameters live in the DCS so that every member agrees.
-                    "parameters": {k: v for k, v in params.items() if k not in ("port",)},
-                },
-            },
+            "dcs": dynamic_config(model, name),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
         },
         "postgresql": {

@@ -1,5 +1,6 @@
 {%- from "pgcluster/map.jinja" import pgcluster with context %}
-{%- set c = pgcluster.clusters[pgcluster.node.member] %}
+{%- set name = pgcluster.node.member %}
+{%- set c = pgcluster.clusters[name] %}
 
 include:
   - patroni.config
@@ -35,3 +36,11 @@ patroni-cluster-healthy:
     - timeout: 300
     - require:
       - service: patroni-service-running
+
+{#- bootstrap.dcs only counts when the cluster is created: afterwards the profile and the
+    shared PostgreSQL parameters are kept in the DCS by PATCHing only what differs. #}
+patroni-dynamic-config-applied:
+  patroni.dynamic_config:
+    - config: {{ salt["pgcluster.dynamic_config"](pgcluster, name) | json }}
+    - require:
+      - patroni: patroni-cluster-healthy
