@@ -233,3 +233,16 @@ def test_bad_pillar_stops_highstate_before_any_change(deployed):
         assert isinstance(ret[host], list), ret[host]
         assert any("pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number" in e for e in ret[host])
     assert sh("pg1", "stat -c %Y /etc/patroni/config.yml /etc/default/etcd").stdout == before
+
+
+def reachable(src: str, dst: str, port: int) -> bool:
+    return sh(src, f"timeout 2 bash -c '</dev/tcp/{dst}/{port}'", check=False).returncode == 0
+
+
+def test_etcd_and_postgresql_only_answer_the_hosts_that_need_them(deployed):
+    assert reachable("pg2", "pg1", 2379) and reachable("pg2", "pg1", 2380)
+    assert not reachable("app1", "pg1", 2379) and not reachable("backup", "pg1", 2380)
+    assert reachable("app1", "pg1", 5432)  # a PgBouncer host
+    assert not reachable("backup", "pg1", 5432) and not reachable("salt", "pg3", 5432)
+    rules = sh("pg1", "nft list table inet pgcluster").stdout
+    assert "tcp dport { 2379, 2380 } ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13 } accept" in rules

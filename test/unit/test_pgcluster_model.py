@@ -149,3 +149,21 @@ def test_scram_verifier_matches_one_made_by_postgresql():
     assert pgc.scram_matches(rec["password"], rec["verifier"])
     salt = base64.b64decode(rec["verifier"].split(":")[1].split("$")[0])
     assert pgc.scram_verifier(rec["password"], salt, 4096) == rec["verifier"]
+
+
+def test_firewall_opens_etcd_to_members_and_postgresql_to_clients():
+    rules = {r["name"]: r for r in pgc.firewall(model(), "pg1")}
+    assert rules["etcd"]["ports"] == [2379, 2380]
+    assert rules["etcd"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+    assert rules["postgresql"]["ports"] == [5432]
+    assert rules["postgresql"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.30"]
+    assert pgc.firewall(model(), "app1") == []
+    nets = pgc.firewall(model(lab_with(client_networks=["10.1.0.0/16"])), "pg2")
+    assert nets[1]["sources"][-1] == "10.1.0.0/16"
+
+
+def test_role_verifier_is_stable_per_cluster_and_role():
+    v = pgc.role_verifier("main", "app", "s3cret-password")
+    assert v == pgc.role_verifier("main", "app", "s3cret-password")
+    assert v != pgc.role_verifier("other", "app", "s3cret-password")
+    assert pgc.scram_matches("s3cret-password", v)

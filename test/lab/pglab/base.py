@@ -31,6 +31,7 @@ PACKAGES = (
     "pgbackrest",
     "haproxy",
     "iputils-ping",
+    "nftables",
 )
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
