@@ -225,6 +225,33 @@ def etcd_endpoints(model: dict, name: str) -> list[str]:
     return [f"{model['hosts'][m]}:{port}" for m in model["clusters"][name]["etcd"]]
 
 
+def firewall(model: dict, minion_id: str) -> list[dict]:
+    """Ports of MINION_ID that only some hosts may reach: [{'name', 'ports', 'sources'}].
+
+    etcd (client and peer) is open to the cluster's etcd and Patroni members only;
+    PostgreSQL to the members, the PgBouncer hosts and the declared client networks.
+    """
+    roles = node_roles(model, minion_id)
+    rules = []
+    if roles["etcd"]:
+        c = cluster(model, roles["etcd"])
+        hosts = dict.fromkeys(c["etcd"] + c["members"])
+        rules.append({
+            "name": "etcd",
+            "ports": [model["etcd"]["client_port"], model["etcd"]["peer_port"]],
+            "sources": [model["hosts"][h] for h in hosts],
+        })  # fmt: skip
+    if roles["member"]:
+        c = cluster(model, roles["member"])
+        hosts = dict.fromkeys(c["members"] + c["pgbouncer"])
+        rules.append({
+            "name": "postgresql",
+            "ports": [c["port"]],
+            "sources": [model["hosts"][h] for h in hosts] + [str(n) for n in c["client_networks"]],
+        })  # fmt: skip
+    return rules
+
+
 def pg_hba(model: dict, name: str) -> list[str]:
     """Least-privilege pg_hba rules for cluster NAME (first match wins; everything else rejected)."""
     c = cluster(model, name)
@@ -306,6 +333,7 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
             "parameters": {"unix_socket_directories": pg["socket_dir"], "port": c["port"]},
             "pg_hba": pg_hba(model, name),
             "create_replica_methods": ["basebackup"],
+            "callbacks": {event: p["callback"] for event in ("on_role_change", "on_start", "on_stop")},
             "basebackup": [{"checkpoint": "fast"}],
             "remove_data_directory_on_rewind_failure": True,
         },
@@ -323,6 +351,17 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4
     server_key = hmac.new(salted, b"Server Key", "sha256").digest()
     b64 = base64.b64encode
     return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def role_verifier(cluster_name: str, role: str, password: str) -> str:
+    """The SCRAM verifier of ROLE in CLUSTER_NAME, the same on every host.
+
+    The salt is derived from the cluster and role names, so that PgBouncer's auth_file and
+    pg_authid hold the very same verifier: PgBouncer then logs into PostgreSQL with it and
+    no host but the client ever holds the plaintext.
+    """
+    salt = hashlib.sha256(f"pgcluster/{cluster_name}/{role}".encode()).digest()[:16]
+    return scram_verifier(password, salt)
 
 
 def scram_matches(password: str, verifier: str | None) -> bool:

@@ -96,7 +96,7 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
     else:
         if (rows[0][0] == "t") != login:
             todo.append("login" if login else "nologin")
-        if password and not __salt__["pgcluster.scram_matches"](password, rows[0][1]):
+        if password and rows[0][1] != __salt__["pgcluster.role_verifier"](cluster, name, password):
             todo.append("password")
     if not todo:
         ret["comment"] = f"role {name} is as wanted"
@@ -107,7 +107,7 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
         return ret
     attrs = "LOGIN" if login else "NOLOGIN"
     if password:
-        attrs += " PASSWORD " + lit(__salt__["pgcluster.scram_verifier"](password))
+        attrs += " PASSWORD " + lit(__salt__["pgcluster.role_verifier"](cluster, name, password))
     verb = "CREATE" if not rows else "ALTER"
     try:
         q(f"{verb} ROLE {idt(name)} {attrs}", port=port)
@@ -154,4 +154,54 @@ def database_present(name: str, cluster: str, port: int = 5432) -> dict:
         ret.update(result=False, changes={}, comment=f"database {name}: {exc}")
         return ret
     ret["comment"] = f"database {name} {'created' if not rows else 'given to ' + owner}"
+    return ret
+
+
+def _leader_address(cluster: str, timeout: float) -> str | None:
+    """Address of CLUSTER's leader, asked of each member's Patroni in turn until TIMEOUT."""
+    model = __pillar__.get("pgcluster", {})
+    c = model.get("clusters", {}).get(cluster, {})
+    port = (model.get("patroni") or {}).get("restapi_port", 8008)
+    deadline = time.monotonic() + timeout
+    while True:
+        for member in c.get("members", []):
+            url = f"http://{model['hosts'][member]}:{port}"
+            try:
+                leader = __salt__["patroni.leader"](url=url)
+            except CommandExecutionError:
+                continue
+            if leader:
+                return model["hosts"][leader]
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(2)
+
+
+def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
+    """Ensure this PgBouncer's routing file for cluster NAME points at the current leader.
+
+    The leader is read from Patroni; waits up to TIMEOUT seconds for the cluster to have one
+    (on a first deployment the database servers bootstrap at the same time).
+    """
+    ret = _ret(name)
+    leader = _leader_address(name, 5 if __opts__.get("test") else timeout)
+    if leader is None:
+        ret.update(result=False, comment=f"cluster {name} has no leader after {timeout:.0f} s")
+        return ret
+    c = __pillar__["pgcluster"]["clusters"][name]
+    text = __salt__["pgbouncer.routing_text"](name, leader, int(c.get("port", 5432)), list(c.get("databases") or {}))
+    try:
+        with open(__salt__["pgbouncer.routing_path"](name)) as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = None
+    if current == text:
+        ret["comment"] = f"routes {name} to the leader {leader}"
+        return ret
+    ret["changes"] = {"leader": leader}
+    if __opts__.get("test"):
+        ret.update(result=None, comment=f"would route {name} to the leader {leader}")
+        return ret
+    __salt__["pgbouncer.write_routing"](name, leader)
+    ret["comment"] = f"routes {name} to the leader {leader}"
     return ret

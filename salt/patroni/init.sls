@@ -1,5 +1,6 @@
 include:
   - patroni.install
+  - patroni.events
   - patroni.config
   - patroni.service
   - patroni.databases

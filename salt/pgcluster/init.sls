@@ -2,8 +2,11 @@
 {%- from "pgcluster/map.jinja" import pgcluster with context %}
 {%- set node = pgcluster.node %}
 {%- set components = [] %}
+{%- if node.etcd or node.member %}{% do components.append("pgcluster.firewall") %}{% endif %}
 {%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
 {%- if node.member %}{% do components.extend(["postgresql", "patroni"]) %}{% endif %}
+{%- if node.pgbouncer %}{% do components.append("pgbouncer") %}{% endif %}
+{%- if node.pgbouncer and not node.member %}{% do components.append("pgclient") %}{% endif %}
 {%- if components %}
 include:
 {%- for c in components %}

@@ -1,0 +1,273 @@
+"""Master-side operations of pgcluster: follow the leader, reconcile, planned switchover.
+
+The cluster model is read from the master's cache of the minions' pillar (the same
+``pgcluster`` pillar the states use). The leader is always read from Patroni itself
+(GET /cluster on the members, then GET /primary must answer 200 on the leader): an event
+only says *when* to look, never *what* is true.
+
+CLI examples::
+
+    salt-run pgcluster.status main
+    salt-run pgcluster.switchover main candidate=pg2
+    salt-run pgcluster.reconcile
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import requests
+import salt.cache
+import salt.client
+import salt.utils.event
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+TAG = "pgcluster/pgbouncer"
+HTTP_TIMEOUT = 2
+
+
+class PgclusterError(CommandExecutionError):
+    """A runner cannot do what was asked; the message says why."""
+
+
+# ---- model ------------------------------------------------------------------------------------
+def _cached_pillar(minion: str) -> dict:
+    data = salt.cache.factory(__opts__).fetch("pillar", minion)
+    return (data.get("pgcluster") if isinstance(data, dict) else None) or {}
+
+
+def _model(minion: str | None = None) -> dict:
+    """The pgcluster pillar as MINION (default: any minion that has it) last received it."""
+    if minion is not None:
+        return _cached_pillar(minion)
+    for mid in salt.cache.factory(__opts__).list("pillar"):
+        model = _cached_pillar(mid)
+        if model.get("clusters"):
+            return model
+    return {}
+
+
+def _cluster(model: dict, name: str) -> dict:
+    c = (model.get("clusters") or {}).get(name)
+    if not c:
+        known = ", ".join(sorted(model.get("clusters") or {})) or "none"
+        raise PgclusterError(f"unknown cluster {name!r} (clusters: {known})")
+    return c
+
+
+def _api(model: dict, member: str) -> str:
+    port = (model.get("patroni") or {}).get("restapi_port", 8008)
+    return f"http://{model['hosts'][member]}:{port}"
+
+
+# ---- Patroni ------------------------------------------------------------------------------------
+def _leader_once(model: dict, c: dict) -> str | None:
+    """The member that Patroni reports as leader and that answers 200 on /primary, or None."""
+    for member in c["members"]:
+        try:
+            cl = requests.get(_api(model, member) + "/cluster", timeout=HTTP_TIMEOUT).json()
+        except (requests.RequestException, ValueError):
+            continue
+        leaders = [m["name"] for m in cl.get("members", []) if m.get("role") == "leader"]
+        if not leaders or leaders[0] not in c["members"]:
+            return None
+        try:
+            ok = requests.get(_api(model, leaders[0]) + "/primary", timeout=HTTP_TIMEOUT).status_code == 200
+        except requests.RequestException:
+            ok = False
+        return leaders[0] if ok else None
+    return None
+
+
+def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = None) -> str:
+    """Poll until a leader (other than NOT_MEMBER) accepts writes; raises PgclusterError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leader = _leader_once(model, c)
+        if leader and leader != not_member:
+            return leader
+        if time.monotonic() >= deadline:
+            raise PgclusterError(f"no leader accepting writes within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+# ---- PgBouncer ----------------------------------------------------------------------------------
+def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 15) -> dict:
+    hosts = c.get("pgbouncer") or []
+    if not hosts:
+        return {}
+    with salt.client.LocalClient(mopts=__opts__) as local:
+        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True)
+
+
+def _failures(ret: dict, hosts: list[str]) -> dict[str, str]:
+    bad = {}
+    for host in hosts:
+        r = ret.get(host)
+        if r is None:
+            bad[host] = "no answer"
+        elif r.get("retcode", 0) != 0:
+            bad[host] = str(r.get("ret"))[:300]
+    return bad
+
+
+def _repoint(model: dict, name: str, leader: str) -> dict:
+    c = _cluster(model, name)
+    address = model["hosts"][leader]
+    t = time.monotonic()
+    ret = _on_pgbouncers(c, "pgbouncer.repoint", [name, address])
+    return {
+        "seconds": round(time.monotonic() - t, 3),
+        "changed": sorted(h for h, r in ret.items() if isinstance(r.get("ret"), dict) and r["ret"].get("changed")),
+        "failed": _failures(ret, c.get("pgbouncer") or []),
+    }
+
+
+def _fire(tag: str, data: dict) -> None:
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+        bus.fire_event(data, f"{TAG}/{tag}")
+
+
+def _clean_errors(func):
+    """Report PgclusterError as a message and a non-zero exit code, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PgclusterError as exc:
+            __context__["retcode"] = 1
+            return {"error": str(exc), "retcode": 1}  # salt-run exits with this retcode
+
+    return wrapper
+
+
+# ---- runner functions ---------------------------------------------------------------------------
+def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None, timeout: float = 30) -> dict:
+    """Handle a Patroni event from minion SENDER: find the real leader, repoint every PgBouncer.
+
+    The event is ignored (logged, and a ``pgcluster/pgbouncer/rejected`` event fired) unless
+    SENDER is a member of CLUSTER in the model. Fires ``pgcluster/pgbouncer/repointed`` with
+    the timings. Returns what was done.
+    """
+    start = time.monotonic()
+    model = _model(sender) if isinstance(sender, str) else {}
+    c = (model.get("clusters") or {}).get(cluster) if isinstance(cluster, str) else None
+    if not c or sender not in c.get("members", []):
+        why = f"sender {sender!r} is not a member of cluster {cluster!r}"
+        log.warning("pgcluster: ignored event %r: %s", event_tag, why)
+        _fire("rejected", {"sender": str(sender)[:100], "cluster": str(cluster)[:100], "why": why})
+        return {"result": False, "comment": why}
+    try:
+        leader = _wait_leader(model, c, timeout)
+    except PgclusterError as exc:
+        log.warning("pgcluster: %s: %s", cluster, exc)
+        return {"result": False, "comment": str(exc)}
+    found = time.monotonic()
+    done = _repoint(model, cluster, leader)
+    result = {
+        "result": not done["failed"],
+        "cluster": cluster,
+        "leader": leader,
+        "event": event_tag,
+        "sender": sender,
+        "seconds_to_leader": round(found - start, 3),
+        "seconds_to_repoint": done["seconds"],
+        "seconds_total": round(time.monotonic() - start, 3),
+        "changed": done["changed"],
+        "failed": done["failed"],
+    }
+    _fire("repointed", result)
+    return result
+
+
+def reconcile() -> dict:
+    """Safety net (run by the master's schedule): every PgBouncer of every cluster routes to its
+    current leader. Returns {cluster: what was done}."""
+    model = _model()
+    out = {}
+    for name, c in (model.get("clusters") or {}).items():
+        leader = _leader_once(model, c)
+        if not leader:
+            out[name] = {"result": False, "comment": "no leader accepting writes: nothing changed"}
+            continue
+        done = _repoint(model, name, leader)
+        if done["changed"]:
+            log.warning("pgcluster: reconcile repointed %s to %s on %s", name, leader, done["changed"])
+            _fire("reconciled", {"cluster": name, "leader": leader, **done})
+        out[name] = {"result": not done["failed"], "leader": leader, **done}
+    return out
+
+
+@_clean_errors
+def status(cluster: str) -> dict:
+    """Members as Patroni sees them and where each PgBouncer routes CLUSTER."""
+    model = _model()
+    c = _cluster(model, cluster)
+    leader = _leader_once(model, c)
+    ret = _on_pgbouncers(c, "pgbouncer.targets", [cluster])
+    return {
+        "leader": leader,
+        "pgbouncer": {h: (r or {}).get("ret") for h, r in ret.items()},
+        "misrouted": sorted(
+            h
+            for h, r in ret.items()
+            if isinstance(r.get("ret"), dict) and set(r["ret"].values()) != {model["hosts"].get(leader)}
+        ),
+    }
+
+
+@_clean_errors
+def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) -> dict:
+    """Planned switchover with no client error: PAUSE every PgBouncer, switch over, wait for the new
+    leader, repoint, RESUME. On any failure every PgBouncer is RESUMEd and the error says what went
+    wrong. Returns the steps with their timings, and how long clients were paused.
+    """
+    model = _model()
+    c = _cluster(model, cluster)
+    if candidate is not None and candidate not in c["members"]:
+        raise PgclusterError(f"unknown candidate {candidate!r} (members of {cluster}: {', '.join(c['members'])})")
+    old = _leader_once(model, c)
+    if not old:
+        raise PgclusterError(f"cluster {cluster} has no leader accepting writes: nothing done")
+    if candidate == old:
+        raise PgclusterError(f"{candidate} already leads cluster {cluster}: nothing done")
+    steps: dict[str, Any] = {"from": old}
+    t0 = time.monotonic()
+    try:
+        ret = _on_pgbouncers(c, "pgbouncer.pause", [cluster], timeout=int(timeout))
+        bad = _failures(ret, c.get("pgbouncer") or [])
+        if bad:
+            raise PgclusterError(f"PAUSE failed on {bad}")
+        steps["paused_after"] = round(time.monotonic() - t0, 3)
+        auth = ((model.get("patroni") or {}).get("restapi_username", "patroni"), c["passwords"]["restapi"])
+        body = {"leader": old, **({"candidate": candidate} if candidate else {})}
+        try:
+            resp = requests.post(_api(model, old) + "/switchover", json=body, auth=auth, timeout=timeout)
+        except requests.RequestException as exc:
+            raise PgclusterError(f"switchover request to {old} failed: {exc}") from None
+        if resp.status_code != 200:
+            raise PgclusterError(f"Patroni refused the switchover: HTTP {resp.status_code}: {resp.text.strip()}")
+        steps["switched_after"] = round(time.monotonic() - t0, 3)
+        new = _wait_leader(model, c, timeout, not_member=old)
+        steps["to"] = new
+        steps["leader_after"] = round(time.monotonic() - t0, 3)
+        done = _repoint(model, cluster, new)
+        if done["failed"]:
+            raise PgclusterError(f"repoint failed on {done['failed']}")
+        steps["repointed_after"] = round(time.monotonic() - t0, 3)
+    except PgclusterError as exc:
+        steps["error"] = str(exc)
+    finally:
+        ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster])
+        steps["resume_failed"] = _failures(ret, c.get("pgbouncer") or [])
+        steps["paused_seconds"] = round(time.monotonic() - t0, 3)
+    steps["result"] = "error" not in steps and not steps["resume_failed"]
+    _fire("switchover", steps)
+    if not steps["result"]:
+        raise PgclusterError(f"switchover of {cluster} failed (every PgBouncer resumed): {steps}")
+    return steps

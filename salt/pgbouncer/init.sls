@@ -1,0 +1,4 @@
+include:
+  - pgbouncer.install
+  - pgbouncer.config
+  - pgbouncer.service

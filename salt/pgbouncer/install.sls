@@ -1,0 +1,5 @@
+{%- from "pgcluster/map.jinja" import pgcluster with context %}
+
+pgbouncer-package-installed:
+  pkg.installed:
+    - name: {{ pgcluster.pgbouncer.package }}
