@@ -62,10 +62,9 @@ def _admin(command: str) -> list[list[str]]:
     return __salt__["pgsql.query"](command, dbname="pgbouncer", port=PORT)
 
 
-def show_databases() -> list[dict]:
-    """SHOW DATABASES as a list of {'name', 'host', 'port', 'database', 'paused', 'disabled'}."""
+def _databases(rows: list[list[str]]) -> list[dict]:
     out = []
-    for row in _admin("SHOW DATABASES"):
+    for row in rows:
         # name, host, port, database, force_user, pool_size, min_pool_size, reserve_pool, pool_mode,
         # max_connections, current_connections, paused, disabled (PgBouncer 1.18)
         out.append({"name": row[0], "host": row[1], "port": int(row[2] or 0), "database": row[3],
@@ -73,10 +72,19 @@ def show_databases() -> list[dict]:
     return out
 
 
+def show_databases() -> list[dict]:
+    """SHOW DATABASES as a list of {'name', 'host', 'port', 'database', 'paused', 'disabled'}."""
+    return _databases(_admin("SHOW DATABASES"))
+
+
+def _targets(cluster: str, databases: list[dict]) -> dict[str, str]:
+    dbs = set(_cluster(cluster).get("databases", {}) or {})
+    return {d["name"]: d["host"] for d in databases if d["name"] in dbs}
+
+
 def targets(cluster: str) -> dict[str, str]:
     """{database: host} that PgBouncer routes CLUSTER's databases to now."""
-    dbs = set(_cluster(cluster).get("databases", {}) or {})
-    return {d["name"]: d["host"] for d in show_databases() if d["name"] in dbs}
+    return _targets(cluster, show_databases())
 
 
 def write_routing(cluster: str, leader: str, replicas: list[str] | None = None) -> bool:
@@ -112,17 +120,16 @@ def repoint(cluster: str, leader: str, replicas: list[str] | None = None, timeou
     """
     start = time.monotonic()
     changed = write_routing(cluster, leader, replicas)
-    now = targets(cluster)
-    if changed or any(h != leader for h in now.values()):
-        reload()
+    # RELOAD is synchronous on the admin console: SHOW DATABASES in the same session verifies it.
+    reload_and_show = "RELOAD;\nSHOW DATABASES;"
+    now = _targets(cluster, _databases(_admin(reload_and_show if changed else "SHOW DATABASES")))
     deadline = start + timeout
-    while True:
-        now = targets(cluster)
-        if now and all(h == leader for h in now.values()):
-            return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4)}
+    while not now or any(h != leader for h in now.values()):
         if time.monotonic() >= deadline:
             raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {now} after RELOAD (wanted {leader})")
         time.sleep(0.05)
+        now = _targets(cluster, _databases(_admin(reload_and_show)))
+    return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4)}
 
 
 def pause(cluster: str) -> list[str]:

@@ -96,7 +96,7 @@ def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = 
 
 
 # ---- PgBouncer ----------------------------------------------------------------------------------
-def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 15) -> dict:
+def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 8) -> dict:
     hosts = c.get("pgbouncer") or []
     if not hosts:
         return {}

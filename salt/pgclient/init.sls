@@ -1,6 +1,8 @@
 {#- Application hosts (PgBouncer hosts that are no database server): a libpq service per
-    database, through the local PgBouncer, and root's credentials, so that
-    `psql service=<db>` and `PGSERVICE=<db> pgbench` connect with no prompt. #}
+    database, through the local PgBouncer, and credentials (~/.pgpass, 0600) for root and
+    for an OS account named after each database's owner role - the account the application
+    runs as. `psql service=<db>` works for both; `PGSERVICE=<db> pgbench` for the account
+    (pgbench names the database after the OS user when none is given). #}
 {%- from "pgcluster/map.jinja" import pgcluster with context %}
 
 pgclient-service-file-managed:
@@ -30,3 +32,29 @@ pgclient-root-pgpass-managed:
     - group: root
     - mode: '0600'
     - show_changes: False
+
+{%- for name in pgcluster.node.pgbouncer %}
+{%- for db, spec in salt["pgcluster.cluster"](pgcluster, name).databases | dictsort %}
+{%- set role = spec.owner %}
+
+pgclient-os-account-{{ role }}-present:
+  user.present:
+    - name: {{ role }}
+    - system: True
+    - home: /var/lib/pgcluster-clients/{{ role }}
+    - createhome: True
+    - shell: /usr/sbin/nologin
+
+pgclient-{{ role }}-pgpass-managed:
+  file.managed:
+    - name: /var/lib/pgcluster-clients/{{ role }}/.pgpass
+    - source: salt://pgclient/files/pgpass.jinja
+    - template: jinja
+    - user: {{ role }}
+    - group: {{ role }}
+    - mode: '0600'
+    - show_changes: False
+    - require:
+      - user: pgclient-os-account-{{ role }}-present
+{%- endfor %}
+{%- endfor %}

@@ -61,6 +61,12 @@ MINION_CONF = """# Written by the pgcluster lab.
 master: {master}
 id: {name}
 log_level_logfile: info
+# Reconnect quickly after a master restart (the safety net needs the minions back): a
+# lab-sized fleet needs no thundering-herd protection.
+random_reauth_delay: 1
+recon_default: 500
+recon_max: 2000
+recon_randomize: False
 """
 
 

@@ -1,0 +1,215 @@
+#!/opt/pgcluster-lab/venv/bin/python
+"""PgBouncer pushed by Salt events vs HAProxy polling Patroni: the same faults, the same run.
+
+For each fault (leader-host crash; planned switchover by `salt-run pgcluster.switchover`),
+repeated N times, two writers on app1 insert a row every 50 ms, one through app1's
+PgBouncer (127.0.0.1:6432, repointed by the reactor), one through an HAProxy on app1
+(127.0.0.1:6433) that health-checks Patroni's /primary with `inter 3s fall 3 rise 2` - the
+way Autobase and Pigsty route clients. Measured, from the fault (t0):
+
+- promote: Patroni's own time until a new leader answers 200 on /primary (polled every 50 ms);
+- outage: the longest gap between two successful writes around the fault, per path;
+- failed: writes that returned an error, per path;
+- routing delay: new leader accepts writes -> every PgBouncer (pg1-3, app1) routes there
+  (SHOW DATABASES polled on each host every 50 ms); for HAProxy, -> its first write there.
+
+Prints a table (median, min, max); asserts nothing. Needs the deployed lab cluster
+(test/lab/lab deploy). Run as root:  test/bench/bench_routing.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "test" / "integration"))
+from labtools import LAB, lab, leader, psql, sh, wait_healthy  # noqa: E402
+
+ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
+PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
+SECONDS = 50  # each writer and poller stops by itself after this
+
+HAPROXY_CFG = """global
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 30m
+    timeout server 30m
+    timeout check 2s
+listen pg_primary
+    bind 127.0.0.1:6433
+    option httpchk GET /primary
+    http-check expect status 200
+    default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions
+""" + "".join(f"    server {m} {a}:5432 check port 8008\n" for m, a in ADDRESS.items())
+
+WRITER = """
+end=$((SECONDS + {seconds}))
+while [ $SECONDS -lt $end ]; do
+  if a=$(psql "host=127.0.0.1 port={port} dbname=app user=app connect_timeout=1" -XAtq \
+        -c "INSERT INTO failover_probe(note) VALUES ('bench') RETURNING inet_server_addr()" 2>/dev/null); then
+    echo "$(date +%s.%N) ok $a"
+  else
+    echo "$(date +%s.%N) fail -"
+  fi
+  sleep 0.05
+done
+"""
+
+ROUTE_POLLER = """
+end=$((SECONDS + {seconds})); last=
+while [ $SECONDS -lt $end ]; do
+  h=$(runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -XAt -F'|' pgbouncer -c 'SHOW DATABASES' \
+      2>/dev/null | awk -F'|' '$1=="app"{{print $2}}')
+  if [ "$h" != "$last" ]; then echo "$(date +%s.%N) $h"; last=$h; fi
+  sleep 0.05
+done
+"""
+
+
+def start(host: str, script: str) -> subprocess.Popen:
+    return subprocess.Popen([str(LAB), "exec", host, "--", "bash", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+
+
+def poll_promotion(old: str, t0_box: list, out: list) -> None:
+    """Record the first time a member other than OLD answers 200 on /primary after t0."""
+    deadline = time.time() + SECONDS
+    while time.time() < deadline:
+        for m, a in ADDRESS.items():
+            if m == old:
+                continue
+            try:
+                if requests.get(f"http://{a}:8008/primary", timeout=0.3).status_code == 200 and t0_box:
+                    out.append(time.time())
+                    return
+            except requests.RequestException:
+                pass
+        time.sleep(0.05)
+
+
+def parse_writes(text: str) -> list[tuple[float, bool, str]]:
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            rows.append((float(parts[0]), parts[1] == "ok", parts[2]))
+    return rows
+
+
+def outage(rows: list, t0: float, old_addr: str) -> tuple[float | None, int, float | None]:
+    """(longest gap between successful writes around t0, failed writes after t0, first ok write on a new leader)."""
+    ok = [t for t, good, _ in rows if good]
+    before = [t for t in ok if t <= t0]
+    after_new = [t for t, good, a in rows if good and t > t0 and a != old_addr]
+    if not before or not after_new:
+        return None, sum(1 for t, g, _ in rows if t > t0 and not g), None
+    times = [t for t in ok if before[-1] <= t <= after_new[0]]
+    gap = max(b - a for a, b in zip(times, times[1:], strict=False)) if len(times) > 1 else after_new[0] - before[-1]
+    return gap, sum(1 for t, g, _ in rows if t > t0 and not g), after_new[0]
+
+
+def one_run(fault: str) -> dict:
+    old = leader()
+    old_addr = ADDRESS[old]
+    procs = {f"route:{h}": start(h, ROUTE_POLLER.format(seconds=SECONDS)) for h in PGBOUNCERS}
+    for path, port in (("pgbouncer", 6432), ("haproxy", 6433)):
+        procs[f"w:{path}"] = start(
+            "app1", "export PGPASSFILE=/root/.pgpass-bench;" + WRITER.format(seconds=SECONDS, port=port)
+        )
+    t0_box: list = []
+    promoted: list = []
+    poller = threading.Thread(target=poll_promotion, args=(old, t0_box, promoted), daemon=True)
+    poller.start()
+    time.sleep(4)
+    t0 = time.time()
+    t0_box.append(t0)
+    if fault == "crash":
+        lab("crash", old)
+    else:
+        lab("run", "pgcluster.switchover", "main", timeout=120)
+    out = {k: p.communicate(timeout=SECONDS + 60)[0] for k, p in procs.items()}
+    poller.join(timeout=5)
+    if fault == "crash":
+        lab("boot", old)
+    wait_healthy(2, timeout=300)
+    t_promote = promoted[0] if promoted else None
+    res = {"promote": t_promote - t0 if t_promote else None}
+    for path in ("pgbouncer", "haproxy"):
+        gap, failed, first_new = outage(parse_writes(out[f"w:{path}"]), t0, old_addr)
+        res[f"outage:{path}"], res[f"failed:{path}"] = gap, failed
+        if path == "haproxy" and first_new and t_promote:
+            res["routing:haproxy"] = first_new - t_promote
+    switched = []
+    for h in PGBOUNCERS:
+        moves = [float(line.split()[0]) for line in out[f"route:{h}"].splitlines()
+                 if len(line.split()) == 2 and float(line.split()[0]) > t0 and line.split()[1] != old_addr]  # fmt: skip
+        switched.append(moves[0] if moves else None)
+    if t_promote and all(switched):
+        res["routing:pgbouncer"] = max(switched) - t_promote
+    return res
+
+
+def fmt(values: list) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return f"{'-':>7} {'-':>7} {'-':>7}"
+    return f"{statistics.median(vals):7.2f} {min(vals):7.2f} {max(vals):7.2f}"
+
+
+def p95(values: list) -> str:
+    vals = sorted(v for v in values if v is not None)
+    return f"{vals[min(len(vals) - 1, int(round(0.95 * (len(vals) - 1))))]:.2f}" if vals else "-"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    wait_healthy(2, timeout=120)
+    lead = leader()
+    psql(lead, "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text, at timestamptz DEFAULT now())")
+    psql(lead, "GRANT INSERT, SELECT ON failover_probe TO app; GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")
+    # The app's credentials for both paths, from the Salt-managed ~/.pgpass (no secret on a command line).
+    sh("app1", "umask 077; { cat /root/.pgpass; sed 's/^127.0.0.1:6432:/127.0.0.1:6433:/' /root/.pgpass; } "
+               "> /root/.pgpass-bench")  # fmt: skip
+    sh("app1", f"cat > /run/haproxy-bench.cfg <<'EOF'\n{HAPROXY_CFG}EOF\n"
+               "haproxy -f /run/haproxy-bench.cfg -D -p /run/haproxy-bench.pid")  # fmt: skip
+    results: dict[str, list[dict]] = {"crash": [], "switchover": []}
+    try:
+        time.sleep(8)  # HAProxy: rise 2 x inter 3s before the leader is UP
+        for fault in results:
+            for i in range(args.runs):
+                r = one_run(fault)
+                results[fault].append(r)
+                print(f"{fault} #{i + 1}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                                        for k, v in r.items()), flush=True)  # fmt: skip
+    finally:
+        sh("app1", "kill $(cat /run/haproxy-bench.pid); rm -f /run/haproxy-bench.* /root/.pgpass-bench", check=False)
+    print(f"\nrouting benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {args.runs} runs per fault, seconds)")
+    print(f"{'fault / measure':44} {'median':>7} {'min':>7} {'max':>7}   p95")
+    for fault, runs in results.items():
+        for key, label in [("promote", "Patroni promotion (new leader writable)"),
+                           ("outage:pgbouncer", "write outage via PgBouncer (pgcluster)"),
+                           ("outage:haproxy", "write outage via HAProxy (3s/3/2)"),
+                           ("routing:pgbouncer", "routing delay, every PgBouncer"),
+                           ("routing:haproxy", "routing delay, HAProxy")]:  # fmt: skip
+            vals = [r.get(key) for r in runs]
+            print(f"{fault + ': ' + label:44} {fmt(vals)}   {p95(vals)}")
+        for path in ("pgbouncer", "haproxy"):
+            failed = [r[f"failed:{path}"] for r in runs]
+            print(f"{fault + ': failed writes via ' + path:44} {fmt(failed)}   total {sum(failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

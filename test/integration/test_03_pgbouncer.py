@@ -1,0 +1,173 @@
+"""PgBouncer follows the leader: callbacks -> events -> reactor -> every PgBouncer repointed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from labtools import LAB, MEMBERS, lab, leader, psql, salt_json, sh, wait_for, wait_healthy
+
+ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
+PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_up):
+    """The cluster deployed (once per module; the cluster tests may have left it so already)."""
+    ret = json.loads(lab("salt", "*", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200).stdout)
+    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    assert failed == {m: [] for m in ret}, failed
+    wait_healthy(2, timeout=180)
+    lead = leader()
+    psql(lead, "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text, at timestamptz DEFAULT now())")
+    psql(lead, "GRANT INSERT, SELECT ON failover_probe TO app; GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")
+
+
+def routes() -> dict[str, str | None]:
+    """{pgbouncer host: address it routes database app to} (None when it does not answer)."""
+    ret = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.targets", "main", check=False)
+    return {h: (ret.get(h) or {}).get("app") if isinstance(ret.get(h), dict) else None for h in PGBOUNCERS}
+
+
+def all_route_to(member: str) -> bool:
+    return set(routes().values()) == {ADDRESS[member]}
+
+
+def events(seconds: int) -> subprocess.Popen:
+    """Listen on the master's event bus for pgcluster events, for SECONDS (bounded inside the host)."""
+    return subprocess.Popen(
+        [str(LAB), "exec", "salt", "--", "timeout", str(seconds), "salt-run", "state.event",
+         "tagmatch=pgcluster/*", "--out=quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+
+
+def test_every_pgbouncer_routes_to_the_leader(deployed):
+    assert all_route_to(leader())
+    status = json.loads(lab("run", "pgcluster.status", "main", "--out=json").stdout)
+    assert status["misrouted"] == [] and status["leader"] == leader()
+
+
+def test_app1_connects_through_pgbouncer_with_no_prompt(deployed):
+    out = sh("app1", "psql service=app -XAtc 'select current_user, inet_server_port()' </dev/null").stdout.strip()
+    assert out == "app|5432"
+    res = sh("app1", "cd / && runuser -u app -- env PGSERVICE=app pgbench -i -s 1 -q </dev/null 2>&1 && "
+                     "runuser -u app -- env PGSERVICE=app pgbench -n -T 2 -c 2")  # fmt: skip
+    assert "number of failed transactions: 0" in res.stdout
+    assert sh("app1", "pgbench -n -t 5 service=app </dev/null").returncode == 0  # root, by service name
+    creds = sh("app1", "stat -c '%a %U' /root/.pgpass /etc/pgbouncer/userlist.txt").stdout.split("\n")
+    assert creds[:2] == ["600 root", "640 postgres"]
+    assert "lab-app-pw" not in sh("app1", "cat /etc/pgbouncer/userlist.txt").stdout  # a verifier, not the password
+
+
+def test_patronictl_switchover_by_hand_is_followed(deployed):
+    old = leader()
+    new = next(m for m in MEMBERS if m != old)
+    sh(new, f"patronictl switchover main --leader {old} --candidate {new} --force")
+    waited = wait_for(f"every PgBouncer to route to {new}", lambda: all_route_to(new), 15, interval=0.2)
+    assert waited < 15
+    wait_healthy(2, timeout=120)
+
+
+def test_runner_switchover_under_pgbench_has_zero_failed_transactions(deployed):
+    sh("app1", "pgbench -i -s 1 -q service=app </dev/null")
+    old = leader()
+    bench = subprocess.Popen(
+        [str(LAB), "exec", "app1", "--", "bash", "-c", "pgbench -n -T 30 -c 4 -j 2 service=app </dev/null"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(8)
+    res = lab("run", "pgcluster.switchover", "main", "--out=json", check=False)
+    out, _ = bench.communicate(timeout=120)
+    ret = json.loads(res.stdout)
+    assert res.returncode == 0 and ret["result"] is True, res.stdout
+    assert ret["from"] == old and ret["to"] != old and ret["resume_failed"] == {}
+    assert bench.returncode == 0, out
+    assert "number of failed transactions: 0 (0.000%)" in out, out
+    assert all_route_to(ret["to"])
+    wait_healthy(2, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["nope"], "unknown cluster 'nope'"), (["main", "candidate=pg9"], "unknown candidate 'pg9'")],
+)
+def test_runner_bad_input_is_refused_and_nothing_is_paused(deployed, args, message):
+    lead = leader()
+    res = lab("run", "pgcluster.switchover", *args, check=False)
+    assert res.returncode == 1 and message in res.stdout and "Traceback" not in res.stdout
+    assert leader() == lead
+    paused = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.show_databases")
+    assert not [h for h, dbs in paused.items() for d in dbs if d["paused"]]
+
+
+def test_forged_role_change_from_a_non_member_changes_nothing(deployed):
+    listener = events(15)
+    time.sleep(2)
+    forged = json.dumps({"cluster": "main", "member": "pg1", "role": "primary", "action": "on_role_change"})
+    sh("app1", f"salt-call event.send pgcluster/patroni/role_change '{forged}'")
+    seen = listener.communicate(timeout=30)[0]
+    lines = [line for line in seen.splitlines() if line.startswith("pgcluster/")]
+    rejected = [line for line in lines if line.startswith("pgcluster/pgbouncer/rejected")]
+    assert rejected and '"sender": "app1"' in rejected[0], seen
+    assert not [line for line in lines if line.startswith("pgcluster/pgbouncer/repointed")], seen
+
+
+def test_event_lost_while_master_is_down_is_corrected_by_the_safety_net(deployed):
+    old = leader()
+    new = next(m for m in MEMBERS if m != old)
+    sh("salt", "systemctl stop salt-master")
+    try:
+        sh(new, f"patronictl switchover main --leader {old} --candidate {new} --force")
+        primary = f"curl -s -o /dev/null -w '%{{http_code}}' http://{ADDRESS[new]}:8008/primary"
+        wait_for(f"{new} to lead", lambda: sh(new, primary).stdout == "200", 60)
+        time.sleep(3)
+        stale = sh("app1", f"grep -c 'host={ADDRESS[old]}' /etc/pgbouncer/routing-main.ini", check=False).stdout
+        assert stale.strip() == "1"  # nobody told app1's PgBouncer
+    finally:
+        sh("salt", "systemctl start salt-master")
+    start = time.monotonic()
+    wait_for("the safety net to repoint every PgBouncer", lambda: all_route_to(new), 60, interval=1)
+    assert time.monotonic() - start <= 30
+    wait_healthy(2, timeout=120)
+
+
+def test_crash_of_the_leader_writes_resume_and_old_leader_never_gets_writes(deployed):
+    old = leader()
+    writer = subprocess.Popen(
+        [str(LAB), "exec", "app1", "--", "bash", "-c",
+         "for i in $(seq 1 600); do psql service=app -XAtq -c \"INSERT INTO failover_probe(note) "
+         "VALUES (inet_server_addr()::text) RETURNING note\" 2>/dev/null; sleep 0.1; done </dev/null"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    lab("crash", old)
+    try:
+        new = None
+
+        def new_leader_routed() -> bool:
+            nonlocal new
+            new = leader()
+            return bool(new) and new != old and all_route_to(new)
+
+        wait_for("a new leader with every PgBouncer routed to it", new_leader_routed, 90, interval=1)
+    finally:
+        lab("boot", old)
+    seen_old = []
+    deadline = time.monotonic() + 40  # the old leader boots and rejoins meanwhile
+    while time.monotonic() < deadline:
+        r = routes()
+        seen_old += [h for h, a in r.items() if a == ADDRESS[old]]
+        time.sleep(0.5)
+    writer.terminate()
+    written = writer.communicate(timeout=30)[0].split()
+    assert seen_old == []
+    assert ADDRESS[new] in written  # writes went on through PgBouncer, to the new leader
+    after_crash = written[written.index(ADDRESS[new]) :]
+    assert ADDRESS[old] not in after_crash
+    wait_healthy(2, timeout=240)
+    rows = psql(leader(), f"SELECT count(*) FROM failover_probe WHERE note = '{ADDRESS[old]}' "
+                          "AND at > now() - interval '60 seconds'").stdout.strip()  # fmt: skip
+    assert rows == "0"
