@@ -48,14 +48,34 @@ def routing_path(cluster: str) -> str:
     return os.path.join(CONF_DIR, f"routing-{cluster}.ini")
 
 
+# The routing file's format, also used by pgbouncer-route-at-start (through routing_spec).
+HEADER = "; Managed by Salt (pgcluster): routing of cluster {cluster}; leader {leader}.\n[databases]\n"
+LINE = "{name} = host={leader} port={port} dbname={db}\n"
+
+
 def routing_text(cluster: str, leader: str, port: int, databases: list[str], replicas: list[str] | None = None) -> str:
     """The routing file: every database of CLUSTER to LEADER, ``<db>_ro`` to REPLICAS when given."""
-    lines = [f"; Managed by Salt (pgcluster): routing of cluster {cluster}; leader {leader}.", "[databases]"]
+    text = HEADER.format(cluster=cluster, leader=leader)
     for db in sorted(databases):
-        lines.append(f"{db} = host={leader} port={port} dbname={db}")
+        text += LINE.format(name=db, db=db, leader=leader, port=port)
         if replicas:
-            lines.append(f"{db}_ro = host={','.join(replicas)} port={port} dbname={db}")
-    return "\n".join(lines) + "\n"
+            text += LINE.format(name=f"{db}_ro", db=db, leader=",".join(replicas), port=port)
+    return text
+
+
+def routing_spec(cluster: str) -> dict:
+    """What pgbouncer-route-at-start needs to route CLUSTER when PgBouncer starts (no secret)."""
+    model = __pillar__.get("pgcluster", {})
+    c = _cluster(cluster)
+    port = (model.get("patroni") or {}).get("restapi_port", 8008)
+    return {
+        "apis": [f"http://{model['hosts'][m]}:{port}" for m in c["members"]],
+        "hosts": {m: model["hosts"][m] for m in c["members"]},
+        "port": int(c.get("port", 5432)),
+        "databases": sorted(c.get("databases", {}) or {}),
+        "header": HEADER.replace("{cluster}", cluster),
+        "line": LINE,
+    }
 
 
 def _admin(command: str) -> list[list[str]]:

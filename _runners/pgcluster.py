@@ -100,7 +100,9 @@ def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 8) -> dict:
     hosts = c.get("pgbouncer") or []
     if not hosts:
         return {}
-    with salt.client.LocalClient(mopts=__opts__) as local:
+    # A PgBouncer host that is down must not hold the others up: Salt's default 10 s job lookup
+    # on silent minions would come on top of TIMEOUT.
+    with salt.client.LocalClient(mopts=dict(__opts__, gather_job_timeout=2)) as local:
         return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True)
 
 
