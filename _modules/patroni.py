@@ -21,14 +21,7 @@ from typing import Any
 
 import requests
 import yaml
-
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # unit tests without Salt
-
-    class CommandExecutionError(Exception):  # type: ignore[no-redef]
-        pass
-
+from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 __virtualname__ = "patroni"

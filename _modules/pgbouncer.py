@@ -19,13 +19,7 @@ import tempfile
 import time
 from typing import Any
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # unit tests without Salt
-
-    class CommandExecutionError(Exception):  # type: ignore[no-redef]
-        pass
-
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgbouncer"
 CONF_DIR = "/etc/pgbouncer"

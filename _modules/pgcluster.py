@@ -17,13 +17,7 @@ import os
 import re
 from typing import Any
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # unit tests without Salt
-
-    class CommandExecutionError(Exception):  # type: ignore[no-redef]
-        pass
-
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgcluster"
 

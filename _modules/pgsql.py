@@ -9,13 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # unit tests without Salt
-
-    class CommandExecutionError(Exception):  # type: ignore[no-redef]
-        pass
-
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgsql"
 SEP = "\x1f"

@@ -24,13 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # unit tests without Salt
-
-    class CommandExecutionError(Exception):  # type: ignore[no-redef]
-        pass
-
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "patroni"
 CONN_ARGS = ("url", "username", "password", "verify")

@@ -11,13 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # unit tests without Salt
-
-    class CommandExecutionError(Exception):  # type: ignore[no-redef]
-        pass
-
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgcluster"
 
@@ -69,18 +63,21 @@ def _leader_only(ret: dict) -> bool:
     return False
 
 
-def _spec(cluster: str, kind: str, name: str) -> dict | None:
-    return (__pillar__.get("pgcluster", {}).get("clusters", {}).get(cluster, {}).get(kind, {}) or {}).get(name)
+def _spec_on_leader(ret: dict, cluster: str, kind: str, name: str) -> dict | None:
+    """The pillar settings of NAME (a role or database of CLUSTER) when this node leads, else None
+    with RET saying why (not in pillar: a failure; not the leader: nothing to do)."""
+    declared = __pillar__.get("pgcluster", {}).get("clusters", {}).get(cluster, {}).get(kind) or {}
+    if name not in declared:
+        ret.update(result=False, comment=f"pgcluster:clusters:{cluster}:{kind}:{name} is not in pillar")
+        return None
+    return (declared[name] or {}) if _leader_only(ret) else None
 
 
 def role_present(name: str, cluster: str, port: int = 5432) -> dict:
     """Ensure role NAME of CLUSTER exists with its pillar password and LOGIN setting (on the leader)."""
     ret = _ret(name)
-    spec = _spec(cluster, "roles", name)
+    spec = _spec_on_leader(ret, cluster, "roles", name)
     if spec is None:
-        ret.update(result=False, comment=f"pgcluster:clusters:{cluster}:roles:{name} is not in pillar")
-        return ret
-    if not _leader_only(ret):
         return ret
     q, lit, idt = __salt__["pgsql.query"], __salt__["pgsql.literal"], __salt__["pgsql.ident"]
     login = bool(spec.get("login", True))
@@ -121,14 +118,11 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
 def database_present(name: str, cluster: str, port: int = 5432) -> dict:
     """Ensure database NAME of CLUSTER exists with its pillar owner (on the leader)."""
     ret = _ret(name)
-    spec = _spec(cluster, "databases", name)
+    spec = _spec_on_leader(ret, cluster, "databases", name)
     if spec is None:
-        ret.update(result=False, comment=f"pgcluster:clusters:{cluster}:databases:{name} is not in pillar")
-        return ret
-    if not _leader_only(ret):
         return ret
     q, lit, idt = __salt__["pgsql.query"], __salt__["pgsql.literal"], __salt__["pgsql.ident"]
-    owner = (spec or {}).get("owner") or "postgres"
+    owner = spec.get("owner") or "postgres"
     try:
         rows = q("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = " + lit(name), port=port)
     except CommandExecutionError as exc:

@@ -1,0 +1,86 @@
+"""_states/pgcluster.py: roles and databases only through the leader, no secret in the return."""
+
+from __future__ import annotations
+
+import pytest
+from pgctest import load_module
+
+PILLAR = {"pgcluster": {"clusters": {"main": {
+    "roles": {"app": {"password": "s3cret-password-1"}},
+    "databases": {"app": {"owner": "app"}, "plain": None},
+}}}}  # fmt: skip
+
+
+@pytest.fixture
+def state():
+    pgc = load_module("modules", "pgcluster")
+    sent: list[str] = []
+    db: dict = {"roles": {}, "leader": True}
+
+    def query(sql, port=5432, **_):
+        sent.append(sql)
+        if sql.startswith("SELECT rolcanlogin"):
+            return [list(db["roles"]["app"])] if "app" in db["roles"] else []
+        if sql.startswith("SELECT pg_get_userbyid"):
+            return []
+        return []
+
+    salt = {
+        "patroni.is_leader": lambda: db["leader"],
+        "pgsql.query": query,
+        "pgsql.literal": lambda v: "'" + v.replace("'", "''") + "'",
+        "pgsql.ident": lambda v: '"' + v + '"',
+        "pgcluster.role_verifier": pgc.role_verifier,
+    }
+    mod = load_module("states", "pgcluster", salt=salt, pillar=PILLAR, opts={"test": False})
+    mod.sent, mod.db, mod.pgc = sent, db, pgc
+    return mod
+
+
+def test_role_is_created_with_the_shared_verifier_and_nothing_secret_returned(state):
+    ret = state.role_present("app", "main")
+    assert ret["result"] is True and ret["changes"] == {"app": ["created"]}
+    create = state.sent[-1]
+    verifier = state.pgc.role_verifier("main", "app", "s3cret-password-1")
+    assert create == f"CREATE ROLE \"app\" LOGIN PASSWORD '{verifier}'"
+    assert "s3cret-password-1" not in str(ret) and verifier not in str(ret)
+
+
+def test_role_as_wanted_changes_nothing(state):
+    state.db["roles"]["app"] = ("t", state.pgc.role_verifier("main", "app", "s3cret-password-1"))
+    ret = state.role_present("app", "main")
+    assert ret["changes"] == {} and not [s for s in state.sent if not s.startswith("SELECT")]
+
+
+def test_changed_password_is_set_again(state):
+    state.db["roles"]["app"] = ("t", state.pgc.scram_verifier("s3cret-password-1"))  # another salt
+    assert state.role_present("app", "main")["changes"] == {"app": ["password"]}
+    assert state.sent[-1].startswith('ALTER ROLE "app" LOGIN PASSWORD')
+
+
+def test_replica_leaves_it_to_the_leader(state):
+    state.db["leader"] = False
+    ret = state.role_present("app", "main")
+    assert ret["result"] is True and ret["changes"] == {} and state.sent == []
+    assert ret["comment"] == "not the leader: the leader applies this"
+
+
+def test_undeclared_role_or_database_fails(state):
+    assert state.role_present("ghost", "main")["result"] is False
+    assert (
+        state.database_present("ghost", "main")["comment"] == "pgcluster:clusters:main:databases:ghost is not in pillar"
+    )
+
+
+def test_database_is_created_and_closed_to_public(state):
+    ret = state.database_present("app", "main")
+    assert ret["changes"] == {"app": {"owner": {"old": None, "new": "app"}}}
+    assert state.sent[-2:] == ['CREATE DATABASE "app" OWNER "app"', 'REVOKE ALL ON DATABASE "app" FROM PUBLIC']
+    assert state.database_present("plain", "main")["changes"] == {"plain": {"owner": {"old": None, "new": "postgres"}}}
+
+
+def test_test_mode_changes_nothing(state):
+    state.__opts__["test"] = True
+    assert state.role_present("app", "main")["result"] is None
+    assert state.database_present("app", "main")["result"] is None
+    assert not [s for s in state.sent if not s.startswith("SELECT")]
