@@ -150,7 +150,7 @@ def one_run(fault: str) -> dict:
         if path == "haproxy" and first_new and t_promote:
             res["routing:haproxy"] = first_new - t_promote
     switched = []
-    for h in PGBOUNCERS:
+    for h in (h for h in PGBOUNCERS if not (fault == "crash" and h == old)):  # a crashed host routes nothing
         moves = [float(line.split()[0]) for line in out[f"route:{h}"].splitlines()
                  if len(line.split()) == 2 and float(line.split()[0]) > t0 and line.split()[1] != old_addr]  # fmt: skip
         switched.append(moves[0] if moves else None)
