@@ -27,7 +27,8 @@ from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 TAG = "pgcluster/pgbouncer"
-HTTP_TIMEOUT = 2
+# (connect, read): a crashed member answers no SYN, and waiting on it would delay every repoint.
+HTTP_TIMEOUT = (0.3, 2)
 
 
 class PgclusterError(CommandExecutionError):
