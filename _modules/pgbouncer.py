@@ -126,11 +126,14 @@ def reload() -> bool:
     return True
 
 
-def repoint(cluster: str, leader: str, replicas: list[str] | None = None, timeout: float = 5) -> dict:
+def repoint(
+    cluster: str, leader: str, replicas: list[str] | None = None, timeout: float = 5, resume_paused: bool = False
+) -> dict:
     """Route every database of CLUSTER to LEADER (an address): rewrite, RELOAD, verify with SHOW DATABASES.
+    With RESUME_PAUSED, also RESUME any of CLUSTER's databases left paused (the safety net's use).
 
-    Returns ``{'changed', 'targets', 'seconds'}``. Raises CommandExecutionError when PgBouncer
-    does not answer or still routes elsewhere after TIMEOUT seconds.
+    Returns ``{'changed', 'targets', 'seconds', 'resumed'}``. Raises CommandExecutionError when
+    PgBouncer does not answer or still routes elsewhere after TIMEOUT seconds.
     """
     start = time.monotonic()
     changed = write_routing(cluster, leader, replicas)
@@ -143,7 +146,8 @@ def repoint(cluster: str, leader: str, replicas: list[str] | None = None, timeou
             raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {now} after RELOAD (wanted {leader})")
         time.sleep(0.05)
         now = _targets(cluster, _databases(_admin(reload_and_show)))
-    return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4)}
+    resumed = resume(cluster) if resume_paused else []
+    return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4), "resumed": resumed}
 
 
 def pause(cluster: str) -> list[str]:

@@ -27,6 +27,8 @@ from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 TAG = "pgcluster/pgbouncer"
+# Longest a switchover may keep PgBouncers paused before the safety net resumes them anyway.
+SWITCHOVER_LIMIT = 300
 # (connect, read): a crashed member answers no SYN, and waiting on it would delay every repoint.
 HTTP_TIMEOUT = (0.3, 2)
 
@@ -97,14 +99,14 @@ def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = 
 
 
 # ---- PgBouncer ----------------------------------------------------------------------------------
-def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 8) -> dict:
+def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None) -> dict:
     hosts = c.get("pgbouncer") or []
     if not hosts:
         return {}
     # A PgBouncer host that is down must not hold the others up: Salt's default 10 s job lookup
     # on silent minions would come on top of TIMEOUT.
     with salt.client.LocalClient(mopts=dict(__opts__, gather_job_timeout=2)) as local:
-        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True)
+        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg)
 
 
 def _failures(ret: dict, hosts: list[str]) -> dict[str, str]:
@@ -118,16 +120,32 @@ def _failures(ret: dict, hosts: list[str]) -> dict[str, str]:
     return bad
 
 
-def _repoint(model: dict, name: str, leader: str) -> dict:
+def _repoint(model: dict, name: str, leader: str, resume_paused: bool = False) -> dict:
     c = _cluster(model, name)
     address = model["hosts"][leader]
     t = time.monotonic()
-    ret = _on_pgbouncers(c, "pgbouncer.repoint", [name, address])
+    ret = _on_pgbouncers(c, "pgbouncer.repoint", [name, address], kwarg={"resume_paused": resume_paused})
+    done = {h: r["ret"] for h, r in ret.items() if isinstance(r.get("ret"), dict)}
     return {
         "seconds": round(time.monotonic() - t, 3),
-        "changed": sorted(h for h, r in ret.items() if isinstance(r.get("ret"), dict) and r["ret"].get("changed")),
+        "changed": sorted(h for h, r in done.items() if r.get("changed")),
+        "resumed": sorted(h for h, r in done.items() if r.get("resumed")),
         "failed": _failures(ret, c.get("pgbouncer") or []),
     }
+
+
+# A switchover in progress pauses PgBouncers on purpose: the safety net must not resume them then.
+def _switchover_marker(name: str, started: float | None) -> None:
+    cache = salt.cache.factory(__opts__)
+    if started is None:
+        cache.flush("pgcluster/switchover", name)
+    else:
+        cache.store("pgcluster/switchover", name, {"started": started})
+
+
+def _switchover_running(name: str, timeout: float) -> bool:
+    mark = salt.cache.factory(__opts__).fetch("pgcluster/switchover", name)
+    return bool(mark) and time.time() - mark.get("started", 0) < timeout
 
 
 def _fire(tag: str, data: dict) -> None:
@@ -198,9 +216,11 @@ def reconcile() -> dict:
         if not leader:
             out[name] = {"result": False, "comment": "no leader accepting writes: nothing changed"}
             continue
-        done = _repoint(model, name, leader)
-        if done["changed"]:
-            log.warning("pgcluster: reconcile repointed %s to %s on %s", name, leader, done["changed"])
+        # A PgBouncer left paused (a switchover runner killed half-way) is resumed here.
+        done = _repoint(model, name, leader, resume_paused=not _switchover_running(name, SWITCHOVER_LIMIT))
+        if done["changed"] or done["resumed"]:
+            log.warning("pgcluster: reconcile repointed %s to %s on %s, resumed %s", name, leader, done["changed"],
+                        done["resumed"])  # fmt: skip
             _fire("reconciled", {"cluster": name, "leader": leader, **done})
         out[name] = {"result": not done["failed"], "leader": leader, **done}
     return out
@@ -241,6 +261,7 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
         raise PgclusterError(f"{candidate} already leads cluster {cluster}: nothing done")
     steps: dict[str, Any] = {"from": old}
     t0 = time.monotonic()
+    _switchover_marker(cluster, time.time())
     try:
         ret = _on_pgbouncers(c, "pgbouncer.pause", [cluster], timeout=int(timeout))
         bad = _failures(ret, c.get("pgbouncer") or [])
@@ -269,6 +290,7 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
         ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster])
         steps["resume_failed"] = _failures(ret, c.get("pgbouncer") or [])
         steps["paused_seconds"] = round(time.monotonic() - t0, 3)
+        _switchover_marker(cluster, None)
     steps["result"] = "error" not in steps and not steps["resume_failed"]
     _fire("switchover", steps)
     if not steps["result"]:

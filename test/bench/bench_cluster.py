@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
-from labtools import APP_PASSWORD, changed_states, highstate, lab, leader, psql, sh, wait_healthy  # noqa: E402
+from labtools import APP_PASSWORD, changed_states, ensure_probe_table, highstate, lab, leader, sh, wait_healthy  # noqa: E402
 
 PROBE = """
 while :; do
@@ -40,12 +40,6 @@ def row(name: str, values: list[float], note: str = "") -> str:
         return f"{name:44} {'-':>7} {'-':>7} {'-':>7}  n=0 {note}"
     med = statistics.median(values)
     return f"{name:44} {med:7.1f} {min(values):7.1f} {max(values):7.1f}  n={len(values)} {note}"
-
-
-def prepare_probe_table() -> None:
-    lead = leader()
-    psql(lead, "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text)")
-    psql(lead, "GRANT INSERT, SELECT ON failover_probe TO app; GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")
 
 
 def crash_once() -> float:
@@ -84,7 +78,7 @@ def main() -> int:
         ret = highstate()
         reapply.append(time.monotonic() - t)
         assert not any(changed_states(ret).values()), changed_states(ret)
-    prepare_probe_table()
+    ensure_probe_table()
     for profile in ("durable", "fast"):
         pillar = json.dumps({"pgcluster": {"clusters": {"main": {"profile": profile}}}})
         highstate(f"pillar={pillar}")

@@ -31,7 +31,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
-from labtools import LAB, lab, leader, psql, sh, wait_healthy  # noqa: E402
+from labtools import LAB, ensure_probe_table, lab, leader, sh, wait_healthy  # noqa: E402
 
 ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
 PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
@@ -176,9 +176,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     wait_healthy(2, timeout=120)
-    lead = leader()
-    psql(lead, "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text, at timestamptz DEFAULT now())")
-    psql(lead, "GRANT INSERT, SELECT ON failover_probe TO app; GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")
+    ensure_probe_table()
     # The app's credentials for both paths, from the Salt-managed ~/.pgpass (no secret on a command line).
     sh("app1", "umask 077; { cat /root/.pgpass; sed 's/^127.0.0.1:6432:/127.0.0.1:6433:/' /root/.pgpass; } "
                "> /root/.pgpass-bench")  # fmt: skip

@@ -125,3 +125,10 @@ def write_until_ok(note: str, timeout: int = 90) -> float:
     if res.returncode != 0:
         pytest.fail(f"no write succeeded within {timeout} s")
     return time.monotonic() - start
+
+
+def ensure_probe_table() -> None:
+    """The table the writers of the failover tests and benchmarks insert into, writable by role app."""
+    psql(leader(), "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text, at timestamptz DEFAULT now());"
+                   "GRANT INSERT, SELECT ON failover_probe TO app;"
+                   "GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")  # fmt: skip

@@ -13,6 +13,7 @@ from labtools import (
     REPO,
     changed_states,
     cluster,
+    ensure_probe_table,
     highstate,
     lab,
     leader,
@@ -175,8 +176,7 @@ def test_state_leader_and_dynamic_config(deployed):
 
 def test_crash_of_the_leader_host_fails_over_and_old_leader_rejoins(deployed):
     old = deployed["leader"]
-    psql(old, "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text)")
-    psql(old, "GRANT INSERT, SELECT ON failover_probe TO app; GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")
+    ensure_probe_table()
     old_tl = next(m["timeline"] for m in deployed["members"] if m["name"] == old)
     start = time.monotonic()
     lab("crash", old)

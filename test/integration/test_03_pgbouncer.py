@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from labtools import LAB, MEMBERS, lab, leader, psql, salt_json, sh, wait_for, wait_healthy
+from labtools import LAB, MEMBERS, ensure_probe_table, lab, leader, psql, salt_json, sh, wait_for, wait_healthy
 
 ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
 PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
@@ -20,9 +20,7 @@ def deployed(lab_up):
     failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
     assert failed == {m: [] for m in ret}, failed
     wait_healthy(2, timeout=180)
-    lead = leader()
-    psql(lead, "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text, at timestamptz DEFAULT now())")
-    psql(lead, "GRANT INSERT, SELECT ON failover_probe TO app; GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")
+    ensure_probe_table()
 
 
 def routes() -> dict[str, str | None]:
@@ -173,3 +171,16 @@ def test_crash_of_the_leader_writes_resume_and_old_leader_never_gets_writes(depl
     rows = psql(leader(), f"SELECT count(*) FROM failover_probe WHERE note = '{ADDRESS[old]}' "
                           "AND at > now() - interval '60 seconds'").stdout.strip()  # fmt: skip
     assert rows == "0"
+
+
+def test_a_pgbouncer_left_paused_is_resumed_by_the_safety_net(deployed):
+    salt_json("app1", "pgbouncer.pause", "main")  # as if a switchover runner had died half-way
+
+    def resumed() -> bool:
+        dbs = salt_json("app1", "pgbouncer.show_databases")["app1"]
+        return not [d for d in dbs if d["name"] == "app" and d["paused"]]
+
+    assert not resumed()
+    waited = wait_for("the safety net to RESUME app1", resumed, 40, interval=1)
+    assert waited <= 30
+    assert sh("app1", "psql service=app -XAtc 'select 1' </dev/null").stdout.strip() == "1"

@@ -88,3 +88,16 @@ def test_member_event_repoints_to_the_leader_patroni_reports(runner):
     assert ret["result"] is True and ret["leader"] == "pg2"  # from Patroni, not from the event
     assert runner.repointed == ["pg2"]
     assert runner.fired[-1][0] == "repointed" and "seconds_total" in runner.fired[-1][1]
+
+
+def test_safety_net_resumes_paused_pgbouncers_unless_a_switchover_runs(runner, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "_leader_once", lambda model, c: "pg2")
+    monkeypatch.setattr(runner, "_repoint", lambda m, name, leader, resume_paused=False: calls.append(
+        resume_paused) or {"seconds": 0.1, "changed": [], "resumed": [], "failed": {}})  # fmt: skip
+    running = {"main": False}
+    monkeypatch.setattr(runner, "_switchover_running", lambda name, limit: running[name])
+    runner.reconcile()
+    running["main"] = True
+    runner.reconcile()
+    assert calls == [True, False]
