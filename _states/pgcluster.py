@@ -73,19 +73,45 @@ def _spec_on_leader(ret: dict, cluster: str, kind: str, name: str) -> dict | Non
     return (declared[name] or {}) if _leader_only(ret) else None
 
 
+def _query(ret: dict, sql: str, port: int) -> list | None:
+    """Rows of SQL on the local PostgreSQL, or None with RET marked failed."""
+    try:
+        return __salt__["pgsql.query"](sql, port=port)
+    except CommandExecutionError as exc:
+        ret.update(result=False, comment=str(exc))
+        return None
+
+
+def _apply(ret: dict, what: str, changes: dict, done: str, statements: list[str], port: int) -> dict:
+    """Report CHANGES of WHAT; with test=True stop there, else run STATEMENTS. DONE says what changes."""
+    ret["changes"] = changes
+    if __opts__.get("test"):
+        ret.update(result=None, comment=f"{what} would be {done}")
+        return ret
+    try:
+        for stmt in statements:
+            __salt__["pgsql.query"](stmt, port=port)
+    except CommandExecutionError as exc:
+        ret.update(result=False, changes={}, comment=f"{what}: {exc}")
+        return ret
+    ret["comment"] = f"{what} {done}"
+    return ret
+
+
 def role_present(name: str, cluster: str, port: int = 5432) -> dict:
     """Ensure role NAME of CLUSTER exists with its pillar password and LOGIN setting (on the leader)."""
     ret = _ret(name)
     spec = _spec_on_leader(ret, cluster, "roles", name)
     if spec is None:
         return ret
-    q, lit, idt = __salt__["pgsql.query"], __salt__["pgsql.literal"], __salt__["pgsql.ident"]
+    lit, idt = __salt__["pgsql.literal"], __salt__["pgsql.ident"]
     login = bool(spec.get("login", True))
     password = spec.get("password")
-    try:
-        rows = q(f"SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {lit(name)}", port=port)
-    except CommandExecutionError as exc:
-        ret.update(result=False, comment=str(exc))
+    verifier = __salt__["pgcluster.role_verifier"](cluster, name, password) if password else None
+    rows = _query(
+        ret, f"SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {lit(name)}", port
+    )
+    if rows is None:
         return ret
     todo = []
     if not rows:
@@ -93,26 +119,15 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
     else:
         if (rows[0][0] == "t") != login:
             todo.append("login" if login else "nologin")
-        if password and rows[0][1] != __salt__["pgcluster.role_verifier"](cluster, name, password):
+        if verifier and rows[0][1] != verifier:
             todo.append("password")
     if not todo:
         ret["comment"] = f"role {name} is as wanted"
         return ret
-    ret["changes"] = {name: todo}  # names of what changes, never a password or verifier
-    if __opts__.get("test"):
-        ret.update(result=None, comment=f"role {name} would be changed: {', '.join(todo)}")
-        return ret
-    attrs = "LOGIN" if login else "NOLOGIN"
-    if password:
-        attrs += " PASSWORD " + lit(__salt__["pgcluster.role_verifier"](cluster, name, password))
-    verb = "CREATE" if not rows else "ALTER"
-    try:
-        q(f"{verb} ROLE {idt(name)} {attrs}", port=port)
-    except CommandExecutionError as exc:
-        ret.update(result=False, changes={}, comment=f"role {name}: {exc}")
-        return ret
-    ret["comment"] = f"role {name}: {', '.join(todo)}"
-    return ret
+    attrs = ("LOGIN" if login else "NOLOGIN") + (f" PASSWORD {lit(verifier)}" if verifier else "")
+    stmt = f"{'CREATE' if not rows else 'ALTER'} ROLE {idt(name)} {attrs}"
+    # The changes name what changes, never a password or verifier.
+    return _apply(ret, f"role {name}", {name: todo}, f"changed: {', '.join(todo)}", [stmt], port)
 
 
 def database_present(name: str, cluster: str, port: int = 5432) -> dict:
@@ -121,34 +136,22 @@ def database_present(name: str, cluster: str, port: int = 5432) -> dict:
     spec = _spec_on_leader(ret, cluster, "databases", name)
     if spec is None:
         return ret
-    q, lit, idt = __salt__["pgsql.query"], __salt__["pgsql.literal"], __salt__["pgsql.ident"]
+    lit, idt = __salt__["pgsql.literal"], __salt__["pgsql.ident"]
     owner = spec.get("owner") or "postgres"
-    try:
-        rows = q("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = " + lit(name), port=port)
-    except CommandExecutionError as exc:
-        ret.update(result=False, comment=str(exc))
+    rows = _query(ret, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = " + lit(name), port)
+    if rows is None:
         return ret
     if rows and rows[0][0] == owner:
         ret["comment"] = f"database {name} owned by {owner} exists"
         return ret
-    ret["changes"] = {name: {"owner": {"old": rows[0][0] if rows else None, "new": owner}}}
-    if __opts__.get("test"):
-        ret.update(result=None, comment=f"database {name} would be {'created' if not rows else 'given to ' + owner}")
-        return ret
-    stmt = (
-        f"CREATE DATABASE {idt(name)} OWNER {idt(owner)}"
-        if not rows
-        else (f"ALTER DATABASE {idt(name)} OWNER TO {idt(owner)}")
-    )
-    try:
-        q(stmt, port=port)
-        # Least privilege: only the owner (and superusers) may connect or create objects.
-        q(f"REVOKE ALL ON DATABASE {idt(name)} FROM PUBLIC", port=port)
-    except CommandExecutionError as exc:
-        ret.update(result=False, changes={}, comment=f"database {name}: {exc}")
-        return ret
-    ret["comment"] = f"database {name} {'created' if not rows else 'given to ' + owner}"
-    return ret
+    changes = {name: {"owner": {"old": rows[0][0] if rows else None, "new": owner}}}
+    if rows:
+        return _apply(ret, f"database {name}", changes, f"given to {owner}",
+                      [f"ALTER DATABASE {idt(name)} OWNER TO {idt(owner)}"], port)  # fmt: skip
+    # Least privilege: only the owner (and superusers) may connect or create objects.
+    return _apply(ret, f"database {name}", changes, "created",
+                  [f"CREATE DATABASE {idt(name)} OWNER {idt(owner)}",
+                   f"REVOKE ALL ON DATABASE {idt(name)} FROM PUBLIC"], port)  # fmt: skip
 
 
 def _leader_address(cluster: str, timeout: float) -> str | None:
