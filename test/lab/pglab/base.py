@@ -76,10 +76,6 @@ def install_packages() -> None:
             POLICY_RC_D.unlink(missing_ok=True)
 
 
-def _stamp_ok(stamp: Path, content: str) -> bool:
-    return stamp.exists() and stamp.read_text() == content
-
-
 def _pip(*args: str) -> None:
     """Run the venv's pip quietly; show its output only when it fails."""
     res = subprocess.run([str(VENV / "bin" / "pip"), *args], capture_output=True, text=True)
@@ -88,31 +84,28 @@ def _pip(*args: str) -> None:
         raise subprocess.CalledProcessError(res.returncode, res.args)
 
 
+def _pip_once(what: str, reqfile: str, stamp: Path, *pip_args: str) -> None:
+    """Run pip with REQFILE unless STAMP says it already ran with this very file."""
+    reqs = (LAB_DIR / reqfile).read_text()
+    if stamp.exists() and stamp.read_text() == reqs:
+        say(f"{what}: present")
+        return
+    say(f"{what}: installing")
+    _pip(*pip_args, "-r", str(LAB_DIR / reqfile))
+    stamp.write_text(reqs)
+
+
 def install_venv() -> None:
     """Create the shared virtualenv with the pinned Salt and the test tools."""
-    reqs = (LAB_DIR / "requirements.txt").read_text()
-    stamp = VENV / ".pgcluster-lab-requirements"
-    if _stamp_ok(stamp, reqs):
-        say(f"virtualenv {VENV}: present")
-        return
-    say(f"virtualenv {VENV}: installing Salt and test tools")
     if not (VENV / "bin" / "python").exists():
         subprocess.run([PYTHON, "-m", "venv", str(VENV)], check=True)
-    _pip("install", "-q", "-r", str(LAB_DIR / "requirements.txt"))
-    stamp.write_text(reqs)
+    _pip_once(f"virtualenv {VENV}", "requirements.txt", VENV / ".pgcluster-lab-requirements", "install", "-q")
 
 
 def build_wheelhouse() -> None:
     """Download/build the wheels the hosts install from (they reach no package index)."""
-    reqs = (LAB_DIR / "wheels.txt").read_text()
-    stamp = WHEELS / ".pgcluster-lab-wheels"
-    if _stamp_ok(stamp, reqs):
-        say(f"wheelhouse {WHEELS}: present")
-        return
-    say(f"wheelhouse {WHEELS}: building")
     WHEELS.mkdir(parents=True, exist_ok=True)
-    _pip("wheel", "-q", "-w", str(WHEELS), "-r", str(LAB_DIR / "wheels.txt"))
-    stamp.write_text(reqs)
+    _pip_once(f"wheelhouse {WHEELS}", "wheels.txt", WHEELS / ".pgcluster-lab-wheels", "wheel", "-q", "-w", str(WHEELS))
 
 
 def prepare() -> None:

@@ -55,13 +55,15 @@ class LabHost:
         self.isolated_flag = self.dir / "isolated"
 
     # ----- disk -------------------------------------------------------------------------
-    def _write(self, rel: str, text: str, mode: int = 0o644) -> None:
+    def write(self, rel: str, text: str, mode: int = 0o644) -> None:
+        """Write a file onto the host's disk (before it boots)."""
         path = self.upper / rel.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.chmod(mode)
 
-    def _link(self, rel: str, target: str) -> None:
+    def link(self, rel: str, target: str) -> None:
+        """Create a symlink on the host's disk (before it boots)."""
         path = self.upper / rel.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink() or path.exists():
@@ -75,35 +77,27 @@ class LabHost:
         for d in (self.upper, self.work, self.root):
             d.mkdir(parents=True, exist_ok=True)
         h = self.host
-        self._write("/etc/hostname", f"{h.name}\n")
+        self.write("/etc/hostname", f"{h.name}\n")
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         hosts += "".join(f"{x.address}\t{x.name}\n" for x in self.topo.hosts)
-        self._write("/etc/hosts", hosts)
-        self._write("/etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
+        self.write("/etc/hosts", hosts)
+        self.write("/etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
         # No name server: lab hosts resolve only lab names and have no route out.
-        self._write("/etc/resolv.conf", "# lab host: names come from /etc/hosts\n")
-        self._write(
+        self.write("/etc/resolv.conf", "# lab host: names come from /etc/hosts\n")
+        self.write(
             "/etc/systemd/network/10-lab.network",
             "[Match]\nName=host0\n\n[Network]\n"
             f"Address={h.address}/24\nConfigureWithoutCarrier=yes\nIgnoreCarrierLoss=yes\nLinkLocalAddressing=no\n",
         )
-        self._link(
+        self.link(
             "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
             "/lib/systemd/system/systemd-networkd.service",
         )
         for unit in MASKED_UNITS:
-            self._link(f"/etc/systemd/system/{unit}", "/dev/null")
+            self.link(f"/etc/systemd/system/{unit}", "/dev/null")
         for tool in ("salt", "salt-call", "salt-key", "salt-run", "salt-master", "salt-minion"):
-            self._link(f"/usr/local/bin/{tool}", str(VENV / "bin" / tool))
+            self.link(f"/usr/local/bin/{tool}", str(VENV / "bin" / tool))
         (self.dir / "provisioned").write_text("")
-
-    def write(self, rel: str, text: str, mode: int = 0o644) -> None:
-        """Write a file onto the host's disk (before it boots)."""
-        self._write(rel, text, mode)
-
-    def link(self, rel: str, target: str) -> None:
-        """Create a symlink on the host's disk (before it boots)."""
-        self._link(rel, target)
 
     def is_mounted(self) -> bool:
         return _run("mountpoint", "-q", str(self.root), check=False).returncode == 0
