@@ -23,6 +23,7 @@ __virtualname__ = "pgcluster"
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # PostgreSQL identifiers we accept
 SCOPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+BACKUP_TYPES = ("full", "diff", "incr")
 
 
 def __virtual__():
@@ -82,6 +83,26 @@ def _hostlist(value: Any, key: str, hosts: dict, problems: list[str]) -> list[st
     return value
 
 
+def _validate_backup(key: str, c: dict, model: dict, problems: list[str]) -> None:
+    host = c["backup"]
+    if host not in (model.get("hosts") or {}):
+        problems.append(f"{key}:backup: {host!r} has no address in pgcluster:hosts")
+    if host in (c.get("members") or []):
+        problems.append(f"{key}:backup: {host!r} is a database server; the repository needs a host of its own")
+    b = c.get("pgbackrest")
+    if not isinstance(b, dict):
+        problems.append(f"{key}:pgbackrest: missing (needs at least cipher_pass)")
+        return
+    if not isinstance(b.get("cipher_pass"), str) or len(b["cipher_pass"]) < 20:
+        problems.append(f"{key}:pgbackrest:cipher_pass: missing or shorter than 20 characters")
+    for kind, n in {**model["pgbackrest"]["retention"], **(b.get("retention") or {})}.items():
+        if kind not in ("full", "diff") or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 9999999:
+            problems.append(f"{key}:pgbackrest:retention:{kind}: must be full or diff with a count of 1 or more")
+    for kind, when in {**model["pgbackrest"]["schedule"], **(b.get("schedule") or {})}.items():
+        if kind not in BACKUP_TYPES or not isinstance(when, str) or not re.fullmatch(r"[\w*:.,/~ +-]*", when):
+            problems.append(f"{key}:pgbackrest:schedule:{kind}: must be full, diff or incr with an OnCalendar value")
+
+
 def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> None:
     key = f"pgcluster:clusters:{name}"
     hosts = model.get("hosts") or {}
@@ -126,6 +147,8 @@ def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> No
         spec = spec or {}
         if spec.get("login", True) and (not isinstance(spec.get("password"), str) or len(spec["password"]) < 12):
             problems.append(f"{key}:roles:{role}:password: missing or shorter than 12 characters")
+    if c.get("backup") is not None:
+        _validate_backup(key, c, model, problems)
     dbs = c.get("databases") or {}
     if not isinstance(dbs, dict):
         problems.append(f"{key}:databases: must be a mapping of database name to settings")
@@ -175,6 +198,22 @@ def problems(model: dict) -> list[str]:
     return found
 
 
+def tls_problems(model: dict, minion_id: str) -> list[str]:
+    """Problems with the pgBackRest TLS material MINION_ID needs (each minion holds only its own key)."""
+    if not pgbackrest_config(model, minion_id):
+        return []
+    tls = model["pgbackrest"].get("tls") or {}
+    found = []
+    if "BEGIN CERTIFICATE" not in str(tls.get("ca", "")):
+        found.append("pgcluster:pgbackrest:tls:ca: missing (PEM text of the CA certificate)")
+    mine = (tls.get("hosts") or {}).get(minion_id) or {}
+    if "BEGIN CERTIFICATE" not in str(mine.get("cert", "")):
+        found.append(f"pgcluster:pgbackrest:tls:hosts:{minion_id}:cert: missing (PEM text, CN={minion_id})")
+    if "PRIVATE KEY" not in str(mine.get("key", "")):
+        found.append(f"pgcluster:pgbackrest:tls:hosts:{minion_id}:key: missing (PEM text)")
+    return found
+
+
 def validate(model: dict) -> dict:
     """Return MODEL when valid; raise ModelError listing every problem otherwise."""
     found = problems(model)
@@ -210,6 +249,15 @@ def cluster(model: dict, name: str) -> dict:
     c.setdefault("roles", {})
     c.setdefault("databases", {})
     c["profile_settings"] = model["profiles"][c["profile"]]
+    if c.get("backup"):
+        b = c.get("pgbackrest") or {}
+        defaults = model["pgbackrest"]
+        c["pgbackrest"] = {
+            **b,
+            "stanza": c["scope"],
+            "retention": {**defaults["retention"], **(b.get("retention") or {})},
+            "schedule": {**defaults["schedule"], **(b.get("schedule") or {})},
+        }
     return c
 
 
@@ -243,7 +291,24 @@ def firewall(model: dict, minion_id: str) -> list[dict]:
             "ports": [c["port"]],
             "sources": [model["hosts"][h] for h in hosts] + [str(n) for n in c["client_networks"]],
         })  # fmt: skip
+    # pgBackRest's TLS server: the repository host and the database servers reach each other.
+    peers = pgbackrest_peers(model, minion_id)
+    if peers:
+        port = model["pgbackrest"]["tls_port"]
+        rules.append({"name": "pgbackrest", "ports": [port], "sources": list(peers.values())})
     return rules
+
+
+def pgbackrest_peers(model: dict, minion_id: str) -> dict[str, str]:
+    """{minion id: address} of the hosts MINION_ID's pgBackRest talks to: the backup host of its
+    cluster (a member), or the members of the clusters it backs up (a backup host)."""
+    roles = node_roles(model, minion_id)
+    peers = []
+    if roles["member"] and model["clusters"][roles["member"]].get("backup"):
+        peers.append(model["clusters"][roles["member"]]["backup"])
+    for name in roles["backup"]:
+        peers += model["clusters"][name]["members"]
+    return {h: model["hosts"][h] for h in peers}
 
 
 def pg_hba(model: dict, name: str) -> list[str]:
@@ -276,11 +341,25 @@ def dynamic_config(model: dict, name: str) -> dict:
     and the PostgreSQL parameters every member must share (defaults <- profile <- cluster)."""
     c = cluster(model, name)
     prof = c["profile_settings"]
-    params = _merge(_merge(model["postgresql"]["parameters"], prof.get("parameters", {})), c.get("parameters", {}))
+    params = _merge(model["postgresql"]["parameters"], prof.get("parameters", {}))
+    if c.get("backup"):
+        # Only the leader archives (archive_mode on); archive-push is asynchronous (archive-async).
+        params.update({
+            "archive_mode": "on",
+            "archive_command": f"{model['pgbackrest']['bin']} --stanza={c['scope']} archive-push %p",
+            "archive_timeout": model["pgbackrest"]["archive_timeout"],
+        })  # fmt: skip
+    params = _merge(params, c.get("parameters", {}))
     return {
         **copy.deepcopy(prof["dcs"]),
         "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
     }
+
+
+def data_dir(model: dict, name: str) -> str:
+    """PostgreSQL's data directory for cluster NAME: never the distribution's own (Debian: 15/main)."""
+    pg = model["postgresql"]
+    return f"{pg['data_root']}/{pg['version']}/patroni-{cluster(model, name)['scope']}"
 
 
 def patroni_config(model: dict, name: str, member: str) -> dict:
@@ -300,9 +379,7 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
         restapi["keyfile"] = p["restapi_keyfile"]
         if p.get("restapi_cafile"):
             restapi["cafile"] = p["restapi_cafile"]
-    # Never the distribution's own cluster directory (Debian: 15/main).
-    data_dir = f"{pg['data_root']}/{pg['version']}/patroni-{c['scope']}"
-    return {
+    conf = {
         "scope": c["scope"],
         "namespace": "/service/",
         "name": member,
@@ -315,7 +392,7 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
         "postgresql": {
             "listen": f"{addr},127.0.0.1:{c['port']}",
             "connect_address": f"{addr}:{c['port']}",
-            "data_dir": data_dir,
+            "data_dir": data_dir(model, name),
             "bin_dir": pg["bin_dir"],
             "pgpass": f"{p['config_dir']}/.pgpass",
             "use_unix_socket": True,
@@ -326,13 +403,119 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
             },
             "parameters": {"unix_socket_directories": pg["socket_dir"], "port": c["port"]},
             "pg_hba": pg_hba(model, name),
-            "create_replica_methods": ["basebackup"],
+            "create_replica_methods": ["pgbackrest", "basebackup"] if c.get("backup") else ["basebackup"],
             "callbacks": {event: p["callback"] for event in ("on_role_change", "on_start", "on_stop")},
             "basebackup": [{"checkpoint": "fast"}],
             "remove_data_directory_on_rewind_failure": True,
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
     }
+    if c.get("backup"):
+        bin_, stanza = model["pgbackrest"]["bin"], c["scope"]
+        conf["postgresql"]["pgbackrest"] = {
+            # --delta: a member's leftover data directory is reused (checksums), not copied again.
+            "command": f"{bin_} --stanza={stanza} --delta --type=standby restore",
+            "keep_data": True,
+            "no_params": True,
+        }
+        conf["postgresql"]["recovery_conf"] = {"restore_command": f'{bin_} --stanza={stanza} archive-get %f "%p"'}
+    return conf
+
+
+def _tls_files(model: dict, prefix: str) -> dict:
+    d = model["pgbackrest"]["tls_dir"]
+    return {
+        f"{prefix}-cert-file": f"{d}/host.crt",
+        f"{prefix}-key-file": f"{d}/host.key",
+        f"{prefix}-ca-file": f"{d}/ca.crt",
+    }
+
+
+def pgbackrest_config(model: dict, minion_id: str) -> dict:
+    """pgbackrest.conf of MINION_ID as {section: {option: value or [values]}} (empty: no pgBackRest).
+
+    The backup host holds the repository (and its passphrase) and knows every member of its
+    clusters, so a backup finds the leader by itself after any failover. Peers are named by
+    minion id (pgBackRest 2.45 checks the certificate's DNS names, not IP addresses; the
+    formula puts the names in /etc/hosts). A database server
+    knows only the repository host; both run pgBackRest's TLS server, each accepting only the
+    other side's certificate (CN = minion id) for the cluster's stanza.
+    """
+    b = model["pgbackrest"]
+    roles = node_roles(model, minion_id)
+    if not pgbackrest_peers(model, minion_id):
+        return {}
+    common = {
+        "log-path": b["log_path"],
+        "log-level-file": "info",
+        "compress-type": b["compress_type"],
+        "compress-level": b["compress_level"],
+        "process-max": b["process_max"],
+        "tls-server-address": model["hosts"][minion_id],
+        "tls-server-port": b["tls_port"],
+        **_tls_files(model, "tls-server"),
+    }
+    conf: dict[str, dict] = {}
+    if roles["backup"]:
+        conf["global"] = {
+            **common,
+            "repo1-path": b["repo_path"],
+            "start-fast": "y",
+            "tls-server-auth": [],
+        }
+        for name in roles["backup"]:
+            c = cluster(model, name)
+            stanza = c["pgbackrest"]["stanza"]
+            conf["global"]["tls-server-auth"] += [f"{member}={stanza}" for member in c["members"]]
+            section = {
+                "repo1-cipher-type": "aes-256-cbc",
+                "repo1-cipher-pass": c["pgbackrest"]["cipher_pass"],
+                "repo1-retention-full": c["pgbackrest"]["retention"]["full"],
+                "repo1-retention-diff": c["pgbackrest"]["retention"]["diff"],
+            }
+            for i, member in enumerate(c["members"], start=1):
+                section.update({
+                    f"pg{i}-host": member,
+                    f"pg{i}-host-type": "tls",
+                    f"pg{i}-host-port": b["tls_port"],
+                    **_tls_files(model, f"pg{i}-host"),
+                    f"pg{i}-path": data_dir(model, name),
+                    f"pg{i}-port": c["port"],
+                    f"pg{i}-socket-path": model["postgresql"]["socket_dir"],
+                })  # fmt: skip
+            conf[stanza] = section
+    elif roles["member"] and model["clusters"][roles["member"]].get("backup"):
+        c = cluster(model, roles["member"])
+        stanza = c["pgbackrest"]["stanza"]
+        conf["global"] = {
+            **common,
+            "repo1-host": c["backup"],
+            "repo1-host-type": "tls",
+            "repo1-host-port": b["tls_port"],
+            **_tls_files(model, "repo1-host"),
+            "spool-path": b["spool_path"],
+            "archive-async": "y",
+            "archive-push-queue-max": b["archive_push_queue_max"],
+            "tls-server-auth": [f"{c['backup']}={stanza}"],
+        }
+        conf[stanza] = {
+            "pg1-path": data_dir(model, roles["member"]),
+            "pg1-port": c["port"],
+            "pg1-socket-path": model["postgresql"]["socket_dir"],
+        }
+    return conf
+
+
+def ini(sections: dict) -> str:
+    """SECTIONS ({section: {option: value or [values]}}) as pgBackRest's ini text (lists repeat the key)."""
+    lines = []
+    for section, options in sections.items():
+        lines += [f"[{section}]"]
+        for key, value in options.items():
+            for v in value if isinstance(value, list) else [value]:
+                lines.append(f"{key}={v}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # ---- SCRAM ---------------------------------------------------------------------------------
@@ -372,6 +555,9 @@ def settings(defaults: dict, osfamilymap: dict) -> dict:
     """Return the validated model plus ``node`` (this minion's roles). Raises ModelError."""
     model = merge(defaults, osfamilymap, __pillar__.get("pgcluster", {}), __grains__.get("os_family", ""))
     validate(model)
+    found = tls_problems(model, __grains__["id"])
+    if found:
+        raise ModelError("invalid pgcluster pillar: " + "; ".join(found))
     model["node"] = node_roles(model, __grains__["id"])
     model["node"]["id"] = __grains__["id"]
     return model

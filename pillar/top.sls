@@ -4,4 +4,5 @@ base:
   {{ lab.pgcluster.hosts.keys() | join(",") }}:
     - match: list
     - pgcluster.lab
+    - pgcluster.lab_tls
     - pgcluster.minions

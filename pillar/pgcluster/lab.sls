@@ -21,6 +21,11 @@ pgcluster:
       etcd: [pg1, pg2, pg3]
       pgbouncer: [pg1, pg2, pg3, app1]
       backup: backup
+      pgbackrest:
+        cipher_pass: lab-repo-cipher-pass-0d94c1e7
+        retention:
+          full: 2
+          diff: 6
       client_networks: []
       passwords:
         superuser: lab-superuser-pw-4a1f

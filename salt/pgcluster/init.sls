@@ -2,9 +2,13 @@
 {%- from "pgcluster/map.jinja" import pgcluster with context %}
 {%- set node = pgcluster.node %}
 {%- set components = [] %}
-{%- if node.etcd or node.member %}{% do components.append("pgcluster.firewall") %}{% endif %}
+{%- set backed_up = node.member and pgcluster.clusters[node.member].get("backup") %}
+{%- if node.etcd or node.member or node.backup %}{% do components.append("pgcluster.firewall") %}{% endif %}
 {%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
-{%- if node.member %}{% do components.extend(["postgresql", "patroni"]) %}{% endif %}
+{%- if node.member %}{% do components.append("postgresql") %}{% endif %}
+{#- pgBackRest before Patroni: a new replica is restored from the repository when it can be. #}
+{%- if backed_up or node.backup %}{% do components.append("pgbackrest") %}{% endif %}
+{%- if node.member %}{% do components.append("patroni") %}{% endif %}
 {%- if node.pgbouncer %}{% do components.append("pgbouncer") %}{% endif %}
 {%- if node.pgbouncer and not node.member %}{% do components.append("pgclient") %}{% endif %}
 {%- if components %}

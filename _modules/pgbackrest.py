@@ -1,0 +1,178 @@
+"""pgBackRest on this host: info as structured data, backup, check, expire, stanza-create, restore.
+
+pgBackRest runs as the OS user that owns the repository on a backup host (``pgbackrest``) or
+as ``postgres`` on a database server: the group of ``pgbackrest.conf`` (0640, written by the
+formula) says which. The repository passphrase lives in that file only: it is never on a
+command line, and pgBackRest's own output (which never prints it) is not logged by Salt.
+
+CLI examples::
+
+    salt backup pgbackrest.info main
+    salt backup pgbackrest.backup main type=full
+    salt backup pgbackrest.check main
+"""
+
+from __future__ import annotations
+
+import datetime
+import grp
+import json
+import os
+import re
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "pgbackrest"
+BIN = "/usr/bin/pgbackrest"
+CONFIG = "/etc/pgbackrest/pgbackrest.conf"
+# info's status codes (pgBackRest's command/info/info.c): the stanza exists in these.
+STANZA_EXISTS = {0: "ok", 2: "no valid backups", 6: "backup/expire running"}
+ERROR = re.compile(r"(?:ERROR|ASSERT): \[(\d+)\]: (.*)")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class PgBackRestError(CommandExecutionError):
+    """pgBackRest failed; ``code`` is its error number (e.g. 56: no primary found), 0 if unknown."""
+
+    def __init__(self, message: str, code: int = 0):
+        super().__init__(message)
+        self.code = code
+
+
+def _user(config: str = CONFIG) -> str:
+    try:
+        return grp.getgrgid(os.stat(config).st_gid).gr_name
+    except (OSError, KeyError):
+        raise PgBackRestError(f"pgBackRest is not configured on this host ({config} is missing)") from None
+
+
+def _run(args: list[str], timeout: float | None = None, console: str = "warn", config: str = CONFIG) -> str:
+    """Run pgBackRest with ARGS; return its standard output. Raises PgBackRestError with its message."""
+    cmd = ["runuser", "-u", _user(config), "--", BIN, f"--config={config}", f"--log-level-console={console}",
+           "--log-level-stderr=off", *args]  # fmt: skip
+    res: dict[str, Any] = __salt__["cmd.run_all"](
+        cmd, python_shell=False, output_loglevel="quiet", ignore_retcode=True, cwd="/", timeout=timeout
+    )
+    if res["retcode"] != 0:
+        raise _error(args, res)
+    return res["stdout"]
+
+
+def _error(args: list[str], res: dict) -> PgBackRestError:
+    text = f"{res.get('stdout', '')}\n{res.get('stderr', '')}"
+    found = ERROR.findall(text)
+    command = next((a for a in args if not a.startswith("-")), "pgbackrest")
+    if found:
+        code, message = found[-1]
+        return PgBackRestError(f"pgbackrest {command}: [{code}] {message.strip()}", int(code))
+    tail = " ".join(text.split())[-300:] or f"exit code {res['retcode']}"
+    return PgBackRestError(f"pgbackrest {command}: {tail}")
+
+
+def _time(epoch: Any) -> str | None:
+    if not isinstance(epoch, int | float):
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
+
+
+def parse_info(raw: list[dict]) -> dict:
+    """pgBackRest's ``info --output=json`` as {stanza: summary}, oldest backup first.
+
+    A summary has ``status`` (message), ``status_code``, ``exists`` (the stanza was created),
+    ``cipher``, ``backups`` [{label, type, prior, start, stop (ISO 8601, UTC), size, repo_size,
+    wal_start, wal_stop, lsn_start, lsn_stop, error}], ``archive`` {min, max} and
+    ``recoverable_from`` (the end of the oldest good backup: no restore target can be earlier).
+    """
+    out = {}
+    for s in raw:
+        backups = []
+        for b in s.get("backup") or []:
+            ts, info, lsn, arc = (
+                b.get("timestamp") or {},
+                b.get("info") or {},
+                b.get("lsn") or {},
+                b.get("archive") or {},
+            )
+            backups.append({
+                "label": b.get("label"),
+                "type": b.get("type"),
+                "prior": b.get("prior"),
+                "start": _time(ts.get("start")),
+                "stop": _time(ts.get("stop")),
+                "size": info.get("size"),
+                "repo_size": (info.get("repository") or {}).get("delta"),
+                "wal_start": arc.get("start"),
+                "wal_stop": arc.get("stop"),
+                "lsn_start": lsn.get("start"),
+                "lsn_stop": lsn.get("stop"),
+                "error": bool(b.get("error")),
+            })  # fmt: skip
+        archives = [a for a in s.get("archive") or [] if a.get("min")]
+        status = s.get("status") or {}
+        good = [b for b in backups if not b["error"]]
+        out[s.get("name")] = {
+            "status": status.get("message"),
+            "status_code": status.get("code"),
+            "exists": status.get("code") in STANZA_EXISTS,
+            "cipher": s.get("cipher"),
+            "backups": backups,
+            "archive": {"min": archives[0]["min"], "max": archives[-1]["max"]} if archives else None,
+            "recoverable_from": good[0]["stop"] if good else None,
+        }
+    return out
+
+
+def info(stanza: str) -> dict:
+    """The summary of STANZA (see ``parse_info``). Raises PgBackRestError when pgBackRest fails
+    (repository unreachable, wrong passphrase...) or reports an error status other than "no stanza"."""
+    summary = parse_info(json.loads(_run([f"--stanza={stanza}", "--output=json", "info"], timeout=120) or "[]"))
+    s = summary.get(stanza)
+    if s is None:
+        raise PgBackRestError(f"pgbackrest info: stanza {stanza} not reported")
+    if s["status_code"] not in (*STANZA_EXISTS, 1, 3):  # 1, 3: stanza not created yet
+        raise PgBackRestError(f"pgbackrest info: stanza {stanza}: {s['status']} (code {s['status_code']})")
+    return s
+
+
+def stanza_create(stanza: str) -> str:
+    """Create STANZA (idempotent: pgBackRest accepts an existing, matching stanza). Returns pgBackRest's words."""
+    return _run([f"--stanza={stanza}", "stanza-create"], timeout=300, console="info").strip()
+
+
+def check(stanza: str, timeout: float = 300) -> bool:
+    """``pgbackrest check``: the leader's WAL reaches the repository. True, or raises PgBackRestError."""
+    _run([f"--stanza={stanza}", "check"], timeout=timeout)
+    return True
+
+
+def backup(stanza: str, type: str = "incr", timeout: float = 7200) -> dict:
+    """Take a TYPE (full, diff, incr) backup of STANZA from its leader; returns the new backup's summary."""
+    if type not in ("full", "diff", "incr"):
+        raise PgBackRestError(f"backup type {type!r}: must be full, diff or incr")
+    _run([f"--stanza={stanza}", f"--type={type}", "backup"], timeout=timeout)
+    return info(stanza)["backups"][-1]
+
+
+def expire(stanza: str) -> list[str]:
+    """Apply the retention of STANZA now; returns the labels of the backups that remain."""
+    _run([f"--stanza={stanza}", "expire"], timeout=600)
+    return [b["label"] for b in info(stanza)["backups"]]
+
+
+def restore(stanza: str, target: str = "latest", delta: bool = True, timeout: float = 7200) -> str:
+    """Restore STANZA into this database server's (stopped) data directory.
+
+    TARGET ``latest`` replays all archived WAL; otherwise a timestamp, recovery stops there and the
+    server promotes. The backup set is chosen by pgBackRest (the newest that ends before TARGET).
+    Returns pgBackRest's output; raises PgBackRestError.
+    """
+    args = [f"--stanza={stanza}"]
+    if delta:
+        args.append("--delta")
+    if target != "latest":
+        args += ["--type=time", f"--target={target}", "--target-action=promote"]
+    return _run([*args, "restore"], timeout=timeout, console="info")

@@ -1,0 +1,75 @@
+{#- Scheduled backups: one systemd timer per cluster and backup type on the backup host.
+    The backup host knows every member, and pgBackRest backs up whichever is the leader:
+    failovers need no edit. An empty schedule removes that timer. #}
+{%- from "pgcluster/map.jinja" import pgcluster with context %}
+{%- from "pgbackrest/map.jinja" import b with context %}
+
+include:
+  - pgbackrest.repository
+{%- for name in pgcluster.node.backup %}
+{%- set c = salt["pgcluster.cluster"](pgcluster, name) %}
+{%- set stanza = c.pgbackrest.stanza %}
+{%- for type, when in c.pgbackrest.schedule | dictsort %}
+{%- set unit = "pgbackrest-" ~ stanza ~ "-" ~ type %}
+{%- if when %}
+
+{{ unit }}-units-installed:
+  file.managed:
+    - names:
+      - /etc/systemd/system/{{ unit }}.service:
+        - contents: |
+            # Managed by Salt (pgcluster formula).
+            [Unit]
+            Description=pgBackRest {{ type }} backup of stanza {{ stanza }}
+            After=network-online.target pgbackrest.service
+            Wants=network-online.target
+
+            [Service]
+            Type=oneshot
+            User={{ b.repo_user }}
+            Group={{ b.repo_user }}
+            ExecStart={{ b.bin }} --config={{ b.config }} --stanza={{ stanza }} --type={{ type }} backup
+      - /etc/systemd/system/{{ unit }}.timer:
+        - contents: |
+            # Managed by Salt (pgcluster formula).
+            [Unit]
+            Description=pgBackRest {{ type }} backup of stanza {{ stanza }}: {{ when }}
+
+            [Timer]
+            OnCalendar={{ when }}
+            Persistent=true
+
+            [Install]
+            WantedBy=timers.target
+    - mode: '0644'
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: {{ unit }}-units-installed
+
+{{ unit }}-timer-active:
+  service.running:
+    - name: {{ unit }}.timer
+    - enable: True
+    - watch:
+      - file: {{ unit }}-units-installed
+    - require:
+      - module: {{ unit }}-units-installed
+      - pgbackrest: pgbackrest-stanza-{{ stanza }}-present
+{%- else %}
+
+{{ unit }}-timer-stopped:
+  service.dead:
+    - name: {{ unit }}.timer
+    - enable: False
+
+{{ unit }}-units-absent:
+  file.absent:
+    - names:
+      - /etc/systemd/system/{{ unit }}.timer
+      - /etc/systemd/system/{{ unit }}.service
+    - require:
+      - service: {{ unit }}-timer-stopped
+{%- endif %}
+{%- endfor %}
+{%- endfor %}

@@ -1,0 +1,103 @@
+"""pgBackRest: the repository on the backup host, WAL archiving from the leader, backups across a
+switchover, a destroyed member rebuilt from the repository."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from labtools import MEMBERS, lab, leader, salt_json, sh, wait_for, wait_healthy
+
+CIPHER_PASS = "lab-repo-cipher-pass-0d94c1e7"  # pillar/pgcluster/lab.sls
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_up):
+    ret = json.loads(lab("salt", "*", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200).stdout)
+    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    assert failed == {m: [] for m in ret}, failed
+    wait_healthy(2, timeout=180)
+
+
+def info() -> dict:
+    ret = salt_json("backup", "pgbackrest.info", "main")["backup"]
+    assert isinstance(ret, dict), ret
+    return ret
+
+
+def test_after_highstate_an_encrypted_full_backup_exists_and_check_passes(deployed):
+    i = info()
+    assert i["status"] == "ok" and i["cipher"] == "aes-256-cbc"
+    assert [b for b in i["backups"] if b["type"] == "full" and not b["error"]]
+    assert salt_json("backup", "pgbackrest.check", "main")["backup"] is True
+
+
+def test_passphrase_and_keys_are_only_where_needed_with_tight_modes(deployed):
+    out = sh("backup", "stat -c '%U:%G %a %n' /etc/pgbackrest/pgbackrest.conf /etc/pgbackrest/tls/host.key").stdout
+    assert out.split("\n")[:2] == [
+        "root:pgbackrest 640 /etc/pgbackrest/pgbackrest.conf",
+        "pgbackrest:pgbackrest 600 /etc/pgbackrest/tls/host.key",
+    ]
+    for m in MEMBERS:
+        key = sh(m, "stat -c '%U:%G %a' /etc/pgbackrest/tls/host.key").stdout.strip()
+        assert key == "postgres:postgres 600"
+        # Database servers never hold the repository passphrase: the repository host encrypts.
+        assert sh(m, f"grep -rl {CIPHER_PASS} /etc /var/log/pgbackrest", check=False).stdout == ""
+    # The repository is encrypted: its manifest is not text, and a wrong passphrase cannot read it.
+    assert "db-system-id" not in sh("backup", "cat /var/lib/pgbackrest/backup/main/backup.info").stdout
+    wrong = sh("backup", "cd / && PGBACKREST_REPO1_CIPHER_PASS=not-the-passphrase-at-all runuser -u pgbackrest "
+                         "-- pgbackrest --stanza=main --output=json info").stdout  # fmt: skip
+    assert json.loads(wrong)[0]["status"]["message"] == "other"
+
+
+def test_a_database_server_only_accepts_the_backup_hosts_certificate(deployed):
+    # pg2 presents its own (valid, same-CA) certificate to pg1's pgBackRest server: refused.
+    tls = "/etc/pgbackrest/tls"
+    res = sh("pg2", "cd / && runuser -u postgres -- pgbackrest --stanza=main --pg1-host=pg1 --pg1-host-type=tls "
+                    f"--pg1-host-cert-file={tls}/host.crt --pg1-host-key-file={tls}/host.key "
+                    f"--pg1-host-ca-file={tls}/ca.crt --pg1-path=/var/lib/postgresql/15/patroni-main "
+                    "--repo1-host=backup check", check=False)  # fmt: skip
+    assert res.returncode != 0
+    assert "access denied" in res.stdout + res.stderr
+
+
+def test_after_a_switchover_archiving_continues_and_a_new_backup_succeeds(deployed):
+    old = leader()
+    ret = lab("run", "pgcluster.switchover", "main", "--out=json", timeout=180)
+    assert json.loads(ret.stdout)["to"] != old
+    new = leader()
+    assert new != old
+    assert salt_json("backup", "pgbackrest.check", "main")["backup"] is True
+    before = {b["label"] for b in info()["backups"]}
+    new_backup = salt_json("backup", "pgbackrest.backup", "main", "type=incr", "-t", "600")["backup"]
+    assert new_backup["type"] == "incr" and new_backup["label"] not in before and not new_backup["error"]
+
+
+def test_a_destroyed_member_is_rebuilt_from_the_repository(deployed):
+    victim = next(m for m in MEMBERS if m != leader())
+    sh(victim, "systemctl stop patroni && rm -rf /var/lib/postgresql/15/patroni-main "
+               "&& rm -f /var/log/pgbackrest/main-restore.log && systemctl start patroni")  # fmt: skip
+    wait_healthy(2, timeout=300)
+    log = sh(victim, "cat /var/log/pgbackrest/main-restore.log", check=False).stdout
+    assert "restore command end: completed successfully" in log
+
+
+def test_the_repository_keeps_working_while_a_database_server_is_down(deployed):
+    down = next(m for m in MEMBERS if m != leader())
+    lab("stop", down)
+    try:
+        assert salt_json("backup", "pgbackrest.check", "main")["backup"] is True
+        new_backup = salt_json("backup", "pgbackrest.backup", "main", "type=incr", "-t", "600")["backup"]
+        assert not new_backup["error"]
+    finally:
+        lab("boot", down)
+        wait_for(f"{down} answers", lambda: bool(salt_json(down, "test.ping", check=False).get(down)), 120, 2)
+        wait_healthy(2, timeout=300)
+
+
+def test_pgbackrest_errors_are_one_clear_message(deployed):
+    res = lab("salt", "backup", "pgbackrest.backup", "main", "type=weekly", "--out=json", check=False)
+    assert res.returncode != 0
+    assert "backup type 'weekly': must be full, diff or incr" in res.stdout
+    res = lab("salt", "backup", "pgbackrest.info", "nosuchstanza", "--out=json", check=False)
+    assert res.returncode != 0 and "nosuchstanza" in res.stdout
