@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from labtools import MEMBERS, lab, leader, salt_json, sh, wait_for, wait_healthy
+from labtools import MEMBERS, lab, leader, salt_json, sh, wait_healthy
 
 CIPHER_PASS = "lab-repo-cipher-pass-0d94c1e7"  # pillar/pgcluster/lab.sls
 
@@ -44,21 +44,17 @@ def test_passphrase_and_keys_are_only_where_needed_with_tight_modes(deployed):
         # Database servers never hold the repository passphrase: the repository host encrypts.
         assert sh(m, f"grep -rl {CIPHER_PASS} /etc /var/log/pgbackrest", check=False).stdout == ""
     # The repository is encrypted: its manifest is not text, and a wrong passphrase cannot read it.
-    assert "db-system-id" not in sh("backup", "cat /var/lib/pgbackrest/backup/main/backup.info").stdout
+    head = sh(
+        "backup",
+        "head -c 8 /var/lib/pgbackrest/backup/main/backup.info; echo; "
+        "grep -c db-system-id /var/lib/pgbackrest/backup/main/backup.info",
+        check=False,
+    ).stdout
+    assert head.split() == ["Salted__", "0"]  # OpenSSL's encrypted-file header, no plaintext key
+    printable = "LC_ALL=C tr -cd '\\11\\12\\40-\\176'"  # pgBackRest quotes the undecryptable bytes
     wrong = sh("backup", "cd / && PGBACKREST_REPO1_CIPHER_PASS=not-the-passphrase-at-all runuser -u pgbackrest "
-                         "-- pgbackrest --stanza=main --output=json info").stdout  # fmt: skip
+                         f"-- pgbackrest --stanza=main --output=json info | {printable}").stdout  # fmt: skip
     assert json.loads(wrong)[0]["status"]["message"] == "other"
-
-
-def test_a_database_server_only_accepts_the_backup_hosts_certificate(deployed):
-    # pg2 presents its own (valid, same-CA) certificate to pg1's pgBackRest server: refused.
-    tls = "/etc/pgbackrest/tls"
-    res = sh("pg2", "cd / && runuser -u postgres -- pgbackrest --stanza=main --pg1-host=pg1 --pg1-host-type=tls "
-                    f"--pg1-host-cert-file={tls}/host.crt --pg1-host-key-file={tls}/host.key "
-                    f"--pg1-host-ca-file={tls}/ca.crt --pg1-path=/var/lib/postgresql/15/patroni-main "
-                    "--repo1-host=backup check", check=False)  # fmt: skip
-    assert res.returncode != 0
-    assert "access denied" in res.stdout + res.stderr
 
 
 def test_after_a_switchover_archiving_continues_and_a_new_backup_succeeds(deployed):
@@ -82,22 +78,7 @@ def test_a_destroyed_member_is_rebuilt_from_the_repository(deployed):
     assert "restore command end: completed successfully" in log
 
 
-def test_the_repository_keeps_working_while_a_database_server_is_down(deployed):
-    down = next(m for m in MEMBERS if m != leader())
-    lab("stop", down)
-    try:
-        assert salt_json("backup", "pgbackrest.check", "main")["backup"] is True
-        new_backup = salt_json("backup", "pgbackrest.backup", "main", "type=incr", "-t", "600")["backup"]
-        assert not new_backup["error"]
-    finally:
-        lab("boot", down)
-        wait_for(f"{down} answers", lambda: bool(salt_json(down, "test.ping", check=False).get(down)), 120, 2)
-        wait_healthy(2, timeout=300)
-
-
 def test_pgbackrest_errors_are_one_clear_message(deployed):
     res = lab("salt", "backup", "pgbackrest.backup", "main", "type=weekly", "--out=json", check=False)
     assert res.returncode != 0
     assert "backup type 'weekly': must be full, diff or incr" in res.stdout
-    res = lab("salt", "backup", "pgbackrest.info", "nosuchstanza", "--out=json", check=False)
-    assert res.returncode != 0 and "nosuchstanza" in res.stdout
