@@ -167,3 +167,76 @@ def test_role_verifier_is_stable_per_cluster_and_role():
     assert v == pgc.role_verifier("main", "app", "s3cret-password")
     assert v != pgc.role_verifier("other", "app", "s3cret-password")
     assert pgc.scram_matches("s3cret-password", v)
+
+
+# ---- pgBackRest ------------------------------------------------------------------------------
+def test_pgbackrest_repository_host_knows_every_member_and_holds_the_passphrase():
+    conf = pgc.pgbackrest_config(model(), "backup")
+    assert conf["global"]["repo1-path"] == "/var/lib/pgbackrest"
+    assert conf["global"]["tls-server-auth"] == ["pg1=main", "pg2=main", "pg3=main"]
+    main = conf["main"]
+    assert main["repo1-cipher-type"] == "aes-256-cbc" and main["repo1-cipher-pass"] == LAB["clusters"]["main"][
+        "pgbackrest"]["cipher_pass"]  # fmt: skip
+    assert [main[f"pg{i}-host"] for i in (1, 2, 3)] == ["pg1", "pg2", "pg3"]
+    assert main["pg1-path"] == "/var/lib/postgresql/15/patroni-main"
+    assert main["repo1-retention-full"] == 2
+
+
+def test_pgbackrest_database_server_knows_only_the_repository_and_no_passphrase():
+    conf = pgc.pgbackrest_config(model(), "pg2")
+    text = pgc.ini(conf)
+    assert conf["global"]["repo1-host"] == "backup" and conf["global"]["archive-async"] == "y"
+    assert conf["global"]["tls-server-auth"] == ["backup=main"]
+    assert "cipher" not in text
+    assert pgc.pgbackrest_config(model(), "app1") == {}
+
+
+def test_backed_up_cluster_archives_and_restores_replicas_from_the_repository():
+    m = model()
+    params = pgc.dynamic_config(m, "main")["postgresql"]["parameters"]
+    assert params["archive_mode"] == "on"
+    assert params["archive_command"] == "/usr/bin/pgbackrest --stanza=main archive-push %p"
+    pg = pgc.patroni_config(m, "main", "pg1")["postgresql"]
+    assert pg["create_replica_methods"] == ["pgbackrest", "basebackup"]
+    assert "--delta" in pg["pgbackrest"]["command"] and pg["pgbackrest"]["no_params"] is True
+    assert pg["recovery_conf"]["restore_command"] == '/usr/bin/pgbackrest --stanza=main archive-get %f "%p"'
+    no_backup = copy.deepcopy(LAB)
+    del no_backup["clusters"]["main"]["backup"]
+    assert pgc.patroni_config(model(no_backup), "main", "pg1")["postgresql"]["create_replica_methods"] == [
+        "basebackup"]  # fmt: skip
+
+
+def test_pgbackrest_port_open_between_repository_and_members_only():
+    m = model()
+    rule = next(r for r in pgc.firewall(m, "backup") if r["name"] == "pgbackrest")
+    assert rule == {"name": "pgbackrest", "ports": [8432], "sources": ["198.18.0.11", "198.18.0.12", "198.18.0.13"]}
+    rule = next(r for r in pgc.firewall(m, "pg1") if r["name"] == "pgbackrest")
+    assert rule["sources"] == ["198.18.0.20"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"pgbackrest": {"cipher_pass": "short"}},
+            "pgcluster:clusters:main:pgbackrest:cipher_pass: missing or shorter",
+        ),
+        ({"backup": "pg1"}, "pgcluster:clusters:main:backup: 'pg1' is a database server"),
+        ({"backup": "nowhere"}, "pgcluster:clusters:main:backup: 'nowhere' has no address"),
+        ({"pgbackrest": {"cipher_pass": "x" * 24, "retention": {"full": 0}}}, "retention:full: must be full or diff"),
+        ({"pgbackrest": {"cipher_pass": "x" * 24, "schedule": {"weekly": "Sun"}}}, "schedule:weekly: must be full"),
+    ],
+)
+def test_bad_backup_pillar_names_key_and_problem(change, message):
+    found = pgc.problems(model(lab_with(**change)))
+    assert any(message in p for p in found), found
+
+
+def test_tls_material_of_this_minion_is_required():
+    m = model()
+    assert pgc.tls_problems(m, "pg1") == [
+        "pgcluster:pgbackrest:tls:ca: missing (PEM text of the CA certificate)",
+        "pgcluster:pgbackrest:tls:hosts:pg1:cert: missing (PEM text, CN=pg1)",
+        "pgcluster:pgbackrest:tls:hosts:pg1:key: missing (PEM text)",
+    ]
+    assert pgc.tls_problems(m, "app1") == []
