@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from labtools import lab
+from labtools import ensure_probe_table, highstate, lab, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,14 @@ def lab_up() -> Iterator[None]:
     yield
     if os.environ.get("PGCLUSTER_KEEP_LAB") != "1":
         lab("down")
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_up) -> None:
+    """The cluster deployed by a highstate with no failed state, healthy, with the probe table
+    (once per module; earlier modules may have left it so already)."""
+    ret = highstate()
+    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    assert failed == {m: [] for m in ret}, failed
+    wait_healthy(2, timeout=180)
+    ensure_probe_table()

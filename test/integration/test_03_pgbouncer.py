@@ -7,20 +7,10 @@ import subprocess
 import time
 
 import pytest
-from labtools import LAB, MEMBERS, ensure_probe_table, lab, leader, psql, salt_json, sh, wait_for, wait_healthy
+from labtools import LAB, MEMBERS, lab, leader, psql, salt_json, sh, wait_for, wait_healthy
 
 ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
 PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
-
-
-@pytest.fixture(scope="module")
-def deployed(lab_up):
-    """The cluster deployed (once per module; the cluster tests may have left it so already)."""
-    ret = json.loads(lab("salt", "*", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200).stdout)
-    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
-    assert failed == {m: [] for m in ret}, failed
-    wait_healthy(2, timeout=180)
-    ensure_probe_table()
 
 
 def routes() -> dict[str, str | None]:

@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from labtools import MEMBERS, lab, leader, salt_json, sh, wait_healthy
 
 CIPHER_PASS = "lab-repo-cipher-pass-0d94c1e7"  # pillar/pgcluster/lab.sls
-
-
-@pytest.fixture(scope="module")
-def deployed(lab_up):
-    ret = json.loads(lab("salt", "*", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200).stdout)
-    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
-    assert failed == {m: [] for m in ret}, failed
-    wait_healthy(2, timeout=180)
 
 
 def info() -> dict:
