@@ -14,11 +14,13 @@ CLI examples::
 
 from __future__ import annotations
 
+import configparser
 import datetime
 import grp
 import json
 import os
 import re
+import socket
 from typing import Any
 
 from salt.exceptions import CommandExecutionError
@@ -29,6 +31,10 @@ CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 # info's status codes (pgBackRest's command/info/info.c): the stanza exists in these.
 STANZA_EXISTS = {0: "ok", 2: "no valid backups", 6: "backup/expire running"}
 ERROR = re.compile(r"(?:ERROR|ASSERT): \[(\d+)\]: (.*)")
+PG_OPTION = re.compile(r"pg(\d+)-(.+)")
+# A database server whose pgBackRest TLS server does not accept a connection within this many
+# seconds is left out of check/backup: pgBackRest itself would retry it for minutes and then fail.
+PROBE_TIMEOUT = 2.0
 
 
 def __virtual__():
@@ -71,6 +77,52 @@ def _error(args: list[str], res: dict) -> PgBackRestError:
         return PgBackRestError(f"pgbackrest {command}: [{code}] {message.strip()}", int(code))
     tail = " ".join(text.split())[-300:] or f"exit code {res['retcode']}"
     return PgBackRestError(f"pgbackrest {command}: {tail}")
+
+
+def pg_hosts(stanza: str, config: str = CONFIG) -> dict[int, dict[str, str]]:
+    """The database servers of STANZA in CONFIG: {index: {option (without ``pgN-``): value}}."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    try:
+        parser.read(config)
+    except configparser.Error as exc:
+        raise PgBackRestError(f"{config}: {exc}") from None
+    hosts: dict[int, dict[str, str]] = {}
+    for section in ("global", stanza):
+        for key, value in parser.items(section) if parser.has_section(section) else []:
+            m = PG_OPTION.fullmatch(key)
+            if m:
+                hosts.setdefault(int(m[1]), {})[m[2]] = value
+    return dict(sorted(hosts.items()))
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def reachable_options(stanza: str, config: str = CONFIG, timeout: float = PROBE_TIMEOUT) -> list[str]:
+    """Command-line options that leave out STANZA's database servers that do not answer.
+
+    pgBackRest (2.45) gives up a ``check`` after minutes of retries when one configured
+    database server is unreachable, even when the primary answers. The servers that answer are
+    renumbered pg1..pgK (an option is given where its value differs from the config's at the new
+    index) and the options of the indexes above K are reset. Returns [] when every server
+    answers, or none does (then pgBackRest's own error says what is wrong).
+    """
+    hosts = pg_hosts(stanza, config)
+    remote = {i: o for i, o in hosts.items() if o.get("host")}
+    up = [i for i, o in remote.items() if _answers(o["host"], int(o.get("host-port", 8432)), timeout)]
+    if not up or len(up) == len(remote):
+        return []
+    args = []
+    for new, old in enumerate(up, 1):
+        args += [f"--pg{new}-{k}={v}" for k, v in remote[old].items() if hosts[new].get(k) != v]
+    for i in list(remote)[len(up) :]:
+        args += [f"--reset-pg{i}-{option}" for option in hosts[i]]
+    return args
 
 
 def _time(epoch: Any) -> str | None:
@@ -140,20 +192,26 @@ def info(stanza: str) -> dict:
 
 def stanza_create(stanza: str) -> str:
     """Create STANZA (idempotent: pgBackRest accepts an existing, matching stanza). Returns pgBackRest's words."""
-    return _run([f"--stanza={stanza}", "stanza-create"], timeout=300, console="info").strip()
+    args = [f"--stanza={stanza}", *reachable_options(stanza)]
+    return _run([*args, "stanza-create"], timeout=300, console="info").strip()
 
 
 def check(stanza: str, timeout: float = 300) -> bool:
-    """``pgbackrest check``: the leader's WAL reaches the repository. True, or raises PgBackRestError."""
-    _run([f"--stanza={stanza}", "check"], timeout=timeout)
+    """``pgbackrest check``: the leader's WAL reaches the repository. True, or raises PgBackRestError.
+
+    Database servers that do not answer are left out (see ``reachable_options``)."""
+    _run([f"--stanza={stanza}", *reachable_options(stanza), "check"], timeout=timeout)
     return True
 
 
 def backup(stanza: str, type: str = "incr", timeout: float = 7200) -> dict:
-    """Take a TYPE (full, diff, incr) backup of STANZA from its leader; returns the new backup's summary."""
+    """Take a TYPE (full, diff, incr) backup of STANZA from its leader; returns the new backup's summary.
+
+    Database servers that do not answer are left out (see ``reachable_options``): the scheduled
+    backups run this (through ``salt-call --local``) so that one server down does not stop them."""
     if type not in ("full", "diff", "incr"):
         raise PgBackRestError(f"backup type {type!r}: must be full, diff or incr")
-    _run([f"--stanza={stanza}", f"--type={type}", "backup"], timeout=timeout)
+    _run([f"--stanza={stanza}", *reachable_options(stanza), f"--type={type}", "backup"], timeout=timeout)
     return info(stanza)["backups"][-1]
 
 

@@ -1,6 +1,9 @@
 {#- Scheduled backups: one systemd timer per cluster and backup type on the backup host.
     The backup host knows every member, and pgBackRest backs up whichever is the leader:
-    failovers need no edit. An empty schedule removes that timer. #}
+    failovers need no edit. The timer runs the pgbackrest execution module through
+    `salt-call --local` (no master needed; systemd finds it on its fixed PATH, where packages
+    and pip put it): it leaves out a database server that is down, and still runs pgBackRest
+    as the repository's user. An empty schedule removes that timer. #}
 {%- from "pgcluster/map.jinja" import pgcluster with context %}
 {%- from "pgbackrest/map.jinja" import b with context %}
 
@@ -26,9 +29,7 @@ include:
 
             [Service]
             Type=oneshot
-            User={{ b.repo_user }}
-            Group={{ b.repo_user }}
-            ExecStart={{ b.bin }} --config={{ b.config }} --stanza={{ stanza }} --type={{ type }} backup
+            ExecStart=salt-call --local --retcode-passthrough --log-level=warning --out=json pgbackrest.backup {{ stanza }} type={{ type }}
       - /etc/systemd/system/{{ unit }}.timer:
         - contents: |
             # Managed by Salt (pgcluster formula).
