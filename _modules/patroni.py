@@ -317,3 +317,62 @@ def wait_healthy(replicas: int, max_lag: int = 1048576, timeout: float = 120, **
         if time.monotonic() >= deadline:
             raise PatroniError(f"cluster not healthy after {timeout:.0f} s ({replicas} replicas wanted): {last}")
         time.sleep(1)
+
+
+# ---- this member's files (restore of a whole cluster) ---------------------------------------------
+PATRONICTL = "/usr/local/bin/patronictl"  # the formula's wrapper: runs with this node's config.yml
+
+
+def _config(config: str = CONFIG) -> dict:
+    try:
+        with open(config) as f:
+            return yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise PatroniError(f"cannot read Patroni configuration {config}: {exc}") from None
+
+
+def postgresql_dirs(config: str = CONFIG) -> dict:
+    """{'data_dir', 'bin_dir'} of this member, from its Patroni config.yml. Raises PatroniError."""
+    pg = _config(config).get("postgresql") or {}
+    if not pg.get("data_dir") or not pg.get("bin_dir"):
+        raise PatroniError(f"{config}: postgresql.data_dir or postgresql.bin_dir is not set")
+    return {"data_dir": pg["data_dir"], "bin_dir": pg["bin_dir"]}
+
+
+def _stopped() -> None:
+    if __salt__["service.status"]("patroni"):
+        raise PatroniError("Patroni is running on this member: stop it first")
+
+
+def remove_cluster(scope: str, config: str = CONFIG) -> str:
+    """Erase cluster SCOPE's state from the DCS (``patronictl remove``): leader, members, history,
+    dynamic configuration. The next Patroni to start on a data directory initializes it again.
+
+    Only while Patroni is stopped here (the caller stops it everywhere). Returns patronictl's
+    words; raises PatroniError.
+    """
+    _stopped()
+    if _config(config).get("scope") != scope:
+        raise PatroniError(f"this member does not belong to cluster {scope!r}")
+    res = __salt__["cmd.run_all"]([PATRONICTL, "remove", scope], stdin=f"{scope}\nYes I am aware\n",
+                                  python_shell=False, output_loglevel="quiet", ignore_retcode=True)  # fmt: skip
+    if res["retcode"] != 0:
+        raise PatroniError(f"patronictl remove {scope}: {(res['stderr'] or res['stdout']).strip()[-300:]}")
+    return res["stdout"].strip()
+
+
+def clear_data_dir(config: str = CONFIG) -> str:
+    """Delete this member's data directory so that Patroni rebuilds it as a replica on start.
+
+    Only while Patroni is stopped and no PostgreSQL runs on it. Returns the directory removed.
+    """
+    _stopped()
+    dirs = postgresql_dirs(config)
+    pid = __salt__["cmd.run_all"](
+        ["runuser", "-u", "postgres", "--", f"{dirs['bin_dir']}/pg_ctl", "status", "-D", dirs["data_dir"]],
+        python_shell=False, output_loglevel="quiet", ignore_retcode=True, cwd="/",
+    )  # fmt: skip
+    if pid["retcode"] == 0:
+        raise PatroniError(f"PostgreSQL runs in {dirs['data_dir']}: not removed")
+    __salt__["file.remove"](dirs["data_dir"])
+    return dirs["data_dir"]

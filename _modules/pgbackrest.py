@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import time
 from typing import Any
 
 from salt.exceptions import CommandExecutionError
@@ -165,10 +166,15 @@ def parse_info(raw: list[dict]) -> dict:
             })  # fmt: skip
         archives = [a for a in s.get("archive") or [] if a.get("min")]
         status = s.get("status") or {}
+        # Why a repository cannot be read (unreachable, wrong passphrase): its first line only,
+        # the rest may quote undecryptable bytes.
+        repo_errors = [str((r.get("status") or {}).get("message", "")).split("\n")[0]
+                       for r in s.get("repo") or [] if (r.get("status") or {}).get("code")]  # fmt: skip
         good = [b for b in backups if not b["error"]]
         out[s.get("name")] = {
             "status": status.get("message"),
             "status_code": status.get("code"),
+            "repo_error": "; ".join(repo_errors) or None,
             "exists": status.get("code") in STANZA_EXISTS,
             "cipher": s.get("cipher"),
             "backups": backups,
@@ -178,15 +184,25 @@ def parse_info(raw: list[dict]) -> dict:
     return out
 
 
-def info(stanza: str) -> dict:
+def info(stanza: str, io_timeout: int | None = None) -> dict:
     """The summary of STANZA (see ``parse_info``). Raises PgBackRestError when pgBackRest fails
-    (repository unreachable, wrong passphrase...) or reports an error status other than "no stanza"."""
-    summary = parse_info(json.loads(_run([f"--stanza={stanza}", "--output=json", "info"], timeout=120) or "[]"))
+    (repository unreachable, wrong passphrase...) or reports an error status other than "no stanza".
+
+    IO_TIMEOUT (seconds) bounds pgBackRest's connection attempts to a remote repository
+    (its default, 60 s, makes an unreachable repository take two minutes to report)."""
+    args = [f"--stanza={stanza}", "--output=json", *([f"--io-timeout={io_timeout}"] if io_timeout else [])]
+    out = _run([*args, "info"], timeout=120) or "[]"
+    try:
+        # strict=False: pgBackRest quotes a wrongly decrypted file's bytes, control characters too.
+        summary = parse_info(json.loads(out, strict=False))
+    except ValueError as exc:
+        raise PgBackRestError(f"pgbackrest info: unreadable output ({exc})") from None
     s = summary.get(stanza)
     if s is None:
         raise PgBackRestError(f"pgbackrest info: stanza {stanza} not reported")
     if s["status_code"] not in (*STANZA_EXISTS, 1, 3):  # 1, 3: stanza not created yet
-        raise PgBackRestError(f"pgbackrest info: stanza {stanza}: {s['status']} (code {s['status_code']})")
+        why = s["repo_error"] or s["status"]
+        raise PgBackRestError(f"pgbackrest info: stanza {stanza}: {why} (code {s['status_code']})", s["status_code"])
     return s
 
 
@@ -234,3 +250,63 @@ def restore(stanza: str, target: str = "latest", delta: bool = True, timeout: fl
     if target != "latest":
         args += ["--type=time", f"--target={target}", "--target-action=promote"]
     return _run([*args, "restore"], timeout=timeout, console="info")
+
+
+# Recovery settings pgBackRest's restore writes to postgresql.auto.conf. Left there, they would
+# stop any later standby of this data directory at the restore target.
+RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action", "recovery_target_timeline")
+
+
+def _as_postgres(args: list[str], timeout: float | None = None) -> dict:
+    return __salt__["cmd.run_all"](["runuser", "-u", "postgres", "--", *args], python_shell=False,
+                                   output_loglevel="quiet", ignore_retcode=True, cwd="/", timeout=timeout)  # fmt: skip
+
+
+def _sql(sql: str) -> str | None:
+    res = _as_postgres(["psql", "-XAtq", "-d", "postgres", "-c", sql], timeout=30)
+    return res["stdout"].strip() if res["retcode"] == 0 else None
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(line.strip() for line in f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def restore_primary(stanza: str, target: str = "latest", timeout: float = 7200) -> dict:
+    """Restore STANZA into this database server (Patroni stopped) and recover it to TARGET.
+
+    pgBackRest restores (``--delta``) the newest backup before TARGET; PostgreSQL is then started
+    by hand on the local socket only, replays WAL from the repository up to TARGET (``latest``:
+    to the end of the archive), promotes to a new timeline, and is stopped cleanly, ready for
+    Patroni to start it as the leader. Returns {data_dir, target, timeline, lsn, seconds};
+    raises PgBackRestError (with the end of PostgreSQL's log when recovery fails).
+    """
+    start = time.monotonic()
+    dirs = __salt__["patroni.postgresql_dirs"]()
+    pg_ctl, data = f"{dirs['bin_dir']}/pg_ctl", dirs["data_dir"]
+    if __salt__["service.status"]("patroni") or _as_postgres([pg_ctl, "status", "-D", data])["retcode"] == 0:
+        raise PgBackRestError(f"Patroni or PostgreSQL runs on this member: {data} not restored")
+    restore(stanza, target=target, delta=True, timeout=timeout)
+    log = f"{os.path.dirname(data)}/pgcluster-restore.log"
+    # Local socket only: no client may write before recovery has ended and Patroni leads.
+    started = _as_postgres([pg_ctl, "start", "-D", data, "-w", "-t", str(int(timeout)), "-l", log,
+                            "-o", "-c listen_addresses=''"], timeout=timeout + 30)  # fmt: skip
+    if started["retcode"] != 0:
+        raise PgBackRestError(f"recovery of {data} failed: {_tail(log)}")
+    try:
+        deadline = time.monotonic() + timeout
+        while _sql("SELECT pg_is_in_recovery()") != "f":
+            if time.monotonic() > deadline or _as_postgres([pg_ctl, "status", "-D", data])["retcode"] != 0:
+                raise PgBackRestError(f"recovery of {data} did not end: {_tail(log)}")
+            time.sleep(1)
+        done = _sql("SELECT pg_walfile_name(pg_current_wal_lsn()) || ' ' || pg_current_wal_lsn()") or "0 ?"
+        for name in RECOVERY_SETTINGS:
+            _sql(f"ALTER SYSTEM RESET {name}")
+    finally:
+        _as_postgres([pg_ctl, "stop", "-D", data, "-m", "fast", "-w", "-t", "600"], timeout=660)
+    walfile, lsn = done.split()
+    return {"data_dir": data, "target": target, "timeline": int(walfile[:8], 16), "lsn": lsn,
+            "seconds": round(time.monotonic() - start, 1)}  # fmt: skip

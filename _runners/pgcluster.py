@@ -10,12 +10,15 @@ CLI examples::
     salt-run pgcluster.status main
     salt-run pgcluster.switchover main candidate=pg2
     salt-run pgcluster.reconcile
+    salt-run pgcluster.restore main target=2026-11-26T01:40:00+00:00 confirm=True
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
+import re
 import time
 from typing import Any
 
@@ -295,4 +298,155 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
     _fire("switchover", steps)
     if not steps["result"]:
         raise PgclusterError(f"switchover of {cluster} failed (every PgBouncer resumed): {steps}")
+    return steps
+
+
+# ---- point-in-time restore ------------------------------------------------------------------------
+def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:
+    """FUN on MINION, waiting up to WAIT seconds; returns its return. Raises PgclusterError when
+    the minion does not answer or the function fails (the message is the function's own)."""
+    with salt.client.LocalClient(mopts=dict(__opts__, gather_job_timeout=5)) as local:
+        ret = local.cmd(minion, fun, list(args), timeout=int(wait), full_return=True, kwarg=kwarg or None)
+    r = ret.get(minion)
+    if not isinstance(r, dict):
+        raise PgclusterError(f"{minion} does not answer ({fun})")
+    if r.get("retcode", 0) != 0 or r.get("ret") is False:
+        why = " ".join(str(r.get("ret")).split()).removeprefix("ERROR: ")
+        raise PgclusterError(
+            f"{minion}: {why[:400]}" if why.startswith(fun.split(".")[0]) else f"{minion}: {fun}: {why[:400]}"
+        )
+    return r["ret"]
+
+
+def _restore_target(target: Any) -> datetime.datetime | None:
+    """None for ``latest``, else TARGET as an aware datetime in UTC. Raises PgclusterError."""
+    if target == "latest":
+        return None
+    when = target
+    if not isinstance(when, datetime.datetime):  # salt-run's YAML may already have parsed it
+        try:
+            when = datetime.datetime.fromisoformat(str(target))
+        except ValueError:
+            raise PgclusterError(
+                f"restore target {target!r}: give 'latest' or a time such as 2026-11-26T01:40:00+00:00"
+            ) from None
+    if when.tzinfo is None:
+        raise PgclusterError(f"restore target {target!r}: give a UTC offset (e.g. +00:00), not a local time")
+    when = when.astimezone(datetime.UTC)
+    if when > datetime.datetime.now(datetime.UTC):
+        raise PgclusterError(f"restore target {when.isoformat()} is in the future")
+    return when
+
+
+def _preflight(model: dict, c: dict, scope: str, when: datetime.datetime | None) -> dict:
+    """Everything a restore needs, checked before anything is touched. Returns what was found."""
+    members, repo = list(c["members"]), c["backup"]
+    for host in [repo, *members]:
+        _call(host, "test.ping", wait=10)
+    try:
+        info = _call(repo, "pgbackrest.info", scope, wait=180)
+    except PgclusterError as exc:
+        # pgBackRest reads a wrongly decrypted info file as garbage: a format or crypto error.
+        hint = " (is the repository passphrase right?)" if re.search(r"FormatError|CryptoError", str(exc)) else ""
+        raise PgclusterError(f"the repository on {repo} cannot be read: {exc}{hint}") from None
+    if not info.get("recoverable_from"):
+        raise PgclusterError(f"the repository on {repo} holds no backup of {scope}")
+    oldest = datetime.datetime.fromisoformat(info["recoverable_from"])
+    if when is not None and when < oldest:
+        raise PgclusterError(f"restore target {when.isoformat()} is before the end of the oldest backup "
+                             f"({oldest.isoformat()}): there is nothing to restore it from")  # fmt: skip
+    leader = _leader_once(model, c)
+    primary = leader or members[0]
+    try:
+        _call(primary, "pgbackrest.info", scope, io_timeout=10, wait=180)
+    except PgclusterError as exc:
+        raise PgclusterError(f"{primary} cannot reach the repository: {exc}") from None
+    if leader:  # forces a WAL switch: everything written until now is in the repository
+        try:
+            _call(repo, "pgbackrest.check", scope, wait=360)
+        except PgclusterError as exc:
+            raise PgclusterError(f"WAL archiving does not work, the newest changes would be lost: {exc}") from None
+    return {"primary": primary, "leader_before": leader, "recoverable_from": info["recoverable_from"]}
+
+
+def _wait_streaming(model: dict, c: dict, leader: str, count: int, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    streaming: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            cl = requests.get(_api(model, leader) + "/cluster", timeout=HTTP_TIMEOUT).json()
+            streaming = [m["name"] for m in cl.get("members", []) if m.get("state") == "streaming"]
+        except (requests.RequestException, ValueError):
+            pass
+        if len(streaming) >= count:
+            return sorted(streaming)
+        time.sleep(2)
+    raise PgclusterError(f"only {streaming} streaming from {leader} after {timeout:.0f} s")
+
+
+@_clean_errors
+def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout: float = 3600) -> dict:
+    """Point-in-time restore of the whole of CLUSTER from its pgBackRest repository.
+
+    TARGET is ``latest`` (all archived WAL) or a time with a UTC offset. Refused without
+    ``confirm=True``, and refused with nothing touched when a check fails: an unknown cluster or
+    target, a target in the future or before the end of the oldest backup, a repository that
+    cannot be read (wrong passphrase) or reached, a member or the backup host not answering,
+    WAL archiving not working. Then: Patroni is stopped on every member (replicas first), the
+    cluster's DCS state erased, the leader (or first member) restored and recovered to TARGET,
+    started by Patroni as the new leader, a full backup taken of the new timeline, the other
+    members emptied and rebuilt as replicas from it, every PgBouncer repointed, and ``check``
+    run. Returns the steps with their timings.
+    """
+    model = _model()
+    c = _cluster(model, cluster)
+    if not c.get("backup"):
+        raise PgclusterError(f"cluster {cluster} has no backup host: nothing to restore from")
+    when = _restore_target(target)
+    if confirm is not True:
+        raise PgclusterError(f"restore of cluster {cluster} to {target} replaces the data of every member "
+                             f"({', '.join(c['members'])}): nothing done; run again with confirm=True")  # fmt: skip
+    scope, repo = c.get("scope", cluster), c["backup"]
+    t0 = time.monotonic()
+    steps: dict[str, Any] = {"cluster": cluster, "target": when.isoformat() if when else "latest"}
+    steps.update(_preflight(model, c, scope, when))
+    steps["preflight_s"] = round(time.monotonic() - t0, 1)
+    primary = steps["primary"]
+    replicas = [m for m in c["members"] if m != primary]
+    pgbr_target = when.strftime("%Y-%m-%d %H:%M:%S.%f+00") if when else "latest"
+    step = "stop Patroni"
+    try:
+        for m in [*replicas, primary]:  # replicas first: none of them may take over meanwhile
+            _call(m, "service.stop", "patroni", wait=120)
+        step = "erase the cluster's DCS state"
+        _call(primary, "patroni.remove_cluster", scope)
+        step = f"restore {primary}"
+        steps["restored"] = _call(primary, "pgbackrest.restore_primary", scope, target=pgbr_target,
+                                  timeout=timeout, wait=timeout + 60)  # fmt: skip
+        steps["restored_after"] = round(time.monotonic() - t0, 1)
+        step = f"start {primary} as the leader"
+        _call(primary, "service.start", "patroni")
+        steps["leader"] = _wait_leader(model, c, 300)
+        step = "full backup of the new timeline"
+        steps["backup"] = _call(repo, "pgbackrest.backup", scope, type="full", timeout=timeout, wait=timeout + 60)[
+            "label"
+        ]
+        steps["backup_after"] = round(time.monotonic() - t0, 1)
+        step = "rebuild the replicas"
+        for m in replicas:
+            _call(m, "patroni.clear_data_dir")
+            _call(m, "service.start", "patroni")
+        steps["streaming"] = _wait_streaming(model, c, steps["leader"], len(replicas), timeout)
+        steps["replicas_after"] = round(time.monotonic() - t0, 1)
+        step = "repoint PgBouncers"
+        done = _repoint(model, cluster, steps["leader"])
+        if done["failed"]:
+            raise PgclusterError(f"repoint failed on {done['failed']}")
+        step = "check archiving"
+        _call(repo, "pgbackrest.check", scope, wait=360)
+    except PgclusterError as exc:
+        _fire("restore", {**steps, "error": str(exc)})
+        raise PgclusterError(f"restore of {cluster} stopped at '{step}': {exc} (done so far: {steps})") from None
+    steps["seconds"] = round(time.monotonic() - t0, 1)
+    _fire("restore", dict(steps))  # fire_event adds its _stamp to the dict it is given
     return steps

@@ -113,3 +113,24 @@ def test_check_passes_the_reachable_options(pgbr, monkeypatch):
     pgbr.results.append({"retcode": 0, "stdout": "", "stderr": ""})
     assert pgbr.check("main") is True
     assert pgbr.ran[0][-4:] == ["--stanza=main", "--pg1-host=pg2", "--reset-pg3-host", "check"]
+
+
+@pytest.mark.parametrize(
+    "fixture, why",
+    [
+        # Salt decodes pgBackRest's output with errors="replace"; the garbage holds control characters.
+        (
+            "info_wrong_passphrase",
+            "[FormatError] unable to load info file '/var/lib/pgbackrest/backup/main/backup.info'",
+        ),
+        ("info_repo_unreachable", "[HostConnectError] unable to connect to 'backup:8499': [111] Connection refused"),
+    ],
+)
+def test_an_unreadable_or_unreachable_repository_is_one_line_naming_why(pgbr, fixture, why):
+    out = (FIXTURES / "pgbackrest" / f"{fixture}.json").read_bytes().decode(errors="replace")
+    pgbr.results.append({"retcode": 0, "stdout": out, "stderr": ""})
+    with pytest.raises(pgbr.PgBackRestError) as exc:
+        pgbr.info("main", io_timeout=10)
+    assert str(exc.value).startswith(f"pgbackrest info: stanza main: {why}")
+    assert str(exc.value).endswith("(code 99)") and "\n" not in str(exc.value)
+    assert "--io-timeout=10" in pgbr.ran[0]
