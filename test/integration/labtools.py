@@ -15,17 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 LAB = REPO / "test" / "lab" / "lab"
 
 
-def lab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the lab CLI; returns the completed process (text output captured)."""
-    res = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout)
+def lab(*args: str, check: bool = True, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run the lab CLI (STDIN, if given, is its input); returns the completed process (text output captured)."""
+    res = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout, input=stdin)
     if check and res.returncode != 0:
         raise AssertionError(f"lab {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
     return res
 
 
-def sh(host: str, script: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run a shell script inside a lab host."""
-    return lab("exec", host, "--", "bash", "-c", script, check=check, timeout=timeout)
+def sh(
+    host: str, script: str, check: bool = True, timeout: float = 120, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run a shell script inside a lab host (STDIN: its input, e.g. a secret kept off command lines)."""
+    return lab("exec", host, "--", "bash", "-c", script, check=check, timeout=timeout, stdin=stdin)
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float, interval: float = 0.5) -> float:

@@ -49,6 +49,29 @@ def test_passphrase_and_keys_are_only_where_needed_with_tight_modes(deployed):
     assert json.loads(wrong)[0]["status"]["message"] == "other"
 
 
+def test_database_servers_accept_only_the_backup_hosts_certificate(deployed):
+    """A certificate of the same CA with another name (pg2's, copied to the backup host for the
+    test) is refused by every member's pgBackRest server: tls-server-auth names the backup host."""
+    foreign = "/var/tmp/foreign-cert"
+    pem = sh("pg2", "cat /etc/pgbackrest/tls/host.crt /etc/pgbackrest/tls/host.key").stdout
+    sh("backup", f"install -d -m 0700 -o pgbackrest {foreign} && cd {foreign} && umask 077 && cat > host.pem && "
+                 "csplit -s -f part host.pem '/-----BEGIN .*PRIVATE KEY-----/' && mv part00 host.crt && "
+                 "mv part01 host.key && chown pgbackrest host.crt host.key", stdin=pem)  # fmt: skip
+    options = " ".join(f"--pg{i}-host-cert-file={foreign}/host.crt --pg{i}-host-key-file={foreign}/host.key"
+                       for i in (1, 2, 3))  # fmt: skip
+    try:
+        res = sh("backup", f"cd / && runuser -u pgbackrest -- pgbackrest --stanza=main {options} --io-timeout=5 "
+                           "--log-level-console=warn check 2>&1", check=False)  # fmt: skip
+    finally:
+        sh("backup", f"rm -rf {foreign}")
+    assert res.returncode != 0
+    for m in MEMBERS:
+        assert (
+            f"unable to check {m}: [AccessError] raised from remote-0 tls protocol on '{m}': access denied"
+            in res.stdout
+        )
+
+
 def test_after_a_switchover_archiving_continues_and_a_new_backup_succeeds(deployed):
     old = leader()
     ret = lab("run", "pgcluster.switchover", "main", "--out=json", timeout=180)
