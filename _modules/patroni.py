@@ -331,17 +331,68 @@ def _config(config: str = CONFIG) -> dict:
         raise PatroniError(f"cannot read Patroni configuration {config}: {exc}") from None
 
 
-def postgresql_dirs(config: str = CONFIG) -> dict:
-    """{'data_dir', 'bin_dir'} of this member, from its Patroni config.yml. Raises PatroniError."""
+def local_postgresql(config: str = CONFIG) -> dict:
+    """This member's PostgreSQL, from its Patroni config.yml: {'data_dir', 'bin_dir', 'port',
+    'socket_dir', 'superuser'}. Raises PatroniError when data_dir or bin_dir is not set."""
     pg = _config(config).get("postgresql") or {}
     if not pg.get("data_dir") or not pg.get("bin_dir"):
         raise PatroniError(f"{config}: postgresql.data_dir or postgresql.bin_dir is not set")
-    return {"data_dir": pg["data_dir"], "bin_dir": pg["bin_dir"]}
+    params = pg.get("parameters") or {}
+    listen = str(pg.get("listen", ""))
+    port = params.get("port") or (listen.rsplit(":", 1)[1] if ":" in listen else 5432)
+    sockets = str(params.get("unix_socket_directories") or "/var/run/postgresql")
+    superuser = ((pg.get("authentication") or {}).get("superuser") or {}).get("username", "postgres")
+    return {"data_dir": pg["data_dir"], "bin_dir": pg["bin_dir"], "port": int(port),
+            "socket_dir": sockets.split(",")[0].strip(), "superuser": superuser}  # fmt: skip
+
+
+def _as_postgres(args: list[str], timeout: float | None = None, stdin: str | None = None) -> dict:
+    return __salt__["cmd.run_all"](["runuser", "-u", "postgres", "--", *args], python_shell=False, stdin=stdin,
+                                   output_loglevel="quiet", ignore_retcode=True, cwd="/", timeout=timeout)  # fmt: skip
+
+
+def pg_ctl(action: str, *args: str, timeout: float = 60, config: str = CONFIG) -> dict:
+    """``pg_ctl ACTION -D <data_dir> ARGS`` as postgres, outside Patroni (for a restore: Patroni
+    stopped). Returns cmd.run_all's result (retcode, stdout, stderr)."""
+    pg = local_postgresql(config)
+    return _as_postgres([f"{pg['bin_dir']}/pg_ctl", action, "-D", pg["data_dir"], *args], timeout=timeout)
+
+
+def pg_ctl_status(config: str = CONFIG) -> int:
+    """``pg_ctl status`` of this member's data directory: 0 running, 3 not running, 4 no data directory."""
+    return pg_ctl("status", timeout=30, config=config)["retcode"]
+
+
+def psql(sql: str, config: str = CONFIG, timeout: float = 60) -> str:
+    """Run SQL as the superuser on this member's local socket; returns the output (unaligned,
+    tuples only). Raises PatroniError with PostgreSQL's message."""
+    pg = local_postgresql(config)
+    cmd = ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", pg["socket_dir"], "-p", str(pg["port"]),
+           "-U", pg["superuser"], "-d", "postgres", "-f", "-"]  # fmt: skip
+    res = _as_postgres(cmd, timeout=timeout, stdin=sql)
+    if res["retcode"] != 0:
+        raise PatroniError(f"psql: {' '.join((res['stderr'] or res['stdout']).split())[:300]}")
+    return res["stdout"].strip()
 
 
 def _stopped() -> None:
     if __salt__["service.status"]("patroni"):
         raise PatroniError("Patroni is running on this member: stop it first")
+
+
+def stop(config: str = CONFIG, timeout: float = 120) -> str:
+    """Stop Patroni here and wait until PostgreSQL is down too (Patroni stops it; its unit's
+    KillMode=process leaves it running if Patroni is killed). Returns the data directory.
+    Raises PatroniError when PostgreSQL still runs after TIMEOUT seconds."""
+    pg = local_postgresql(config)
+    __salt__["service.stop"]("patroni")
+    deadline = time.monotonic() + timeout
+    while pg_ctl_status(config) == 0:
+        if time.monotonic() > deadline:
+            raise PatroniError(f"PostgreSQL still runs in {pg['data_dir']} {timeout:.0f} s after Patroni stopped")
+        time.sleep(1)
+    _stopped()
+    return pg["data_dir"]
 
 
 def remove_cluster(scope: str, config: str = CONFIG) -> str:
@@ -364,15 +415,13 @@ def remove_cluster(scope: str, config: str = CONFIG) -> str:
 def clear_data_dir(config: str = CONFIG) -> str:
     """Delete this member's data directory so that Patroni rebuilds it as a replica on start.
 
-    Only while Patroni is stopped and no PostgreSQL runs on it. Returns the directory removed.
+    Only while Patroni is stopped and pg_ctl says no PostgreSQL runs on it (any other answer,
+    e.g. pg_ctl missing, deletes nothing). Returns the directory removed; raises PatroniError.
     """
     _stopped()
-    dirs = postgresql_dirs(config)
-    pid = __salt__["cmd.run_all"](
-        ["runuser", "-u", "postgres", "--", f"{dirs['bin_dir']}/pg_ctl", "status", "-D", dirs["data_dir"]],
-        python_shell=False, output_loglevel="quiet", ignore_retcode=True, cwd="/",
-    )  # fmt: skip
-    if pid["retcode"] == 0:
-        raise PatroniError(f"PostgreSQL runs in {dirs['data_dir']}: not removed")
-    __salt__["file.remove"](dirs["data_dir"])
-    return dirs["data_dir"]
+    data = local_postgresql(config)["data_dir"]
+    status = pg_ctl_status(config)
+    if status not in (3, 4):  # 3: not running, 4: no data directory
+        raise PatroniError(f"pg_ctl status {data} answered {status}, not 'not running': nothing removed")
+    __salt__["file.remove"](data)
+    return data

@@ -120,7 +120,7 @@ def reachable_options(stanza: str, config: str = CONFIG, timeout: float = PROBE_
         return []
     args = []
     for new, old in enumerate(up, 1):
-        args += [f"--pg{new}-{k}={v}" for k, v in remote[old].items() if hosts[new].get(k) != v]
+        args += [f"--pg{new}-{k}={v}" for k, v in remote[old].items() if hosts.get(new, {}).get(k) != v]
     for i in list(remote)[len(up) :]:
         args += [f"--reset-pg{i}-{option}" for option in hosts[i]]
     return args
@@ -220,14 +220,17 @@ def check(stanza: str, timeout: float = 300) -> bool:
     return True
 
 
-def backup(stanza: str, type: str = "incr", timeout: float = 7200) -> dict:
+def backup(stanza: str, type: str = "incr", timeout: float = 7200, expire_auto: bool = True) -> dict:
     """Take a TYPE (full, diff, incr) backup of STANZA from its leader; returns the new backup's summary.
 
     Database servers that do not answer are left out (see ``reachable_options``): the scheduled
-    backups run this (through ``salt-call --local``) so that one server down does not stop them."""
+    backups run this (through ``salt-call --local``) so that one server down does not stop them.
+    EXPIRE_AUTO=False keeps every older backup (pgBackRest applies the retention after a backup
+    by default): the restore runner's backup must not expire what came before the restore."""
     if type not in ("full", "diff", "incr"):
         raise PgBackRestError(f"backup type {type!r}: must be full, diff or incr")
-    _run([f"--stanza={stanza}", *reachable_options(stanza), f"--type={type}", "backup"], timeout=timeout)
+    args = [f"--stanza={stanza}", *reachable_options(stanza), f"--type={type}"]
+    _run([*args, *([] if expire_auto else ["--no-expire-auto"]), "backup"], timeout=timeout)
     return info(stanza)["backups"][-1]
 
 
@@ -257,16 +260,6 @@ def restore(stanza: str, target: str = "latest", delta: bool = True, timeout: fl
 RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action", "recovery_target_timeline")
 
 
-def _as_postgres(args: list[str], timeout: float | None = None) -> dict:
-    return __salt__["cmd.run_all"](["runuser", "-u", "postgres", "--", *args], python_shell=False,
-                                   output_loglevel="quiet", ignore_retcode=True, cwd="/", timeout=timeout)  # fmt: skip
-
-
-def _sql(sql: str) -> str | None:
-    res = _as_postgres(["psql", "-XAtq", "-d", "postgres", "-c", sql], timeout=30)
-    return res["stdout"].strip() if res["retcode"] == 0 else None
-
-
 def _tail(path: str, lines: int = 5) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -275,38 +268,64 @@ def _tail(path: str, lines: int = 5) -> str:
         return ""
 
 
+def _drop_settings(conf: str, names: tuple[str, ...]) -> None:
+    """Remove the lines of CONF that set NAMES (the file keeps its owner and mode)."""
+    with open(conf, "r+") as f:
+        lines = f.readlines()
+        keep = [line for line in lines if line.split("=", 1)[0].strip() not in names]
+        if keep != lines:
+            f.seek(0)
+            f.writelines(keep)
+            f.truncate()
+
+
+def _query(sql: str) -> str | None:
+    """SQL's output on the local PostgreSQL, or None while it does not answer."""
+    try:
+        return __salt__["patroni.psql"](sql, timeout=30)
+    except CommandExecutionError:
+        return None
+
+
 def restore_primary(stanza: str, target: str = "latest", timeout: float = 7200) -> dict:
     """Restore STANZA into this database server (Patroni stopped) and recover it to TARGET.
 
     pgBackRest restores (``--delta``) the newest backup before TARGET; PostgreSQL is then started
     by hand on the local socket only, replays WAL from the repository up to TARGET (``latest``:
     to the end of the archive), promotes to a new timeline, and is stopped cleanly, ready for
-    Patroni to start it as the leader. Returns {data_dir, target, timeline, lsn, seconds};
-    raises PgBackRestError (with the end of PostgreSQL's log when recovery fails).
+    Patroni to start it as the leader. All of it within TIMEOUT seconds. Returns {data_dir,
+    target, timeline, lsn, seconds}; raises PgBackRestError (with the end of PostgreSQL's log
+    when recovery fails).
     """
     start = time.monotonic()
-    dirs = __salt__["patroni.postgresql_dirs"]()
-    pg_ctl, data = f"{dirs['bin_dir']}/pg_ctl", dirs["data_dir"]
-    if __salt__["service.status"]("patroni") or _as_postgres([pg_ctl, "status", "-D", data])["retcode"] == 0:
+    deadline = start + timeout
+    pg = __salt__["patroni.local_postgresql"]()
+    data = pg["data_dir"]
+    if __salt__["service.status"]("patroni") or __salt__["patroni.pg_ctl_status"]() == 0:
         raise PgBackRestError(f"Patroni or PostgreSQL runs on this member: {data} not restored")
     restore(stanza, target=target, delta=True, timeout=timeout)
+    # Patroni 4.1.5 (quorum mode, strict) writes synchronous_standby_names = 'ANY None (*)' while a
+    # leader is alone; PostgreSQL ignores it on reload but will not start with it, and a backup
+    # taken then carries it. Patroni rewrites postgresql.conf when it starts this member.
+    _drop_settings(f"{data}/postgresql.conf", ("synchronous_standby_names",))
     log = f"{os.path.dirname(data)}/pgcluster-restore.log"
     # Local socket only: no client may write before recovery has ended and Patroni leads.
-    started = _as_postgres([pg_ctl, "start", "-D", data, "-w", "-t", str(int(timeout)), "-l", log,
-                            "-o", "-c listen_addresses=''"], timeout=timeout + 30)  # fmt: skip
+    left = max(deadline - time.monotonic(), 60)
+    started = __salt__["patroni.pg_ctl"]("start", "-w", "-t", str(int(left)), "-l", log,
+                                         "-o", "-c listen_addresses=''", timeout=left + 30)  # fmt: skip
     if started["retcode"] != 0:
         raise PgBackRestError(f"recovery of {data} failed: {_tail(log)}")
     try:
-        deadline = time.monotonic() + timeout
-        while _sql("SELECT pg_is_in_recovery()") != "f":
-            if time.monotonic() > deadline or _as_postgres([pg_ctl, "status", "-D", data])["retcode"] != 0:
+        while _query("SELECT pg_is_in_recovery()") != "f":
+            if time.monotonic() > deadline or __salt__["patroni.pg_ctl_status"]() != 0:
                 raise PgBackRestError(f"recovery of {data} did not end: {_tail(log)}")
             time.sleep(1)
-        done = _sql("SELECT pg_walfile_name(pg_current_wal_lsn()) || ' ' || pg_current_wal_lsn()") or "0 ?"
-        for name in RECOVERY_SETTINGS:
-            _sql(f"ALTER SYSTEM RESET {name}")
+        done = __salt__["patroni.psql"]("SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()")
+        __salt__["patroni.psql"]("".join(f"ALTER SYSTEM RESET {name};\n" for name in RECOVERY_SETTINGS))
+    except CommandExecutionError as exc:
+        raise PgBackRestError(f"recovery of {data}: {exc}") from None
     finally:
-        _as_postgres([pg_ctl, "stop", "-D", data, "-m", "fast", "-w", "-t", "600"], timeout=660)
-    walfile, lsn = done.split()
+        __salt__["patroni.pg_ctl"]("stop", "-m", "fast", "-w", "-t", "300", timeout=330)
+    walfile, lsn = done.split("|")
     return {"data_dir": data, "target": target, "timeline": int(walfile[:8], 16), "lsn": lsn,
             "seconds": round(time.monotonic() - start, 1)}  # fmt: skip

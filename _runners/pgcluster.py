@@ -151,9 +151,9 @@ def _switchover_running(name: str, timeout: float) -> bool:
     return bool(mark) and time.time() - mark.get("started", 0) < timeout
 
 
-def _fire(tag: str, data: dict) -> None:
+def _fire(tag: str, data: dict, prefix: str = TAG) -> None:
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-        bus.fire_event(data, f"{TAG}/{tag}")
+        bus.fire_event(dict(data), f"{prefix}/{tag}")  # a copy: fire_event adds its _stamp
 
 
 def _clean_errors(func):
@@ -305,8 +305,12 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
 def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:
     """FUN on MINION, waiting up to WAIT seconds; returns its return. Raises PgclusterError when
     the minion does not answer or the function fails (the message is the function's own)."""
-    with salt.client.LocalClient(mopts=dict(__opts__, gather_job_timeout=5)) as local:
-        ret = local.cmd(minion, fun, list(args), timeout=int(wait), full_return=True, kwarg=kwarg or None)
+    try:
+        # A minion busy with a long job (a restore) still answers find_job within seconds.
+        with salt.client.LocalClient(mopts=dict(__opts__, gather_job_timeout=15)) as local:
+            ret = local.cmd(minion, fun, list(args), timeout=int(wait), full_return=True, kwarg=kwarg or None)
+    except Exception as exc:  # SaltClientError, a timeout...: one message, not a traceback
+        raise PgclusterError(f"{minion}: {fun}: {type(exc).__name__}: {exc}") from None
     r = ret.get(minion)
     if not isinstance(r, dict):
         raise PgclusterError(f"{minion} does not answer ({fun})")
@@ -361,7 +365,7 @@ def _preflight(model: dict, c: dict, scope: str, when: datetime.datetime | None)
         _call(primary, "pgbackrest.info", scope, io_timeout=10, wait=180)
     except PgclusterError as exc:
         raise PgclusterError(f"{primary} cannot reach the repository: {exc}") from None
-    if leader:  # forces a WAL switch: everything written until now is in the repository
+    if leader:  # archiving works end to end: a WAL switch reaches the repository
         try:
             _call(repo, "pgbackrest.check", scope, wait=360)
         except PgclusterError as exc:
@@ -392,11 +396,16 @@ def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout
     ``confirm=True``, and refused with nothing touched when a check fails: an unknown cluster or
     target, a target in the future or before the end of the oldest backup, a repository that
     cannot be read (wrong passphrase) or reached, a member or the backup host not answering,
-    WAL archiving not working. Then: Patroni is stopped on every member (replicas first), the
-    cluster's DCS state erased, the leader (or first member) restored and recovered to TARGET,
-    started by Patroni as the new leader, a full backup taken of the new timeline, the other
-    members emptied and rebuilt as replicas from it, every PgBouncer repointed, and ``check``
-    run. Returns the steps with their timings.
+    WAL archiving not working.
+
+    Then, with a leader: a transaction is committed on it (recovery to a time stops at the first
+    commit after it, so one must exist), the replicas are stopped (with synchronous_mode_strict
+    no commit is confirmed from then on), the leader's WAL is switched and archived (``check``)
+    and it is stopped. The cluster's DCS state is erased, the leader (or first member) restored
+    and recovered to TARGET, started by Patroni as the new leader, a full backup of the new
+    timeline taken (without expiring older ones), the other members emptied and rebuilt as
+    replicas from it, every PgBouncer repointed, and ``check`` run. Each long step may take up
+    to TIMEOUT seconds. Returns the steps with their timings.
     """
     model = _model()
     c = _cluster(model, cluster)
@@ -411,26 +420,35 @@ def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout
     steps: dict[str, Any] = {"cluster": cluster, "target": when.isoformat() if when else "latest"}
     steps.update(_preflight(model, c, scope, when))
     steps["preflight_s"] = round(time.monotonic() - t0, 1)
-    primary = steps["primary"]
+    primary, leader = steps["primary"], steps["leader_before"]
     replicas = [m for m in c["members"] if m != primary]
     pgbr_target = when.strftime("%Y-%m-%d %H:%M:%S.%f+00") if when else "latest"
-    step = "stop Patroni"
+    step = "commit a marker transaction on the leader"
     try:
-        for m in [*replicas, primary]:  # replicas first: none of them may take over meanwhile
-            _call(m, "service.stop", "patroni", wait=120)
+        if leader:
+            _call(leader, "patroni.psql", "SELECT pg_current_xact_id()")
+        step = "stop Patroni on the replicas"
+        for m in replicas:  # first: none of them may take over, and (strict mode) no commit is confirmed
+            _call(m, "patroni.stop", wait=180)
+        if leader:
+            step = "archive the leader's last WAL"
+            _call(repo, "pgbackrest.check", scope, wait=360)
+        step = f"stop Patroni on {primary}"
+        _call(primary, "patroni.stop", wait=180)
+        steps["stopped_after"] = round(time.monotonic() - t0, 1)
         step = "erase the cluster's DCS state"
         _call(primary, "patroni.remove_cluster", scope)
         step = f"restore {primary}"
         steps["restored"] = _call(primary, "pgbackrest.restore_primary", scope, target=pgbr_target,
-                                  timeout=timeout, wait=timeout + 60)  # fmt: skip
+                                  timeout=timeout, wait=timeout + 120)  # fmt: skip
         steps["restored_after"] = round(time.monotonic() - t0, 1)
         step = f"start {primary} as the leader"
         _call(primary, "service.start", "patroni")
         steps["leader"] = _wait_leader(model, c, 300)
         step = "full backup of the new timeline"
-        steps["backup"] = _call(repo, "pgbackrest.backup", scope, type="full", timeout=timeout, wait=timeout + 60)[
-            "label"
-        ]
+        new = _call(repo, "pgbackrest.backup", scope, type="full", expire_auto=False, timeout=timeout,
+                    wait=timeout + 120)  # fmt: skip
+        steps["backup"] = new["label"]
         steps["backup_after"] = round(time.monotonic() - t0, 1)
         step = "rebuild the replicas"
         for m in replicas:
@@ -438,15 +456,16 @@ def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout
             _call(m, "service.start", "patroni")
         steps["streaming"] = _wait_streaming(model, c, steps["leader"], len(replicas), timeout)
         steps["replicas_after"] = round(time.monotonic() - t0, 1)
-        step = "repoint PgBouncers"
-        done = _repoint(model, cluster, steps["leader"])
-        if done["failed"]:
-            raise PgclusterError(f"repoint failed on {done['failed']}")
         step = "check archiving"
         _call(repo, "pgbackrest.check", scope, wait=360)
     except PgclusterError as exc:
-        _fire("restore", {**steps, "error": str(exc)})
-        raise PgclusterError(f"restore of {cluster} stopped at '{step}': {exc} (done so far: {steps})") from None
+        _fire("failed", {**steps, "step": step, "error": str(exc)}, prefix="pgcluster/restore")
+        raise PgclusterError(
+            f"restore of {cluster} stopped at '{step}': {exc}. Members whose Patroni was stopped stay "
+            f"stopped; replicas keep their data until 'rebuild the replicas'. Done so far: {steps}"
+        ) from None
+    # The restore is done; a PgBouncer that cannot be repointed now is left to reconcile.
+    steps["repoint"] = _repoint(model, cluster, steps["leader"])
     steps["seconds"] = round(time.monotonic() - t0, 1)
-    _fire("restore", dict(steps))  # fire_event adds its _stamp to the dict it is given
+    _fire("done", steps, prefix="pgcluster/restore")
     return steps

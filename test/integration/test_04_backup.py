@@ -109,7 +109,7 @@ def test_with_one_database_server_down_check_and_the_scheduled_backup_work(deplo
         assert [b["type"] for b in new] == ["incr"] and not new[0]["error"]
     finally:
         lab("boot", victim)
-    wait_healthy(2, timeout=300)
+        wait_healthy(2, timeout=300)
 
 
 def test_pgbackrest_errors_are_one_clear_message(deployed):

@@ -4,11 +4,13 @@ nothing, a restore to a time between two writes, a restore to the end of the arc
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from labtools import MEMBERS, changed_states, cluster, highstate, lab, leader, psql, salt_json, sh, wait_healthy
 
 CONF = "/etc/pgbackrest/pgbackrest.conf"
+RUN = uuid.uuid4().hex[:8]  # notes of this run: a lab kept from an earlier run holds others
 
 
 def restore(*args: str, timeout: float = 900):
@@ -18,12 +20,14 @@ def restore(*args: str, timeout: float = 900):
 
 
 def notes() -> list[str]:
-    return psql(leader(), "SELECT note FROM restore_probe ORDER BY id").stdout.split()
+    """This run's notes, oldest first, without the run's suffix."""
+    rows = psql(leader(), f"SELECT note FROM restore_probe WHERE note LIKE '%-{RUN}' ORDER BY id").stdout.split()
+    return [r.removesuffix(f"-{RUN}") for r in rows]
 
 
 def write(note: str) -> str:
     """Insert NOTE on the leader (committed); returns the leader's time right after the commit."""
-    psql(leader(), f"INSERT INTO restore_probe(note) VALUES ('{note}')")
+    psql(leader(), f"INSERT INTO restore_probe(note) VALUES ('{note}-{RUN}')")
     return psql(leader(), "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
                           "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')").stdout.strip()  # fmt: skip
 
@@ -69,16 +73,25 @@ def test_a_refused_restore_changes_nothing(probe, case, args, setup, undo, expec
     assert snapshot() == before
 
 
+def restored_from(host: str) -> str:
+    """The backup set of HOST's last pgBackRest restore, from its restore log."""
+    log = sh(host, "grep -h 'restore backup set' /var/log/pgbackrest/main-restore.log | tail -1").stdout
+    return log.split("restore backup set ", 1)[1].split(",")[0]
+
+
 def test_restore_to_a_time_between_two_writes(probe):
     write("A")
     target = write("A2")
     psql(leader(), "SELECT pg_sleep(1)")
     write("B")
+    # A backup after the target: pgBackRest must pick the one before it.
+    after_target = salt_json("backup", "pgbackrest.backup", "main", "type=incr", "-t", "600")["backup"]["label"]
     timeline = max(m["timeline"] for m in cluster()["members"])
     code, ret = restore(f"target={target}", "confirm=True")
     assert code == 0, ret
     after = notes()
     assert "A" in after and "A2" in after and "B" not in after, after
+    assert restored_from(ret["leader"]) != after_target
     c = wait_healthy(2, timeout=120)
     assert c["leader"] == ret["leader"] and min(m["timeline"] for m in c["members"]) > timeline
     assert sorted(ret["streaming"]) == sorted(m for m in MEMBERS if m != ret["leader"])
@@ -88,15 +101,27 @@ def test_restore_to_a_time_between_two_writes(probe):
     assert salt_json("backup", "pgbackrest.check", "main")["backup"] is True
     # The replicas came from the repository (the new timeline's full backup), not from basebackup.
     for m in ret["streaming"]:
-        log = sh(m, "cat /var/log/pgbackrest/main-restore.log").stdout
-        assert f"restore backup set {ret['backup']}," in log
+        assert restored_from(m) == ret["backup"]
+    # Backups from before the restore are kept (the restore's own backup expires nothing).
+    assert after_target in {b["label"] for b in salt_json("backup", "pgbackrest.info", "main")["backup"]["backups"]}
+
+
+def test_restore_to_a_time_after_the_last_commit_of_a_quiet_cluster(probe):
+    write("C")
+    target = write("C2")
+    psql(leader(), "SELECT pg_sleep(1)")
+    # No commit after TARGET but the runner's own: without it recovery would end before the target.
+    code, ret = restore(f"target={target}", "confirm=True")
+    assert code == 0, ret
+    assert notes()[-2:] == ["C", "C2"]
+    wait_healthy(2, timeout=120)
 
 
 def test_restore_to_latest_keeps_every_archived_write_and_highstate_is_quiet_after(probe):
-    write("C")
+    write("D")
     code, ret = restore("target=latest", "confirm=True")
     assert code == 0, ret
-    assert "C" in notes()
+    assert notes()[-1] == "D"
     wait_healthy(2, timeout=120)
     ret = highstate()
     assert changed_states(ret) == {m: [] for m in ret}

@@ -48,3 +48,74 @@ def test_a_target_is_taken_in_utc_whatever_its_offset(runner):
     parsed = datetime.datetime(2025, 11, 26, 1, 40, tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))
     assert runner._restore_target(parsed).hour == 6  # salt-run's YAML may hand over a datetime
     assert runner._restore_target("latest") is None
+
+
+READ_ONLY = {"test.ping", "pgbackrest.info", "pgbackrest.check"}
+INFO = {"recoverable_from": "2025-01-01T00:00:00+00:00", "backups": [{"label": "F1"}]}
+
+
+@pytest.fixture
+def restoring(runner, monkeypatch):
+    """The runner with a cluster led by pg2; minion calls are recorded, FAIL makes one raise."""
+    runner.calls, runner.fail = [], None
+
+    def call(minion, fun, *args, wait=120, **kwargs):
+        runner.calls.append((minion, fun))
+        if (minion, fun) == runner.fail:
+            raise runner.PgclusterError(f"{minion}: {fun}: it broke")
+        return {"pgbackrest.info": INFO, "pgbackrest.backup": {"label": "F2"}}.get(fun, True)
+
+    monkeypatch.setattr(runner, "_call", call)
+    monkeypatch.setattr(runner, "_leader_once", lambda model, c: "pg2")
+    monkeypatch.setattr(runner, "_wait_leader", lambda model, c, timeout, not_member=None: "pg2")
+    monkeypatch.setattr(runner, "_wait_streaming", lambda model, c, leader, count, timeout: ["pg1", "pg3"])
+    monkeypatch.setattr(runner, "_repoint", lambda model, name, leader: {"failed": {}})
+    monkeypatch.setattr(runner, "_fire", lambda tag, data, prefix=None: None)
+    return runner
+
+
+def test_steps_run_in_an_order_that_never_loses_the_only_good_copy(restoring):
+    ret = restoring.restore("main", target="latest", confirm=True)
+    assert "error" not in ret, ret
+    preflight = [
+        ("backup", "test.ping"),
+        ("pg1", "test.ping"),
+        ("pg2", "test.ping"),
+        ("pg3", "test.ping"),
+        ("backup", "pgbackrest.info"),
+        ("pg2", "pgbackrest.info"),
+        ("backup", "pgbackrest.check"),
+    ]
+    assert restoring.calls == [
+        *preflight,
+        ("pg2", "patroni.psql"),  # a commit after any time target
+        ("pg1", "patroni.stop"), ("pg3", "patroni.stop"),  # replicas first
+        ("backup", "pgbackrest.check"),  # the leader's last WAL archived
+        ("pg2", "patroni.stop"),
+        ("pg2", "patroni.remove_cluster"),
+        ("pg2", "pgbackrest.restore_primary"),
+        ("pg2", "service.start"),
+        ("backup", "pgbackrest.backup"),  # the new timeline is in the repository...
+        ("pg1", "patroni.clear_data_dir"), ("pg1", "service.start"),  # ...before any replica is emptied
+        ("pg3", "patroni.clear_data_dir"), ("pg3", "service.start"),
+        ("backup", "pgbackrest.check"),
+    ]  # fmt: skip
+    assert ret["leader"] == "pg2" and ret["backup"] == "F2"
+
+
+@pytest.mark.parametrize(
+    "fail",
+    [("pg3", "test.ping"), ("backup", "pgbackrest.info"), ("pg2", "pgbackrest.info"), ("backup", "pgbackrest.check")],
+)
+def test_a_failed_preflight_changes_nothing(restoring, fail):
+    restoring.fail = fail
+    ret = restoring.restore("main", target="latest", confirm=True)
+    assert ret["retcode"] == 1 and "it broke" in ret["error"]
+    assert {fun for _, fun in restoring.calls} <= READ_ONLY
+
+
+def test_a_failed_backup_of_the_new_timeline_leaves_the_replicas_data_alone(restoring):
+    restoring.fail = ("backup", "pgbackrest.backup")
+    ret = restoring.restore("main", target="latest", confirm=True)
+    assert "stopped at 'full backup of the new timeline'" in ret["error"]
+    assert not [c for c in restoring.calls if c[1] == "patroni.clear_data_dir"]
