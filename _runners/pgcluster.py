@@ -312,8 +312,9 @@ def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) ->
     except Exception as exc:  # SaltClientError, a timeout...: one message, not a traceback
         raise PgclusterError(f"{minion}: {fun}: {type(exc).__name__}: {exc}") from None
     r = ret.get(minion)
-    if not isinstance(r, dict):
-        raise PgclusterError(f"{minion} does not answer ({fun})")
+    if not isinstance(r, dict) or str(r.get("ret")).startswith("Minion did not return"):
+        why = f": {r['ret']}" if isinstance(r, dict) else ""
+        raise PgclusterError(f"{minion} does not answer ({fun}{why})")
     if r.get("retcode", 0) != 0 or r.get("ret") is False:
         why = " ".join(str(r.get("ret")).split()).removeprefix("ERROR: ")
         raise PgclusterError(

@@ -73,6 +73,21 @@ def test_a_refused_restore_changes_nothing(probe, case, args, setup, undo, expec
     assert snapshot() == before
 
 
+def test_a_restore_with_a_member_down_is_refused_and_changes_nothing(probe):
+    write("before-member-down")
+    old = leader()
+    victim = next(m for m in MEMBERS if m != old)
+    lab("stop", victim)
+    try:
+        code, ret = restore("confirm=True")
+        assert leader() == old and notes()[-1] == "before-member-down"
+    finally:
+        lab("boot", victim)
+        wait_healthy(2, timeout=300)
+    assert code != 0 and f"{victim} does not answer" in ret.get("error", ""), ret
+    assert leader() == old
+
+
 def restored_from(host: str) -> str:
     """The backup set of HOST's last pgBackRest restore, from its restore log."""
     log = sh(host, "grep -h 'restore backup set' /var/log/pgbackrest/main-restore.log | tail -1").stdout

@@ -119,3 +119,36 @@ def test_a_failed_backup_of_the_new_timeline_leaves_the_replicas_data_alone(rest
     ret = restoring.restore("main", target="latest", confirm=True)
     assert "stopped at 'full backup of the new timeline'" in ret["error"]
     assert not [c for c in restoring.calls if c[1] == "patroni.clear_data_dir"]
+
+
+@pytest.mark.parametrize(
+    "returned, message",
+    [
+        ({}, "pg1 does not answer (test.ping)"),
+        ({"pg1": {"ret": "Minion did not return. [Not connected]", "retcode": 1}},
+         "pg1 does not answer (test.ping: Minion did not return. [Not connected])"),
+        ({"pg1": {"ret": "ERROR: pgbackrest info: stanza main: [HostConnectError] refused", "retcode": 1}},
+         "pg1: pgbackrest info: stanza main: [HostConnectError] refused"),
+    ],
+)  # fmt: skip
+def test_minion_failures_are_one_message(monkeypatch, returned, message):
+    mod = load_module("runners", "pgcluster", opts={})
+
+    class Client:
+        def __init__(self, mopts):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def cmd(self, *args, **kwargs):
+            return returned
+
+    monkeypatch.setattr(mod.salt.client, "LocalClient", Client)
+    fun = "pgbackrest.info" if "pgbackrest" in message else "test.ping"
+    with pytest.raises(mod.PgclusterError) as exc:
+        mod._call("pg1", fun)
+    assert str(exc.value) == message
