@@ -42,14 +42,19 @@ class PatroniError(CommandExecutionError):
 
 
 # ---- connection --------------------------------------------------------------------------------
-def _local_settings(config: str = CONFIG) -> dict:
-    """URL, credentials and TLS verification for this host's Patroni, from its config.yml."""
+def _config(config: str = CONFIG) -> dict:
+    """This host's Patroni config.yml as a dict. Raises PatroniError when it cannot be read."""
     try:
         with open(config) as f:
-            conf = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise PatroniError(f"cannot read Patroni configuration {config}: {exc.strerror}") from None
-    api = conf.get("restapi") or {}
+            return yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise PatroniError(f"cannot read Patroni configuration {config}: {why}") from None
+
+
+def _local_settings(config: str = CONFIG) -> dict:
+    """URL, credentials and TLS verification for this host's Patroni, from its config.yml."""
+    api = _config(config).get("restapi") or {}
     scheme = "https" if api.get("certfile") else "http"
     address = api.get("connect_address") or api.get("listen")
     if not address:
@@ -323,14 +328,6 @@ def wait_healthy(replicas: int, max_lag: int = 1048576, timeout: float = 120, **
 PATRONICTL = "/usr/local/bin/patronictl"  # the formula's wrapper: runs with this node's config.yml
 
 
-def _config(config: str = CONFIG) -> dict:
-    try:
-        with open(config) as f:
-            return yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PatroniError(f"cannot read Patroni configuration {config}: {exc}") from None
-
-
 def local_postgresql(config: str = CONFIG) -> dict:
     """This member's PostgreSQL, from its Patroni config.yml: {'data_dir', 'bin_dir', 'port',
     'socket_dir', 'superuser'}. Raises PatroniError when data_dir or bin_dir is not set."""
@@ -380,6 +377,18 @@ def _stopped() -> None:
         raise PatroniError("Patroni is running on this member: stop it first")
 
 
+def assert_stopped(config: str = CONFIG) -> dict:
+    """Raise PatroniError unless Patroni is stopped here and ``pg_ctl status`` says PostgreSQL is
+    not running (3) or has no data directory (4); any other answer (e.g. pg_ctl missing) counts
+    as running. Returns ``local_postgresql``."""
+    _stopped()
+    pg = local_postgresql(config)
+    status = pg_ctl_status(config)
+    if status not in (3, 4):
+        raise PatroniError(f"pg_ctl status {pg['data_dir']} answered {status}, not 'not running'")
+    return pg
+
+
 def stop(config: str = CONFIG, timeout: float = 120) -> str:
     """Stop Patroni here and wait until PostgreSQL is down too (Patroni stops it; its unit's
     KillMode=process leaves it running if Patroni is killed). Returns the data directory.
@@ -391,8 +400,7 @@ def stop(config: str = CONFIG, timeout: float = 120) -> str:
         if time.monotonic() > deadline:
             raise PatroniError(f"PostgreSQL still runs in {pg['data_dir']} {timeout:.0f} s after Patroni stopped")
         time.sleep(1)
-    _stopped()
-    return pg["data_dir"]
+    return assert_stopped(config)["data_dir"]
 
 
 def remove_cluster(scope: str, config: str = CONFIG) -> str:
@@ -418,10 +426,6 @@ def clear_data_dir(config: str = CONFIG) -> str:
     Only while Patroni is stopped and pg_ctl says no PostgreSQL runs on it (any other answer,
     e.g. pg_ctl missing, deletes nothing). Returns the directory removed; raises PatroniError.
     """
-    _stopped()
-    data = local_postgresql(config)["data_dir"]
-    status = pg_ctl_status(config)
-    if status not in (3, 4):  # 3: not running, 4: no data directory
-        raise PatroniError(f"pg_ctl status {data} answered {status}, not 'not running': nothing removed")
+    data = assert_stopped(config)["data_dir"]
     __salt__["file.remove"](data)
     return data

@@ -299,10 +299,10 @@ def restore_primary(stanza: str, target: str = "latest", timeout: float = 7200) 
     """
     start = time.monotonic()
     deadline = start + timeout
-    pg = __salt__["patroni.local_postgresql"]()
-    data = pg["data_dir"]
-    if __salt__["service.status"]("patroni") or __salt__["patroni.pg_ctl_status"]() == 0:
-        raise PgBackRestError(f"Patroni or PostgreSQL runs on this member: {data} not restored")
+    try:
+        data = __salt__["patroni.assert_stopped"]()["data_dir"]
+    except CommandExecutionError as exc:
+        raise PgBackRestError(f"nothing restored: {exc}") from None
     restore(stanza, target=target, delta=True, timeout=timeout)
     # Patroni 4.1.5 (quorum mode, strict) writes synchronous_standby_names = 'ANY None (*)' while a
     # leader is alone; PostgreSQL ignores it on reload but will not start with it, and a backup

@@ -374,19 +374,10 @@ def _preflight(model: dict, c: dict, scope: str, when: datetime.datetime | None)
     return {"primary": primary, "leader_before": leader, "recoverable_from": info["recoverable_from"]}
 
 
-def _wait_streaming(model: dict, c: dict, leader: str, count: int, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    streaming: list[str] = []
-    while time.monotonic() < deadline:
-        try:
-            cl = requests.get(_api(model, leader) + "/cluster", timeout=HTTP_TIMEOUT).json()
-            streaming = [m["name"] for m in cl.get("members", []) if m.get("state") == "streaming"]
-        except (requests.RequestException, ValueError):
-            pass
-        if len(streaming) >= count:
-            return sorted(streaming)
-        time.sleep(2)
-    raise PgclusterError(f"only {streaming} streaming from {leader} after {timeout:.0f} s")
+def _wait_streaming(leader: str, count: int, timeout: float) -> list[str]:
+    """Names of the replicas streaming from LEADER once COUNT of them do (patroni.wait_healthy there)."""
+    c = _call(leader, "patroni.wait_healthy", count, timeout=timeout, wait=timeout + 60)
+    return sorted(m["name"] for m in c["members"] if m["name"] != c["leader"] and m["state"] == "streaming")
 
 
 @_clean_errors
@@ -455,7 +446,7 @@ def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout
         for m in replicas:
             _call(m, "patroni.clear_data_dir")
             _call(m, "service.start", "patroni")
-        steps["streaming"] = _wait_streaming(model, c, steps["leader"], len(replicas), timeout)
+        steps["streaming"] = _wait_streaming(steps["leader"], len(replicas), timeout)
         steps["replicas_after"] = round(time.monotonic() - t0, 1)
         step = "check archiving"
         _call(repo, "pgbackrest.check", scope, wait=360)

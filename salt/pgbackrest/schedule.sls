@@ -5,7 +5,6 @@
     and pip put it): it leaves out a database server that is down, and still runs pgBackRest
     as the repository's user. An empty schedule removes that timer. #}
 {%- from "pgcluster/map.jinja" import pgcluster with context %}
-{%- from "pgbackrest/map.jinja" import b with context %}
 
 include:
   - pgbackrest.repository

@@ -68,7 +68,7 @@ def restoring(runner, monkeypatch):
     monkeypatch.setattr(runner, "_call", call)
     monkeypatch.setattr(runner, "_leader_once", lambda model, c: "pg2")
     monkeypatch.setattr(runner, "_wait_leader", lambda model, c, timeout, not_member=None: "pg2")
-    monkeypatch.setattr(runner, "_wait_streaming", lambda model, c, leader, count, timeout: ["pg1", "pg3"])
+    monkeypatch.setattr(runner, "_wait_streaming", lambda leader, count, timeout: ["pg1", "pg3"])
     monkeypatch.setattr(runner, "_repoint", lambda model, name, leader: {"failed": {}})
     monkeypatch.setattr(runner, "_fire", lambda tag, data, prefix=None: None)
     return runner
