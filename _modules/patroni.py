@@ -176,9 +176,25 @@ def leader(**kwargs: Any) -> str | None:
     return cluster(**kwargs)["leader"]
 
 
+def accepts_writes(resp: requests.Response) -> bool:
+    """True when RESP (GET /primary) says the node leads *and* its PostgreSQL is out of recovery.
+
+    Patroni answers 200 on /primary as soon as it holds the leader lock, while PostgreSQL may still
+    be promoting (replaying, fetching timeline history from the archive); the body's ``role`` comes
+    from ``pg_is_in_recovery()`` on the node itself.
+    """
+    if resp.status_code != 200:
+        return False
+    try:
+        body = resp.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("role") in PRIMARY_ROLES
+
+
 def is_leader(**kwargs: Any) -> bool:
-    """Return True when this node is the leader and accepts writes (GET /primary is 200)."""
-    return _request("GET", "/primary", _conn(kwargs), ok=(200, 503)).status_code == 200
+    """Return True when this node is the leader and accepts writes (see ``accepts_writes``)."""
+    return accepts_writes(_request("GET", "/primary", _conn(kwargs), ok=(200, 503)))
 
 
 def _member(c: dict, name: str) -> dict:

@@ -14,6 +14,7 @@ CLI examples::
 
 from __future__ import annotations
 
+import concurrent.futures
 import configparser
 import datetime
 import grp
@@ -33,9 +34,11 @@ CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 STANZA_EXISTS = {0: "ok", 2: "no valid backups", 6: "backup/expire running"}
 ERROR = re.compile(r"(?:ERROR|ASSERT): \[(\d+)\]: (.*)")
 PG_OPTION = re.compile(r"pg(\d+)-(.+)")
+UNUSABLE = re.compile(r"WARN: unable to check (pg\d+): (.*)")
 # A database server whose pgBackRest TLS server does not accept a connection within this many
 # seconds is left out of check/backup: pgBackRest itself would retry it for minutes and then fail.
-PROBE_TIMEOUT = 2.0
+# The probes run in parallel; a loaded but live server must not be left out (it may be the primary).
+PROBE_TIMEOUT = 5.0
 
 
 def __virtual__():
@@ -69,13 +72,22 @@ def _run(args: list[str], timeout: float | None = None, console: str = "warn", c
     return res["stdout"]
 
 
+def _ending(text: str, size: int = 160) -> str:
+    """The end of TEXT (where libpq and pgBackRest say the cause), at most SIZE characters."""
+    text = text.strip()
+    return text if len(text) <= size else "..." + text[-size:]
+
+
 def _error(args: list[str], res: dict) -> PgBackRestError:
     text = f"{res.get('stdout', '')}\n{res.get('stderr', '')}"
     found = ERROR.findall(text)
     command = next((a for a in args if not a.startswith("-")), "pgbackrest")
     if found:
         code, message = found[-1]
-        return PgBackRestError(f"pgbackrest {command}: [{code}] {message.strip()}", int(code))
+        # Why no primary was found: pgBackRest only warns about each database server it could not use.
+        why = "; ".join(f"{pg} unusable: {_ending(w)}" for pg, w in UNUSABLE.findall(text))
+        return PgBackRestError(f"pgbackrest {command}: [{code}] {message.strip()}{f' ({why})' if why else ''}",
+                               int(code))  # fmt: skip
     tail = " ".join(text.split())[-300:] or f"exit code {res['retcode']}"
     return PgBackRestError(f"pgbackrest {command}: {tail}")
 
@@ -115,7 +127,11 @@ def reachable_options(stanza: str, config: str = CONFIG, timeout: float = PROBE_
     """
     hosts = pg_hosts(stanza, config)
     remote = {i: o for i, o in hosts.items() if o.get("host")}
-    up = [i for i, o in remote.items() if _answers(o["host"], int(o.get("host-port", 8432)), timeout)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(remote), 1)) as pool:
+        probes = {
+            i: pool.submit(_answers, o["host"], int(o.get("host-port", 8432)), timeout) for i, o in remote.items()
+        }
+    up = [i for i, probe in probes.items() if probe.result()]
     if not up or len(up) == len(remote):
         return []
     args = []

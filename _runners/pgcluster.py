@@ -2,7 +2,8 @@
 
 The cluster model is read from the master's cache of the minions' pillar (the same
 ``pgcluster`` pillar the states use). The leader is always read from Patroni itself
-(GET /cluster on the members, then GET /primary must answer 200 on the leader): an event
+(GET /cluster on the members, then GET /primary must answer 200 on the leader, with the role
+primary in its body: PostgreSQL out of recovery): an event
 only says *when* to look, never *what* is true.
 
 CLI examples::
@@ -71,18 +72,32 @@ def _api(model: dict, member: str) -> str:
 
 
 # ---- Patroni ------------------------------------------------------------------------------------
-def _leader_once(model: dict, c: dict) -> str | None:
-    """The member that Patroni reports as leader and that answers 200 on /primary, or None."""
+PRIMARY_ROLES = ("primary", "master")  # Patroni 4.x, 3.x
+# A restore's lookups may wait longer on a loaded machine: a wrong "no leader" there is costly.
+PATIENT_HTTP_TIMEOUT = (3, 10)
+
+
+def _accepts_writes(resp: requests.Response) -> bool:
+    """GET /primary is 200 as soon as Patroni holds the leader lock, while PostgreSQL may still be
+    promoting; the body's role (pg_is_in_recovery() on the node) must say primary too."""
+    try:
+        return resp.status_code == 200 and resp.json().get("role") in PRIMARY_ROLES
+    except (ValueError, AttributeError):
+        return False
+
+
+def _leader_once(model: dict, c: dict, http_timeout: tuple = HTTP_TIMEOUT) -> str | None:
+    """The member that Patroni reports as leader and whose PostgreSQL accepts writes, or None."""
     for member in c["members"]:
         try:
-            cl = requests.get(_api(model, member) + "/cluster", timeout=HTTP_TIMEOUT).json()
+            cl = requests.get(_api(model, member) + "/cluster", timeout=http_timeout).json()
         except (requests.RequestException, ValueError):
             continue
         leaders = [m["name"] for m in cl.get("members", []) if m.get("role") == "leader"]
         if not leaders or leaders[0] not in c["members"]:
             return None
         try:
-            ok = requests.get(_api(model, leaders[0]) + "/primary", timeout=HTTP_TIMEOUT).status_code == 200
+            ok = _accepts_writes(requests.get(_api(model, leaders[0]) + "/primary", timeout=http_timeout))
         except requests.RequestException:
             ok = False
         return leaders[0] if ok else None
@@ -99,6 +114,29 @@ def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = 
         if time.monotonic() >= deadline:
             raise PgclusterError(f"no leader accepting writes within {timeout:.0f} s")
         time.sleep(0.1)
+
+
+def _timeline(model: dict, member: str | None) -> int | None:
+    """MEMBER's timeline as its PostgreSQL reports it (GET /patroni), None when it does not answer.
+    (GET /cluster reports the leader's timeline from the DCS, which trails a promotion by a loop.)"""
+    if not member:
+        return None
+    try:
+        return requests.get(_api(model, member) + "/patroni", timeout=PATIENT_HTTP_TIMEOUT).json().get("timeline")
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+
+
+def _members_state(model: dict, c: dict) -> dict[str, dict]:
+    """{member: {role, state, timeline}} from GET /cluster on the first member that answers
+    (members whose Patroni does not run are absent)."""
+    for member in c["members"]:
+        try:
+            cl = requests.get(_api(model, member) + "/cluster", timeout=PATIENT_HTTP_TIMEOUT).json()
+        except (requests.RequestException, ValueError):
+            continue
+        return {m["name"]: {k: m.get(k) for k in ("role", "state", "timeline")} for m in cl.get("members", [])}
+    return {}
 
 
 # ---- PgBouncer ----------------------------------------------------------------------------------
@@ -343,11 +381,22 @@ def _restore_target(target: Any) -> datetime.datetime | None:
     return when
 
 
-def _preflight(model: dict, c: dict, scope: str, when: datetime.datetime | None) -> dict:
+def _find_leader(model: dict, c: dict, patience: float = 20) -> str | None:
+    """The leader accepting writes, looked for with patient HTTP timeouts for up to PATIENCE
+    seconds (a loaded member may answer slowly; taking it for "no leader" would stop it unarchived)."""
+    deadline = time.monotonic() + patience
+    while True:
+        leader = _leader_once(model, c, http_timeout=PATIENT_HTTP_TIMEOUT)
+        if leader or time.monotonic() >= deadline:
+            return leader
+        time.sleep(1)
+
+
+def _preflight(model: dict, c: dict, scope: str, when: datetime.datetime | None, pending: dict) -> dict:
     """Everything a restore needs, checked before anything is touched. Returns what was found."""
     members, repo = list(c["members"]), c["backup"]
     for host in [repo, *members]:
-        _call(host, "test.ping", wait=10)
+        _call(host, "test.ping", wait=30)
     try:
         info = _call(repo, "pgbackrest.info", scope, wait=180)
     except PgclusterError as exc:
@@ -360,8 +409,9 @@ def _preflight(model: dict, c: dict, scope: str, when: datetime.datetime | None)
     if when is not None and when < oldest:
         raise PgclusterError(f"restore target {when.isoformat()} is before the end of the oldest backup "
                              f"({oldest.isoformat()}): there is nothing to restore it from")  # fmt: skip
-    leader = _leader_once(model, c)
-    primary = leader or members[0]
+    leader = _find_leader(model, c)
+    # Without a leader, an unfinished restore's member is restored again (its data may be half-restored).
+    primary = leader or pending.get("primary") or members[0]
     try:
         _call(primary, "pgbackrest.info", scope, io_timeout=10, wait=180)
     except PgclusterError as exc:
@@ -380,14 +430,56 @@ def _wait_streaming(leader: str, count: int, timeout: float) -> list[str]:
     return sorted(m["name"] for m in c["members"] if m["name"] != c["leader"] and m["state"] == "streaming")
 
 
+# ---- an unfinished restore, kept on the master so that running the restore again finishes it ----------
+RESTORE_BANK = "pgcluster/restore"
+# With a leader of the restored data up, the steps that remain, in order.
+AFTER_LEADER = ("full backup of the new timeline", "rebuild the replicas", "check archiving")
+# A commit that does not wait for a synchronous standby: the marker must commit when the replicas
+# are stopped too (strict synchronous mode), e.g. when an unfinished restore is run again.
+MARKER_SQL = "BEGIN;\nSET LOCAL synchronous_commit TO local;\nSELECT pg_current_xact_id();\nCOMMIT;\n"
+
+
+def _pending(cluster: str) -> dict:
+    return salt.cache.factory(__opts__).fetch(RESTORE_BANK, cluster) or {}
+
+
+def _record(cluster: str, rec: dict | None) -> None:
+    cache = salt.cache.factory(__opts__)
+    if rec is None:
+        cache.flush(RESTORE_BANK, cluster)
+    else:
+        cache.store(RESTORE_BANK, cluster, rec)
+
+
+def _cluster_now(model: dict, c: dict, leader: str | None) -> str:
+    """One sentence on the cluster's state for an error message: who leads, who runs, can it commit."""
+    state = _members_state(model, c)
+    parts = []
+    for m in c["members"]:
+        s = state.get(m)
+        parts.append(f"{m} {s['role']} {s['state']} on timeline {s['timeline']}" if s else f"{m} Patroni stopped")
+    try:  # the durability in force is Patroni's dynamic configuration, not what pillar asks for
+        dcs = requests.get(_api(model, leader) + "/config", timeout=PATIENT_HTTP_TIMEOUT).json() if leader else {}
+    except (requests.RequestException, ValueError):
+        dcs = {}
+    streaming = [m for m, s in state.items() if m != leader and s.get("state") == "streaming"]
+    if not leader:
+        commits = "no leader accepts writes"
+    elif dcs.get("synchronous_mode") and dcs.get("synchronous_mode_strict") and not streaming:
+        commits = f"{leader} confirms no commit until a replica streams (strict synchronous mode)"
+    else:
+        commits = f"{leader} accepts writes"
+    return f"{'; '.join(parts)}; {commits}"
+
+
 @_clean_errors
-def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout: float = 3600) -> dict:
+def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: float = 3600) -> dict:
     """Point-in-time restore of the whole of CLUSTER from its pgBackRest repository.
 
-    TARGET is ``latest`` (all archived WAL) or a time with a UTC offset. Refused without
-    ``confirm=True``, and refused with nothing touched when a check fails: an unknown cluster or
-    target, a target in the future or before the end of the oldest backup, a repository that
-    cannot be read (wrong passphrase) or reached, a member or the backup host not answering,
+    TARGET is ``latest`` (all archived WAL, the default) or a time with a UTC offset. Refused
+    without ``confirm=True``, and refused with nothing touched when a check fails: an unknown
+    cluster or target, a target in the future or before the end of the oldest backup, a repository
+    that cannot be read (wrong passphrase) or reached, a member or the backup host not answering,
     WAL archiving not working.
 
     Then, with a leader: a transaction is committed on it (recovery to a time stops at the first
@@ -398,19 +490,50 @@ def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout
     timeline taken (without expiring older ones), the other members emptied and rebuilt as
     replicas from it, every PgBouncer repointed, and ``check`` run. Each long step may take up
     to TIMEOUT seconds. Returns the steps with their timings.
+
+    A restore that stops after its leader is up is recorded on the master: its error says what
+    state the cluster is in, and running the restore again (same or no target) finishes it from
+    the step that failed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pgcluster.restore main target=2026-11-26T01:40:00+00:00 confirm=True
     """
     model = _model()
     c = _cluster(model, cluster)
     if not c.get("backup"):
         raise PgclusterError(f"cluster {cluster} has no backup host: nothing to restore from")
-    when = _restore_target(target)
+    when = _restore_target("latest" if target is None else target)
+    wanted = when.isoformat() if when else "latest"
     if confirm is not True:
-        raise PgclusterError(f"restore of cluster {cluster} to {target} replaces the data of every member "
+        raise PgclusterError(f"restore of cluster {cluster} to {wanted} replaces the data of every member "
                              f"({', '.join(c['members'])}): nothing done; run again with confirm=True")  # fmt: skip
+    pending = _pending(cluster)
+    if pending.get("leader"):
+        leader = _find_leader(model, c)
+        timeline = _timeline(model, leader)
+        if (leader, timeline) == (pending["leader"], pending["timeline"]):
+            if target is not None and pending["target"] != wanted:
+                raise PgclusterError(
+                    f"an unfinished restore of {cluster} to {pending['target']} is recorded: run "
+                    f"'salt-run pgcluster.restore {cluster} confirm=True' to finish it first"
+                )
+            return _finish_restore(model, c, cluster, pending, time.monotonic(), timeout)
+        log.warning("pgcluster: restore of %s: the unfinished restore recorded (leader %s, timeline %s) no longer "
+                    "matches the cluster (leader %s, timeline %s): restoring anew", cluster, pending["leader"],
+                    pending["timeline"], leader, timeline)  # fmt: skip
+    return _start_restore(model, c, cluster, when, pending, timeout)
+
+
+def _start_restore(model: dict, c: dict, cluster: str, when: datetime.datetime | None, pending: dict,
+                   timeout: float) -> dict:  # fmt: skip
+    """The restore up to a leader of the restored data, then ``_finish_restore``."""
     scope, repo = c.get("scope", cluster), c["backup"]
     t0 = time.monotonic()
     steps: dict[str, Any] = {"cluster": cluster, "target": when.isoformat() if when else "latest"}
-    steps.update(_preflight(model, c, scope, when))
+    steps.update(_preflight(model, c, scope, when, pending))
     steps["preflight_s"] = round(time.monotonic() - t0, 1)
     primary, leader = steps["primary"], steps["leader_before"]
     replicas = [m for m in c["members"] if m != primary]
@@ -418,7 +541,8 @@ def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout
     step = "commit a marker transaction on the leader"
     try:
         if leader:
-            _call(leader, "patroni.psql", "SELECT pg_current_xact_id()")
+            _call(leader, "patroni.psql", MARKER_SQL)
+        _record(cluster, {"target": steps["target"], "primary": primary})
         step = "stop Patroni on the replicas"
         for m in replicas:  # first: none of them may take over, and (strict mode) no commit is confirmed
             _call(m, "patroni.stop", wait=180)
@@ -437,27 +561,57 @@ def restore(cluster: str, target: Any = "latest", confirm: bool = False, timeout
         step = f"start {primary} as the leader"
         _call(primary, "service.start", "patroni")
         steps["leader"] = _wait_leader(model, c, 300)
-        step = "full backup of the new timeline"
-        new = _call(repo, "pgbackrest.backup", scope, type="full", expire_auto=False, timeout=timeout,
-                    wait=timeout + 120)  # fmt: skip
-        steps["backup"] = new["label"]
+    except PgclusterError as exc:
+        _fire("failed", {**steps, "step": step, "error": str(exc)}, prefix="pgcluster/restore")
+        raise PgclusterError(
+            f"restore of {cluster} stopped at '{step}': {exc}. Cluster now: {_cluster_now(model, c, None)}. "
+            f"The replicas keep their data. To finish: salt-run pgcluster.restore {cluster} confirm=True"
+        ) from None
+    rec = {"target": steps["target"], "primary": primary, "leader": steps["leader"],
+           "timeline": _timeline(model, steps["leader"])}  # fmt: skip
+    _record(cluster, rec)
+    return _finish_restore(model, c, cluster, rec, t0, timeout, steps)
+
+
+def _finish_restore(model: dict, c: dict, cluster: str, rec: dict, t0: float, timeout: float,
+                    steps: dict | None = None) -> dict:  # fmt: skip
+    """The steps after a leader of the restored data is up (AFTER_LEADER), each recorded as done,
+    so that a restore run again after a failure starts at the step that failed."""
+    scope, repo, leader = c.get("scope", cluster), c["backup"], rec["leader"]
+    steps = steps if steps is not None else {"cluster": cluster, "target": rec["target"], "resumed": True}
+    steps["leader"] = leader
+    replicas = [m for m in c["members"] if m != leader]
+    step = AFTER_LEADER[0]
+    try:
+        if not rec.get("backup"):
+            new = _call(repo, "pgbackrest.backup", scope, type="full", expire_auto=False, timeout=timeout,
+                        wait=timeout + 120)  # fmt: skip
+            _record(cluster, dict(rec, backup=new["label"]))
+            rec = _pending(cluster) or dict(rec, backup=new["label"])
+        steps["backup"] = rec["backup"]
         steps["backup_after"] = round(time.monotonic() - t0, 1)
-        step = "rebuild the replicas"
+        step = AFTER_LEADER[1]
+        state = _members_state(model, c)
         for m in replicas:
+            s = state.get(m) or {}
+            if s.get("state") == "streaming" and s.get("timeline") == rec["timeline"]:
+                continue  # rebuilt by an earlier run of this restore
+            _call(m, "patroni.stop", wait=180)
             _call(m, "patroni.clear_data_dir")
             _call(m, "service.start", "patroni")
-        steps["streaming"] = _wait_streaming(steps["leader"], len(replicas), timeout)
+        steps["streaming"] = _wait_streaming(leader, len(replicas), timeout)
         steps["replicas_after"] = round(time.monotonic() - t0, 1)
-        step = "check archiving"
+        step = AFTER_LEADER[2]
         _call(repo, "pgbackrest.check", scope, wait=360)
     except PgclusterError as exc:
         _fire("failed", {**steps, "step": step, "error": str(exc)}, prefix="pgcluster/restore")
         raise PgclusterError(
-            f"restore of {cluster} stopped at '{step}': {exc}. Members whose Patroni was stopped stay "
-            f"stopped; replicas keep their data until 'rebuild the replicas'. Done so far: {steps}"
+            f"restore of {cluster} stopped at '{step}': {exc}. Cluster now: {_cluster_now(model, c, leader)}. "
+            f"To finish: salt-run pgcluster.restore {cluster} confirm=True (it resumes at '{step}')"
         ) from None
+    _record(cluster, None)
     # The restore is done; a PgBouncer that cannot be repointed now is left to reconcile.
-    steps["repoint"] = _repoint(model, cluster, steps["leader"])
+    steps["repoint"] = _repoint(model, cluster, leader)
     steps["seconds"] = round(time.monotonic() - t0, 1)
     _fire("done", steps, prefix="pgcluster/restore")
     return steps

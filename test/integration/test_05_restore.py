@@ -140,3 +140,32 @@ def test_restore_to_latest_keeps_every_archived_write_and_highstate_is_quiet_aft
     wait_healthy(2, timeout=120)
     ret = highstate()
     assert changed_states(ret) == {m: [] for m in ret}
+
+
+def test_a_restore_stopped_after_its_leader_is_up_says_so_and_running_it_again_finishes_it(probe):
+    write("E")
+    target = write("E2")
+    psql(leader(), "SELECT pg_sleep(1)")
+    write("F")
+    # The repository refuses new backups (info, check and archive-get still work): the restore
+    # gets its leader up, then fails at the full backup of the new timeline.
+    repo_dir = "/var/lib/pgbackrest/backup/main"
+    sh("backup", f"chmod 0555 {repo_dir}")
+    try:
+        code, ret = restore(f"target={target}", "confirm=True")
+    finally:
+        sh("backup", f"chmod 0750 {repo_dir}")
+    error = ret.get("error", "")
+    assert code != 0 and "stopped at 'full backup of the new timeline'" in error, ret
+    assert "confirms no commit until a replica streams" in error, error
+    assert error.endswith(
+        "To finish: salt-run pgcluster.restore main confirm=True (it resumes at 'full backup of the new timeline')"
+    ), error
+    # The one command the message names finishes the job: replicas rebuilt, commits confirmed again.
+    code, ret = restore("confirm=True")
+    assert code == 0 and ret["resumed"] is True, ret
+    assert notes()[-2:] == ["E", "E2"]
+    wait_healthy(2, timeout=120)
+    assert sh("app1", "psql service=app -qXAtc \"INSERT INTO failover_probe(note) VALUES ('after-resumed-restore') "
+                      "RETURNING 1\" </dev/null", timeout=60).stdout.strip() == "1"  # fmt: skip
+    assert salt_json("backup", "pgbackrest.check", "main")["backup"] is True

@@ -63,6 +63,12 @@ def test_leader_and_is_leader(patroni):
     assert patroni.is_leader(**patroni.conn) is False
 
 
+def test_a_leader_still_promoting_does_not_accept_writes(patroni):
+    # Recorded during a switchover: Patroni held the lock (200) while PostgreSQL was in recovery.
+    patroni.use({("GET", "/primary"): "primary_while_promoting"})
+    assert patroni.is_leader(**patroni.conn) is False
+
+
 def test_node_role_is_primary_for_3x_and_4x(patroni, monkeypatch):
     patroni.use({("GET", "/patroni"): "patroni_leader"})
     assert patroni.node(**patroni.conn)["role"] == "primary"

@@ -61,8 +61,34 @@ def test_errors_are_one_line_with_pgbackrest_code(pgbr):
     pgbr.results.append({"retcode": 49, "stdout": CHECK_PG1_DOWN, "stderr": ""})
     with pytest.raises(pgbr.PgBackRestError) as exc:
         pgbr.check("main")
-    assert str(exc.value) == "pgbackrest check: [049] unable to connect to 'pg1:8432': [113] No route to host"
+    assert str(exc.value) == (
+        "pgbackrest check: [049] unable to connect to 'pg1:8432': [113] No route to host "
+        "(pg1 unusable: [HostConnectError] unable to connect to 'pg1:8432': [113] No route to host)"
+    )
     assert exc.value.code == 49
+
+
+# Seen in the lab: a backup started while the restored leader was still promoting.
+BACKUP_NO_PRIMARY = (
+    "WARN: unable to check pg1: [DbConnectError] raised from remote-0 tls protocol on 'pg1': unable to connect "
+    "to 'dbname='postgres' port=5432 host='/var/run/postgresql'': connection to server on socket "
+    '"/var/run/postgresql/.s.PGSQL.5432" failed: FATAL:  the database system is starting up\n'
+    "WARN: unable to check pg2: [DbConnectError] raised from remote-0 tls protocol on 'pg2': unable to connect "
+    "to 'dbname='postgres' port=5432 host='/var/run/postgresql'': connection to server on socket "
+    '"/var/run/postgresql/.s.PGSQL.5432" failed: No such file or directory\n'
+    "ERROR: [056]: unable to find primary cluster - cannot proceed\n"
+)
+
+
+def test_no_primary_found_says_why_for_each_server(pgbr, monkeypatch):
+    monkeypatch.setattr(pgbr, "reachable_options", lambda stanza: [])
+    pgbr.results.append({"retcode": 56, "stdout": BACKUP_NO_PRIMARY, "stderr": ""})
+    with pytest.raises(pgbr.PgBackRestError) as exc:
+        pgbr.backup("main", type="full")
+    msg = str(exc.value)
+    assert msg.startswith("pgbackrest backup: [056] unable to find primary cluster - cannot proceed (pg1 unusable: ")
+    assert "failed: FATAL:  the database system is starting up; pg2 unusable: ..." in msg
+    assert msg.endswith("failed: No such file or directory)")
 
 
 def test_a_bad_backup_type_runs_nothing(pgbr):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from pgctest import load_module
+from pgctest import load_module, recorded
 
-MODEL = {"clusters": {"main": {"members": ["pg1", "pg2", "pg3"], "backup": "backup"}, "nobackup": {"members": ["pg1"]}}}
+MODEL = {
+    "hosts": {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"},
+    "clusters": {"main": {"members": ["pg1", "pg2", "pg3"], "backup": "backup"}, "nobackup": {"members": ["pg1"]}},
+}
 
 
 @pytest.fixture
@@ -57,20 +60,36 @@ INFO = {"recoverable_from": "2025-01-01T00:00:00+00:00", "backups": [{"label": "
 @pytest.fixture
 def restoring(runner, monkeypatch):
     """The runner with a cluster led by pg2; minion calls are recorded, FAIL makes one raise."""
-    runner.calls, runner.fail = [], None
+    runner.calls, runner.fail = [], ()  # FAIL: (minion, function[, the how-many-th call fails])
 
     def call(minion, fun, *args, wait=120, **kwargs):
         runner.calls.append((minion, fun))
-        if (minion, fun) == runner.fail:
+        if (minion, fun) == runner.fail[:2] and runner.calls.count((minion, fun)) >= (runner.fail[2:] or (1,))[0]:
             raise runner.PgclusterError(f"{minion}: {fun}: it broke")
         return {"pgbackrest.info": INFO, "pgbackrest.backup": {"label": "F2"}}.get(fun, True)
 
+    runner.records = {}
+    # Patroni's view: pg2 leads on timeline 7 before the restore, on 9 after it (replicas then stopped).
+    runner.members = {"pg1": {"role": "replica", "state": "streaming", "timeline": 7},
+                      "pg2": {"role": "leader", "state": "running", "timeline": 7},
+                      "pg3": {"role": "replica", "state": "streaming", "timeline": 7}}  # fmt: skip
+
+    def leader_up(*args, **kwargs):
+        runner.members = {"pg2": {"role": "leader", "state": "running", "timeline": 9}}
+        return "pg2"
+
     monkeypatch.setattr(runner, "_call", call)
-    monkeypatch.setattr(runner, "_leader_once", lambda model, c: "pg2")
-    monkeypatch.setattr(runner, "_wait_leader", lambda model, c, timeout, not_member=None: "pg2")
+    monkeypatch.setattr(runner, "_leader_once", lambda model, c, **kw: "pg2")
+    monkeypatch.setattr(runner, "_wait_leader", leader_up)
+    monkeypatch.setattr(runner, "_members_state", lambda model, c: runner.members)
+    monkeypatch.setattr(runner, "_timeline", lambda model, m: (runner.members.get(m) or {}).get("timeline"))
     monkeypatch.setattr(runner, "_wait_streaming", lambda leader, count, timeout: ["pg1", "pg3"])
     monkeypatch.setattr(runner, "_repoint", lambda model, name, leader: {"failed": {}})
     monkeypatch.setattr(runner, "_fire", lambda tag, data, prefix=None: None)
+    monkeypatch.setattr(runner, "_pending", lambda name: dict(runner.records.get(name) or {}))
+    monkeypatch.setattr(runner, "_record", lambda name, rec: runner.records.update({name: rec}))
+    # GET /config on the leader: the durable profile's dynamic configuration, recorded from the lab.
+    monkeypatch.setattr(runner.requests, "get", lambda url, timeout: recorded("config"))
     return runner
 
 
@@ -96,11 +115,22 @@ def test_steps_run_in_an_order_that_never_loses_the_only_good_copy(restoring):
         ("pg2", "pgbackrest.restore_primary"),
         ("pg2", "service.start"),
         ("backup", "pgbackrest.backup"),  # the new timeline is in the repository...
-        ("pg1", "patroni.clear_data_dir"), ("pg1", "service.start"),  # ...before any replica is emptied
-        ("pg3", "patroni.clear_data_dir"), ("pg3", "service.start"),
+        ("pg1", "patroni.stop"), ("pg1", "patroni.clear_data_dir"), ("pg1", "service.start"),  # ...before
+        ("pg3", "patroni.stop"), ("pg3", "patroni.clear_data_dir"), ("pg3", "service.start"),  # a replica is emptied
         ("backup", "pgbackrest.check"),
     ]  # fmt: skip
     assert ret["leader"] == "pg2" and ret["backup"] == "F2"
+    assert restoring.records == {"main": None}  # nothing left to finish
+
+
+def test_the_marker_commits_without_waiting_for_a_standby(restoring):
+    sent = []
+    call = restoring._call
+    restoring._call = lambda minion, fun, *args, **kw: sent.append(args) if fun == "patroni.psql" else call(
+        minion, fun, *args, **kw)  # fmt: skip
+    restoring.restore("main", confirm=True)
+    # Strict synchronous mode with the replicas stopped (a restore run again) must not hang the marker.
+    assert "SET LOCAL synchronous_commit TO local" in sent[0][0] and "pg_current_xact_id()" in sent[0][0]
 
 
 @pytest.mark.parametrize(
@@ -119,6 +149,52 @@ def test_a_failed_backup_of_the_new_timeline_leaves_the_replicas_data_alone(rest
     ret = restoring.restore("main", target="latest", confirm=True)
     assert "stopped at 'full backup of the new timeline'" in ret["error"]
     assert not [c for c in restoring.calls if c[1] == "patroni.clear_data_dir"]
+
+
+def test_a_restore_that_stops_after_its_leader_is_up_says_the_state_and_is_finished_by_running_it_again(restoring):
+    restoring.fail = ("backup", "pgbackrest.backup")
+    ret = restoring.restore("main", target="2025-06-01T00:00:00+00:00", confirm=True)
+    assert ret["retcode"] == 1
+    assert ("Cluster now: pg1 Patroni stopped; pg2 leader running on timeline 9; pg3 Patroni stopped; "
+            "pg2 confirms no commit until a replica streams (strict synchronous mode)") in ret["error"]  # fmt: skip
+    assert ret["error"].endswith(
+        "To finish: salt-run pgcluster.restore main confirm=True (it resumes at 'full backup of the new timeline')"
+    )
+    assert restoring.records["main"]["leader"] == "pg2" and restoring.records["main"]["timeline"] == 9
+    # Another target is refused while the restore is unfinished: nothing is called but lookups.
+    restoring.fail, restoring.calls = (), []
+    ret = restoring.restore("main", target="latest", confirm=True)
+    assert "an unfinished restore of main to 2025-06-01T00:00:00+00:00 is recorded" in ret["error"]
+    assert restoring.calls == []
+    # Run again as the message says: it resumes where it stopped, restores nothing again.
+    ret = restoring.restore("main", confirm=True)
+    assert "error" not in ret and ret["resumed"] and ret["backup"] == "F2"
+    assert restoring.calls == [
+        ("backup", "pgbackrest.backup"),
+        ("pg1", "patroni.stop"), ("pg1", "patroni.clear_data_dir"), ("pg1", "service.start"),
+        ("pg3", "patroni.stop"), ("pg3", "patroni.clear_data_dir"), ("pg3", "service.start"),
+        ("backup", "pgbackrest.check"),
+    ]  # fmt: skip
+    assert restoring.records == {"main": None}
+
+
+def test_a_resumed_restore_keeps_the_replicas_already_rebuilt(restoring):
+    restoring.fail = ("backup", "pgbackrest.check", 3)  # preflight, the leader's last WAL, then this one
+    calls = restoring.calls
+    ret = restoring.restore("main", confirm=True)
+    assert ret["error"].startswith("restore of main stopped at 'check archiving'")
+    restoring.members.update({m: {"role": "replica", "state": "streaming", "timeline": 9} for m in ("pg1", "pg3")})
+    restoring.fail, restoring.calls = (), []
+    ret = restoring.restore("main", confirm=True)
+    assert "error" not in ret, ret
+    assert restoring.calls == [("backup", "pgbackrest.check")] and calls
+
+
+def test_a_record_the_cluster_no_longer_matches_is_not_resumed(restoring):
+    restoring.records["main"] = {"target": "latest", "primary": "pg2", "leader": "pg2", "timeline": 4}
+    ret = restoring.restore("main", confirm=True)
+    assert "error" not in ret and "resumed" not in ret
+    assert ("pg2", "pgbackrest.restore_primary") in restoring.calls
 
 
 @pytest.mark.parametrize(
