@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import requests
+import salt.utils.files
 import yaml
 from salt.exceptions import CommandExecutionError
 
@@ -28,12 +29,12 @@ __virtualname__ = "patroni"
 
 CONFIG = "/etc/patroni/config.yml"
 TIMEOUT = 10
-# Patroni 3.x calls the leader's PostgreSQL role "master", 4.x "primary".
-PRIMARY_ROLES = ("primary", "master")
 LEADER_ROLES = ("leader", "standby_leader")
 
 
 def __virtual__():
+    if "pgcluster_routing.find_leader" not in __utils__:
+        return (False, "patroni: the pgcluster_routing util is missing (run saltutil.sync_utils)")
     return __virtualname__
 
 
@@ -45,7 +46,7 @@ class PatroniError(CommandExecutionError):
 def _config(config: str = CONFIG) -> dict:
     """This host's Patroni config.yml as a dict. Raises PatroniError when it cannot be read."""
     try:
-        with open(config) as f:
+        with salt.utils.files.fopen(config) as f:
             return yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as exc:
         why = getattr(exc, "strerror", None) or exc
@@ -123,7 +124,7 @@ def _lag(value: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def normalize_cluster(raw: dict) -> dict:
+def _normalize_cluster(raw: dict) -> dict:
     """Turn GET /cluster into {'leader', 'members': [...], 'pause', 'scope'} with plain values."""
     members = []
     for m in raw.get("members", []):
@@ -156,14 +157,26 @@ def cluster(**kwargs: Any) -> dict:
     Returns ``{'scope', 'leader', 'pause', 'members': [{'name', 'role', 'state', 'host',
     'port', 'api_url', 'timeline', 'lag', 'pending_restart', 'tags'}]}``; ``lag`` is in bytes,
     None when unknown. Raises CommandExecutionError when Patroni cannot be reached.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.cluster
     """
-    return normalize_cluster(_json(_request("GET", "/cluster", _conn(kwargs))))
+    return _normalize_cluster(_json(_request("GET", "/cluster", _conn(kwargs))))
 
 
 def node(**kwargs: Any) -> dict:
     """Return GET /patroni of the node (its own view: state, role, timeline, xlog...).
 
     ``role`` is ``primary`` for the leader whatever the Patroni version.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.node
     """
     data = _json(_request("GET", "/patroni", _conn(kwargs), ok=(200, 503)))
     if data.get("role") == "master":
@@ -172,29 +185,39 @@ def node(**kwargs: Any) -> dict:
 
 
 def leader(**kwargs: Any) -> str | None:
-    """Return the name of the current leader, or None when the cluster has none."""
-    return cluster(**kwargs)["leader"]
+    """Return the name of the leader that accepts writes (the formula's one leader finder, asked of
+    every member this node's Patroni knows), or None when the cluster has none.
 
+    CLI Example:
 
-def accepts_writes(resp: requests.Response) -> bool:
-    """True when RESP (GET /primary) says the node leads *and* its PostgreSQL is out of recovery.
+    .. code-block:: bash
 
-    Patroni answers 200 on /primary as soon as it holds the leader lock, while PostgreSQL may still
-    be promoting (replaying, fetching timeline history from the archive); the body's ``role`` comes
-    from ``pg_is_in_recovery()`` on the node itself.
+        salt pg1 patroni.leader
     """
-    if resp.status_code != 200:
-        return False
-    try:
-        body = resp.json()
-    except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("role") in PRIMARY_ROLES
+    conn = _conn(kwargs)
+    c = _normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    apis = {m["name"]: m["api_url"].rsplit("/patroni", 1)[0] for m in c["members"] if m.get("api_url")}
+    cafile = conn.get("verify") if isinstance(conn.get("verify"), str) else None
+    found = __utils__["pgcluster_routing.find_leader"](apis, timeout=TIMEOUT, cafile=cafile)
+    return found["name"] if found else None
 
 
 def is_leader(**kwargs: Any) -> bool:
-    """Return True when this node is the leader and accepts writes (see ``accepts_writes``)."""
-    return accepts_writes(_request("GET", "/primary", _conn(kwargs), ok=(200, 503)))
+    """Return True when this node is the leader and its PostgreSQL accepts writes (GET /primary is
+    200 as soon as Patroni holds the lock; the body's role says when promotion is over).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.is_leader
+    """
+    resp = _request("GET", "/primary", _conn(kwargs), ok=(200, 503))
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    return __utils__["pgcluster_routing.accepts_writes"](resp.status_code, body)
 
 
 def _member(c: dict, name: str) -> dict:
@@ -210,7 +233,7 @@ def _member_conn(kwargs: dict, member: str | None) -> tuple[dict, dict]:
     conn = _conn(kwargs)
     if member is None:
         return conn, {}
-    c = normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    c = _normalize_cluster(_json(_request("GET", "/cluster", conn)))
     m = _member(c, member)
     return dict(conn, url=m["api_url"].rsplit("/patroni", 1)[0]), m
 
@@ -221,9 +244,15 @@ def switchover(candidate: str | None = None, scheduled_at: str | None = None, **
 
     Returns ``{'from', 'to', 'message'}``. Raises CommandExecutionError when the cluster has
     no leader, CANDIDATE is not a member, is already the leader, or Patroni refuses.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.switchover candidate=pg2
     """
     conn = _conn(kwargs)
-    c = normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    c = _normalize_cluster(_json(_request("GET", "/cluster", conn)))
     if not c["leader"]:
         raise PatroniError(f"cluster {c['scope']!r} has no leader: use patroni.failover")
     if candidate is not None:
@@ -246,9 +275,15 @@ def failover(candidate: str, **kwargs: Any) -> dict:
 
     Returns ``{'from', 'to', 'message'}``. Raises CommandExecutionError for an unknown
     candidate or a refusal.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.failover pg2
     """
     conn = _conn(kwargs)
-    c = normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    c = _normalize_cluster(_json(_request("GET", "/cluster", conn)))
     _member(c, candidate)
     if candidate == c["leader"]:
         raise PatroniError(f"{candidate!r} is already the leader of cluster {c['scope']!r}")
@@ -260,6 +295,12 @@ def restart(member: str | None = None, pending_only: bool = False, **kwargs: Any
     """Restart PostgreSQL on MEMBER (default: this node); with PENDING_ONLY only if a restart is pending.
 
     Returns Patroni's message. Raises CommandExecutionError on refusal.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.restart member=pg3 pending_only=True
     """
     conn, m = _member_conn(kwargs, member)
     body = {"restart_pending": True} if pending_only else {}
@@ -273,7 +314,14 @@ def restart(member: str | None = None, pending_only: bool = False, **kwargs: Any
 
 
 def reload(member: str | None = None, **kwargs: Any) -> str:
-    """Make MEMBER (default: this node) re-read its configuration. Returns Patroni's message."""
+    """Make MEMBER (default: this node) re-read its configuration. Returns Patroni's message.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.reload
+    """
     conn, _ = _member_conn(kwargs, member)
     return _request("POST", "/reload", conn, ok=(200, 202)).text.strip()
 
@@ -282,6 +330,12 @@ def reinitialize(member: str, force: bool = False, **kwargs: Any) -> str:
     """Rebuild MEMBER's data directory from the leader. Returns Patroni's message.
 
     Raises CommandExecutionError for an unknown member or when MEMBER is the leader.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.reinitialize pg3
     """
     conn, m = _member_conn(kwargs, member)
     if m.get("role") in LEADER_ROLES:
@@ -290,7 +344,14 @@ def reinitialize(member: str, force: bool = False, **kwargs: Any) -> str:
 
 
 def config_get(**kwargs: Any) -> dict:
-    """Return the cluster's dynamic configuration (GET /config)."""
+    """Return the cluster's dynamic configuration (GET /config).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.config_get
+    """
     return _json(_request("GET", "/config", _conn(kwargs)))
 
 
@@ -298,6 +359,12 @@ def config_patch(patch: dict, **kwargs: Any) -> dict:
     """Merge PATCH into the dynamic configuration (PATCH /config; null deletes a key).
 
     Returns the new configuration. Raises CommandExecutionError when PATCH is not a dict.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.config_patch '{"loop_wait": 5}'
     """
     if not isinstance(patch, dict):
         raise PatroniError(f"patroni.config_patch: patch must be a dict, got {type(patch).__name__}")
@@ -305,12 +372,26 @@ def config_patch(patch: dict, **kwargs: Any) -> dict:
 
 
 def pause(**kwargs: Any) -> dict:
-    """Put the cluster in maintenance mode (Patroni stops acting on failures)."""
+    """Put the cluster in maintenance mode (Patroni stops acting on failures).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.pause
+    """
     return config_patch({"pause": True}, **kwargs)
 
 
 def resume(**kwargs: Any) -> dict:
-    """Leave maintenance mode."""
+    """Leave maintenance mode.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.resume
+    """
     return config_patch({"pause": None}, **kwargs)
 
 
@@ -318,6 +399,12 @@ def wait_healthy(replicas: int, max_lag: int = 1048576, timeout: float = 120, **
     """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes.
 
     Returns the cluster. Raises CommandExecutionError with the last seen state on timeout.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.wait_healthy 2 timeout=300
     """
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -346,7 +433,14 @@ PATRONICTL = "/usr/local/bin/patronictl"  # the formula's wrapper: runs with thi
 
 def local_postgresql(config: str = CONFIG) -> dict:
     """This member's PostgreSQL, from its Patroni config.yml: {'data_dir', 'bin_dir', 'port',
-    'socket_dir', 'superuser'}. Raises PatroniError when data_dir or bin_dir is not set."""
+    'socket_dir', 'superuser'}. Raises PatroniError when data_dir or bin_dir is not set.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.local_postgresql
+    """
     pg = _config(config).get("postgresql") or {}
     if not pg.get("data_dir") or not pg.get("bin_dir"):
         raise PatroniError(f"{config}: postgresql.data_dir or postgresql.bin_dir is not set")
@@ -366,19 +460,40 @@ def _as_postgres(args: list[str], timeout: float | None = None, stdin: str | Non
 
 def pg_ctl(action: str, *args: str, timeout: float = 60, config: str = CONFIG) -> dict:
     """``pg_ctl ACTION -D <data_dir> ARGS`` as postgres, outside Patroni (for a restore: Patroni
-    stopped). Returns cmd.run_all's result (retcode, stdout, stderr)."""
+    stopped). Returns cmd.run_all's result (retcode, stdout, stderr).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.pg_ctl status
+    """
     pg = local_postgresql(config)
     return _as_postgres([f"{pg['bin_dir']}/pg_ctl", action, "-D", pg["data_dir"], *args], timeout=timeout)
 
 
 def pg_ctl_status(config: str = CONFIG) -> int:
-    """``pg_ctl status`` of this member's data directory: 0 running, 3 not running, 4 no data directory."""
+    """``pg_ctl status`` of this member's data directory: 0 running, 3 not running, 4 no data directory.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.pg_ctl_status
+    """
     return pg_ctl("status", timeout=30, config=config)["retcode"]
 
 
 def psql(sql: str, config: str = CONFIG, timeout: float = 60) -> str:
     """Run SQL as the superuser on this member's local socket; returns the output (unaligned,
-    tuples only). Raises PatroniError with PostgreSQL's message."""
+    tuples only). Raises PatroniError with PostgreSQL's message.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.psql 'SELECT pg_is_in_recovery()'
+    """
     pg = local_postgresql(config)
     cmd = ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", pg["socket_dir"], "-p", str(pg["port"]),
            "-U", pg["superuser"], "-d", "postgres", "-f", "-"]  # fmt: skip
@@ -396,7 +511,14 @@ def _stopped() -> None:
 def assert_stopped(config: str = CONFIG) -> dict:
     """Raise PatroniError unless Patroni is stopped here and ``pg_ctl status`` says PostgreSQL is
     not running (3) or has no data directory (4); any other answer (e.g. pg_ctl missing) counts
-    as running. Returns ``local_postgresql``."""
+    as running. Returns ``local_postgresql``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.assert_stopped
+    """
     _stopped()
     pg = local_postgresql(config)
     status = pg_ctl_status(config)
@@ -408,7 +530,14 @@ def assert_stopped(config: str = CONFIG) -> dict:
 def stop(config: str = CONFIG, timeout: float = 120) -> str:
     """Stop Patroni here and wait until PostgreSQL is down too (Patroni stops it; its unit's
     KillMode=process leaves it running if Patroni is killed). Returns the data directory.
-    Raises PatroniError when PostgreSQL still runs after TIMEOUT seconds."""
+    Raises PatroniError when PostgreSQL still runs after TIMEOUT seconds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.stop
+    """
     pg = local_postgresql(config)
     __salt__["service.stop"]("patroni")
     deadline = time.monotonic() + timeout
@@ -425,6 +554,12 @@ def remove_cluster(scope: str, config: str = CONFIG) -> str:
 
     Only while Patroni is stopped here (the caller stops it everywhere). Returns patronictl's
     words; raises PatroniError.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 patroni.remove_cluster main
     """
     _stopped()
     if _config(config).get("scope") != scope:
@@ -441,6 +576,12 @@ def clear_data_dir(config: str = CONFIG) -> str:
 
     Only while Patroni is stopped and pg_ctl says no PostgreSQL runs on it (any other answer,
     e.g. pg_ctl missing, deletes nothing). Returns the directory removed; raises PatroniError.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg3 patroni.clear_data_dir
     """
     data = assert_stopped(config)["data_dir"]
     __salt__["file.remove"](data)

@@ -8,7 +8,7 @@ command line, and pgBackRest's own output (which never prints it) is not logged 
 CLI examples::
 
     salt backup pgbackrest.info main
-    salt backup pgbackrest.backup main type=full
+    salt backup pgbackrest.backup main kind=full
     salt backup pgbackrest.check main
 """
 
@@ -21,10 +21,12 @@ import grp
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from typing import Any
 
+import salt.utils.files
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgbackrest"
@@ -42,6 +44,10 @@ PROBE_TIMEOUT = 5.0
 
 
 def __virtual__():
+    if not os.path.exists(BIN):
+        return (False, f"pgbackrest: {BIN} is not installed (Debian: pgbackrest)")
+    if not shutil.which("runuser"):
+        return (False, "pgbackrest: runuser is not installed (util-linux)")
     return __virtualname__
 
 
@@ -92,7 +98,7 @@ def _error(args: list[str], res: dict) -> PgBackRestError:
     return PgBackRestError(f"pgbackrest {command}: {tail}")
 
 
-def pg_hosts(stanza: str, config: str = CONFIG) -> dict[int, dict[str, str]]:
+def _pg_hosts(stanza: str, config: str = CONFIG) -> dict[int, dict[str, str]]:
     """The database servers of STANZA in CONFIG: {index: {option (without ``pgN-``): value}}."""
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     try:
@@ -124,8 +130,14 @@ def reachable_options(stanza: str, config: str = CONFIG, timeout: float = PROBE_
     renumbered pg1..pgK (an option is given where its value differs from the config's at the new
     index) and the options of the indexes above K are reset. Returns [] when every server
     answers, or none does (then pgBackRest's own error says what is wrong).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgbackrest.reachable_options main
     """
-    hosts = pg_hosts(stanza, config)
+    hosts = _pg_hosts(stanza, config)
     remote = {i: o for i, o in hosts.items() if o.get("host")}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(remote), 1)) as pool:
         probes = {
@@ -148,7 +160,7 @@ def _time(epoch: Any) -> str | None:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
 
 
-def parse_info(raw: list[dict]) -> dict:
+def _parse_info(raw: list[dict]) -> dict:
     """pgBackRest's ``info --output=json`` as {stanza: summary}, oldest backup first.
 
     A summary has ``status`` (message), ``status_code``, ``exists`` (the stanza was created),
@@ -201,16 +213,23 @@ def parse_info(raw: list[dict]) -> dict:
 
 
 def info(stanza: str, io_timeout: int | None = None) -> dict:
-    """The summary of STANZA (see ``parse_info``). Raises PgBackRestError when pgBackRest fails
+    """The summary of STANZA (see ``_parse_info``). Raises PgBackRestError when pgBackRest fails
     (repository unreachable, wrong passphrase...) or reports an error status other than "no stanza".
 
     IO_TIMEOUT (seconds) bounds pgBackRest's connection attempts to a remote repository
-    (its default, 60 s, makes an unreachable repository take two minutes to report)."""
+    (its default, 60 s, makes an unreachable repository take two minutes to report).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgbackrest.info main
+    """
     args = [f"--stanza={stanza}", "--output=json", *([f"--io-timeout={io_timeout}"] if io_timeout else [])]
     out = _run([*args, "info"], timeout=120) or "[]"
     try:
         # strict=False: pgBackRest quotes a wrongly decrypted file's bytes, control characters too.
-        summary = parse_info(json.loads(out, strict=False))
+        summary = _parse_info(json.loads(out, strict=False))
     except ValueError as exc:
         raise PgBackRestError(f"pgbackrest info: unreadable output ({exc})") from None
     s = summary.get(stanza)
@@ -223,7 +242,14 @@ def info(stanza: str, io_timeout: int | None = None) -> dict:
 
 
 def stanza_create(stanza: str) -> str:
-    """Create STANZA (idempotent: pgBackRest accepts an existing, matching stanza). Returns pgBackRest's words."""
+    """Create STANZA (idempotent: pgBackRest accepts an existing, matching stanza). Returns pgBackRest's words.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgbackrest.stanza_create main
+    """
     args = [f"--stanza={stanza}", *reachable_options(stanza)]
     return _run([*args, "stanza-create"], timeout=300, console="info").strip()
 
@@ -231,27 +257,48 @@ def stanza_create(stanza: str) -> str:
 def check(stanza: str, timeout: float = 300) -> bool:
     """``pgbackrest check``: the leader's WAL reaches the repository. True, or raises PgBackRestError.
 
-    Database servers that do not answer are left out (see ``reachable_options``)."""
+    Database servers that do not answer are left out (see ``reachable_options``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgbackrest.check main
+    """
     _run([f"--stanza={stanza}", *reachable_options(stanza), "check"], timeout=timeout)
     return True
 
 
-def backup(stanza: str, type: str = "incr", timeout: float = 7200, expire_auto: bool = True) -> dict:
-    """Take a TYPE (full, diff, incr) backup of STANZA from its leader; returns the new backup's summary.
+def backup(stanza: str, kind: str = "incr", timeout: float = 7200, expire_auto: bool = True) -> dict:
+    """Take a KIND (full, diff, incr) backup of STANZA from its leader; returns the new backup's summary.
 
     Database servers that do not answer are left out (see ``reachable_options``): the scheduled
     backups run this (through ``salt-call --local``) so that one server down does not stop them.
     EXPIRE_AUTO=False keeps every older backup (pgBackRest applies the retention after a backup
-    by default): the restore runner's backup must not expire what came before the restore."""
-    if type not in ("full", "diff", "incr"):
-        raise PgBackRestError(f"backup type {type!r}: must be full, diff or incr")
-    args = [f"--stanza={stanza}", *reachable_options(stanza), f"--type={type}"]
+    by default): the restore runner's backup must not expire what came before the restore.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgbackrest.backup main kind=full
+    """
+    if kind not in ("full", "diff", "incr"):
+        raise PgBackRestError(f"backup kind {kind!r}: must be full, diff or incr")
+    args = [f"--stanza={stanza}", *reachable_options(stanza), f"--type={kind}"]
     _run([*args, *([] if expire_auto else ["--no-expire-auto"]), "backup"], timeout=timeout)
     return info(stanza)["backups"][-1]
 
 
 def expire(stanza: str) -> list[str]:
-    """Apply the retention of STANZA now; returns the labels of the backups that remain."""
+    """Apply the retention of STANZA now; returns the labels of the backups that remain.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgbackrest.expire main
+    """
     _run([f"--stanza={stanza}", "expire"], timeout=600)
     return [b["label"] for b in info(stanza)["backups"]]
 
@@ -262,6 +309,12 @@ def restore(stanza: str, target: str = "latest", delta: bool = True, timeout: fl
     TARGET ``latest`` replays all archived WAL; otherwise a timestamp, recovery stops there and the
     server promotes. The backup set is chosen by pgBackRest (the newest that ends before TARGET).
     Returns pgBackRest's output; raises PgBackRestError.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgbackrest.restore main target='2026-11-26 01:40:00+00'
     """
     args = [f"--stanza={stanza}"]
     if delta:
@@ -278,7 +331,7 @@ RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target
 
 def _tail(path: str, lines: int = 5) -> str:
     try:
-        with open(path, errors="replace") as f:
+        with salt.utils.files.fopen(path, errors="replace") as f:
             return " | ".join(line.strip() for line in f.readlines()[-lines:])
     except OSError:
         return ""
@@ -286,7 +339,7 @@ def _tail(path: str, lines: int = 5) -> str:
 
 def _drop_settings(conf: str, names: tuple[str, ...]) -> None:
     """Remove the lines of CONF that set NAMES (the file keeps its owner and mode)."""
-    with open(conf, "r+") as f:
+    with salt.utils.files.fopen(conf, "r+") as f:
         lines = f.readlines()
         keep = [line for line in lines if line.split("=", 1)[0].strip() not in names]
         if keep != lines:
@@ -312,6 +365,12 @@ def restore_primary(stanza: str, target: str = "latest", timeout: float = 7200) 
     Patroni to start it as the leader. All of it within TIMEOUT seconds. Returns {data_dir,
     target, timeline, lsn, seconds}; raises PgBackRestError (with the end of PostgreSQL's log
     when recovery fails).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgbackrest.restore_primary main target=latest
     """
     start = time.monotonic()
     deadline = start + timeout

@@ -1,11 +1,16 @@
 """Operate this host's PgBouncer: routing to a cluster's leader, RELOAD, PAUSE/RESUME, status.
 
-Routing lives in one file per cluster (``/etc/pgbouncer/routing-<cluster>.ini``), included by
-``pgbouncer.ini``: the highstate and a repoint write it through the same function, so both
-always agree. The admin console is reached over the local socket as the ``postgres`` OS user
-(peer authentication), so no admin password is needed on the host.
+Routing lives in one file per cluster, included by ``pgbouncer.ini``. Its place, the admin
+console's port and socket, PostgreSQL's port and the databases all come from the data model
+(``pgcluster.node.routing``): the runner passes them as ``spec``; from the command line they
+are derived from this minion's pillar. The highstate, a repoint and the start-up hook write the
+file through the same code (the ``pgcluster_routing`` util), so all three always agree. The
+admin console is reached over the local socket as the ``postgres`` OS user (peer
+authentication), so no admin password is needed on the host.
 
-CLI examples::
+CLI Example:
+
+.. code-block:: bash
 
     salt app1 pgbouncer.status
     salt app1 pgbouncer.repoint main 198.18.0.12
@@ -14,161 +19,207 @@ CLI examples::
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from typing import Any
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgbouncer"
-CONF_DIR = "/etc/pgbouncer"
-PORT = 6432
 
 
 def __virtual__():
+    if "pgcluster_routing.routing_text" not in __utils__:
+        return (False, "pgbouncer: the pgcluster_routing util is missing (run saltutil.sync_utils)")
+    if "pgsql.query" not in __salt__:
+        return (False, "pgbouncer: the pgsql module is not available (psql missing?)")
     return __virtualname__
 
 
-def _cluster(name: str) -> dict:
-    c = (__pillar__.get("pgcluster", {}).get("clusters", {}) or {}).get(name)
-    if not c:
-        raise CommandExecutionError(f"pgbouncer: no cluster {name!r} in pillar pgcluster:clusters")
-    return c
+def _spec(cluster: str, spec: dict | None = None) -> dict:
+    """How this host routes CLUSTER: SPEC when given (by the runner), else derived from pillar."""
+    if spec:
+        return spec
+    routing = __salt__["pgcluster.settings"]()["node"]["routing"]
+    if cluster not in routing:
+        served = ", ".join(sorted(routing)) or "none"
+        raise CommandExecutionError(f"pgbouncer: this host serves no cluster {cluster!r} (it serves: {served})")
+    return routing[cluster]
 
 
-def routing_path(cluster: str) -> str:
-    """Path of CLUSTER's routing file."""
-    return os.path.join(CONF_DIR, f"routing-{cluster}.ini")
+def _any_spec(cluster: str | None = None, spec: dict | None = None) -> dict:
+    """The spec of CLUSTER, or of any cluster this host serves (the admin console is shared)."""
+    if cluster or spec:
+        return _spec(cluster, spec)
+    routing = __salt__["pgcluster.settings"]()["node"]["routing"]
+    if not routing:
+        raise CommandExecutionError("pgbouncer: this host serves no pgcluster cluster")
+    return next(iter(routing.values()))
 
 
-# The routing file's format, also used by pgbouncer-route-at-start (through routing_spec).
-HEADER = "; Managed by Salt (pgcluster): routing of cluster {cluster}; leader {leader}.\n[databases]\n"
-LINE = "{name} = host={leader} port={port} dbname={db}\n"
+def _admin(command: str, spec: dict, names: bool = True) -> list:
+    return __salt__["pgsql.query"](command, dbname="pgbouncer", port=spec["admin_port"],
+                                   socket_dir=spec["admin_socket_dir"], names=names, timeout=10)  # fmt: skip
 
 
-def routing_text(cluster: str, leader: str, port: int, databases: list[str], replicas: list[str] | None = None) -> str:
-    """The routing file: every database of CLUSTER to LEADER, ``<db>_ro`` to REPLICAS when given."""
-    text = HEADER.format(cluster=cluster, leader=leader)
-    for db in sorted(databases):
-        text += LINE.format(name=db, db=db, leader=leader, port=port)
-        if replicas:
-            text += LINE.format(name=f"{db}_ro", db=db, leader=",".join(replicas), port=port)
-    return text
+def _databases(rows: list[dict]) -> list[dict]:
+    """SHOW DATABASES rows, read by column name (1.18 has ``paused``/``disabled`` near the end;
+    later versions add columns)."""
+    return [{"name": r.get("name"), "host": r.get("host"), "port": int(r.get("port") or 0),
+             "database": r.get("database"), "paused": r.get("paused") == "1", "disabled": r.get("disabled") == "1"}
+            for r in rows]  # fmt: skip
 
 
-def routing_spec(cluster: str) -> dict:
-    """What pgbouncer-route-at-start needs to route CLUSTER when PgBouncer starts (no secret)."""
-    model = __pillar__.get("pgcluster", {})
-    c = _cluster(cluster)
-    port = (model.get("patroni") or {}).get("restapi_port", 8008)
-    return {
-        "apis": [f"http://{model['hosts'][m]}:{port}" for m in c["members"]],
-        "hosts": {m: model["hosts"][m] for m in c["members"]},
-        "port": int(c.get("port", 5432)),
-        "databases": sorted(c.get("databases", {}) or {}),
-        "header": HEADER.replace("{cluster}", cluster),
-        "line": LINE,
-    }
+def show_databases(cluster: str | None = None, spec: dict | None = None) -> list[dict]:
+    """SHOW DATABASES as a list of {'name', 'host', 'port', 'database', 'paused', 'disabled'}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.show_databases main
+    """
+    return _databases(_admin("SHOW DATABASES", _any_spec(cluster, spec)))
 
 
-def _admin(command: str) -> list[list[str]]:
-    return __salt__["pgsql.query"](command, dbname="pgbouncer", port=PORT)
-
-
-def _databases(rows: list[list[str]]) -> list[dict]:
-    out = []
-    for row in rows:
-        # name, host, port, database, force_user, pool_size, min_pool_size, reserve_pool, pool_mode,
-        # max_connections, current_connections, paused, disabled (PgBouncer 1.18)
-        out.append({"name": row[0], "host": row[1], "port": int(row[2] or 0), "database": row[3],
-                    "paused": row[11] == "1", "disabled": row[12] == "1"})  # fmt: skip
-    return out
-
-
-def show_databases() -> list[dict]:
-    """SHOW DATABASES as a list of {'name', 'host', 'port', 'database', 'paused', 'disabled'}."""
-    return _databases(_admin("SHOW DATABASES"))
-
-
-def _targets(cluster: str, databases: list[dict]) -> dict[str, str]:
-    dbs = set(_cluster(cluster).get("databases", {}) or {})
+def _targets(spec: dict, databases: list[dict]) -> dict[str, str]:
+    dbs = set(spec["databases"])
     return {d["name"]: d["host"] for d in databases if d["name"] in dbs}
 
 
-def targets(cluster: str) -> dict[str, str]:
-    """{database: host} that PgBouncer routes CLUSTER's databases to now."""
-    return _targets(cluster, show_databases())
+def targets(cluster: str, spec: dict | None = None) -> dict[str, str]:
+    """{database: host} that PgBouncer routes CLUSTER's databases to now.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.targets main
+    """
+    s = _spec(cluster, spec)
+    return _targets(s, _databases(_admin("SHOW DATABASES", s)))
 
 
-def write_routing(cluster: str, leader: str, replicas: list[str] | None = None) -> bool:
-    """Write CLUSTER's routing file atomically (0644: no secret in it). Returns True when it changed."""
-    c = _cluster(cluster)
-    text = routing_text(cluster, leader, int(c.get("port", 5432)), list(c.get("databases", {}) or {}), replicas)
-    path = routing_path(cluster)
-    try:
-        with open(path) as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=CONF_DIR, prefix=".routing-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return True
+def routed_timeline(cluster: str, spec: dict | None = None) -> int | None:
+    """The Patroni timeline CLUSTER's routing file was written for (None: unknown or no file).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.routed_timeline main
+    """
+    s = _spec(cluster, spec)
+    return __utils__["pgcluster_routing.routed_timeline"](s)
 
 
-def reload() -> bool:
-    """RELOAD: PgBouncer re-reads its configuration. Returns True."""
-    _admin("RELOAD")
+def write_routing(cluster: str, leader: str | None, timeline: int | None = None, spec: dict | None = None) -> bool:
+    """Write CLUSTER's routing file (every database to LEADER, an address) atomically. Returns True
+    when it changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.write_routing main 198.18.0.12
+    """
+    s = _spec(cluster, spec)
+    return __utils__["pgcluster_routing.write_routing"](
+        s, __utils__["pgcluster_routing.routing_text"](s, leader, timeline)
+    )
+
+
+def reload(cluster: str | None = None, spec: dict | None = None) -> bool:
+    """RELOAD: PgBouncer re-reads its configuration. Returns True.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.reload
+    """
+    _admin("RELOAD", _any_spec(cluster, spec), names=False)
     return True
 
 
 def repoint(
-    cluster: str, leader: str, replicas: list[str] | None = None, timeout: float = 5, resume_paused: bool = False
+    cluster: str,
+    leader: str,
+    timeline: int | None = None,
+    timeout: float = 5,
+    resume_paused: bool = False,
+    spec: dict | None = None,
 ) -> dict:
-    """Route every database of CLUSTER to LEADER (an address): rewrite, RELOAD, verify with SHOW DATABASES.
-    With RESUME_PAUSED, also RESUME any of CLUSTER's databases left paused (the safety net's use).
+    """Route every database of CLUSTER to LEADER (an address): rewrite, RELOAD, verify with SHOW
+    DATABASES. With RESUME_PAUSED, also RESUME any of CLUSTER's databases left paused (the safety
+    net's use).
 
     Returns ``{'changed', 'targets', 'seconds', 'resumed'}``. Raises CommandExecutionError when
     PgBouncer does not answer or still routes elsewhere after TIMEOUT seconds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.repoint main 198.18.0.12
     """
     start = time.monotonic()
-    changed = write_routing(cluster, leader, replicas)
+    s = _spec(cluster, spec)
+    changed = write_routing(cluster, leader, timeline, spec=s)
     # RELOAD is synchronous on the admin console: SHOW DATABASES in the same session verifies it.
     reload_and_show = "RELOAD;\nSHOW DATABASES;"
-    now = _targets(cluster, _databases(_admin(reload_and_show if changed else "SHOW DATABASES")))
+    now = _targets(s, _databases(_admin(reload_and_show if changed else "SHOW DATABASES", s)))
     deadline = start + timeout
     while not now or any(h != leader for h in now.values()):
         if time.monotonic() >= deadline:
             raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {now} after RELOAD (wanted {leader})")
         time.sleep(0.05)
-        now = _targets(cluster, _databases(_admin(reload_and_show)))
-    resumed = resume(cluster) if resume_paused else []
+        now = _targets(s, _databases(_admin(reload_and_show, s)))
+    resumed = resume(cluster, spec=s) if resume_paused else []
     return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4), "resumed": resumed}
 
 
-def pause(cluster: str) -> list[str]:
-    """PAUSE every database of CLUSTER (waits for running queries to finish). Returns the databases."""
-    dbs = sorted(_cluster(cluster).get("databases", {}) or {})
-    for db in dbs:
-        _admin(f"PAUSE {db}")
-    return dbs
+def pause(cluster: str, spec: dict | None = None) -> list[str]:
+    """PAUSE every database of CLUSTER (waits for running queries to finish). Returns the databases.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.pause main
+    """
+    s = _spec(cluster, spec)
+    for db in s["databases"]:
+        _admin(f"PAUSE {db}", s, names=False)
+    return list(s["databases"])
 
 
-def resume(cluster: str) -> list[str]:
-    """RESUME every paused database of CLUSTER. Returns the databases resumed."""
-    dbs = set(_cluster(cluster).get("databases", {}) or {})
+def resume(cluster: str, spec: dict | None = None) -> list[str]:
+    """RESUME every paused database of CLUSTER. Returns the databases resumed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.resume main
+    """
+    s = _spec(cluster, spec)
+    dbs = set(s["databases"])
     done = []
-    for d in show_databases():
+    for d in _databases(_admin("SHOW DATABASES", s)):
         if d["name"] in dbs and d["paused"]:
-            _admin(f"RESUME {d['name']}")
+            _admin(f"RESUME {d['name']}", s, names=False)
             done.append(d["name"])
     return done
 
 
-def status() -> dict[str, Any]:
-    """{'databases': SHOW DATABASES, 'pools': SHOW POOLS rows} of this PgBouncer."""
-    return {"databases": show_databases(), "pools": _admin("SHOW POOLS")}
+def status(cluster: str | None = None) -> dict[str, Any]:
+    """{'databases': SHOW DATABASES, 'pools': SHOW POOLS rows} of this PgBouncer.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.status
+    """
+    s = _any_spec(cluster)
+    return {"databases": _databases(_admin("SHOW DATABASES", s)), "pools": _admin("SHOW POOLS", s)}

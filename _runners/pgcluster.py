@@ -1,12 +1,16 @@
-"""Master-side operations of pgcluster: follow the leader, reconcile, planned switchover.
+"""Master-side operations of pgcluster: follow the leader, reconcile, status, planned
+switchover, point-in-time restore.
 
-The cluster model is read from the master's cache of the minions' pillar (the same
-``pgcluster`` pillar the states use). The leader is always read from Patroni itself
-(GET /cluster on the members, then GET /primary must answer 200 on the leader, with the role
-primary in its body: PostgreSQL out of recovery): an event
-only says *when* to look, never *what* is true.
+The cluster model is the one the states use: the ``pgcluster`` pillar (as the master's cache of
+the minions' pillar holds it) merged over the formula's ``defaults.yaml`` and validated by the
+``pgcluster_model`` util. The leader is always read from Patroni itself by the formula's one
+leader finder (the ``pgcluster_routing`` util: GET /cluster on every member, then GET /primary
+must answer 200 on the leader *with the role primary in its body*, i.e. PostgreSQL out of
+recovery): an event only says *when* to look, never *what* is true.
 
-CLI examples::
+CLI Example:
+
+.. code-block:: bash
 
     salt-run pgcluster.status main
     salt-run pgcluster.switchover main candidate=pg2
@@ -16,25 +20,30 @@ CLI examples::
 
 from __future__ import annotations
 
-import datetime
 import functools
 import logging
-import re
 import time
 from typing import Any
 
 import requests
 import salt.cache
 import salt.client
+import salt.fileclient
 import salt.utils.event
+import salt.utils.files
+import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 TAG = "pgcluster/pgbouncer"
+FORMULA = "pgcluster"  # the formula's folder in the master's file roots
 # Longest a switchover may keep PgBouncers paused before the safety net resumes them anyway.
 SWITCHOVER_LIMIT = 300
-# (connect, read): a crashed member answers no SYN, and waiting on it would delay every repoint.
-HTTP_TIMEOUT = (0.3, 2)
+# A crashed member answers no SYN: the routing path gives each member this long (all at once).
+ROUTING_TIMEOUT = 1.0
+# A restore's lookups may wait longer on a loaded machine: a wrong "no leader" there is costly.
+PATIENT_TIMEOUT = 10.0
+RESTORE_BANK = "pgcluster/restore"
 
 
 class PgclusterError(CommandExecutionError):
@@ -42,106 +51,85 @@ class PgclusterError(CommandExecutionError):
 
 
 # ---- model ------------------------------------------------------------------------------------
-def _cached_pillar(minion: str) -> dict:
-    data = salt.cache.factory(__opts__).fetch("pillar", minion)
-    return (data.get("pgcluster") if isinstance(data, dict) else None) or {}
+def _formula_yaml(name: str) -> dict:
+    """salt://pgcluster/NAME from the master's own file roots."""
+    client = salt.fileclient.FSClient(__opts__)
+    try:
+        path = client.cache_file(f"salt://{FORMULA}/{name}", "base")
+    finally:
+        client.destroy()
+    if not path:
+        raise PgclusterError(f"salt://{FORMULA}/{name} is not in the master's file roots")
+    with salt.utils.files.fopen(path) as f:
+        return salt.utils.yaml.safe_load(f) or {}
+
+
+def _cached(bank: str, minion: str) -> dict:
+    data = salt.cache.factory(__opts__).fetch(bank, minion)
+    return data if isinstance(data, dict) else {}
 
 
 def _model(minion: str | None = None) -> dict:
-    """The pgcluster pillar as MINION (default: any minion that has it) last received it."""
-    if minion is not None:
-        return _cached_pillar(minion)
-    for mid in salt.cache.factory(__opts__).list("pillar"):
-        model = _cached_pillar(mid)
-        if model.get("clusters"):
-            return model
-    return {}
+    """The validated model as MINION (default: any minion that has it) last received its pillar,
+    merged over the formula's defaults. Raises PgclusterError naming the pillar's problems."""
+    candidates = [minion] if minion is not None else salt.cache.factory(__opts__).list("pillar")
+    for mid in candidates:
+        pillar = _cached("pillar", mid).get(FORMULA) or {}
+        if not pillar.get("clusters"):
+            continue
+        grains = dict(_cached("grains", mid), id=mid)
+        try:
+            return __utils__["pgcluster_model.settings"](
+                _formula_yaml("defaults.yaml"), _formula_yaml("osfamilymap.yaml"), pillar, grains
+            )
+        except CommandExecutionError as exc:
+            raise PgclusterError(str(exc)) from None
+    return {"clusters": {}, "hosts": {}}
 
 
-def _cluster(model: dict, name: str) -> dict:
-    c = (model.get("clusters") or {}).get(name)
+def _cluster(model: dict, name: Any) -> dict:
+    c = model["clusters"].get(name) if isinstance(name, str) else None
     if not c:
-        known = ", ".join(sorted(model.get("clusters") or {})) or "none"
+        known = ", ".join(sorted(model["clusters"])) or "none"
         raise PgclusterError(f"unknown cluster {name!r} (clusters: {known})")
     return c
 
 
-def _api(model: dict, member: str) -> str:
-    port = (model.get("patroni") or {}).get("restapi_port", 8008)
-    return f"http://{model['hosts'][member]}:{port}"
+def _apis(model: dict, c: dict) -> dict[str, str]:
+    return {m: __utils__["pgcluster_model.api_url"](model, m) for m in c["members"]}
 
 
 # ---- Patroni ------------------------------------------------------------------------------------
-PRIMARY_ROLES = ("primary", "master")  # Patroni 4.x, 3.x
-# A restore's lookups may wait longer on a loaded machine: a wrong "no leader" there is costly.
-PATIENT_HTTP_TIMEOUT = (3, 10)
+def _leader(model: dict, c: dict, timeout: float = ROUTING_TIMEOUT) -> dict | None:
+    """{"name", "api", "timeline"} of the leader whose PostgreSQL accepts writes, or None."""
+    cafile = model["patroni"].get("restapi_cafile") or None
+    return __utils__["pgcluster_routing.find_leader"](_apis(model, c), timeout=timeout, cafile=cafile)
 
 
-def _accepts_writes(resp: requests.Response) -> bool:
-    """GET /primary is 200 as soon as Patroni holds the leader lock, while PostgreSQL may still be
-    promoting; the body's role (pg_is_in_recovery() on the node) must say primary too."""
-    try:
-        return resp.status_code == 200 and resp.json().get("role") in PRIMARY_ROLES
-    except (ValueError, AttributeError):
-        return False
-
-
-def _leader_once(model: dict, c: dict, http_timeout: tuple = HTTP_TIMEOUT) -> str | None:
-    """The member that Patroni reports as leader and whose PostgreSQL accepts writes, or None."""
-    for member in c["members"]:
-        try:
-            cl = requests.get(_api(model, member) + "/cluster", timeout=http_timeout).json()
-        except (requests.RequestException, ValueError):
-            continue
-        leaders = [m["name"] for m in cl.get("members", []) if m.get("role") == "leader"]
-        if not leaders or leaders[0] not in c["members"]:
-            return None
-        try:
-            ok = _accepts_writes(requests.get(_api(model, leaders[0]) + "/primary", timeout=http_timeout))
-        except requests.RequestException:
-            ok = False
-        return leaders[0] if ok else None
-    return None
-
-
-def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = None) -> str:
+def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = None) -> dict:
     """Poll until a leader (other than NOT_MEMBER) accepts writes; raises PgclusterError on timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        leader = _leader_once(model, c)
-        if leader and leader != not_member:
+        leader = _leader(model, c)
+        if leader and leader["name"] != not_member:
             return leader
         if time.monotonic() >= deadline:
             raise PgclusterError(f"no leader accepting writes within {timeout:.0f} s")
         time.sleep(0.1)
 
 
-def _timeline(model: dict, member: str | None) -> int | None:
-    """MEMBER's timeline as its PostgreSQL reports it (GET /patroni), None when it does not answer.
-    (GET /cluster reports the leader's timeline from the DCS, which trails a promotion by a loop.)"""
-    if not member:
-        return None
+def _get(model: dict, member: str, path: str) -> Any:
+    """GET PATH of MEMBER's REST API (patient); its JSON, or None when it does not answer."""
+    url = __utils__["pgcluster_model.api_url"](model, member) + path
     try:
-        return requests.get(_api(model, member) + "/patroni", timeout=PATIENT_HTTP_TIMEOUT).json().get("timeline")
-    except (requests.RequestException, ValueError, AttributeError):
+        return requests.get(url, timeout=PATIENT_TIMEOUT, verify=model["patroni"].get("restapi_cafile") or True).json()
+    except (requests.RequestException, ValueError):
         return None
 
 
-def _members_state(model: dict, c: dict) -> dict[str, dict]:
-    """{member: {role, state, timeline}} from GET /cluster on the first member that answers
-    (members whose Patroni does not run are absent)."""
-    for member in c["members"]:
-        try:
-            cl = requests.get(_api(model, member) + "/cluster", timeout=PATIENT_HTTP_TIMEOUT).json()
-        except (requests.RequestException, ValueError):
-            continue
-        return {m["name"]: {k: m.get(k) for k in ("role", "state", "timeline")} for m in cl.get("members", [])}
-    return {}
-
-
-# ---- PgBouncer ----------------------------------------------------------------------------------
+# ---- Salt jobs ----------------------------------------------------------------------------------
 def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None) -> dict:
-    hosts = c.get("pgbouncer") or []
+    hosts = c["pgbouncer"]
     if not hosts:
         return {}
     # A PgBouncer host that is down must not hold the others up: Salt's default 10 s job lookup
@@ -161,185 +149,24 @@ def _failures(ret: dict, hosts: list[str]) -> dict[str, str]:
     return bad
 
 
-def _repoint(model: dict, name: str, leader: str, resume_paused: bool = False) -> dict:
-    c = _cluster(model, name)
-    address = model["hosts"][leader]
+def _spec(model: dict, c: dict) -> dict:
+    return __utils__["pgcluster_model.routing"](model, c["name"])
+
+
+def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> dict:
+    address = model["hosts"][leader["name"]]
     t = time.monotonic()
-    ret = _on_pgbouncers(c, "pgbouncer.repoint", [name, address], kwarg={"resume_paused": resume_paused})
+    kwarg = {"timeline": leader.get("timeline"), "resume_paused": resume_paused, "spec": _spec(model, c)}
+    ret = _on_pgbouncers(c, "pgbouncer.repoint", [c["name"], address], kwarg=kwarg)
     done = {h: r["ret"] for h, r in ret.items() if isinstance(r.get("ret"), dict)}
     return {
         "seconds": round(time.monotonic() - t, 3),
         "changed": sorted(h for h, r in done.items() if r.get("changed")),
         "resumed": sorted(h for h, r in done.items() if r.get("resumed")),
-        "failed": _failures(ret, c.get("pgbouncer") or []),
+        "failed": _failures(ret, c["pgbouncer"]),
     }
 
 
-# A switchover in progress pauses PgBouncers on purpose: the safety net must not resume them then.
-def _switchover_marker(name: str, started: float | None) -> None:
-    cache = salt.cache.factory(__opts__)
-    if started is None:
-        cache.flush("pgcluster/switchover", name)
-    else:
-        cache.store("pgcluster/switchover", name, {"started": started})
-
-
-def _switchover_running(name: str, timeout: float) -> bool:
-    mark = salt.cache.factory(__opts__).fetch("pgcluster/switchover", name)
-    return bool(mark) and time.time() - mark.get("started", 0) < timeout
-
-
-def _fire(tag: str, data: dict, prefix: str = TAG) -> None:
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-        bus.fire_event(dict(data), f"{prefix}/{tag}")  # a copy: fire_event adds its _stamp
-
-
-def _clean_errors(func):
-    """Report PgclusterError as a message and a non-zero exit code, not a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except PgclusterError as exc:
-            __context__["retcode"] = 1
-            return {"error": str(exc), "retcode": 1}  # salt-run exits with this retcode
-
-    return wrapper
-
-
-# ---- runner functions ---------------------------------------------------------------------------
-def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None, timeout: float = 30) -> dict:
-    """Handle a Patroni event from minion SENDER: find the real leader, repoint every PgBouncer.
-
-    The event is ignored (logged, and a ``pgcluster/pgbouncer/rejected`` event fired) unless
-    SENDER is a member of CLUSTER in the model. Fires ``pgcluster/pgbouncer/repointed`` with
-    the timings. Returns what was done.
-    """
-    start = time.monotonic()
-    model = _model(sender) if isinstance(sender, str) else {}
-    c = (model.get("clusters") or {}).get(cluster) if isinstance(cluster, str) else None
-    if not c or sender not in c.get("members", []):
-        why = f"sender {sender!r} is not a member of cluster {cluster!r}"
-        log.warning("pgcluster: ignored event %r: %s", event_tag, why)
-        _fire("rejected", {"sender": str(sender)[:100], "cluster": str(cluster)[:100], "why": why})
-        return {"result": False, "comment": why}
-    try:
-        leader = _wait_leader(model, c, timeout)
-    except PgclusterError as exc:
-        log.warning("pgcluster: %s: %s", cluster, exc)
-        return {"result": False, "comment": str(exc)}
-    found = time.monotonic()
-    done = _repoint(model, cluster, leader)
-    result = {
-        "result": not done["failed"],
-        "cluster": cluster,
-        "leader": leader,
-        "event": event_tag,
-        "sender": sender,
-        "seconds_to_leader": round(found - start, 3),
-        "seconds_to_repoint": done["seconds"],
-        "seconds_total": round(time.monotonic() - start, 3),
-        "changed": done["changed"],
-        "failed": done["failed"],
-    }
-    _fire("repointed", result)
-    return result
-
-
-def reconcile() -> dict:
-    """Safety net (run by the master's schedule): every PgBouncer of every cluster routes to its
-    current leader. Returns {cluster: what was done}."""
-    model = _model()
-    out = {}
-    for name, c in (model.get("clusters") or {}).items():
-        leader = _leader_once(model, c)
-        if not leader:
-            out[name] = {"result": False, "comment": "no leader accepting writes: nothing changed"}
-            continue
-        # A PgBouncer left paused (a switchover runner killed half-way) is resumed here.
-        done = _repoint(model, name, leader, resume_paused=not _switchover_running(name, SWITCHOVER_LIMIT))
-        if done["changed"] or done["resumed"]:
-            log.warning("pgcluster: reconcile repointed %s to %s on %s, resumed %s", name, leader, done["changed"],
-                        done["resumed"])  # fmt: skip
-            _fire("reconciled", {"cluster": name, "leader": leader, **done})
-        out[name] = {"result": not done["failed"], "leader": leader, **done}
-    return out
-
-
-@_clean_errors
-def status(cluster: str) -> dict:
-    """Members as Patroni sees them and where each PgBouncer routes CLUSTER."""
-    model = _model()
-    c = _cluster(model, cluster)
-    leader = _leader_once(model, c)
-    ret = _on_pgbouncers(c, "pgbouncer.targets", [cluster])
-    return {
-        "leader": leader,
-        "pgbouncer": {h: (r or {}).get("ret") for h, r in ret.items()},
-        "misrouted": sorted(
-            h
-            for h, r in ret.items()
-            if isinstance(r.get("ret"), dict) and set(r["ret"].values()) != {model["hosts"].get(leader)}
-        ),
-    }
-
-
-@_clean_errors
-def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) -> dict:
-    """Planned switchover with no client error: PAUSE every PgBouncer, switch over, wait for the new
-    leader, repoint, RESUME. On any failure every PgBouncer is RESUMEd and the error says what went
-    wrong. Returns the steps with their timings, and how long clients were paused.
-    """
-    model = _model()
-    c = _cluster(model, cluster)
-    if candidate is not None and candidate not in c["members"]:
-        raise PgclusterError(f"unknown candidate {candidate!r} (members of {cluster}: {', '.join(c['members'])})")
-    old = _leader_once(model, c)
-    if not old:
-        raise PgclusterError(f"cluster {cluster} has no leader accepting writes: nothing done")
-    if candidate == old:
-        raise PgclusterError(f"{candidate} already leads cluster {cluster}: nothing done")
-    steps: dict[str, Any] = {"from": old}
-    t0 = time.monotonic()
-    _switchover_marker(cluster, time.time())
-    try:
-        ret = _on_pgbouncers(c, "pgbouncer.pause", [cluster], timeout=int(timeout))
-        bad = _failures(ret, c.get("pgbouncer") or [])
-        if bad:
-            raise PgclusterError(f"PAUSE failed on {bad}")
-        steps["paused_after"] = round(time.monotonic() - t0, 3)
-        auth = ((model.get("patroni") or {}).get("restapi_username", "patroni"), c["passwords"]["restapi"])
-        body = {"leader": old, **({"candidate": candidate} if candidate else {})}
-        try:
-            resp = requests.post(_api(model, old) + "/switchover", json=body, auth=auth, timeout=timeout)
-        except requests.RequestException as exc:
-            raise PgclusterError(f"switchover request to {old} failed: {exc}") from None
-        if resp.status_code != 200:
-            raise PgclusterError(f"Patroni refused the switchover: HTTP {resp.status_code}: {resp.text.strip()}")
-        steps["switched_after"] = round(time.monotonic() - t0, 3)
-        new = _wait_leader(model, c, timeout, not_member=old)
-        steps["to"] = new
-        steps["leader_after"] = round(time.monotonic() - t0, 3)
-        done = _repoint(model, cluster, new)
-        if done["failed"]:
-            raise PgclusterError(f"repoint failed on {done['failed']}")
-        steps["repointed_after"] = round(time.monotonic() - t0, 3)
-    except PgclusterError as exc:
-        steps["error"] = str(exc)
-    finally:
-        ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster])
-        steps["resume_failed"] = _failures(ret, c.get("pgbouncer") or [])
-        steps["paused_seconds"] = round(time.monotonic() - t0, 3)
-        _switchover_marker(cluster, None)
-    steps["result"] = "error" not in steps and not steps["resume_failed"]
-    _fire("switchover", steps)
-    if not steps["result"]:
-        raise PgclusterError(f"switchover of {cluster} failed (every PgBouncer resumed): {steps}")
-    return steps
-
-
-# ---- point-in-time restore ------------------------------------------------------------------------
 def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:
     """FUN on MINION, waiting up to WAIT seconds; returns its return. Raises PgclusterError when
     the minion does not answer or the function fails (the message is the function's own)."""
@@ -361,115 +188,265 @@ def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) ->
     return r["ret"]
 
 
-def _restore_target(target: Any) -> datetime.datetime | None:
-    """None for ``latest``, else TARGET as an aware datetime in UTC. Raises PgclusterError."""
-    if target == "latest":
-        return None
-    when = target
-    if not isinstance(when, datetime.datetime):  # salt-run's YAML may already have parsed it
-        try:
-            when = datetime.datetime.fromisoformat(str(target))
-        except ValueError:
-            raise PgclusterError(
-                f"restore target {target!r}: give 'latest' or a time such as 2026-11-26T01:40:00+00:00"
-            ) from None
-    if when.tzinfo is None:
-        raise PgclusterError(f"restore target {target!r}: give a UTC offset (e.g. +00:00), not a local time")
-    when = when.astimezone(datetime.UTC)
-    if when > datetime.datetime.now(datetime.UTC):
-        raise PgclusterError(f"restore target {when.isoformat()} is in the future")
-    return when
-
-
-def _find_leader(model: dict, c: dict, patience: float = 20) -> str | None:
-    """The leader accepting writes, looked for with patient HTTP timeouts for up to PATIENCE
-    seconds (a loaded member may answer slowly; taking it for "no leader" would stop it unarchived)."""
-    deadline = time.monotonic() + patience
-    while True:
-        leader = _leader_once(model, c, http_timeout=PATIENT_HTTP_TIMEOUT)
-        if leader or time.monotonic() >= deadline:
-            return leader
-        time.sleep(1)
-
-
-def _preflight(model: dict, c: dict, scope: str, when: datetime.datetime | None, pending: dict) -> dict:
-    """Everything a restore needs, checked before anything is touched. Returns what was found."""
-    members, repo = list(c["members"]), c["backup"]
-    for host in [repo, *members]:
-        _call(host, "test.ping", wait=30)
-    try:
-        info = _call(repo, "pgbackrest.info", scope, wait=180)
-    except PgclusterError as exc:
-        # pgBackRest reads a wrongly decrypted info file as garbage: a format or crypto error.
-        hint = " (is the repository passphrase right?)" if re.search(r"FormatError|CryptoError", str(exc)) else ""
-        raise PgclusterError(f"the repository on {repo} cannot be read: {exc}{hint}") from None
-    if not info.get("recoverable_from"):
-        raise PgclusterError(f"the repository on {repo} holds no backup of {scope}")
-    oldest = datetime.datetime.fromisoformat(info["recoverable_from"])
-    if when is not None and when < oldest:
-        raise PgclusterError(f"restore target {when.isoformat()} is before the end of the oldest backup "
-                             f"({oldest.isoformat()}): there is nothing to restore it from")  # fmt: skip
-    leader = _find_leader(model, c)
-    # Without a leader, an unfinished restore's member is restored again (its data may be half-restored).
-    primary = leader or pending.get("primary") or members[0]
-    try:
-        _call(primary, "pgbackrest.info", scope, io_timeout=10, wait=180)
-    except PgclusterError as exc:
-        raise PgclusterError(f"{primary} cannot reach the repository: {exc}") from None
-    if leader:  # archiving works end to end: a WAL switch reaches the repository
-        try:
-            _call(repo, "pgbackrest.check", scope, wait=360)
-        except PgclusterError as exc:
-            raise PgclusterError(f"WAL archiving does not work, the newest changes would be lost: {exc}") from None
-    return {"primary": primary, "leader_before": leader, "recoverable_from": info["recoverable_from"]}
-
-
-def _wait_streaming(leader: str, count: int, timeout: float) -> list[str]:
-    """Names of the replicas streaming from LEADER once COUNT of them do (patroni.wait_healthy there)."""
-    c = _call(leader, "patroni.wait_healthy", count, timeout=timeout, wait=timeout + 60)
-    return sorted(m["name"] for m in c["members"] if m["name"] != c["leader"] and m["state"] == "streaming")
-
-
-# ---- an unfinished restore, kept on the master so that running the restore again finishes it ----------
-RESTORE_BANK = "pgcluster/restore"
-# With a leader of the restored data up, the steps that remain, in order.
-AFTER_LEADER = ("full backup of the new timeline", "rebuild the replicas", "check archiving")
-# A commit that does not wait for a synchronous standby: the marker must commit when the replicas
-# are stopped too (strict synchronous mode), e.g. when an unfinished restore is run again.
-MARKER_SQL = "BEGIN;\nSET LOCAL synchronous_commit TO local;\nSELECT pg_current_xact_id();\nCOMMIT;\n"
-
-
-def _pending(cluster: str) -> dict:
-    return salt.cache.factory(__opts__).fetch(RESTORE_BANK, cluster) or {}
-
-
-def _record(cluster: str, rec: dict | None) -> None:
+# ---- the master's cache and event bus -------------------------------------------------------------
+# A switchover in progress pauses PgBouncers on purpose: the safety net must not resume them then.
+def _switchover_marker(name: str, started: float | None) -> None:
     cache = salt.cache.factory(__opts__)
-    if rec is None:
-        cache.flush(RESTORE_BANK, cluster)
+    if started is None:
+        cache.flush("pgcluster/switchover", name)
     else:
-        cache.store(RESTORE_BANK, cluster, rec)
+        cache.store("pgcluster/switchover", name, {"started": started})
 
 
-def _cluster_now(model: dict, c: dict, leader: str | None) -> str:
-    """One sentence on the cluster's state for an error message: who leads, who runs, can it commit."""
-    state = _members_state(model, c)
-    parts = []
-    for m in c["members"]:
-        s = state.get(m)
-        parts.append(f"{m} {s['role']} {s['state']} on timeline {s['timeline']}" if s else f"{m} Patroni stopped")
-    try:  # the durability in force is Patroni's dynamic configuration, not what pillar asks for
-        dcs = requests.get(_api(model, leader) + "/config", timeout=PATIENT_HTTP_TIMEOUT).json() if leader else {}
-    except (requests.RequestException, ValueError):
-        dcs = {}
-    streaming = [m for m, s in state.items() if m != leader and s.get("state") == "streaming"]
-    if not leader:
-        commits = "no leader accepts writes"
-    elif dcs.get("synchronous_mode") and dcs.get("synchronous_mode_strict") and not streaming:
-        commits = f"{leader} confirms no commit until a replica streams (strict synchronous mode)"
-    else:
-        commits = f"{leader} accepts writes"
-    return f"{'; '.join(parts)}; {commits}"
+def _switchover_running(name: str, timeout: float) -> bool:
+    mark = salt.cache.factory(__opts__).fetch("pgcluster/switchover", name)
+    return bool(mark) and time.time() - mark.get("started", 0) < timeout
+
+
+def _fire(tag: str, data: dict, prefix: str = TAG) -> None:
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+        bus.fire_event(dict(data), f"{prefix}/{tag}")  # a copy: fire_event adds its _stamp
+
+
+def _clean_errors(func):
+    """Report a refusal or failure as a message and a non-zero exit code, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CommandExecutionError as exc:
+            __context__["retcode"] = 1
+            return {"error": str(exc), "retcode": 1}  # salt-run exits with this retcode
+
+    return wrapper
+
+
+# ---- runner functions ---------------------------------------------------------------------------
+def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None, timeout: float = 30) -> dict:
+    """Handle a Patroni event from minion SENDER: find the real leader, repoint every PgBouncer.
+
+    The event is ignored (logged, and a ``pgcluster/pgbouncer/rejected`` event fired) unless
+    SENDER is a member of CLUSTER in the model. Fires ``pgcluster/pgbouncer/repointed`` with
+    the timings. Returns what was done.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pgcluster.follow_leader sender=pg1 cluster=main
+    """
+    start = time.monotonic()
+    try:
+        model = _model(sender) if isinstance(sender, str) else {"clusters": {}}
+    except PgclusterError as exc:
+        log.warning("pgcluster: ignored event %r: %s", event_tag, exc)
+        return {"result": False, "comment": str(exc)}
+    c = model["clusters"].get(cluster) if isinstance(cluster, str) else None
+    if not c or sender not in c["members"]:
+        why = f"sender {sender!r} is not a member of cluster {cluster!r}"
+        log.warning("pgcluster: ignored event %r: %s", event_tag, why)
+        _fire("rejected", {"sender": str(sender)[:100], "cluster": str(cluster)[:100], "why": why})
+        return {"result": False, "comment": why}
+    try:
+        leader = _wait_leader(model, c, timeout)
+    except PgclusterError as exc:
+        log.warning("pgcluster: %s: %s", cluster, exc)
+        return {"result": False, "comment": str(exc)}
+    found = time.monotonic()
+    done = _repoint(model, c, leader)
+    result = {
+        "result": not done["failed"],
+        "cluster": cluster,
+        "leader": leader["name"],
+        "timeline": leader["timeline"],
+        "event": event_tag,
+        "sender": sender,
+        "seconds_to_leader": round(found - start, 3),
+        "seconds_to_repoint": done["seconds"],
+        "seconds_total": round(time.monotonic() - start, 3),
+        "changed": done["changed"],
+        "failed": done["failed"],
+    }
+    _fire("repointed", result)
+    return result
+
+
+def reconcile() -> dict:
+    """Safety net (run by the master's schedule): every PgBouncer of every cluster routes to its
+    current leader. Returns {cluster: what was done}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pgcluster.reconcile
+    """
+    try:
+        model = _model()
+    except PgclusterError as exc:
+        log.warning("pgcluster: reconcile: %s", exc)
+        return {"result": False, "comment": str(exc)}
+    out = {}
+    for name, c in model["clusters"].items():
+        leader = _leader(model, c)
+        if not leader:
+            out[name] = {"result": False, "comment": "no leader accepting writes: nothing changed"}
+            continue
+        # A PgBouncer left paused (a switchover runner killed half-way) is resumed here.
+        done = _repoint(model, c, leader, resume_paused=not _switchover_running(name, SWITCHOVER_LIMIT))
+        if done["changed"] or done["resumed"]:
+            log.warning("pgcluster: reconcile repointed %s to %s on %s, resumed %s", name, leader["name"],
+                        done["changed"], done["resumed"])  # fmt: skip
+            _fire("reconciled", {"cluster": name, "leader": leader["name"], **done})
+        out[name] = {"result": not done["failed"], "leader": leader["name"], **done}
+    return out
+
+
+@_clean_errors
+def status(cluster: str) -> dict:
+    """Members as Patroni sees them and where each PgBouncer routes CLUSTER.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pgcluster.status main
+    """
+    model = _model()
+    c = _cluster(model, cluster)
+    leader = _leader(model, c)
+    ret = _on_pgbouncers(c, "pgbouncer.targets", [cluster], kwarg={"spec": _spec(model, c)})
+    address = model["hosts"][leader["name"]] if leader else None
+    return {
+        "leader": leader["name"] if leader else None,
+        "timeline": leader["timeline"] if leader else None,
+        "pgbouncer": {h: (r or {}).get("ret") for h, r in ret.items()},
+        "misrouted": sorted(
+            h for h, r in ret.items() if isinstance(r.get("ret"), dict) and set(r["ret"].values()) != {address}
+        ),
+    }
+
+
+@_clean_errors
+def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) -> dict:
+    """Planned switchover with no client error: PAUSE every PgBouncer, switch over (the patroni
+    execution module on the leader, with its own checks and credentials), wait for the new leader,
+    repoint, RESUME. On any failure every PgBouncer is RESUMEd and the error says what went wrong.
+    Returns the steps with their timings, and how long clients were paused.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pgcluster.switchover main candidate=pg2
+    """
+    model = _model()
+    c = _cluster(model, cluster)
+    if candidate is not None and candidate not in c["members"]:
+        raise PgclusterError(f"unknown candidate {candidate!r} (members of {cluster}: {', '.join(c['members'])})")
+    old = _leader(model, c)
+    if not old:
+        raise PgclusterError(f"cluster {cluster} has no leader accepting writes: nothing done")
+    if candidate == old["name"]:
+        raise PgclusterError(f"{candidate} already leads cluster {cluster}: nothing done")
+    steps: dict[str, Any] = {"from": old["name"]}
+    spec = _spec(model, c)
+    t0 = time.monotonic()
+    _switchover_marker(cluster, time.time())
+    try:
+        ret = _on_pgbouncers(c, "pgbouncer.pause", [cluster], timeout=int(timeout), kwarg={"spec": spec})
+        bad = _failures(ret, c["pgbouncer"])
+        if bad:
+            raise PgclusterError(f"PAUSE failed on {bad}")
+        steps["paused_after"] = round(time.monotonic() - t0, 3)
+        _call(old["name"], "patroni.switchover", wait=timeout, **({"candidate": candidate} if candidate else {}))
+        steps["switched_after"] = round(time.monotonic() - t0, 3)
+        new = _wait_leader(model, c, timeout, not_member=old["name"])
+        steps["to"] = new["name"]
+        steps["timeline"] = new["timeline"]
+        steps["leader_after"] = round(time.monotonic() - t0, 3)
+        done = _repoint(model, c, new)
+        if done["failed"]:
+            raise PgclusterError(f"repoint failed on {done['failed']}")
+        steps["repointed_after"] = round(time.monotonic() - t0, 3)
+    except PgclusterError as exc:
+        steps["error"] = str(exc)
+    finally:
+        ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster], kwarg={"spec": spec})
+        steps["resume_failed"] = _failures(ret, c["pgbouncer"])
+        steps["paused_seconds"] = round(time.monotonic() - t0, 3)
+        _switchover_marker(cluster, None)
+    steps["result"] = "error" not in steps and not steps["resume_failed"]
+    _fire("switchover", steps)
+    if not steps["result"]:
+        raise PgclusterError(f"switchover of {cluster} failed (every PgBouncer resumed): {steps}")
+    return steps
+
+
+# ---- point-in-time restore: the procedure is the pgcluster_restore util; this is its plumbing ------
+class _Master:
+    """What the restore procedure does to the cluster, through Salt and Patroni's REST API."""
+
+    def __init__(self, model: dict):
+        self.model = model
+
+    call = staticmethod(_call)
+
+    def find_leader(self, c: dict, patience: float = 20) -> str | None:
+        """The leader, looked for with patient timeouts for up to PATIENCE seconds (a loaded member
+        may answer slowly; taking it for "no leader" would stop it unarchived)."""
+        deadline = time.monotonic() + patience
+        while True:
+            leader = _leader(self.model, c, timeout=PATIENT_TIMEOUT)
+            if leader or time.monotonic() >= deadline:
+                return leader["name"] if leader else None
+            time.sleep(1)
+
+    def wait_leader(self, c: dict, timeout: float) -> str:
+        return _wait_leader(self.model, c, timeout)["name"]
+
+    def timeline(self, member: str | None) -> int | None:
+        """MEMBER's timeline as its PostgreSQL reports it (GET /cluster reports the leader's from
+        the DCS, which trails a promotion by a loop)."""
+        return (_get(self.model, member, "/patroni") or {}).get("timeline") if member else None
+
+    def members_state(self, c: dict) -> dict[str, dict]:
+        """{member: {role, state, timeline}} from the first member that answers GET /cluster."""
+        for m in c["members"]:
+            view = _get(self.model, m, "/cluster")
+            if isinstance(view, dict):
+                keys = ("role", "state", "timeline")
+                return {x["name"]: {k: x.get(k) for k in keys} for x in view.get("members", [])}
+        return {}
+
+    def dynamic_config(self, c: dict, leader: str) -> dict:
+        return _get(self.model, leader, "/config") or {}
+
+    def wait_streaming(self, leader: str, count: int, timeout: float) -> list[str]:
+        found = _call(leader, "patroni.wait_healthy", count, timeout=timeout, wait=timeout + 60)
+        return sorted(m["name"] for m in found["members"] if m["name"] != found["leader"] and m["state"] == "streaming")
+
+    def pending(self, name: str) -> dict:
+        return _cached(RESTORE_BANK, name)
+
+    def record(self, name: str, rec: dict | None) -> None:
+        cache = salt.cache.factory(__opts__)
+        if rec is None:
+            cache.flush(RESTORE_BANK, name)
+        else:
+            cache.store(RESTORE_BANK, name, rec)
+
+    def fire(self, tag: str, data: dict) -> None:
+        _fire(tag, data, prefix="pgcluster/restore")
+
+    def repoint(self, c: dict, leader: str) -> dict:
+        found = _leader(self.model, c, timeout=PATIENT_TIMEOUT) or {"name": leader, "timeline": None}
+        return _repoint(self.model, c, found)
+
+    @staticmethod
+    def log(message: str) -> None:
+        log.warning("pgcluster: %s", message)
 
 
 @_clean_errors
@@ -505,113 +482,12 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
     c = _cluster(model, cluster)
     if not c.get("backup"):
         raise PgclusterError(f"cluster {cluster} has no backup host: nothing to restore from")
-    when = _restore_target("latest" if target is None else target)
-    wanted = when.isoformat() if when else "latest"
+    when = __utils__["pgcluster_restore.target"]("latest" if target is None else target)
     if confirm is not True:
-        raise PgclusterError(f"restore of cluster {cluster} to {wanted} replaces the data of every member "
-                             f"({', '.join(c['members'])}): nothing done; run again with confirm=True")  # fmt: skip
-    pending = _pending(cluster)
-    if pending.get("leader"):
-        leader = _find_leader(model, c)
-        timeline = _timeline(model, leader)
-        if (leader, timeline) == (pending["leader"], pending["timeline"]):
-            if target is not None and pending["target"] != wanted:
-                raise PgclusterError(
-                    f"an unfinished restore of {cluster} to {pending['target']} is recorded: run "
-                    f"'salt-run pgcluster.restore {cluster} confirm=True' to finish it first"
-                )
-            return _finish_restore(model, c, cluster, pending, time.monotonic(), timeout)
-        log.warning("pgcluster: restore of %s: the unfinished restore recorded (leader %s, timeline %s) no longer "
-                    "matches the cluster (leader %s, timeline %s): restoring anew", cluster, pending["leader"],
-                    pending["timeline"], leader, timeline)  # fmt: skip
-    return _start_restore(model, c, cluster, when, pending, timeout)
-
-
-def _start_restore(model: dict, c: dict, cluster: str, when: datetime.datetime | None, pending: dict,
-                   timeout: float) -> dict:  # fmt: skip
-    """The restore up to a leader of the restored data, then ``_finish_restore``."""
-    scope, repo = c.get("scope", cluster), c["backup"]
-    t0 = time.monotonic()
-    steps: dict[str, Any] = {"cluster": cluster, "target": when.isoformat() if when else "latest"}
-    steps.update(_preflight(model, c, scope, when, pending))
-    steps["preflight_s"] = round(time.monotonic() - t0, 1)
-    primary, leader = steps["primary"], steps["leader_before"]
-    replicas = [m for m in c["members"] if m != primary]
-    pgbr_target = when.strftime("%Y-%m-%d %H:%M:%S.%f+00") if when else "latest"
-    step = "commit a marker transaction on the leader"
-    try:
-        if leader:
-            _call(leader, "patroni.psql", MARKER_SQL)
-        _record(cluster, {"target": steps["target"], "primary": primary})
-        step = "stop Patroni on the replicas"
-        for m in replicas:  # first: none of them may take over, and (strict mode) no commit is confirmed
-            _call(m, "patroni.stop", wait=180)
-        if leader:
-            step = "archive the leader's last WAL"
-            _call(repo, "pgbackrest.check", scope, wait=360)
-        step = f"stop Patroni on {primary}"
-        _call(primary, "patroni.stop", wait=180)
-        steps["stopped_after"] = round(time.monotonic() - t0, 1)
-        step = "erase the cluster's DCS state"
-        _call(primary, "patroni.remove_cluster", scope)
-        step = f"restore {primary}"
-        steps["restored"] = _call(primary, "pgbackrest.restore_primary", scope, target=pgbr_target,
-                                  timeout=timeout, wait=timeout + 120)  # fmt: skip
-        steps["restored_after"] = round(time.monotonic() - t0, 1)
-        step = f"start {primary} as the leader"
-        _call(primary, "service.start", "patroni")
-        steps["leader"] = _wait_leader(model, c, 300)
-    except PgclusterError as exc:
-        _fire("failed", {**steps, "step": step, "error": str(exc)}, prefix="pgcluster/restore")
-        raise PgclusterError(
-            f"restore of {cluster} stopped at '{step}': {exc}. Cluster now: {_cluster_now(model, c, None)}. "
-            f"The replicas keep their data. To finish: salt-run pgcluster.restore {cluster} confirm=True"
-        ) from None
-    rec = {"target": steps["target"], "primary": primary, "leader": steps["leader"],
-           "timeline": _timeline(model, steps["leader"])}  # fmt: skip
-    _record(cluster, rec)
-    return _finish_restore(model, c, cluster, rec, t0, timeout, steps)
-
-
-def _finish_restore(model: dict, c: dict, cluster: str, rec: dict, t0: float, timeout: float,
-                    steps: dict | None = None) -> dict:  # fmt: skip
-    """The steps after a leader of the restored data is up (AFTER_LEADER), each recorded as done,
-    so that a restore run again after a failure starts at the step that failed."""
-    scope, repo, leader = c.get("scope", cluster), c["backup"], rec["leader"]
-    steps = steps if steps is not None else {"cluster": cluster, "target": rec["target"], "resumed": True}
-    steps["leader"] = leader
-    replicas = [m for m in c["members"] if m != leader]
-    step = AFTER_LEADER[0]
-    try:
-        if not rec.get("backup"):
-            new = _call(repo, "pgbackrest.backup", scope, type="full", expire_auto=False, timeout=timeout,
-                        wait=timeout + 120)  # fmt: skip
-            _record(cluster, dict(rec, backup=new["label"]))
-            rec = _pending(cluster) or dict(rec, backup=new["label"])
-        steps["backup"] = rec["backup"]
-        steps["backup_after"] = round(time.monotonic() - t0, 1)
-        step = AFTER_LEADER[1]
-        state = _members_state(model, c)
-        for m in replicas:
-            s = state.get(m) or {}
-            if s.get("state") == "streaming" and s.get("timeline") == rec["timeline"]:
-                continue  # rebuilt by an earlier run of this restore
-            _call(m, "patroni.stop", wait=180)
-            _call(m, "patroni.clear_data_dir")
-            _call(m, "service.start", "patroni")
-        steps["streaming"] = _wait_streaming(leader, len(replicas), timeout)
-        steps["replicas_after"] = round(time.monotonic() - t0, 1)
-        step = AFTER_LEADER[2]
-        _call(repo, "pgbackrest.check", scope, wait=360)
-    except PgclusterError as exc:
-        _fire("failed", {**steps, "step": step, "error": str(exc)}, prefix="pgcluster/restore")
-        raise PgclusterError(
-            f"restore of {cluster} stopped at '{step}': {exc}. Cluster now: {_cluster_now(model, c, leader)}. "
-            f"To finish: salt-run pgcluster.restore {cluster} confirm=True (it resumes at '{step}')"
-        ) from None
-    _record(cluster, None)
-    # The restore is done; a PgBouncer that cannot be repointed now is left to reconcile.
-    steps["repoint"] = _repoint(model, cluster, leader)
-    steps["seconds"] = round(time.monotonic() - t0, 1)
-    _fire("done", steps, prefix="pgcluster/restore")
-    return steps
+        raise PgclusterError(f"restore of cluster {cluster} to {when.isoformat() if when else 'latest'} replaces "
+                             f"the data of every member ({', '.join(c['members'])}): nothing done; run again with "
+                             "confirm=True")  # fmt: skip
+    # The procedure calls back into _Master, whose helpers need the runner's loaders (__utils__):
+    # run the util's own function in the runner's loader context, not in the utils loader's.
+    run = __utils__["pgcluster_restore.run"]
+    return getattr(run, "func", run)(_Master(model), c, target, timeout)

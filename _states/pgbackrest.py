@@ -17,6 +17,8 @@ WAITABLE = {39, 49, 56, 57}
 
 
 def __virtual__():
+    if "pgbackrest.info" not in __salt__:
+        return (False, "pgbackrest states: the pgbackrest execution module is not available (pgbackrest installed?)")
     return __virtualname__
 
 
@@ -76,20 +78,20 @@ def checked(name: str, timeout: float = 300) -> dict:
     return ret
 
 
-def backup_present(name: str, type: str = "full") -> dict:
+def backup_present(name: str, kind: str = "full") -> dict:
     """Stanza NAME has at least one good backup of TYPE (full, diff, incr); takes one if not."""
     ret = _ret(name)
     try:
-        backups = [b for b in __salt__["pgbackrest.info"](name)["backups"] if b["type"] == type and not b["error"]]
+        backups = [b for b in __salt__["pgbackrest.info"](name)["backups"] if b["type"] == kind and not b["error"]]
         if backups:
-            ret["comment"] = f"stanza {name}: {len(backups)} {type} backup(s), newest {backups[-1]['label']}"
+            ret["comment"] = f"stanza {name}: {len(backups)} {kind} backup(s), newest {backups[-1]['label']}"
             return ret
         if __opts__.get("test"):
-            ret.update(result=None, comment=f"a {type} backup of {name} would be taken", changes={"backup": type})
+            ret.update(result=None, comment=f"a {kind} backup of {name} would be taken", changes={"backup": kind})
             return ret
-        new = __salt__["pgbackrest.backup"](name, type=type)
+        new = __salt__["pgbackrest.backup"](name, kind=kind)
     except CommandExecutionError as exc:
         ret.update(result=False, comment=f"stanza {name}: {exc}")
         return ret
-    ret.update(comment=f"stanza {name}: {type} backup {new['label']} taken", changes={"backup": new["label"]})
+    ret.update(comment=f"stanza {name}: {kind} backup {new['label']} taken", changes={"backup": new["label"]})
     return ret

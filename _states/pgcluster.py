@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import time
 
+import salt.utils.files
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgcluster"
 
 
 def __virtual__():
+    missing = [f for f in ("pgcluster.settings",) if f not in __salt__]
+    if missing:
+        return (False, f"pgcluster states: execution modules missing: {', '.join(missing)} (run saltutil.sync_all)")
     return __virtualname__
 
 
@@ -66,7 +70,7 @@ def _leader_only(ret: dict) -> bool:
 def _spec_on_leader(ret: dict, cluster: str, kind: str, name: str) -> dict | None:
     """The pillar settings of NAME (a role or database of CLUSTER) when this node leads, else None
     with RET saying why (not in pillar: a failure; not the leader: nothing to do)."""
-    declared = __pillar__.get("pgcluster", {}).get("clusters", {}).get(cluster, {}).get(kind) or {}
+    declared = (__salt__["pgcluster.settings"]()["clusters"].get(cluster) or {}).get(kind) or {}
     if name not in declared:
         ret.update(result=False, comment=f"pgcluster:clusters:{cluster}:{kind}:{name} is not in pillar")
         return None
@@ -107,7 +111,7 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
     lit, idt = __salt__["pgsql.literal"], __salt__["pgsql.ident"]
     login = bool(spec.get("login", True))
     password = spec.get("password")
-    verifier = __salt__["pgcluster.role_verifier"](cluster, name, password) if password else None
+    verifier = __utils__["pgcluster_model.role_verifier"](cluster, name, password) if password else None
     rows = _query(
         ret, f"SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {lit(name)}", port
     )
@@ -154,51 +158,46 @@ def database_present(name: str, cluster: str, port: int = 5432) -> dict:
                    f"REVOKE ALL ON DATABASE {idt(name)} FROM PUBLIC"], port)  # fmt: skip
 
 
-def _leader_address(cluster: str, timeout: float) -> str | None:
-    """Address of CLUSTER's leader, asked of each member's Patroni in turn until TIMEOUT."""
-    model = __pillar__.get("pgcluster", {})
-    c = model.get("clusters", {}).get(cluster, {})
-    port = (model.get("patroni") or {}).get("restapi_port", 8008)
-    deadline = time.monotonic() + timeout
-    while True:
-        for member in c.get("members", []):
-            url = f"http://{model['hosts'][member]}:{port}"
-            try:
-                leader = __salt__["patroni.leader"](url=url)
-            except CommandExecutionError:
-                continue
-            if leader:
-                return model["hosts"][leader]
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(2)
-
-
 def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     """Ensure this PgBouncer's routing file for cluster NAME points at the current leader.
 
-    The leader is read from Patroni; waits up to TIMEOUT seconds for the cluster to have one
-    (on a first deployment the database servers bootstrap at the same time).
+    The leader is read from Patroni (the formula's one leader finder); waits up to TIMEOUT
+    seconds for the cluster to have one (on a first deployment the database servers bootstrap
+    at the same time).
     """
     ret = _ret(name)
-    leader = _leader_address(name, 5 if __opts__.get("test") else timeout)
-    if leader is None:
-        ret.update(result=False, comment=f"cluster {name} has no leader after {timeout:.0f} s")
+    spec = __salt__["pgcluster.settings"]()["node"]["routing"].get(name)
+    if spec is None:
+        ret.update(result=False, comment=f"this host serves no cluster {name!r} in pgcluster:clusters")
         return ret
-    c = __pillar__["pgcluster"]["clusters"][name]
-    text = __salt__["pgbouncer.routing_text"](name, leader, int(c.get("port", 5432)), list(c.get("databases") or {}))
+    apis = {m: v["api"] for m, v in spec["members"].items()}
+    deadline = time.monotonic() + (5 if __opts__.get("test") else timeout)
+    while True:
+        leader = __utils__["pgcluster_routing.find_leader"](apis, cafile=spec.get("cafile"))
+        if leader or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    if leader is None:
+        ret.update(result=False, comment=f"cluster {name} has no leader accepting writes after {timeout:.0f} s")
+        return ret
+    address = spec["members"][leader["name"]]["address"]
+    text = __utils__["pgcluster_routing.routing_text"](spec, address, leader["timeline"])
     try:
-        with open(__salt__["pgbouncer.routing_path"](name)) as f:
+        with salt.utils.files.fopen(spec["path"]) as f:
             current = f.read()
     except FileNotFoundError:
         current = None
+    ret["comment"] = f"routes {name} to the leader {leader['name']} ({address}, timeline {leader['timeline']})"
     if current == text:
-        ret["comment"] = f"routes {name} to the leader {leader}"
         return ret
-    ret["changes"] = {"leader": leader}
+    # A routing file from a newer timeline was written by a repoint after this state looked.
+    routed = __utils__["pgcluster_routing.routed_timeline"](spec)
+    if routed is not None and leader["timeline"] is not None and routed > leader["timeline"]:
+        ret["comment"] = f"routing of {name} is newer (timeline {routed}) than the leader seen: left alone"
+        return ret
+    ret["changes"] = {"leader": address}
     if __opts__.get("test"):
-        ret.update(result=None, comment=f"would route {name} to the leader {leader}")
+        ret.update(result=None, comment=f"would route {name} to the leader {leader['name']} ({address})")
         return ret
-    __salt__["pgbouncer.write_routing"](name, leader)
-    ret["comment"] = f"routes {name} to the leader {leader}"
+    __utils__["pgcluster_routing.write_routing"](spec, text)
     return ret

@@ -6,3 +6,6 @@ base:
     - pgcluster.lab
     - pgcluster.lab_tls
     - pgcluster.minions
+    # A lab run's own overrides (e.g. non-default ports), on the master's disk only.
+    - pgcluster.local
+    - ignore_missing: True

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
 import json
+import socket
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -14,13 +18,27 @@ FIXTURES = REPO / "test" / "fixtures"
 
 
 def load_module(kind: str, name: str, **dunders: object) -> ModuleType:
-    """Import REPO/_KIND/NAME.py as a fresh module with Salt's dunders set (unit tests)."""
+    """Import REPO/_KIND/NAME.py as a fresh module with Salt's dunders set (unit tests); modules
+    other than utils get ``__utils__`` as Salt's loader builds it (every custom util)."""
     spec = importlib.util.spec_from_file_location(f"pgc_{kind}_{name}", REPO / f"_{kind}" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for key in ("__salt__", "__opts__", "__pillar__", "__grains__"):
+    for key in ("__salt__", "__opts__", "__pillar__", "__grains__", "__context__"):
         setattr(mod, key, dunders.get(key.strip("_"), {}))
+    if kind != "utils":
+        mod.__utils__ = dunders.get("utils", utils())
     return mod
+
+
+def utils() -> dict:
+    """The project's custom utils as Salt's ``__utils__`` maps them: {"<virtualname>.<function>": function}."""
+    out = {}
+    for path in sorted((REPO / "_utils").glob("*.py")):
+        mod = load_module("utils", path.stem)
+        for attr, value in vars(mod).items():
+            if callable(value) and not attr.startswith("_") and getattr(value, "__module__", None) == mod.__name__:
+                out[f"{mod.__virtualname__}.{attr}"] = value
+    return out
 
 
 def recorded(name: str) -> requests.Response:
@@ -32,3 +50,63 @@ def recorded(name: str) -> requests.Response:
     resp.url = "http://198.18.0.11:8008" + rec["path"]
     resp.request = requests.Request(rec["method"], resp.url).prepare()
     return resp
+
+
+class _Replay(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, str] = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        name = self.routes.get(self.path.split("?")[0])
+        if name is None:
+            self.send_error(404)
+            return
+        rec = json.loads((FIXTURES / "patroni" / f"{name}.json").read_text())
+        body = rec["body"]
+        for member, url in self.server.urls.items():  # the recorded lab addresses -> these servers
+            body = body.replace(f"http://{LAB_ADDRESSES[member]}:8008", url)
+        self.send_response(rec["status"])
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+LAB_ADDRESSES = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
+
+
+@contextlib.contextmanager
+def patroni_replay(members: dict[str, dict[str, str] | None]):
+    """A local HTTP server per member answering GET PATH with the response recorded from the lab's
+    real Patroni, {member: {path: fixture}}; a member given None does not answer (refused). The
+    members listen on 127.0.0.11, .12, ... (loopback only), all on one port, as Patroni's REST API
+    does on the lab's hosts. Yields {member: base URL}; recorded api_urls point at these servers.
+    ``patroni_replay.hosts``/``.port`` give the addresses and port for a model."""
+    servers, urls, hosts = [], {}, {}
+    port = 0
+    for i, (member, routes) in enumerate(members.items()):
+        address = f"127.0.0.{11 + i}"
+        hosts[member] = address
+        if routes is None:
+            continue
+        handler = type(f"Replay_{member}", (_Replay,), {"routes": routes})
+        srv = http.server.ThreadingHTTPServer((address, port), handler)
+        port = srv.server_address[1]
+        servers.append(srv)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    if not servers:  # nobody answers: any port will do
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    for member, address in hosts.items():
+        urls[member] = f"http://{address}:{port}"
+    for srv in servers:
+        srv.urls = urls
+    patroni_replay.hosts, patroni_replay.port = hosts, port
+    try:
+        yield urls
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()

@@ -1,20 +1,22 @@
 {#- Entry state: includes each component this minion's roles call for. #}
-{%- from "pgcluster/map.jinja" import pgcluster with context %}
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import pgcluster with context %}
 {%- set node = pgcluster.node %}
 {%- set components = [] %}
 {%- set backed_up = node.member and pgcluster.clusters[node.member].get("backup") %}
-{%- if node.etcd or node.member or node.backup %}{% do components.append("pgcluster.firewall") %}{% endif %}
+{%- if node.etcd or node.member or node.backup %}{% do components.append("firewall") %}{% endif %}
 {%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
 {%- if node.member %}{% do components.append("postgresql") %}{% endif %}
 {#- pgBackRest before Patroni: a new replica is restored from the repository when it can be. #}
 {%- if backed_up or node.backup %}{% do components.append("pgbackrest") %}{% endif %}
 {%- if node.member %}{% do components.append("patroni") %}{% endif %}
 {%- if node.pgbouncer %}{% do components.append("pgbouncer") %}{% endif %}
-{%- if node.pgbouncer and not node.member %}{% do components.append("pgclient") %}{% endif %}
+{#- Application hosts: PgBouncer hosts that are no database server. #}
+{%- if node.pgbouncer and not node.member %}{% do components.append("client") %}{% endif %}
 {%- if components %}
 include:
 {%- for c in components %}
-  - {{ c }}
+  - {{ tplroot }}.{{ c }}
 {%- endfor %}
 {%- else %}
 pgcluster-no-role-on-this-minion:

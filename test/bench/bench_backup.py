@@ -69,9 +69,9 @@ def untar() -> float:
                         f"tar -xf {bb}/pg_wal.tar -C {to}/pg_wal && sync -f {to}'")  # fmt: skip
 
 
-def pgbackrest_backup(type: str) -> tuple[float, dict]:
+def pgbackrest_backup(kind: str) -> tuple[float, dict]:
     """pgBackRest itself on the backup host (no Salt start-up in the figure); returns the new backup."""
-    seconds = timed("backup", f"cd / && runuser -u pgbackrest -- pgbackrest --stanza=main --type={type} "
+    seconds = timed("backup", f"cd / && runuser -u pgbackrest -- pgbackrest --stanza=main --type={kind} "
                               "--log-level-console=warn backup")  # fmt: skip
     return seconds, salt_json("backup", "pgbackrest.info", "main")["backup"]["backups"][-1]
 

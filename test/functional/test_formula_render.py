@@ -17,9 +17,13 @@ from pgctest import REPO
 
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
 LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+LAB_TLS = yaml.safe_load((REPO / "pillar/pgcluster/lab_tls.yaml").read_text())
 SECRETS = [
     *LAB_PILLAR["clusters"]["main"]["passwords"].values(),
     LAB_PILLAR["clusters"]["main"]["roles"]["app"]["password"],
+    LAB_PILLAR["clusters"]["main"]["pgbackrest"]["cipher_pass"],
+    # Every private key: its base64 body (PEM line breaks differ once rendered to JSON).
+    *(h["key"].split("-----")[2].split()[0] for h in LAB_TLS["hosts"].values()),
 ]
 
 
@@ -28,7 +32,7 @@ def confdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("salt")
     ext = d / "ext"
     ext.mkdir()
-    for sub in ("_modules", "_states"):
+    for sub in ("_modules", "_states", "_utils"):
         (ext / sub).symlink_to(REPO / sub)
     (d / "minion").write_text(
         yaml.safe_dump(
@@ -57,8 +61,8 @@ def salt_call(confdir: Path, minion: str, *args: str) -> subprocess.CompletedPro
     )
 
 
-def states_of(confdir: Path, minion: str) -> dict:
-    res = salt_call(confdir, minion, "state.show_sls", "pgcluster")
+def states_of(confdir: Path, minion: str, sls: str = "pgcluster", *extra: str) -> dict:
+    res = salt_call(confdir, minion, "state.show_sls", sls, *extra)
     assert res.returncode == 0, res.stdout + res.stderr
     return json.loads(res.stdout)["local"]
 
@@ -74,8 +78,9 @@ def test_host_without_a_role_gets_nothing_to_do(confdir):
     assert set(states_of(confdir, "salt")) == {"pgcluster-no-role-on-this-minion"}
 
 
-def test_no_secret_is_rendered_into_state_data(confdir):
-    rendered = json.dumps(states_of(confdir, "pg1"))
+@pytest.mark.parametrize("minion", ["pg1", "backup", "app1"])
+def test_no_secret_is_rendered_into_state_data(confdir, minion):
+    rendered = json.dumps(states_of(confdir, minion))
     assert not [s for s in SECRETS if s in rendered]
 
 
@@ -101,3 +106,41 @@ def test_bad_pillar_stops_the_render_naming_the_key(confdir, override, message):
     assert res.returncode != 0
     assert message in res.stdout
     assert "invalid pgcluster pillar" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "minion, removed",
+    [
+        ("pg1", {"patroni-clean-services-dead", "postgresql-clean-packages-removed", "etcd-clean-packages-removed",
+                 "pgbackrest-clean-package-removed", "pgbouncer-clean-package-removed",
+                 "pgcluster-firewall-clean-service-dead"}),
+        ("app1", {"pgclient-clean-files-absent", "pgclient-clean-os-account-app-absent",
+                  "pgbouncer-clean-files-absent"}),
+        ("backup", {"pgbackrest-clean-services-dead", "pgcluster-firewall-clean-files-absent"}),
+    ],
+)  # fmt: skip
+def test_clean_removes_what_each_role_installed_and_keeps_data_by_default(confdir, minion, removed):
+    ids = set(states_of(confdir, minion, "pgcluster.clean"))
+    assert removed <= ids
+    assert not {i for i in ids if "data" in i or "repository" in i}
+    rendered = json.dumps(states_of(confdir, minion, "pgcluster.clean"))
+    assert "/var/lib/pgbackrest" not in rendered and "patroni-main" not in rendered
+
+
+def test_clean_removes_data_only_when_pillar_says_so(confdir):
+    pillar = json.dumps({"pgcluster": {"clean": {"data": True}}})
+    pg1 = states_of(confdir, "pg1", "pgcluster.clean", f"pillar={pillar}")
+    assert {"postgresql-clean-data-absent", "etcd-clean-data-absent"} <= set(pg1)
+    assert "/var/lib/postgresql/15/patroni-main" in json.dumps(pg1["postgresql-clean-data-absent"])
+    backup = states_of(confdir, "backup", "pgcluster.clean", f"pillar={pillar}")
+    assert "/var/lib/pgbackrest" in json.dumps(backup["pgbackrest-clean-files-absent"])
+
+
+@pytest.mark.parametrize("minion", ["pg1", "backup", "app1"])
+def test_every_file_template_renders(confdir, minion):
+    # test=True renders every file.managed template (its diff is computed) and changes nothing.
+    res = salt_call(confdir, minion, "state.apply", "pgcluster", "test=True")
+    states = json.loads(res.stdout)["local"]
+    broken = {s["__id__"]: s["comment"][:300] for s in states.values()
+              if "Unable to manage file" in str(s.get("comment")) or "Jinja" in str(s.get("comment"))}  # fmt: skip
+    assert broken == {}

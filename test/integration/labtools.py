@@ -42,6 +42,8 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, interval: flo
 
 # ---- the cluster ---------------------------------------------------------------------------
 MEMBERS = ("pg1", "pg2", "pg3")
+ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
+PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
 APP_PASSWORD = "lab-app-pw-5e6b"  # the lab pillar's role 'app' (pillar/pgcluster/lab.sls)
 
 
@@ -68,11 +70,14 @@ def changed_states(ret: dict) -> dict[str, list[str]]:
     return {m: [s["__id__"] for s in states.values() if s.get("changes")] for m, states in ret.items()}
 
 
+# PostgreSQL's port in the lab's pillar (test_07_ports deploys with another one).
+PG_PORT = {"port": 5432}
+
+
 def psql(host: str, sql: str, db: str = "app", check: bool = True) -> subprocess.CompletedProcess:
     """Run SQL as the postgres OS user on HOST's local socket."""
-    return sh(
-        host, f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db} -c {shlex.quote(sql)}", check
-    )
+    cmd = f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -p {PG_PORT['port']} -d {db}"
+    return sh(host, f"{cmd} -c {shlex.quote(sql)}", check)
 
 
 def cluster(via: str | None = None) -> dict:
@@ -134,3 +139,30 @@ def ensure_probe_table() -> None:
     psql(leader(), "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text, at timestamptz DEFAULT now());"
                    "GRANT INSERT, SELECT ON failover_probe TO app;"
                    "GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")  # fmt: skip
+
+
+# ---- PgBouncer ---------------------------------------------------------------------------------
+def routes() -> dict[str, str | None]:
+    """{pgbouncer host: address it routes database app to} (None when it does not answer)."""
+    ret = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.targets", "main", check=False)
+    return {h: (ret.get(h) or {}).get("app") if isinstance(ret.get(h), dict) else None for h in PGBOUNCERS}
+
+
+def all_route_to(member: str, down: tuple[str, ...] = ()) -> bool:
+    """True when every PgBouncer (but those on hosts DOWN) routes to MEMBER."""
+    return {a for h, a in routes().items() if h not in down} == {ADDRESS[member]}
+
+
+def runner_switchover_under_pgbench(seconds: int = 30, settle: float = 8) -> tuple[subprocess.CompletedProcess, str]:
+    """salt-run pgcluster.switchover while pgbench writes through app1's PgBouncer for SECONDS;
+    returns (the runner's process, pgbench's output); fails when pgbench itself fails."""
+    sh("app1", "pgbench -i -s 1 -q service=app </dev/null")
+    bench = subprocess.Popen(
+        [str(LAB), "exec", "app1", "--", "bash", "-c", f"pgbench -n -T {seconds} -c 4 -j 2 service=app </dev/null"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(settle)
+    res = lab("run", "pgcluster.switchover", "main", "--out=json", check=False)
+    out, _ = bench.communicate(timeout=seconds + 90)
+    assert bench.returncode == 0, out
+    return res, out

@@ -80,7 +80,7 @@ def test_after_a_switchover_archiving_continues_and_a_new_backup_succeeds(deploy
     assert new != old
     assert salt_json("backup", "pgbackrest.check", "main")["backup"] is True
     before = {b["label"] for b in info()["backups"]}
-    new_backup = salt_json("backup", "pgbackrest.backup", "main", "type=incr", "-t", "600")["backup"]
+    new_backup = salt_json("backup", "pgbackrest.backup", "main", "kind=incr", "-t", "600")["backup"]
     assert new_backup["type"] == "incr" and new_backup["label"] not in before and not new_backup["error"]
 
 
@@ -113,6 +113,6 @@ def test_with_one_database_server_down_check_and_the_scheduled_backup_work(deplo
 
 
 def test_pgbackrest_errors_are_one_clear_message(deployed):
-    res = lab("salt", "backup", "pgbackrest.backup", "main", "type=weekly", "--out=json", check=False)
+    res = lab("salt", "backup", "pgbackrest.backup", "main", "kind=weekly", "--out=json", check=False)
     assert res.returncode != 0
-    assert "backup type 'weekly': must be full, diff or incr" in res.stdout
+    assert "backup kind 'weekly': must be full, diff or incr" in res.stdout

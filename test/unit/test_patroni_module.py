@@ -7,7 +7,7 @@ import re
 
 import pytest
 import requests
-from pgctest import load_module, recorded
+from pgctest import load_module, patroni_replay, recorded
 
 API = "http://198.18.0.11:8008"
 
@@ -55,9 +55,19 @@ def test_cluster_is_normalized(patroni):
     assert by_name["pg3"]["api_url"] == "http://198.18.0.13:8008/patroni"
 
 
-def test_leader_and_is_leader(patroni):
-    patroni.use({("GET", "/cluster"): "cluster", ("GET", "/primary"): "primary_on_leader"})
-    assert patroni.leader(**patroni.conn) == "pg2"
+def test_leader_is_found_through_every_member_this_node_knows():
+    mod = load_module("modules", "patroni")  # real HTTP, to servers replaying the lab's answers
+    leader = {"/cluster": "cluster", "/primary": "primary_on_leader"}
+    replica = {"/cluster": "cluster", "/primary": "primary_on_replica"}
+    with patroni_replay({"pg1": replica, "pg2": leader, "pg3": replica}) as urls:
+        assert mod.leader(url=urls["pg1"]) == "pg2"
+    promoting = {"/cluster": "cluster", "/primary": "primary_while_promoting"}
+    with patroni_replay({"pg1": replica, "pg2": promoting, "pg3": replica}) as urls:
+        assert mod.leader(url=urls["pg3"]) is None
+
+
+def test_is_leader(patroni):
+    patroni.use({("GET", "/primary"): "primary_on_leader"})
     assert patroni.is_leader(**patroni.conn) is True
     patroni.use({("GET", "/primary"): "primary_on_replica"})
     assert patroni.is_leader(**patroni.conn) is False

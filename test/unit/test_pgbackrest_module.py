@@ -84,7 +84,7 @@ def test_no_primary_found_says_why_for_each_server(pgbr, monkeypatch):
     monkeypatch.setattr(pgbr, "reachable_options", lambda stanza: [])
     pgbr.results.append({"retcode": 56, "stdout": BACKUP_NO_PRIMARY, "stderr": ""})
     with pytest.raises(pgbr.PgBackRestError) as exc:
-        pgbr.backup("main", type="full")
+        pgbr.backup("main", kind="full")
     msg = str(exc.value)
     assert msg.startswith("pgbackrest backup: [056] unable to find primary cluster - cannot proceed (pg1 unusable: ")
     assert "failed: FATAL:  the database system is starting up; pg2 unusable: ..." in msg
@@ -92,8 +92,8 @@ def test_no_primary_found_says_why_for_each_server(pgbr, monkeypatch):
 
 
 def test_a_bad_backup_type_runs_nothing(pgbr):
-    with pytest.raises(pgbr.PgBackRestError, match="backup type 'weekly': must be full, diff or incr"):
-        pgbr.backup("main", type="weekly")
+    with pytest.raises(pgbr.PgBackRestError, match="backup kind 'weekly': must be full, diff or incr"):
+        pgbr.backup("main", kind="weekly")
     assert pgbr.ran == []
 
 

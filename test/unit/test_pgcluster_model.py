@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pgctest import FIXTURES, REPO, load_module
 
-pgc = load_module("modules", "pgcluster")
+pgc = load_module("utils", "pgcluster_model")
 DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())
 OSMAP = yaml.safe_load((REPO / "salt/pgcluster/osfamilymap.yaml").read_text())
 LAB = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]

@@ -13,7 +13,8 @@ PILLAR = {"pgcluster": {"clusters": {"main": {
 
 @pytest.fixture
 def state():
-    pgc = load_module("modules", "pgcluster")
+    pgc = load_module("utils", "pgcluster_model")
+    pgsql = load_module("modules", "pgsql")  # the real quoting
     sent: list[str] = []
     db: dict = {"roles": {}, "leader": True}
 
@@ -28,9 +29,9 @@ def state():
     salt = {
         "patroni.is_leader": lambda: db["leader"],
         "pgsql.query": query,
-        "pgsql.literal": lambda v: "'" + v.replace("'", "''") + "'",
-        "pgsql.ident": lambda v: '"' + v + '"',
-        "pgcluster.role_verifier": pgc.role_verifier,
+        "pgsql.literal": pgsql.literal,
+        "pgsql.ident": pgsql.ident,
+        "pgcluster.settings": lambda: PILLAR["pgcluster"],
     }
     mod = load_module("states", "pgcluster", salt=salt, pillar=PILLAR, opts={"test": False})
     mod.sent, mod.db, mod.pgc = sent, db, pgc

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import base, saltcfg
+from . import base, kitchen, saltcfg
 from .host import HOSTS_DIR, STATE_DIR, HostError, LabHost
 from .topology import Topology, TopologyError, load
 
@@ -88,6 +88,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if topo.path != TOPOLOGY_LINK:
         shutil.copyfile(topo.path, TOPOLOGY_LINK)
     hosts = _hosts(topo)
+    # A lab booted from another checkout would serve that checkout's code to every minion.
+    for h in hosts:
+        other = h.bound_repo()
+        if other is not None and Path(other) != REPO:
+            raise LabError(f"a lab booted from another checkout ({other}) is up: run 'lab down' first")
     for h in hosts:
         h.provision()
     saltcfg.configure(hosts)
@@ -215,6 +220,36 @@ def cmd_highstate(args: argparse.Namespace) -> int:
     return 0 if ok and not missing else 1
 
 
+def cmd_kitchen(args: argparse.Namespace) -> int:
+    """kitchen.yml's suites on fresh hosts (see pglab.kitchen); the lab must be down."""
+    _require_root()
+    suites = kitchen.load(REPO / "kitchen.yml")
+    chosen = kitchen.groups(suites, args.suite)
+    if TOPOLOGY_LINK.exists():
+        raise LabError("kitchen converges fresh hosts: run 'lab down' first")
+    topo = load(None)
+    base.prepare()
+    ok = True
+    for group in chosen:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(topo.path, TOPOLOGY_LINK)
+        _bridge_up(topo)
+        try:
+            ok = kitchen.run_group(topo, group, lambda host: LabHost(topo, host, REPO), REPO) and ok
+        finally:
+            if not args.keep:
+                cmd_down(args)
+        if args.keep:
+            break
+    for group in chosen:
+        for s in group:
+            r = s.results
+            idem = r.get("idempotence") or {"changed": ["not run"]}
+            verdict = "passed" if r.get("verify", {}).get("passed") and not idem["changed"] else "FAILED"
+            base.say(f"kitchen {s.name:15} {verdict}")
+    return 0 if ok else 1
+
+
 def _fault(verb: str):
     def run(args: argparse.Namespace) -> int:
         _require_root()
@@ -253,6 +288,10 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(verb, help=f"{verb} on the master")
         sp.add_argument("argv", nargs=argparse.REMAINDER)
         sp.set_defaults(func=func)
+    kp = sub.add_parser("kitchen", help="run kitchen.yml's suites (or one suite or group) on fresh hosts")
+    kp.add_argument("suite", nargs="?", help="a suite (member) or a group (cluster: every cluster-* suite)")
+    kp.add_argument("--keep", action="store_true", help="leave the first group's hosts up afterwards")
+    kp.set_defaults(func=cmd_kitchen)
     for verb in ("crash", "boot", "stop", "isolate", "heal"):
         sp = sub.add_parser(verb, help=f"fault: {verb} a host")
         sp.add_argument("host")
@@ -264,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (LabError, HostError, TopologyError) as exc:
+    except (LabError, HostError, TopologyError, kitchen.KitchenError) as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except subprocess.CalledProcessError as exc:

@@ -139,6 +139,16 @@ class LabHost:
             return None
         return int(children[0]) if children else None
 
+    def bound_repo(self) -> str | None:
+        """The checkout this running host has at /srv/pgcluster (from its nspawn command line)."""
+        pid = self.nspawn_pid()
+        if pid is None:
+            return None
+        for arg in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0"):
+            if arg.startswith("--bind-ro=") and arg.endswith(":/srv/pgcluster"):
+                return arg.removeprefix("--bind-ro=").rsplit(":", 1)[0]
+        return None
+
     def running(self) -> bool:
         return self.init_pid() is not None
 
@@ -147,8 +157,9 @@ class LabHost:
             return "isolated" if self.isolated_flag.exists() else "running"
         return "crashed" if self.crashed_flag.exists() else "stopped"
 
-    def boot(self) -> None:
-        """Boot the container from its disk; returns once its systemd runs."""
+    def boot(self, extra_binds: list[str] | None = None) -> None:
+        """Boot the container from its disk; returns once its systemd runs. EXTRA_BINDS: more
+        read-only bind mounts (SRC:DEST), e.g. the repository for a masterless kitchen host."""
         if self.running():
             return
         self.provision()
@@ -164,6 +175,7 @@ class LabHost:
         ]  # fmt: skip
         if self.host.master:
             cmd.append(f"--bind-ro={self.repo}:/srv/pgcluster")
+        cmd += [f"--bind-ro={b}" for b in extra_binds or []]
         with open(self.console, "ab") as log:
             # A new session: the container outlives this command; the machine's init reaps it.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)

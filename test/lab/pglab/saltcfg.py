@@ -33,26 +33,20 @@ LimitNOFILE=16384
 WantedBy=multi-user.target
 """
 
-MASTER_CONF = f"""# Written by the pgcluster lab. The repository is bind-mounted read-only at {REPO_IN_MASTER}.
+MASTER_CONF = f"""# Written by the pgcluster lab. The repository is bind-mounted read-only at {REPO_IN_MASTER};
+# its conf/master.d/pgcluster.conf holds every setting pgcluster needs (file_roots, module_dirs,
+# reactor, schedule); these are the lab's own.
 interface: 0.0.0.0
-file_roots:
-  base:
-    - {REPO_IN_MASTER}/salt
-    # Custom modules are served from here only (symlinks into the repository),
-    # so that pillar files are never reachable through salt://.
-    - /srv/pgcluster-ext
 pillar_roots:
   base:
     - {REPO_IN_MASTER}/pillar
-# Master-side loaders (runners, orchestrate) read _runners/, _modules/, _states/ live.
-module_dirs:
-  - {REPO_IN_MASTER}
+    # Overrides of a lab run (pgcluster/local.sls), written by tests onto the master's disk.
+    - /srv/lab-pillar
 fileserver_list_cache_time: 0
 file_recv: False
 auto_accept: False
 open_mode: False
 log_level_logfile: info
-# Project master settings (reactor, ...) live in the repository.
 include:
   - {REPO_IN_MASTER}/conf/master.d/*.conf
 """
@@ -107,7 +101,7 @@ def configure(hosts: list[LabHost]) -> None:
         master.write("/etc/salt/pki/master/master.pub", master_pub)
         for h in hosts:
             master.write(f"/etc/salt/pki/master/minions/{h.host.name}", (KEYS_DIR / f"{h.host.name}.pub").read_text())
-        for sub in ("_modules", "_states", "_runners"):
+        for sub in ("_modules", "_states", "_utils", "_runners"):
             master.link(f"/srv/pgcluster-ext/{sub}", f"{REPO_IN_MASTER}/{sub}")
         master.write("/etc/systemd/system/salt-master.service", UNIT.format(role="master", venv=VENV))
         master.link("/etc/systemd/system/multi-user.target.wants/salt-master.service", "../salt-master.service")

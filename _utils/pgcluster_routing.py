@@ -1,0 +1,148 @@
+"""Where a cluster's writes go: find Patroni's leader, and write PgBouncer's routing file.
+
+The one leader finder of pgcluster, used by the runners, the execution and state modules (Salt
+loads this file as a custom util: ``__utils__["pgcluster_routing.find_leader"]``) and by the
+PgBouncer start-up hook, which imports the same file on hosts where only the standard library
+is at hand. Standard library only, on purpose.
+
+A leader is the member that Patroni names as leader (GET /cluster, asked of every member at
+once) *and* whose PostgreSQL has left recovery: Patroni answers 200 on GET /primary as soon as
+it holds the leader lock, while PostgreSQL may still be promoting; the body's ``role`` comes
+from ``pg_is_in_recovery()`` on the node itself.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import ssl
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Any
+
+__virtualname__ = "pgcluster_routing"
+PRIMARY_ROLES = ("primary", "master")  # Patroni 4.x, 3.x
+LEADER_ROLES = ("leader", "standby_leader")
+# The routing file's format (one per cluster, included by pgbouncer.ini).
+HEADER = (
+    "; Managed by Salt (pgcluster): routing of cluster {cluster}; leader {leader}; timeline {timeline}.\n[databases]\n"
+)
+LINE = "{name} = host={host} port={port} dbname={db}\n"
+NOWHERE = ("127.0.0.1", 1)  # no leader: clients get an error, never a write on a former leader
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _context(cafile: str | None, certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    if not cafile and not certfile:
+        return None
+    ctx = ssl.create_default_context(cafile=cafile)
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def get_json(url: str, timeout: float, context: ssl.SSLContext | None = None) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON body or None) of GET URL; status 0 when there is no answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:  # 503 and friends still carry Patroni's JSON
+        status, raw = exc.code, exc.read()
+    except (OSError, ValueError):
+        return 0, None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def accepts_writes(status: int, body: Any) -> bool:
+    """True when a GET /primary answer says: Patroni leads and PostgreSQL is out of recovery."""
+    return status == 200 and isinstance(body, dict) and body.get("role") in PRIMARY_ROLES
+
+
+def find_leader(
+    apis: dict[str, str],
+    timeout: float = 2.0,
+    cafile: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> dict | None:
+    """The leader among APIS ({member: REST API base URL}) that accepts writes, or None.
+
+    Every member is asked GET /cluster at once (a crashed member costs no more than TIMEOUT); each
+    member named leader is asked GET /primary; exactly one must accept writes. Returns
+    ``{"name", "api", "timeline"}`` (the timeline from the leader's own PostgreSQL).
+    """
+    ctx = _context(cafile, certfile, keyfile)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(apis), 1)) as pool:
+        views = list(pool.map(lambda api: get_json(f"{api}/cluster", timeout, ctx)[1], apis.values()))
+        named = {
+            m.get("name")
+            for view in views
+            if isinstance(view, dict)
+            for m in view.get("members") or []
+            if m.get("role") in LEADER_ROLES and m.get("name") in apis
+        }
+        names = sorted(named)
+        answers = list(pool.map(lambda n: get_json(f"{apis[n]}/primary", timeout, ctx), names))
+    leaders = [(n, body) for n, (status, body) in zip(names, answers, strict=True) if accepts_writes(status, body)]
+    if len(leaders) != 1:
+        return None
+    name, body = leaders[0]
+    return {"name": name, "api": apis[name], "timeline": body.get("timeline")}
+
+
+def routing_text(spec: dict, leader: str | None, timeline: int | None = None, replicas: list[str] | None = None) -> str:
+    """The routing file of SPEC's cluster: every database to LEADER (an address; None: nowhere),
+    ``<db>_ro`` to REPLICAS when given."""
+    host, port = (leader, spec["port"]) if leader else NOWHERE
+    text = HEADER.format(cluster=spec["cluster"], leader=leader or "none", timeline=timeline or "unknown")
+    for db in spec["databases"]:
+        text += LINE.format(name=db, db=db, host=host, port=port)
+        if replicas and leader:
+            text += LINE.format(name=f"{db}_ro", db=db, host=",".join(replicas), port=port)
+    return text
+
+
+def write_routing(spec: dict, text: str) -> bool:
+    """Write TEXT to SPEC's routing file atomically (0644: no secret in it). True when it changed."""
+    path = spec["path"]
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".routing-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return True
+
+
+def routed_timeline(spec: dict) -> int | None:
+    """The timeline SPEC's routing file was written for, from its header (None: unknown, no file)."""
+    try:
+        with open(spec["path"]) as f:
+            first = f.readline()
+    except OSError:
+        return None
+    m = re.search(r"; timeline (\d+)\.$", first.strip())
+    return int(m.group(1)) if m else None
+
+
+def route_to_leader(spec: dict, timeout: float = 2.0) -> str | None:
+    """Route SPEC's cluster to the leader Patroni reports now (nowhere without one); returns its address."""
+    apis = {m: v["api"] for m, v in spec["members"].items()}
+    leader = find_leader(apis, timeout=timeout, cafile=spec.get("cafile"))
+    address = spec["members"][leader["name"]]["address"] if leader else None
+    write_routing(spec, routing_text(spec, address, leader["timeline"] if leader else None))
+    return address

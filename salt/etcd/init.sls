@@ -1,4 +1,0 @@
-include:
-  - etcd.install
-  - etcd.config
-  - etcd.service

@@ -1,6 +1,0 @@
-include:
-  - patroni.install
-  - patroni.events
-  - patroni.config
-  - patroni.service
-  - patroni.databases

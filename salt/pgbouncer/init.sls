@@ -1,4 +1,0 @@
-include:
-  - pgbouncer.install
-  - pgbouncer.config
-  - pgbouncer.service

@@ -1,0 +1,3 @@
+{%- set tplroot = tpldir.split("/")[0] %}
+include:
+  - {{ tplroot }}.client.config

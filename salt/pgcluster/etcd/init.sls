@@ -1,0 +1,5 @@
+{%- set tplroot = tpldir.split("/")[0] %}
+include:
+  - {{ tplroot }}.etcd.install
+  - {{ tplroot }}.etcd.config
+  - {{ tplroot }}.etcd.service

@@ -1,0 +1,51 @@
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import pgcluster with context %}
+{%- set p = pgcluster.patroni %}
+{%- set pg = pgcluster.postgresql %}
+
+include:
+  - {{ tplroot }}.patroni.install
+
+patroni-config-dir-present:
+  file.directory:
+    - name: {{ p.config_dir }}
+    - user: postgres
+    - group: postgres
+    - mode: '0750'
+
+{#- Holds every password of the cluster: 0600, owned by postgres, never diffed. #}
+patroni-config-managed:
+  file.managed:
+    - name: {{ p.config_dir }}/config.yml
+    - source: salt://{{ tplroot }}/patroni/files/config.yml.jinja
+    - template: jinja
+    - context:
+        tplroot: {{ tplroot }}
+    - user: postgres
+    - group: postgres
+    - mode: '0600'
+    - show_changes: False
+    - require:
+      - file: patroni-config-dir-present
+
+patroni-data-root-present:
+  file.directory:
+    - name: {{ pg.data_root }}/{{ pg.version }}
+    - user: postgres
+    - group: postgres
+    - mode: '0755'
+    - require:
+      - pkg: postgresql-packages-installed
+
+patroni-systemd-unit-installed:
+  file.managed:
+    - name: /etc/systemd/system/patroni.service
+    - source: salt://{{ tplroot }}/patroni/files/patroni.service.jinja
+    - template: jinja
+    - context:
+        tplroot: {{ tplroot }}
+    - mode: '0644'
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: patroni-systemd-unit-installed

@@ -1,0 +1,47 @@
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import pgcluster with context %}
+{%- set name = pgcluster.node.member %}
+{%- set c = pgcluster.clusters[name] %}
+
+include:
+  - {{ tplroot }}.patroni.config
+  - {{ tplroot }}.postgresql.default_cluster
+
+patroni-service-running:
+  service.running:
+    - name: patroni
+    - enable: True
+    - require:
+      - file: patroni-config-managed
+      - file: patroni-data-root-present
+      - module: patroni-systemd-unit-installed
+      - service: postgresql-default-cluster-stopped
+      - patroni-installed-in-virtualenv
+
+{#- A changed config.yml is reloaded through the REST API (never a restart of PostgreSQL).
+    Not a SIGHUP: a Patroni started a moment ago has no HUP handler yet and would die. #}
+patroni-config-reloaded:
+  module.run:
+    - patroni.reload: []
+    - retry:
+        attempts: 15
+        interval: 2
+    - onchanges:
+      - file: patroni-config-managed
+    - require:
+      - service: patroni-service-running
+
+patroni-cluster-healthy:
+  patroni.healthy:
+    - replicas: {{ c.members | length - 1 }}
+    - timeout: 300
+    - require:
+      - service: patroni-service-running
+
+{#- bootstrap.dcs only counts when the cluster is created: afterwards the profile and the
+    shared PostgreSQL parameters are kept in the DCS by PATCHing only what differs. #}
+patroni-dynamic-config-applied:
+  patroni.dynamic_config:
+    - config: {{ pgcluster.node.dynamic_config | json }}
+    - require:
+      - patroni: patroni-cluster-healthy

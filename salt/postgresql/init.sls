@@ -1,3 +1,0 @@
-include:
-  - postgresql.install
-  - postgresql.default_cluster

@@ -1,0 +1,55 @@
+"""_modules/pgbouncer.py and pgsql.query: SHOW DATABASES read by column name from PgBouncer 1.18's
+recorded answer (and from a later layout with columns added), every value from the routing spec."""
+
+from __future__ import annotations
+
+import pytest
+from pgctest import FIXTURES, load_module
+
+SHOW_1_18 = (FIXTURES / "pgbouncer" / "show_databases_1.18.txt").read_text()
+# PgBouncer 1.19+ adds columns (server_lifetime, load_balance_hosts...) before paused/disabled.
+SHOW_LATER = (
+    "name\x1fhost\x1fport\x1fdatabase\x1fforce_user\x1fpool_size\x1fmin_pool_size\x1freserve_pool\x1f"
+    "server_lifetime\x1fpool_mode\x1fload_balance_hosts\x1fmax_connections\x1fcurrent_connections\x1f"
+    "max_client_connections\x1fcurrent_client_connections\x1fpaused\x1fdisabled\n"
+    "app\x1f198.18.0.12\x1f5433\x1fapp\x1f\x1f20\x1f0\x1f0\x1f3600\x1f\x1f\x1f0\x1f1\x1f0\x1f1\x1f1\x1f0\n"
+)
+SPEC = {"cluster": "main", "port": 5433, "databases": ["app"], "admin_port": 6433,
+        "admin_socket_dir": "/run/pgb", "path": "/nonexistent/routing-main.ini"}  # fmt: skip
+
+
+@pytest.fixture
+def pgb():
+    ran = []
+
+    def run_all(cmd, stdin=None, timeout=None, env=None, **kwargs):
+        ran.append({"cmd": cmd, "sql": stdin, "timeout": timeout, "env": env})
+        return {"retcode": 0, "stdout": pgb.answer, "stderr": ""}
+
+    pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": run_all})
+    pgb = load_module("modules", "pgbouncer", salt={"pgsql.query": pgsql.query})
+    pgb.ran = ran
+    return pgb
+
+
+@pytest.mark.parametrize("answer", [SHOW_1_18, SHOW_LATER], ids=["1.18", "later"])
+def test_show_databases_is_read_by_column_name(pgb, answer):
+    pgb.answer = answer
+    app = next(d for d in pgb.show_databases(spec=SPEC) if d["name"] == "app")
+    assert app["host"].startswith("198.18.0.") and app["database"] == "app"
+    assert app["paused"] is (answer == SHOW_LATER) and app["disabled"] is False
+
+
+def test_the_admin_console_is_asked_where_the_spec_says_with_a_timeout(pgb):
+    pgb.answer = SHOW_1_18
+    pgb.targets("main", spec=SPEC)
+    cmd = pgb.ran[-1]["cmd"]
+    assert cmd[cmd.index("-p") + 1] == "6433" and cmd[cmd.index("-h") + 1] == "/run/pgb"
+    assert cmd[cmd.index("-d") + 1] == "pgbouncer" and pgb.ran[-1]["sql"] == "SHOW DATABASES"
+    assert pgb.ran[-1]["timeout"] and pgb.ran[-1]["env"]["PGCONNECT_TIMEOUT"]
+
+
+def test_a_host_that_serves_no_such_cluster_says_so(pgb):
+    pgb.__salt__["pgcluster.settings"] = lambda: {"node": {"routing": {"main": SPEC}}}
+    with pytest.raises(pgb.CommandExecutionError, match="this host serves no cluster 'other' \\(it serves: main\\)"):
+        pgb.targets("other")

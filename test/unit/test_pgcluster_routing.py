@@ -1,0 +1,66 @@
+"""The one leader finder and the routing file (the pgcluster_routing util), against responses
+recorded from the lab's real Patroni 4.1.5, replayed by local HTTP servers."""
+
+from __future__ import annotations
+
+import time
+
+from pgctest import load_module, patroni_replay
+
+routing = load_module("utils", "pgcluster_routing")
+LEADER = {"/cluster": "cluster", "/primary": "primary_on_leader"}  # pg2 leads in the recording
+REPLICA = {"/cluster": "cluster", "/primary": "primary_on_replica"}
+
+
+def test_the_leader_is_the_one_patroni_names_and_that_accepts_writes():
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}) as apis:
+        found = routing.find_leader(apis)
+    assert found == {"name": "pg2", "api": apis["pg2"], "timeline": 1}
+
+
+def test_a_leader_whose_postgresql_still_promotes_is_not_the_leader_yet():
+    # Recorded during a switchover: /primary was 200 (Patroni held the lock), PostgreSQL in recovery.
+    promoting = {"/cluster": "cluster", "/primary": "primary_while_promoting"}
+    with patroni_replay({"pg1": REPLICA, "pg2": promoting, "pg3": REPLICA}) as apis:
+        assert routing.find_leader(apis) is None
+
+
+def test_members_that_do_not_answer_cost_one_timeout_not_one_each():
+    with patroni_replay({"pg1": None, "pg2": LEADER, "pg3": None}) as apis:
+        assert routing.find_leader(apis, timeout=1)["name"] == "pg2"
+    with patroni_replay({"pg1": None, "pg2": None, "pg3": None}) as apis:
+        start = time.monotonic()
+        assert routing.find_leader(apis, timeout=1) is None
+        assert time.monotonic() - start < 1.5
+
+
+def test_a_member_named_leader_by_nobody_is_not_asked():
+    with patroni_replay({"pg1": REPLICA, "pg2": {"/cluster": "cluster"}, "pg3": REPLICA}) as apis:
+        # pg2 is named leader but its /primary does not answer (404 here): no leader.
+        assert routing.find_leader(apis) is None
+
+
+def test_the_routing_file_carries_the_leader_and_its_timeline(tmp_path):
+    spec = {
+        "cluster": "main",
+        "port": 5433,
+        "databases": ["app", "billing"],
+        "path": str(tmp_path / "routing-main.ini"),
+    }
+    text = routing.routing_text(spec, "198.18.0.12", 7)
+    assert "app = host=198.18.0.12 port=5433 dbname=app" in text and "billing = host=198.18.0.12" in text
+    assert "_ro" not in text
+    assert routing.write_routing(spec, text) is True and routing.write_routing(spec, text) is False
+    assert routing.routed_timeline(spec) == 7
+    assert (tmp_path / "routing-main.ini").stat().st_mode & 0o777 == 0o644
+
+
+def test_no_leader_routes_nowhere_never_to_a_former_leader():
+    spec = {"cluster": "main", "port": 5432, "databases": ["app"], "path": "/nonexistent"}
+    assert "app = host=127.0.0.1 port=1 dbname=app" in routing.routing_text(spec, None)
+
+
+def test_read_only_entries_go_to_the_replicas():
+    spec = {"cluster": "main", "port": 5432, "databases": ["app"], "path": "/nonexistent"}
+    text = routing.routing_text(spec, "198.18.0.12", 3, replicas=["198.18.0.11", "198.18.0.13"])
+    assert "app_ro = host=198.18.0.11,198.18.0.13 port=5432 dbname=app" in text

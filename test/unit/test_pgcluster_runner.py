@@ -1,0 +1,127 @@
+"""The runner's routing paths: the leader comes from Patroni (replayed from recordings by local
+servers, through the real leader finder), never from the event; every value it sends a PgBouncer
+host comes from the one model, non-default ports included."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from pgctest import REPO, load_module, patroni_replay
+
+DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())
+OSMAP = yaml.safe_load((REPO / "salt/pgcluster/osfamilymap.yaml").read_text())
+LAB = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+LEADER = {"/cluster": "cluster", "/primary": "primary_on_leader"}  # pg2 leads in the recording
+REPLICA = {"/cluster": "cluster", "/primary": "primary_on_replica"}
+
+
+def lab_model(utils: dict, **tweaks) -> dict:
+    """The lab's model with the members on the replay servers (and TWEAKS merged into pillar)."""
+    pillar = copy.deepcopy(LAB)
+    pillar["hosts"].update(patroni_replay.hosts)
+    pillar.setdefault("patroni", {})["restapi_port"] = patroni_replay.port
+    for key, value in tweaks.items():
+        pillar.setdefault(key, {}).update(value)
+    return utils["pgcluster_model.settings"](DEFAULTS, OSMAP, pillar, {"id": "salt", "os_family": "Debian"})
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    mod = load_module("runners", "pgcluster")
+    mod.jobs, mod.fired = [], []
+
+    def on_pgbouncers(c, fun, args, timeout=8, kwarg=None):
+        mod.jobs.append((fun, args, kwarg))
+        return {h: {"ret": {"changed": True, "resumed": []}, "retcode": 0} for h in c["pgbouncer"]}
+
+    monkeypatch.setattr(mod, "_on_pgbouncers", on_pgbouncers)
+    monkeypatch.setattr(mod, "_fire", lambda tag, data, prefix=None: mod.fired.append((tag, data)))
+    return mod
+
+
+def use_model(runner, monkeypatch, model):
+    monkeypatch.setattr(runner, "_model", lambda minion=None: model if minion in ("pg1", "pg2", "pg3", None) else {
+        "clusters": {}})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sender, cluster",
+    [("app1", "main"), ("pg1", "other"), ("pg1", None), (None, "main"), (["pg1"], "main"), ("pg1", {"x": 1})],
+)
+def test_forged_or_malformed_events_change_nothing(runner, monkeypatch, sender, cluster):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        ret = runner.follow_leader(sender=sender, cluster=cluster, event_tag="pgcluster/patroni/role_change")
+    assert ret["result"] is False and "is not a member of cluster" in ret["comment"]
+    assert runner.jobs == []
+    assert [t for t, _ in runner.fired] == ["rejected"]
+
+
+def test_an_event_from_pg1_repoints_to_the_leader_patroni_reports_with_its_timeline(runner, monkeypatch):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}) as urls:
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        ret = runner.follow_leader(sender="pg1", cluster="main", event_tag="pgcluster/patroni/role_change")
+    assert ret["result"] is True and ret["leader"] == "pg2" and ret["timeline"] == 1  # Patroni's, not the event's
+    fun, args, kwarg = runner.jobs[-1]
+    assert fun == "pgbouncer.repoint" and args == ["main", patroni_replay.hosts["pg2"]]
+    assert kwarg["timeline"] == 1 and kwarg["spec"]["members"]["pg2"]["api"] == urls["pg2"]
+    assert runner.fired[-1][0] == "repointed" and "seconds_total" in runner.fired[-1][1]
+
+
+def test_a_leader_still_promoting_is_not_routed_to(runner, monkeypatch):
+    promoting = {"/cluster": "cluster", "/primary": "primary_while_promoting"}
+    with patroni_replay({"pg1": REPLICA, "pg2": promoting, "pg3": REPLICA}):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        ret = runner.follow_leader(sender="pg1", cluster="main", timeout=0.5)
+    assert ret["result"] is False and "no leader accepting writes" in ret["comment"]
+    assert runner.jobs == []
+
+
+def test_non_default_ports_reach_every_pgbouncer_host(runner, monkeypatch):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+        model = lab_model(runner.__utils__, postgresql={"port": 5433}, pgbouncer={"port": 6433, "conf_dir": "/etc/pgb"})
+        use_model(runner, monkeypatch, model)
+        runner.reconcile()
+        runner.switchover_spec = runner._spec(model, model["clusters"]["main"])
+    spec = runner.jobs[-1][2]["spec"]
+    assert (spec["port"], spec["admin_port"], spec["path"]) == (5433, 6433, "/etc/pgb/routing-main.ini")
+    assert spec == runner.switchover_spec
+
+
+def test_safety_net_resumes_paused_pgbouncers_unless_a_switchover_runs(runner, monkeypatch):
+    running = {"main": False}
+    monkeypatch.setattr(runner, "_switchover_running", lambda name, limit: running[name])
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        runner.reconcile()
+        running["main"] = True
+        runner.reconcile()
+    assert [kwarg["resume_paused"] for _, _, kwarg in runner.jobs] == [True, False]
+
+
+def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monkeypatch):
+    __context__ = runner.__context__
+
+    def call(minion, fun, *args, **kwargs):
+        assert (minion, fun) == ("pg2", "patroni.switchover")  # on the leader, with its own credentials
+        raise runner.PgclusterError("pg2: patroni.switchover: Patroni REST API POST ...: HTTP 412: candidate lags")
+
+    monkeypatch.setattr(runner, "_call", call)
+    monkeypatch.setattr(runner, "_switchover_marker", lambda name, started: None)
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        ret = runner.switchover("main", candidate="pg3")
+    assert ret["retcode"] == 1 and __context__["retcode"] == 1
+    assert "switchover of main failed (every PgBouncer resumed)" in ret["error"] and "candidate lags" in ret["error"]
+    assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.pause", "pgbouncer.resume"]
+    assert [t for t, _ in runner.fired] == ["switchover"]
+
+
+def test_a_switchover_to_the_leader_or_a_stranger_touches_nothing(runner, monkeypatch):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        assert "pg2 already leads cluster main: nothing done" in runner.switchover("main", candidate="pg2")["error"]
+        assert "unknown candidate 'pg9'" in runner.switchover("main", candidate="pg9")["error"]
+    assert runner.jobs == []
