@@ -21,7 +21,9 @@ from typing import Any
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgsql"
-SEP = "\x1f"
+# Field separator: a control character that str.strip() (cmd.run_all strips the output) keeps;
+# the unit separator \x1f counts as whitespace and a trailing empty field would vanish.
+SEP = "\x02"
 
 
 def __virtual__():

@@ -27,6 +27,8 @@ MASKED_UNITS = (
     "man-db.timer",
     "systemd-timesyncd.service",
 )
+# Directories of the machine that a host must not inherit through the overlay's lower layer.
+OPAQUE_DIRS = ("/etc/salt", "/var/cache/salt", "/var/cache/pgcluster-local")
 PATH_IN_HOST = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -95,6 +97,12 @@ class LabHost:
         )
         for unit in MASKED_UNITS:
             self.link(f"/etc/systemd/system/{unit}", "/dev/null")
+        # The machine's own Salt files (a salt-call run on the machine) must not show through the
+        # overlay: opaque directories hide the lower layer's content.
+        for d in OPAQUE_DIRS:
+            path = self.upper / d.lstrip("/")
+            path.mkdir(parents=True, exist_ok=True)
+            os.setxattr(path, "trusted.overlay.opaque", b"y")
         for tool in ("salt", "salt-call", "salt-key", "salt-run", "salt-master", "salt-minion"):
             self.link(f"/usr/local/bin/{tool}", str(VENV / "bin" / tool))
         (self.dir / "provisioned").write_text("")
