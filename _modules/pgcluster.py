@@ -54,6 +54,37 @@ def settings(defaults: dict | None = None, osfamilymap: dict | None = None) -> d
     return __utils__["pgcluster_model.settings"](defaults, osfamilymap, __pillar__.get("pgcluster", {}), __grains__)
 
 
+def pillar_for(model: dict, minion_id: str) -> dict:
+    """MINION_ID's share of MODEL (the whole ``pgcluster`` pillar, secrets included): the model, but
+    of its secrets only those the minion's roles need. For the pillar SLS that gives each minion its
+    ``pgcluster`` key (rendered on the master); raises naming every secret that is missing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        # in a pillar SLS: pgcluster: {{ salt["pgcluster.pillar_for"](model, opts.id) | json }}
+        salt-call pgcluster.pillar_for "$(cat model.json)" app1 --out=json
+    """
+    return __utils__["pgcluster_model.pillar_for"](model, minion_id)
+
+
+def ca_pillar(model: dict, defaults: dict, minion_id: str) -> dict:
+    """What the CA minion (``pki:ca_minion``) needs in its pillar beside ``pgcluster``: one x509
+    signing policy per host (only that minion may use it; CN and subjectAltName fixed) and the
+    mine function that publishes the CA certificate. Empty for every other minion. DEFAULTS: the
+    formula's defaults.yaml.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        # in a pillar SLS: {{ salt["pgcluster.ca_pillar"](model, defaults, opts.id) | yaml }}
+        salt-call pgcluster.ca_pillar "$(cat model.json)" "$(cat defaults.json)" salt --out=yaml
+    """
+    return __utils__["pgcluster_model.ca_pillar"](model, defaults, minion_id)
+
+
 def roles() -> dict:
     """What this minion runs: ``{'id', 'member', 'etcd', 'pgbouncer', 'backup'}`` (no secret).
 

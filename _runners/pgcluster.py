@@ -102,7 +102,7 @@ def _apis(model: dict, c: dict) -> dict[str, str]:
 # ---- Patroni ------------------------------------------------------------------------------------
 def _leader(model: dict, c: dict, timeout: float = ROUTING_TIMEOUT) -> dict | None:
     """{"name", "api", "timeline"} of the leader whose PostgreSQL accepts writes, or None."""
-    cafile = model["patroni"].get("restapi_cafile") or None
+    cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
     return __utils__["pgcluster_routing.find_leader"](_apis(model, c), timeout=timeout, cafile=cafile)
 
 
@@ -122,7 +122,8 @@ def _get(model: dict, member: str, path: str) -> Any:
     """GET PATH of MEMBER's REST API (patient); its JSON, or None when it does not answer."""
     url = __utils__["pgcluster_model.api_url"](model, member) + path
     try:
-        return requests.get(url, timeout=PATIENT_TIMEOUT, verify=model["patroni"].get("restapi_cafile") or True).json()
+        ca = __utils__["pgcluster_model.pki_files"](model)["ca"]
+        return requests.get(url, timeout=PATIENT_TIMEOUT, verify=ca).json()
     except (requests.RequestException, ValueError):
         return None
 

@@ -1,9 +1,9 @@
 """States of the pgcluster formula that need more than Salt's own: etcd health, roles
-and databases created through the cluster's leader.
+and databases created through the cluster's leader, PgBouncer's routing, the CA certificate.
 
-Role passwords are read from pillar by the state itself
-(``pgcluster:clusters:<cluster>:roles:<role>:password``), so they never appear in the
-rendered SLS, in job data or in state output.
+Role verifiers (or passwords) are read from pillar by the state itself
+(``pgcluster:clusters:<cluster>:roles:<role>``), so they never appear in the rendered SLS,
+in job data or in state output.
 """
 
 from __future__ import annotations
@@ -28,14 +28,18 @@ def _ret(name: str) -> dict:
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
 
-def etcd_healthy(name: str, endpoints: list[str], timeout: float = 120) -> dict:
-    """Wait until every etcd member in ENDPOINTS (host:port) is healthy. Changes nothing."""
+def etcd_healthy(name: str, endpoints: list[str], tls: dict | None = None, timeout: float = 120) -> dict:
+    """Wait until every etcd member in ENDPOINTS (host:port) is healthy. Changes nothing. TLS: the
+    ``ca``, ``cert`` and ``key`` files to ask them over https with a client certificate."""
     ret = _ret(name)
     if __opts__.get("test"):
         ret["comment"] = "health is checked on a real run only"
         return ret
-    cmd = ["etcdctl", "--endpoints", ",".join(endpoints), "--dial-timeout=2s", "--command-timeout=3s",
-           "endpoint", "health", "-w", "json"]  # fmt: skip
+    scheme = "https" if tls else "http"
+    cmd = ["etcdctl", "--endpoints", ",".join(f"{scheme}://{e}" for e in endpoints), "--dial-timeout=2s",
+           "--command-timeout=3s", "endpoint", "health", "-w", "json"]  # fmt: skip
+    if tls:
+        cmd += [f"--cacert={tls['ca']}", f"--cert={tls['cert']}", f"--key={tls['key']}"]
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -110,8 +114,11 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
         return ret
     lit, idt = __salt__["pgsql.literal"], __salt__["pgsql.ident"]
     login = bool(spec.get("login", True))
+    # A database server receives the role's SCRAM verifier, not its password (pgcluster.pillar_for).
     password = spec.get("password")
-    verifier = __utils__["pgcluster_model.role_verifier"](cluster, name, password) if password else None
+    verifier = spec.get("verifier") or (
+        __utils__["pgcluster_model.role_verifier"](cluster, name, password) if password else None
+    )
     rows = _query(
         ret, f"SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {lit(name)}", port
     )
@@ -200,4 +207,40 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
         ret.update(result=None, comment=f"would route {name} to the leader {leader['name']} ({address})")
         return ret
     __utils__["pgcluster_routing.write_routing"](spec, text)
+    return ret
+
+
+def ca_certificate_present(name: str, ca_minion: str, timeout: float = 300) -> dict:
+    """Ensure NAME holds the cluster's CA certificate, as CA_MINION publishes it in the Salt mine
+    (``x509.get_pem_entries``); waits up to TIMEOUT seconds for it (on a first highstate the CA is
+    created at the same time). The certificate is public: its text may show in the changes."""
+    ret = _ret(name)
+    deadline = time.monotonic() + (0 if __opts__.get("test") else timeout)
+    while True:
+        entries = (__salt__["mine.get"](ca_minion, "x509.get_pem_entries") or {}).get(ca_minion) or {}
+        pem = next((str(v) for v in entries.values() if "BEGIN CERTIFICATE" in str(v)), None)
+        if pem or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    if pem is None:
+        ret.update(result=False, comment=f"{ca_minion} published no CA certificate in the mine after {timeout:.0f} s "
+                                         f"(has it run pgcluster.pki.ca?)")  # fmt: skip
+        return ret
+    pem = pem.strip() + "\n"
+    try:
+        with salt.utils.files.fopen(name) as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = None
+    if current == pem:
+        ret["comment"] = f"{name} holds the CA certificate of {ca_minion}"
+        return ret
+    ret["changes"] = {"ca": "replaced" if current else "created"}
+    if __opts__.get("test"):
+        ret.update(result=None, comment=f"{name} would get the CA certificate of {ca_minion}")
+        return ret
+    with salt.utils.files.fopen(name, "w") as f:
+        f.write(pem)
+    __salt__["file.set_mode"](name, "0644")
+    ret["comment"] = f"{name} holds the CA certificate of {ca_minion}"
     return ret

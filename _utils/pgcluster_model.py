@@ -28,6 +28,7 @@ __virtualname__ = "pgcluster_model"
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # PostgreSQL identifiers we accept
 SCOPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 BACKUP_TYPES = ("full", "diff", "incr")
+PASSWORDS = ("superuser", "replication", "rewind", "restapi")
 
 
 def __virtual__():
@@ -97,10 +98,10 @@ def _validate_backup(key: str, c: dict, model: dict, problems: list[str]) -> Non
         problems.append(f"{key}:backup: {host!r} is a database server; the repository needs a host of its own")
     b = c.get("pgbackrest")
     if not isinstance(b, dict):
-        problems.append(f"{key}:pgbackrest: missing (needs at least cipher_pass)")
+        problems.append(f"{key}:pgbackrest: must be a mapping (cipher_pass, retention, schedule)")
         return
-    if not isinstance(b.get("cipher_pass"), str) or len(b["cipher_pass"]) < 20:
-        problems.append(f"{key}:pgbackrest:cipher_pass: missing or shorter than 20 characters")
+    if "cipher_pass" in b and (not isinstance(b["cipher_pass"], str) or len(b["cipher_pass"]) < 20):
+        problems.append(f"{key}:pgbackrest:cipher_pass: shorter than 20 characters")
     for kind, n in {**model["pgbackrest"]["retention"], **(b.get("retention") or {})}.items():
         if kind not in ("full", "diff") or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 9999999:
             problems.append(f"{key}:pgbackrest:retention:{kind}: must be full or diff with a count of 1 or more")
@@ -130,19 +131,24 @@ def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> No
         known = ", ".join(sorted(model.get("profiles") or {}))
         problems.append(f"{key}:profile: unknown profile {profile!r} (known: {known})")
     _port(c.get("port", model["postgresql"]["port"]), f"{key}:port", problems)
-    secrets = c.get("passwords")
+    secrets = c.get("passwords", {})
     if not isinstance(secrets, dict):
         secrets = {}
-        problems.append(f"{key}:passwords: missing (superuser, replication, rewind, restapi)")
-    for which in ("superuser", "replication", "rewind", "restapi"):
-        pw = secrets.get(which)
-        if not isinstance(pw, str) or len(pw) < 12:
-            problems.append(f"{key}:passwords:{which}: missing or shorter than 12 characters")
-    for i, net in enumerate(c.get("client_networks") or []):
+        problems.append(f"{key}:passwords: must be a mapping (superuser, replication, rewind, restapi)")
+    for which, pw in secrets.items():  # a secret is checked where it is (secret_problems: where it is needed)
+        if which not in PASSWORDS:
+            problems.append(f"{key}:passwords:{which}: unknown (known: {', '.join(PASSWORDS)})")
+        elif not isinstance(pw, str) or len(pw) < 12:
+            problems.append(f"{key}:passwords:{which}: shorter than 12 characters")
+    for i, net in enumerate(c.get("client_networks") if isinstance(c.get("client_networks"), list) else []):
         try:
             ipaddress.ip_network(str(net))
         except ValueError:
             problems.append(f"{key}:client_networks[{i}]: {net!r} is not a network (e.g. 10.0.0.0/24)")
+    if not isinstance(c.get("parameters") or {}, dict):
+        problems.append(f"{key}:parameters: must be a mapping of PostgreSQL parameter to value")
+    if not isinstance(c.get("client_networks") or [], list):
+        problems.append(f"{key}:client_networks: must be a list of networks")
     roles = c.get("roles") or {}
     if not isinstance(roles, dict):
         problems.append(f"{key}:roles: must be a mapping of role name to settings")
@@ -151,8 +157,10 @@ def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> No
         if not NAME.match(str(role)):
             problems.append(f"{key}:roles:{role}: not a valid role name")
         spec = spec or {}
-        if spec.get("login", True) and (not isinstance(spec.get("password"), str) or len(spec["password"]) < 12):
-            problems.append(f"{key}:roles:{role}:password: missing or shorter than 12 characters")
+        if "password" in spec and (not isinstance(spec["password"], str) or len(spec["password"]) < 12):
+            problems.append(f"{key}:roles:{role}:password: shorter than 12 characters")
+        if "verifier" in spec and not re.fullmatch(r"SCRAM-SHA-256\$\d+:[^$]+\$[^:]+:.+", str(spec["verifier"])):
+            problems.append(f"{key}:roles:{role}:verifier: not a SCRAM-SHA-256 verifier")
     if c.get("backup") is not None:
         _validate_backup(key, c, model, problems)
     dbs = c.get("databases") or {}
@@ -188,36 +196,267 @@ def problems(model: dict) -> list[str]:
     _port(model["patroni"].get("restapi_port"), "pgcluster:patroni:restapi_port", found)
     _port(model["etcd"].get("client_port"), "pgcluster:etcd:client_port", found)
     _port(model["etcd"].get("peer_port"), "pgcluster:etcd:peer_port", found)
+    pki = model["pki"]
+    ca = pki.get("ca_minion")
+    if pki.get("mode") not in ("salt", "pillar"):
+        found.append(f"pgcluster:pki:mode: {pki.get('mode')!r} is not salt (a CA run by Salt) or pillar")
+    elif pki["mode"] == "salt" and (not ca or ca not in hosts):
+        found.append(f"pgcluster:pki:ca_minion: {ca!r} must be the minion that holds the CA key, listed in "
+                     "pgcluster:hosts (e.g. the master's own minion)")  # fmt: skip
+    for key in ("ca_days_valid", "days_valid", "days_remaining"):
+        if isinstance(pki.get(key), bool) or not isinstance(pki.get(key), int) or pki[key] < 1:
+            found.append(f"pgcluster:pki:{key}: {pki.get(key)!r} is not a number of days")
+    if (
+        isinstance(pki.get("days_remaining"), int)
+        and isinstance(pki.get("days_valid"), int)
+        and (pki["days_remaining"] >= pki["days_valid"])
+    ):
+        found.append(f"pgcluster:pki:days_remaining: {pki['days_remaining']} must be less than days_valid "
+                     f"({pki['days_valid']}), or every highstate issues a new certificate")  # fmt: skip
     if model["patroni"].get("install_from") not in ("pip", "debian"):
         found.append(f"pgcluster:patroni:install_from: {model['patroni'].get('install_from')!r} is not pip or debian")
     clusters = model.get("clusters")
     if not isinstance(clusters, dict):
         return [*found, "pgcluster:clusters: must be a mapping of cluster name to cluster"]
-    seen: dict[str, str] = {}
     for name, c in clusters.items():
         _validate_cluster(name, c, model, found)
-        members = c.get("members") if isinstance(c, dict) else None
-        for m in members if isinstance(members, list) else []:
-            if m in seen:
-                found.append(f"pgcluster:clusters:{name}:members: {m!r} is already a member of cluster {seen[m]!r}")
-            seen[m] = name
+    _validate_relations(model, clusters, found)
     return found
 
 
-def tls_problems(model: dict, minion_id: str) -> list[str]:
-    """Problems with the pgBackRest TLS material MINION_ID needs (each minion holds only its own key)."""
-    if not pgbackrest_config(model, minion_id):
-        return []
-    tls = model["pgbackrest"].get("tls") or {}
+def _listed(c: Any, key: str) -> list[str]:
+    value = c.get(key) if isinstance(c, dict) else None
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _validate_relations(model: dict, clusters: dict, problems: list[str]) -> None:
+    """What no single key shows: a host in two roles that cannot coexist, names and ports that clash."""
+    by_address: dict[str, str] = {}
+    for name, addr in model["hosts"].items():
+        if str(addr) in by_address:
+            problems.append(f"pgcluster:hosts:{name}: address {addr} is already {by_address[str(addr)]!r}'s")
+        by_address.setdefault(str(addr), name)
+    member_of: dict[str, str] = {}
+    etcd_of: dict[str, str] = {}
+    scopes: dict[str, str] = {}
+    served: dict[tuple[str, str], str] = {}  # (PgBouncer host, database) -> cluster
+    backups = {c.get("backup"): n for n, c in clusters.items() if isinstance(c, dict) and c.get("backup")}
+    passphrase: dict[str, tuple[str, Any]] = {}  # backup host -> (cluster, passphrase)
+    for name, c in clusters.items():
+        if isinstance(c, dict) and c.get("backup") and isinstance(c.get("pgbackrest"), dict):
+            first = passphrase.setdefault(c["backup"], (name, c["pgbackrest"].get("cipher_pass")))
+            if first[1] != c["pgbackrest"].get("cipher_pass"):
+                problems.append(f"pgcluster:clusters:{name}:pgbackrest:cipher_pass: the repository on "
+                                f"{c['backup']!r} is also cluster {first[0]!r}'s: one repository, "
+                                "one passphrase")  # fmt: skip
+    for name, c in clusters.items():
+        key = f"pgcluster:clusters:{name}"
+        for m in _listed(c, "members"):
+            if m in member_of:
+                problems.append(f"{key}:members: {m!r} is already a member of cluster {member_of[m]!r}")
+            member_of.setdefault(m, name)
+            if m in backups and backups[m] != name:
+                problems.append(f"{key}:members: {m!r} is the backup host of cluster {backups[m]!r}; "
+                                "a backup host holds no database")  # fmt: skip
+        for e in _listed(c, "etcd"):
+            if e in etcd_of:
+                problems.append(f"{key}:etcd: {e!r} already runs the etcd of cluster {etcd_of[e]!r}")
+            etcd_of.setdefault(e, name)
+        scope = str(c.get("scope", name)) if isinstance(c, dict) else name
+        if scope in scopes:
+            problems.append(f"{key}:scope: {scope!r} is already the scope of cluster {scopes[scope]!r}")
+        scopes.setdefault(scope, name)
+        dbs = c.get("databases") if isinstance(c, dict) and isinstance(c.get("databases"), dict) else {}
+        for host in _listed(c, "pgbouncer"):
+            for db in dbs:
+                if (host, db) in served:
+                    problems.append(f"{key}:databases:{db}: PgBouncer on {host!r} already routes {db!r} to cluster "
+                                    f"{served[(host, db)]!r}")  # fmt: skip
+                served.setdefault((host, db), name)
+    ports = {
+        "pgcluster:postgresql:port": model["postgresql"].get("port"),
+        "pgcluster:patroni:restapi_port": model["patroni"].get("restapi_port"),
+        "pgcluster:pgbouncer:port": model["pgbouncer"].get("port"),
+        "pgcluster:etcd:client_port": model["etcd"].get("client_port"),
+        "pgcluster:etcd:peer_port": model["etcd"].get("peer_port"),
+        "pgcluster:pgbackrest:tls_port": model["pgbackrest"].get("tls_port"),
+    }
+    for name, c in clusters.items():
+        if isinstance(c, dict) and "port" in c:
+            ports[f"pgcluster:clusters:{name}:port"] = c["port"]
+
+    def postgresql(key: str) -> bool:  # every cluster's PostgreSQL may use the same port
+        return key == "pgcluster:postgresql:port" or key.startswith("pgcluster:clusters:")
+
+    owner: dict[Any, str] = {}
+    for key, port in ports.items():
+        if port in owner and not (postgresql(key) and postgresql(owner[port])):
+            problems.append(f"{key}: port {port} is already {owner[port]}")
+        owner.setdefault(port, key)
+    others = [(f"pgcluster:profiles:{n}:parameters", (p or {}).get("parameters")) for n, p in model["profiles"].items()]
+    for key, value in [("pgcluster:postgresql:parameters", model["postgresql"].get("parameters")), *others]:
+        if value is not None and not isinstance(value, dict):
+            problems.append(f"{key}: must be a mapping of PostgreSQL parameter to value")
+
+
+# ---- secrets by need --------------------------------------------------------------------------
+def _needs(model: dict, minion_id: str) -> dict[str, set]:
+    """What MINION_ID needs of each cluster's secrets: {cluster: {"passwords", "verifiers",
+    "own_role_passwords", "cipher_pass"}}."""
+    roles = node_roles(model, minion_id)
+    out: dict[str, set] = {}
+    for name in model["clusters"]:
+        need = set()
+        if roles["member"] == name:
+            need |= {"passwords", "verifiers"}
+        if name in roles["pgbouncer"]:
+            need.add("verifiers")
+            if roles["member"] != name:  # an application host: its own role's password (.pgpass)
+                need.add("own_role_passwords")
+        if name in roles["backup"]:
+            need.add("cipher_pass")
+        out[name] = need
+    return out
+
+
+def secret_problems(model: dict, minion_id: str | None = None) -> list[str]:
+    """Every secret MINION_ID needs (None: every minion of the model) that is missing, named by key."""
     found = []
-    if "BEGIN CERTIFICATE" not in str(tls.get("ca", "")):
-        found.append("pgcluster:pgbackrest:tls:ca: missing (PEM text of the CA certificate)")
-    mine = (tls.get("hosts") or {}).get(minion_id) or {}
-    if "BEGIN CERTIFICATE" not in str(mine.get("cert", "")):
-        found.append(f"pgcluster:pgbackrest:tls:hosts:{minion_id}:cert: missing (PEM text, CN={minion_id})")
-    if "PRIVATE KEY" not in str(mine.get("key", "")):
-        found.append(f"pgcluster:pgbackrest:tls:hosts:{minion_id}:key: missing (PEM text)")
+    hosts = list(model["hosts"]) if minion_id is None else [minion_id]
+    needed: dict[str, set] = {}
+    for h in hosts:
+        for name, need in _needs(model, h).items():
+            needed.setdefault(name, set()).update(need)
+    for name, need in needed.items():
+        c, key = model["clusters"][name], f"pgcluster:clusters:{name}"
+        if "passwords" in need:
+            pw = c.get("passwords") if isinstance(c.get("passwords"), dict) else {}
+            found += [f"{key}:passwords:{w}: missing (superuser, replication, rewind and restapi are needed)"
+                      for w in PASSWORDS if not pw.get(w)]  # fmt: skip
+        owners = {(d or {}).get("owner") for d in (c.get("databases") or {}).values()}
+        for role, spec in (c.get("roles") or {}).items():
+            spec = spec or {}
+            if not spec.get("login", True):
+                continue
+            lacks_verifier = "verifiers" in need and not (spec.get("password") or spec.get("verifier"))
+            lacks_password = (
+                "own_role_passwords" in need
+                and role in owners
+                and not spec.get("verifier")
+                and not (spec.get("password"))
+            )
+            if lacks_verifier or lacks_password:
+                found.append(f"{key}:roles:{role}:password: missing")
+        if "cipher_pass" in need and not (c.get("pgbackrest") or {}).get("cipher_pass"):
+            found.append(f"{key}:pgbackrest:cipher_pass: missing")
+    return sorted(set(found), key=found.index)
+
+
+def pillar_for(pillar: dict, minion_id: str) -> dict:
+    """The ``pgcluster`` pillar of MINION_ID: the whole model, but of its secrets only those the
+    minion's roles need. A database server gets its cluster's passwords; a PgBouncer host the
+    roles' SCRAM verifiers (never their passwords); an application host also its own role's
+    password; the backup host the repository passphrase; any other host (the master's minion)
+    none. Raises ModelError naming every secret that is missing for some minion."""
+    full = _plain(pillar or {})
+    clusters = full.get("clusters") if isinstance(full.get("clusters"), dict) else {}
+    shaped = {"hosts": full.get("hosts") or {}, "clusters": {n: c for n, c in clusters.items() if isinstance(c, dict)}}
+    try:
+        shaped["clusters"] = {n: {**c, "members": c.get("members") or [], "etcd": c.get("etcd") or []}
+                              for n, c in shaped["clusters"].items()}  # fmt: skip
+        found = secret_problems(shaped)
+    except (TypeError, AttributeError, KeyError):
+        found = []  # a malformed model: the minion's own validation names what is wrong
+    if found:
+        raise ModelError("invalid pgcluster pillar: " + "; ".join(found))
+    out = copy.deepcopy(full)
+    for name, c in (out.get("clusters") or {}).items():
+        if not isinstance(c, dict):
+            continue
+        need = _needs(shaped, minion_id).get(name, set()) if minion_id in shaped["hosts"] else set()
+        if "passwords" not in need:
+            c.pop("passwords", None)
+        owners = {(d or {}).get("owner") for d in (c.get("databases") or {}).values() if isinstance(d, dict)}
+        for role, spec in (c.get("roles") or {}).items():
+            if not isinstance(spec, dict):
+                continue
+            password = spec.pop("password", None)
+            if password and "verifiers" in need:
+                spec["verifier"] = role_verifier(name, role, password)
+            if password and "own_role_passwords" in need and role in owners:
+                spec["password"] = password
+        if "cipher_pass" not in need and isinstance(c.get("pgbackrest"), dict):
+            c["pgbackrest"].pop("cipher_pass", None)
+    pki = out.get("pki")
+    if isinstance(pki, dict) and isinstance(pki.get("hosts"), dict):  # pki mode pillar: its own key only
+        pki["hosts"] = {h: v for h, v in pki["hosts"].items() if h == minion_id}
+    return out
+
+
+def pki_problems(model: dict, minion_id: str) -> list[str]:
+    """In pki mode pillar: the PEM material MINION_ID needs (the CA; its own certificate and key)."""
+    pki = model["pki"]
+    if pki.get("mode") != "pillar":
+        return []
+    found = []
+    if "BEGIN CERTIFICATE" not in str(pki.get("ca", "")):
+        found.append("pgcluster:pki:ca: missing (PEM text of the CA certificate)")
+    if _has_role(model, minion_id):
+        mine = (pki.get("hosts") or {}).get(minion_id) or {}
+        if "BEGIN CERTIFICATE" not in str(mine.get("cert", "")):
+            found.append(f"pgcluster:pki:hosts:{minion_id}:cert: missing (PEM text, CN={minion_id})")
+        if "PRIVATE KEY" not in str(mine.get("key", "")):
+            found.append(f"pgcluster:pki:hosts:{minion_id}:key: missing (PEM text)")
     return found
+
+
+def pki_files(model: dict) -> dict[str, str]:
+    """Where every host keeps the cluster's TLS material (the CA minion also its CA key)."""
+    d = model["pki"]["dir"]
+    return {"ca": f"{d}/ca.crt", "ca_key": f"{d}/ca.key", "cert": f"{d}/host.crt", "key": f"{d}/host.key"}
+
+
+def _has_role(model: dict, minion_id: str) -> bool:
+    roles = node_roles(model, minion_id)
+    return bool(roles["member"] or roles["etcd"] or roles["pgbouncer"] or roles["backup"])
+
+
+def signing_policies(model: dict) -> dict[str, list[dict]]:
+    """The CA minion's x509 signing policies: one per host with a role, which only that minion may
+    use, with its CN (minion id) and subjectAltName (minion id, address) fixed: no host can get a
+    certificate for another's name or address."""
+    f = pki_files(model)
+    out = {}
+    for host, addr in model["hosts"].items():
+        if not _has_role(model, host):
+            continue
+        out[f"pgcluster-{host}"] = [
+            {"minions": host},
+            {"signing_private_key": f["ca_key"]},
+            {"signing_cert": f["ca"]},
+            {"CN": host},
+            {"subjectAltName": f"DNS:{host}, IP:{addr}"},
+            {"basicConstraints": "critical, CA:false"},
+            {"keyUsage": "critical, digitalSignature, keyEncipherment"},
+            {"extendedKeyUsage": "serverAuth, clientAuth"},
+            {"subjectKeyIdentifier": "hash"},
+            {"authorityKeyIdentifier": "keyid:always"},
+            {"days_valid": model["pki"]["days_valid"]},
+        ]
+    return out
+
+
+def ca_pillar(pillar: dict, defaults: dict, minion_id: str) -> dict:
+    """What the CA minion needs beside ``pgcluster`` in its pillar: the signing policies and the mine
+    function that publishes the CA certificate. Empty for every other minion. DEFAULTS: the
+    formula's defaults.yaml."""
+    model = _merge(defaults.get("pgcluster", defaults), _plain(pillar or {}))
+    if minion_id != model["pki"].get("ca_minion") or not isinstance(model.get("hosts"), dict):
+        return {}
+    return {
+        "x509_signing_policies": signing_policies(model),
+        "mine_functions": {"x509.get_pem_entries": [pki_files(model)["ca"]]},
+    }
 
 
 def validate(model: dict) -> dict:
@@ -268,7 +507,7 @@ def cluster(model: dict, name: str) -> dict:
 
 
 def etcd_endpoints(model: dict, name: str) -> list[str]:
-    """host:port of every etcd member of cluster NAME."""
+    """host:port of every etcd member of cluster NAME (https, client certificates required)."""
     port = model["etcd"]["client_port"]
     return [f"{model['hosts'][m]}:{port}" for m in model["clusters"][name]["etcd"]]
 
@@ -277,7 +516,8 @@ def firewall(model: dict, minion_id: str) -> list[dict]:
     """Ports of MINION_ID that only some hosts may reach: [{'name', 'ports', 'sources'}].
 
     etcd (client and peer) is open to the cluster's etcd and Patroni members only;
-    PostgreSQL to the members, the PgBouncer hosts and the declared client networks.
+    PostgreSQL to the members, the PgBouncer hosts and the declared client networks; Patroni's
+    REST API to the members, the PgBouncer hosts and the Salt master.
     """
     roles = node_roles(model, minion_id)
     rules = []
@@ -297,6 +537,19 @@ def firewall(model: dict, minion_id: str) -> list[dict]:
             "ports": [c["port"]],
             "sources": [model["hosts"][h] for h in hosts] + [str(n) for n in c["client_networks"]],
         })  # fmt: skip
+        # Patroni's REST API: the members, the PgBouncer hosts (their start-up routing) and the
+        # Salt master (the runners); nobody else.
+        master = model.get("salt_master") or model["pki"].get("ca_minion")
+        hosts = dict.fromkeys(c["members"] + c["pgbouncer"] + ([master] if master in model["hosts"] else []))
+        rules.append({
+            "name": "patroni",
+            "ports": [model["patroni"]["restapi_port"]],
+            "sources": [model["hosts"][h] for h in hosts],
+        })  # fmt: skip
+    # PgBouncer: the declared client networks (loopback is always open); nobody else.
+    if roles["pgbouncer"]:
+        nets = dict.fromkeys(str(n) for name in roles["pgbouncer"] for n in cluster(model, name)["client_networks"])
+        rules.append({"name": "pgbouncer", "ports": [model["pgbouncer"]["port"]], "sources": list(nets)})
     # pgBackRest's TLS server: the repository host and the database servers reach each other.
     peers = pgbackrest_peers(model, minion_id)
     if peers:
@@ -328,16 +581,18 @@ def pg_hba(model: dict, name: str) -> list[str]:
         "local all all scram-sha-256",
         "host all all 127.0.0.1/32 scram-sha-256",
     ]
-    # Replication from the other members, and from Patroni itself (it reads its own timeline).
-    rules.append(f"host replication {p['replication_user']} 127.0.0.1/32 scram-sha-256")
-    rules += [f"host replication {p['replication_user']} {n} scram-sha-256" for n in member_nets]
+    # Replication from the other members (TLS only), and from Patroni itself on the local socket
+    # (it reads its own timeline: use_unix_socket_repl).
+    rules.append(f"local replication {p['replication_user']} scram-sha-256")
+    rules += [f"hostssl replication {p['replication_user']} {n} scram-sha-256" for n in member_nets]
     # pg_rewind reads from the new leader through the 'postgres' database.
-    rules += [f"host postgres {p['rewind_user']} {n} scram-sha-256" for n in member_nets]
+    rules += [f"hostssl postgres {p['rewind_user']} {n} scram-sha-256" for n in member_nets]
     clients = [f"{model['hosts'][h]}/32" for h in c["pgbouncer"]] + [str(n) for n in c["client_networks"]]
     client_roles = ",".join(sorted(c["roles"])) or "nobody"
     for db in sorted(c["databases"]):
         for net in dict.fromkeys(clients):
-            rules.append(f"host {db} {client_roles} {net} scram-sha-256")
+            rules.append(f"hostssl {db} {client_roles} {net} scram-sha-256")
+    # Anything else, TLS or not, is refused: a plaintext connection matches no hostssl line above.
     rules += ["host all all 0.0.0.0/0 reject", "host all all ::/0 reject"]
     return rules
 
@@ -375,22 +630,31 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
     pg = model["postgresql"]
     pw = c["passwords"]
     addr = model["hosts"][member]
+    f = pki_files(model)
+    # https only (plain http is refused); writes need the REST API's password.
     restapi = {
         "listen": f"{addr}:{p['restapi_port']}",
         "connect_address": f"{addr}:{p['restapi_port']}",
         "authentication": {"username": p["restapi_username"], "password": pw["restapi"]},
+        "certfile": f["cert"],
+        "keyfile": f["key"],
+        "cafile": f["ca"],
     }
-    if p.get("restapi_certfile"):
-        restapi["certfile"] = p["restapi_certfile"]
-        restapi["keyfile"] = p["restapi_keyfile"]
-        if p.get("restapi_cafile"):
-            restapi["cafile"] = p["restapi_cafile"]
+    # Replication and pg_rewind over TLS, the leader's certificate checked against its address.
+    verify = {"sslmode": "verify-full", "sslrootcert": f["ca"]}
     conf = {
         "scope": c["scope"],
         "namespace": "/service/",
         "name": member,
         "restapi": restapi,
-        "etcd3": {"hosts": etcd_endpoints(model, name)},
+        "etcd3": {
+            "hosts": etcd_endpoints(model, name),
+            "protocol": "https",
+            "cacert": f["ca"],
+            "cert": f["cert"],
+            "key": f["key"],
+        },  # fmt: skip
+        "ctl": {"cacert": f["ca"]},
         "bootstrap": {
             "dcs": dynamic_config(model, name),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
@@ -402,12 +666,21 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
             "bin_dir": pg["bin_dir"],
             "pgpass": f"{p['config_dir']}/.pgpass",
             "use_unix_socket": True,
+            "use_unix_socket_repl": True,
             "authentication": {
                 "superuser": {"username": p["superuser"], "password": pw["superuser"]},
-                "replication": {"username": p["replication_user"], "password": pw["replication"]},
-                "rewind": {"username": p["rewind_user"], "password": pw["rewind"]},
+                "replication": {"username": p["replication_user"], "password": pw["replication"], **verify},
+                "rewind": {"username": p["rewind_user"], "password": pw["rewind"], **verify},
             },
-            "parameters": {"unix_socket_directories": pg["socket_dir"], "port": c["port"]},
+            "parameters": {
+                "unix_socket_directories": pg["socket_dir"],
+                "port": c["port"],
+                "ssl": "on",
+                "ssl_cert_file": f["cert"],
+                "ssl_key_file": f["key"],
+                "ssl_ca_file": f["ca"],
+                "ssl_min_protocol_version": "TLSv1.2",
+            },  # fmt: skip
             "pg_hba": pg_hba(model, name),
             "create_replica_methods": ["pgbackrest", "basebackup"] if c.get("backup") else ["basebackup"],
             "callbacks": {
@@ -431,12 +704,8 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
 
 
 def _tls_files(model: dict, prefix: str) -> dict:
-    d = model["pgbackrest"]["tls_dir"]
-    return {
-        f"{prefix}-cert-file": f"{d}/host.crt",
-        f"{prefix}-key-file": f"{d}/host.key",
-        f"{prefix}-ca-file": f"{d}/ca.crt",
-    }
+    f = pki_files(model)
+    return {f"{prefix}-cert-file": f["cert"], f"{prefix}-key-file": f["key"], f"{prefix}-ca-file": f["ca"]}
 
 
 def pgbackrest_config(model: dict, minion_id: str) -> dict:
@@ -465,9 +734,14 @@ def pgbackrest_config(model: dict, minion_id: str) -> dict:
     }
     conf: dict[str, dict] = {}
     if roles["backup"]:
+        # One repository, one passphrase (validated): in [global], so that a plain `pgbackrest info`
+        # reads every stanza, as a DBA types it.
+        first = cluster(model, roles["backup"][0])
         conf["global"] = {
             **common,
             "repo1-path": b["repo_path"],
+            "repo1-cipher-type": "aes-256-cbc",
+            "repo1-cipher-pass": first["pgbackrest"]["cipher_pass"],
             "start-fast": "y",
             "tls-server-auth": [],
         }
@@ -476,8 +750,6 @@ def pgbackrest_config(model: dict, minion_id: str) -> dict:
             stanza = c["pgbackrest"]["stanza"]
             conf["global"]["tls-server-auth"] += [f"{member}={stanza}" for member in c["members"]]
             section = {
-                "repo1-cipher-type": "aes-256-cbc",
-                "repo1-cipher-pass": c["pgbackrest"]["cipher_pass"],
                 "repo1-retention-full": c["pgbackrest"]["retention"]["full"],
                 "repo1-retention-diff": c["pgbackrest"]["retention"]["diff"],
             }
@@ -549,6 +821,18 @@ def role_verifier(cluster_name: str, role: str, password: str) -> str:
     return scram_verifier(password, salt)
 
 
+def role_verifiers(model: dict, name: str) -> dict[str, str]:
+    """{role: SCRAM verifier} of cluster NAME's login roles, from pillar's verifier or password."""
+    out = {}
+    for role, spec in (model["clusters"][name].get("roles") or {}).items():
+        spec = spec or {}
+        if spec.get("verifier"):
+            out[role] = spec["verifier"]
+        elif spec.get("password"):
+            out[role] = role_verifier(name, role, spec["password"])
+    return out
+
+
 def scram_matches(password: str, verifier: str | None) -> bool:
     """True when VERIFIER (as stored in pg_authid) was made from PASSWORD."""
     m = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$[^:]+:.+", verifier or "")
@@ -560,10 +844,8 @@ def scram_matches(password: str, verifier: str | None) -> bool:
 
 # ---- what one minion needs -------------------------------------------------------------------
 def api_url(model: dict, member: str) -> str:
-    """Base URL of MEMBER's Patroni REST API (https when the model gives it a certificate)."""
-    p = model["patroni"]
-    scheme = "https" if p.get("restapi_certfile") else "http"
-    return f"{scheme}://{model['hosts'][member]}:{p['restapi_port']}"
+    """Base URL of MEMBER's Patroni REST API (https only, checked against the cluster's CA)."""
+    return f"https://{model['hosts'][member]}:{model['patroni']['restapi_port']}"
 
 
 def routing(model: dict, name: str) -> dict:
@@ -580,7 +862,7 @@ def routing(model: dict, name: str) -> dict:
         "path": f"{b['conf_dir']}/routing-{name}.ini",
         "admin_port": b["port"],
         "admin_socket_dir": model["postgresql"]["socket_dir"],
-        "cafile": model["patroni"].get("restapi_cafile") or None,
+        "cafile": pki_files(model)["ca"],
     }
 
 
@@ -594,17 +876,19 @@ def derive(model: dict, minion_id: str) -> dict:
         node["dynamic_config"] = dynamic_config(model, node["member"])
     if node["etcd"]:
         node["etcd_endpoints"] = etcd_endpoints(model, node["etcd"])
+    node["pki"] = {
+        "ca": minion_id == model["pki"]["ca_minion"],
+        "host": _has_role(model, minion_id),
+        "policy": f"pgcluster-{minion_id}",
+        "files": pki_files(model),
+    }
     node["firewall"] = firewall(model, minion_id)
     node["pgbackrest_peers"] = pgbackrest_peers(model, minion_id)
     node["pgbackrest_conf"] = ini(pgbackrest_config(model, minion_id))
     # pgBackRest runs as the repository's owner on a backup host, as postgres on a database server.
     node["pgbackrest_user"] = model["pgbackrest"]["repo_user"] if node["backup"] else "postgres"
     node["routing"] = {name: routing(model, name) for name in node["pgbouncer"]}
-    node["verifiers"] = {
-        name: {r: role_verifier(name, r, s["password"]) for r, s in model["clusters"][name]["roles"].items()
-               if (s or {}).get("password")}
-        for name in node["pgbouncer"]
-    }  # fmt: skip
+    node["verifiers"] = {name: role_verifiers(model, name) for name in node["pgbouncer"]}
     return node
 
 
@@ -613,7 +897,7 @@ def settings(defaults: dict, osfamilymap: dict, pillar: dict, grains: dict) -> d
     of GRAINS runs. Raises ModelError naming every problem of the pillar."""
     model = merge(defaults, osfamilymap, pillar, grains.get("os_family", ""))
     validate(model)
-    found = tls_problems(model, grains["id"])
+    found = secret_problems(model, grains["id"]) + pki_problems(model, grains["id"])
     if found:
         raise ModelError("invalid pgcluster pillar: " + "; ".join(found))
     model["clusters"] = {name: cluster(model, name) for name in model["clusters"]}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
 import importlib.util
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -76,15 +79,49 @@ class _Replay(http.server.BaseHTTPRequestHandler):
 LAB_ADDRESSES = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
 
 
+def make_pki(directory: Path, addresses: list[str]) -> Path:
+    """A throwaway CA (DIRECTORY/ca.crt) and a certificate for ADDRESSES (DIRECTORY/host.crt, .key),
+    as the CA run by Salt would issue: IP subjectAltNames, serverAuth."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgcluster test CA")])
+
+    def build(subject, public_key, issuer_key, extensions):
+        b = x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
+        b = b.serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        b = b.not_valid_after(now + datetime.timedelta(days=30))
+        for ext, critical in extensions:
+            b = b.add_extension(ext, critical=critical)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca = build(ca_name, ca_key.public_key(), ca_key, [(x509.BasicConstraints(ca=True, path_length=0), True)])
+    sans = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    leaf = [(x509.BasicConstraints(ca=False, path_length=None), True), (x509.SubjectAlternativeName(sans), False)]
+    cert = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replay")]), key.public_key(), ca_key, leaf)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "host.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "host.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    return directory
+
+
 @contextlib.contextmanager
-def patroni_replay(members: dict[str, dict[str, str] | None]):
+def patroni_replay(members: dict[str, dict[str, str] | None], tls: Path | None = None):
     """A local HTTP server per member answering GET PATH with the response recorded from the lab's
     real Patroni, {member: {path: fixture}}; a member given None does not answer (refused). The
     members listen on 127.0.0.11, .12, ... (loopback only), all on one port, as Patroni's REST API
-    does on the lab's hosts. Yields {member: base URL}; recorded api_urls point at these servers.
-    ``patroni_replay.hosts``/``.port`` give the addresses and port for a model."""
+    does on the lab's hosts; with TLS (a directory made by make_pki), over https. Yields {member:
+    base URL}; recorded api_urls point at these servers. ``patroni_replay.hosts``/``.port`` give
+    the addresses and port for a model."""
     servers, urls, hosts = [], {}, {}
     port = 0
+    scheme = "https" if tls else "http"
     for i, (member, routes) in enumerate(members.items()):
         address = f"127.0.0.{11 + i}"
         hosts[member] = address
@@ -92,6 +129,10 @@ def patroni_replay(members: dict[str, dict[str, str] | None]):
             continue
         handler = type(f"Replay_{member}", (_Replay,), {"routes": routes})
         srv = http.server.ThreadingHTTPServer((address, port), handler)
+        if tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(tls / "host.crt", tls / "host.key")
+            srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
         port = srv.server_address[1]
         servers.append(srv)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -100,7 +141,7 @@ def patroni_replay(members: dict[str, dict[str, str] | None]):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     for member, address in hosts.items():
-        urls[member] = f"http://{address}:{port}"
+        urls[member] = f"{scheme}://{address}:{port}"
     for srv in servers:
         srv.urls = urls
     patroni_replay.hosts, patroni_replay.port = hosts, port

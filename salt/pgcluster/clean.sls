@@ -12,7 +12,8 @@
 {%- if backed_up or node.backup %}{% do components.append("pgbackrest") %}{% endif %}
 {%- if node.member %}{% do components.append("postgresql") %}{% endif %}
 {%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
-{%- if node.etcd or node.member or node.backup %}{% do components.append("firewall") %}{% endif %}
+{%- if node.etcd or node.member or node.backup or node.pgbouncer %}{% do components.append("firewall") %}{% endif %}
+{%- if node.pki.ca or node.pki.host %}{% do components.append("pki") %}{% endif %}
 {%- if components %}
 include:
 {%- for c in components %}

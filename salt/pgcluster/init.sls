@@ -4,7 +4,9 @@
 {%- set node = pgcluster.node %}
 {%- set components = [] %}
 {%- set backed_up = node.member and pgcluster.clusters[node.member].get("backup") %}
-{%- if node.etcd or node.member or node.backup %}{% do components.append("firewall") %}{% endif %}
+{#- TLS first: every link of every component uses this host's certificate. #}
+{%- if node.pki.ca or node.pki.host %}{% do components.append("pki") %}{% endif %}
+{%- if node.etcd or node.member or node.backup or node.pgbouncer %}{% do components.append("firewall") %}{% endif %}
 {%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
 {%- if node.member %}{% do components.append("postgresql") %}{% endif %}
 {#- pgBackRest before Patroni: a new replica is restored from the repository when it can be. #}

@@ -37,6 +37,8 @@ ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
 PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
 SECONDS = 50  # each writer and poller stops by itself after this
 
+# The cluster's CA certificate, as the CA minion (the master's host) keeps it on its disk.
+LAB_CA = "/var/lib/pgcluster-lab/hosts/salt/upper/etc/pgcluster/pki/ca.crt"
 HAPROXY_CFG = """global
     maxconn 200
 defaults
@@ -50,7 +52,10 @@ listen pg_primary
     option httpchk GET /primary
     http-check expect status 200
     default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions
-""" + "".join(f"    server {m} {a}:5432 check port 8008\n" for m, a in ADDRESS.items())
+""" + "".join(
+    f"    server {m} {a}:5432 check port 8008 check-ssl verify required ca-file /etc/pgcluster/pki/ca.crt\n"
+    for m, a in ADDRESS.items()
+)
 
 WRITER = """
 end=$((SECONDS + {seconds}))
@@ -89,7 +94,8 @@ def poll_promotion(old: str, t0_box: list, out: list) -> None:
             if m == old:
                 continue
             try:
-                if requests.get(f"http://{a}:8008/primary", timeout=0.3).status_code == 200 and t0_box:
+                resp = requests.get(f"https://{a}:8008/primary", timeout=0.3, verify=LAB_CA)
+                if resp.status_code == 200 and resp.json().get("role") == "primary" and t0_box:
                     out.append(time.time())
                     return
             except requests.RequestException:

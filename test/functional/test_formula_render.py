@@ -16,8 +16,8 @@ import yaml
 from pgctest import REPO
 
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
-LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
-LAB_TLS = yaml.safe_load((REPO / "pillar/pgcluster/lab_tls.yaml").read_text())
+LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]
+LAB_TLS = yaml.safe_load((REPO / "test/kitchen/pillar/tls.yaml").read_text())
 SECRETS = [
     *LAB_PILLAR["clusters"]["main"]["passwords"].values(),
     LAB_PILLAR["clusters"]["main"]["roles"]["app"]["password"],
@@ -34,19 +34,34 @@ def confdir(tmp_path_factory) -> Path:
     ext.mkdir()
     for sub in ("_modules", "_states", "_utils"):
         (ext / sub).symlink_to(REPO / sub)
+    # The kitchen suites' pillar: the lab's model, TLS from pillar (pki mode pillar: masterless).
+    pillar = d / "pillar"
+    (pillar / "pgcluster").mkdir(parents=True)
+    (pillar / "top.sls").write_text("base:\n  '*':\n    - pgcluster.lab\n    - pgcluster.tls\n")
+    for name, src in [
+        ("lab.sls", "pillar/pgcluster/lab.sls"),
+        ("lab_model.yaml", "pillar/pgcluster/lab_model.yaml"),
+        ("formula_defaults.yaml", "salt/pgcluster/defaults.yaml"),
+        ("tls.sls", "test/kitchen/pillar/tls.sls"),
+        ("tls.yaml", "test/kitchen/pillar/tls.yaml"),
+    ]:
+        (pillar / "pgcluster" / name).symlink_to(REPO / src)
     (d / "minion").write_text(
         yaml.safe_dump(
             {
                 "file_client": "local",
                 "file_roots": {"base": [str(REPO / "salt"), str(ext)]},
-                "pillar_roots": {"base": [str(REPO / "pillar")]},
+                "pillar_roots": {"base": [str(pillar)]},
                 "cachedir": str(d / "cache"),
+                # Not Salt's default under /var/cache/salt: the lab's hosts see the machine's files.
+                "extension_modules": str(d / "cache" / "extmods"),
+                "minion_id_caching": False,
                 "pki_dir": str(d / "pki"),
                 "log_file": str(d / "minion.log"),
                 "sock_dir": str(d / "sock"),
             }
         )
-    )
+    )  # fmt: skip
     res = salt_call(d, "pg1", "saltutil.sync_all")  # custom modules into the masterless cache
     assert res.returncode == 0, res.stderr
     return d
@@ -74,8 +89,14 @@ def test_database_server_gets_etcd_postgresql_patroni(confdir):
             "pgcluster-role-app-present", "pgcluster-database-app-present"} <= ids  # fmt: skip
 
 
-def test_host_without_a_role_gets_nothing_to_do(confdir):
-    assert set(states_of(confdir, "salt")) == {"pgcluster-no-role-on-this-minion"}
+def test_the_ca_minion_without_a_role_gets_the_ca_certificate_only(confdir):
+    # (pki mode pillar here: with the CA run by Salt it would hold the CA, see the lab tests.)
+    assert set(states_of(confdir, "salt")) == {"pgcluster-pki-group-present", "pgcluster-pki-dir-present",
+                                               "pgcluster-pki-ca-from-pillar"}  # fmt: skip
+
+
+def test_a_minion_outside_the_model_gets_nothing_to_do(confdir):
+    assert set(states_of(confdir, "stranger")) == {"pgcluster-no-role-on-this-minion"}
 
 
 @pytest.mark.parametrize("minion", ["pg1", "backup", "app1"])
@@ -95,7 +116,7 @@ def test_secret_file_is_0600_and_not_diffed(confdir):
     [
         ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number, at least 3"),
         ({"members": ["pg1", "pg2", "db7"]}, "pgcluster:clusters:main:members[2]: 'db7' has no address"),
-        ({"passwords": {"superuser": "short"}}, "pgcluster:clusters:main:passwords:superuser: missing or shorter"),
+        ({"passwords": {"superuser": "short"}}, "pgcluster:clusters:main:passwords:superuser: shorter than 12"),
         ({"port": "fivefourthreetwo"}, "pgcluster:clusters:main:port: 'fivefourthreetwo' is not a port number"),
         ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo'"),
     ],

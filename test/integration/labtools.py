@@ -42,9 +42,10 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, interval: flo
 
 # ---- the cluster ---------------------------------------------------------------------------
 MEMBERS = ("pg1", "pg2", "pg3")
+CA = "/etc/pgcluster/pki/ca.crt"  # the cluster's CA certificate, on every host (pgcluster.pki)
 ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
 PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
-APP_PASSWORD = "lab-app-pw-5e6b"  # the lab pillar's role 'app' (pillar/pgcluster/lab.sls)
+APP_PASSWORD = "lab-app-pw-5e6b"  # the lab pillar's role 'app' (pillar/pgcluster/lab_model.yaml)
 
 
 def salt_json(*args: str, check: bool = True) -> dict:

@@ -25,7 +25,7 @@ from labtools import (
     write_until_ok,
 )
 
-LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]
 LAB_CLUSTER = LAB_PILLAR["clusters"]["main"]
 APP_PW = LAB_CLUSTER["roles"]["app"]["password"]
 SECRETS = [*LAB_CLUSTER["passwords"].values(), APP_PW]
@@ -58,8 +58,9 @@ def test_first_highstate_from_bare_hosts_gives_a_healthy_cluster(first_highstate
     replicas = [m for m in c["members"] if m["name"] != c["leader"]]
     assert sorted(m["name"] for m in c["members"]) == list(MEMBERS)
     assert all(m["state"] == "streaming" and m["lag"] is not None for m in replicas)
-    health = json.loads(sh("pg1", "ETCDCTL_API=3 etcdctl --endpoints=pg1:2379,pg2:2379,pg3:2379 "
-                                  "endpoint health -w json").stdout)  # fmt: skip
+    tls = "--cacert=/etc/pgcluster/pki/ca.crt --cert=/etc/pgcluster/pki/host.crt --key=/etc/pgcluster/pki/host.key"
+    health = json.loads(sh("pg1", "ETCDCTL_API=3 etcdctl --endpoints=https://pg1:2379,https://pg2:2379,"
+                                  f"https://pg3:2379 {tls} endpoint health -w json").stdout)  # fmt: skip
     assert len(health) == 3 and all(h["health"] for h in health)
 
 
@@ -244,5 +245,9 @@ def test_etcd_and_postgresql_only_answer_the_hosts_that_need_them(deployed):
     assert not reachable("app1", "pg1", 2379) and not reachable("backup", "pg1", 2380)
     assert reachable("app1", "pg1", 5432)  # a PgBouncer host
     assert not reachable("backup", "pg1", 5432) and not reachable("salt", "pg3", 5432)
+    # Patroni's REST API: members, PgBouncer hosts and the master; PgBouncer: loopback only here.
+    assert reachable("pg2", "pg1", 8008) and reachable("app1", "pg1", 8008) and reachable("salt", "pg1", 8008)
+    assert not reachable("backup", "pg1", 8008)
+    assert not reachable("pg1", "app1", 6432) and not reachable("backup", "pg2", 6432)
     rules = sh("pg1", "nft list table inet pgcluster").stdout
     assert "tcp dport { 2379, 2380 } ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13 } accept" in rules

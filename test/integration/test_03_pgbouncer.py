@@ -9,6 +9,7 @@ import time
 import pytest
 from labtools import (
     ADDRESS,
+    CA,
     LAB,
     MEMBERS,
     PGBOUNCERS,
@@ -103,7 +104,7 @@ def test_event_lost_while_master_is_down_is_corrected_by_the_safety_net(deployed
     sh("salt", "systemctl stop salt-master")
     try:
         sh(new, f"patronictl switchover main --leader {old} --candidate {new} --force")
-        primary = f"curl -s -o /dev/null -w '%{{http_code}}' http://{ADDRESS[new]}:8008/primary"
+        primary = f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {CA} https://{ADDRESS[new]}:8008/primary"
         wait_for(f"{new} to lead", lambda: sh(new, primary).stdout == "200", 60)
         time.sleep(3)
         stale = sh("app1", f"grep -c 'host={ADDRESS[old]}' /etc/pgbouncer/routing-main.ini", check=False).stdout

@@ -8,7 +8,7 @@ import json
 import pytest
 from labtools import MEMBERS, lab, leader, salt_json, sh, wait_for, wait_healthy
 
-CIPHER_PASS = "lab-repo-cipher-pass-0d94c1e7"  # pillar/pgcluster/lab.sls
+CIPHER_PASS = "lab-repo-cipher-pass-0d94c1e7"  # pillar/pgcluster/lab_model.yaml
 
 
 def info() -> dict:
@@ -25,14 +25,15 @@ def test_after_highstate_an_encrypted_full_backup_exists_and_check_passes(deploy
 
 
 def test_passphrase_and_keys_are_only_where_needed_with_tight_modes(deployed):
-    out = sh("backup", "stat -c '%U:%G %a %n' /etc/pgbackrest/pgbackrest.conf /etc/pgbackrest/tls/host.key").stdout
+    out = sh("backup", "stat -c '%U:%G %a %n' /etc/pgbackrest/pgbackrest.conf /etc/pgcluster/pki/host.key").stdout
     assert out.split("\n")[:2] == [
         "root:pgbackrest 640 /etc/pgbackrest/pgbackrest.conf",
-        "pgbackrest:pgbackrest 600 /etc/pgbackrest/tls/host.key",
+        "root:pgcluster-tls 640 /etc/pgcluster/pki/host.key",  # the host's key (pgcluster.pki)
     ]
+    assert "pgbackrest" in sh("backup", "getent group pgcluster-tls").stdout
     for m in MEMBERS:
-        key = sh(m, "stat -c '%U:%G %a' /etc/pgbackrest/tls/host.key").stdout.strip()
-        assert key == "postgres:postgres 600"
+        key = sh(m, "stat -c '%U:%G %a' /etc/pgcluster/pki/host.key").stdout.strip()
+        assert key == "root:pgcluster-tls 640"
         # Database servers never hold the repository passphrase: the repository host encrypts.
         assert sh(m, f"grep -rl {CIPHER_PASS} /etc /var/log/pgbackrest", check=False).stdout == ""
     # The repository is encrypted: its manifest is not text, and a wrong passphrase cannot read it.
@@ -53,7 +54,7 @@ def test_database_servers_accept_only_the_backup_hosts_certificate(deployed):
     """A certificate of the same CA with another name (pg2's, copied to the backup host for the
     test) is refused by every member's pgBackRest server: tls-server-auth names the backup host."""
     foreign = "/var/tmp/foreign-cert"
-    pem = sh("pg2", "cat /etc/pgbackrest/tls/host.crt /etc/pgbackrest/tls/host.key").stdout
+    pem = sh("pg2", "cat /etc/pgcluster/pki/host.crt /etc/pgcluster/pki/host.key").stdout
     sh("backup", f"install -d -m 0700 -o pgbackrest {foreign} && cd {foreign} && umask 077 && cat > host.pem && "
                  "csplit -s -f part host.pem '/-----BEGIN .*PRIVATE KEY-----/' && mv part00 host.crt && "
                  "mv part01 host.key && chown pgbackrest host.crt host.key", stdin=pem)  # fmt: skip

@@ -12,6 +12,7 @@ import labtools
 import pytest
 from labtools import (
     ADDRESS,
+    CA,
     MEMBERS,
     all_route_to,
     ensure_probe_table,
@@ -59,7 +60,9 @@ def test_every_component_listens_where_pillar_says(ported):
     assert sh("app1", f"ss -Hltn 'sport = :{PORTS['pgbouncer']}' | wc -l").stdout.strip() != "0"
     lead = leader()
     assert sh(lead, f"ss -Hltn 'sport = :{PORTS['postgresql']}' | wc -l").stdout.strip() != "0"
-    primary = f"curl -s -o /dev/null -w '%{{http_code}}' http://{ADDRESS[lead]}:{PORTS['restapi']}/primary"
+    primary = (
+        f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {CA} https://{ADDRESS[lead]}:{PORTS['restapi']}/primary"
+    )
     assert sh(lead, primary).stdout == "200"
     out = sh("app1", "psql service=app -XAtc 'select inet_server_port()' </dev/null").stdout.strip()
     assert out == str(PORTS["postgresql"])

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 from pgctest import FIXTURES, load_module
 
-SHOW_1_18 = (FIXTURES / "pgbouncer" / "show_databases_1.18.txt").read_text()
+# Recorded with psql -F $'\x1f'; pgsql.query's own separator is put in their place.
+SHOW_1_18 = (FIXTURES / "pgbouncer" / "show_databases_1.18.txt").read_text().replace("\x1f", "\x02")
 # PgBouncer 1.19+ adds columns (server_lifetime, load_balance_hosts...) before paused/disabled.
 SHOW_LATER = (
     "name\x1fhost\x1fport\x1fdatabase\x1fforce_user\x1fpool_size\x1fmin_pool_size\x1freserve_pool\x1f"
     "server_lifetime\x1fpool_mode\x1fload_balance_hosts\x1fmax_connections\x1fcurrent_connections\x1f"
     "max_client_connections\x1fcurrent_client_connections\x1fpaused\x1fdisabled\n"
     "app\x1f198.18.0.12\x1f5433\x1fapp\x1f\x1f20\x1f0\x1f0\x1f3600\x1f\x1f\x1f0\x1f1\x1f0\x1f1\x1f1\x1f0\n"
-)
+).replace("\x1f", "\x02")
 SPEC = {"cluster": "main", "port": 5433, "databases": ["app"], "admin_port": 6433,
         "admin_socket_dir": "/run/pgb", "path": "/nonexistent/routing-main.ini"}  # fmt: skip
 
@@ -53,3 +54,10 @@ def test_a_host_that_serves_no_such_cluster_says_so(pgb):
     pgb.__salt__["pgcluster.settings"] = lambda: {"node": {"routing": {"main": SPEC}}}
     with pytest.raises(pgb.CommandExecutionError, match="this host serves no cluster 'other' \\(it serves: main\\)"):
         pgb.targets("other")
+
+
+def test_a_trailing_empty_field_survives_the_stripped_output():
+    # cmd.run_all strips its output: a row whose last field is empty must keep it.
+    pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": lambda cmd, **kw: {
+        "retcode": 0, "stdout": ("t" + "\x02" + "\n").strip(), "stderr": ""}})  # fmt: skip
+    assert pgsql.query("SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid") == [["t", ""]]

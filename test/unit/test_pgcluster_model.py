@@ -13,7 +13,7 @@ from pgctest import FIXTURES, REPO, load_module
 pgc = load_module("utils", "pgcluster_model")
 DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())
 OSMAP = yaml.safe_load((REPO / "salt/pgcluster/osfamilymap.yaml").read_text())
-LAB = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+LAB = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]
 
 
 def model(pillar: dict | None = None) -> dict:
@@ -51,11 +51,20 @@ def test_roles_follow_from_the_model():
         ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo' (known: durable, fast)"),
         ({"port": "5432x"}, "pgcluster:clusters:main:port: '5432x' is not a port number (1-65535)"),
         ({"port": 70000}, "pgcluster:clusters:main:port: 70000 is not a port number"),
-        ({"passwords": {"superuser": "x" * 12, "replication": "x" * 12, "rewind": "x" * 12}},
-         "pgcluster:clusters:main:passwords:restapi: missing or shorter than 12 characters"),
-        ({"roles": {"app": {}}}, "pgcluster:clusters:main:roles:app:password: missing"),
+        ({"passwords": {"superuser": "x" * 12, "replication": "x" * 12, "rewind": "x" * 12, "restapi": "short"}},
+         "pgcluster:clusters:main:passwords:restapi: shorter than 12 characters"),
+        ({"passwords": {"root": "x" * 12}}, "pgcluster:clusters:main:passwords:root: unknown"),
+        ({"roles": {"app": {"password": "short"}}}, "pgcluster:clusters:main:roles:app:password: shorter than 12"),
+        ({"roles": {"app": {"verifier": "md5abc"}}},
+         "pgcluster:clusters:main:roles:app:verifier: not a SCRAM-SHA-256 verifier"),
         ({"databases": {"app": {"owner": "nobody"}}}, "databases:app:owner: role 'nobody' is not declared"),
         ({"client_networks": ["10.0.0.0/33"]}, "client_networks[0]: '10.0.0.0/33' is not a network"),
+        ({"client_networks": "10.0.0.0/24"}, "pgcluster:clusters:main:client_networks: must be a list of networks"),
+        ({"parameters": ["work_mem=8MB"]},
+         "pgcluster:clusters:main:parameters: must be a mapping of PostgreSQL parameter to value"),
+        ({"port": 8008}, "pgcluster:clusters:main:port: port 8008 is already pgcluster:patroni:restapi_port"),
+        ({"members": ["pg1", "pg2", "backup"]},
+         "pgcluster:clusters:main:backup: 'backup' is a database server; the repository needs a host of its own"),
     ],
 )  # fmt: skip
 def test_bad_cluster_pillar_names_key_and_problem(change, message):
@@ -83,6 +92,56 @@ def test_bad_address_and_global_port():
     found = pgc.problems(model(p))
     assert "pgcluster:hosts:pg1: 'pg1.example' is not an IP address" in found
     assert "pgcluster:patroni:restapi_port: 'http' is not a port number (1-65535)" in found
+
+
+def two_clusters(**other) -> dict:
+    """The lab pillar with a second cluster 'other' on hosts of its own (pg4-pg6, backup2, app2)."""
+    p = copy.deepcopy(LAB)
+    p["hosts"].update({f"pg{i}": f"198.18.0.{10 + i}" for i in (4, 5, 6)})
+    p["hosts"].update({"backup2": "198.18.0.21", "app2": "198.18.0.31"})
+    c = copy.deepcopy(p["clusters"]["main"])
+    c.update(members=["pg4", "pg5", "pg6"], etcd=["pg4", "pg5", "pg6"], pgbouncer=["app2"], backup="backup2",
+             databases={"billing": {"owner": "app"}})  # fmt: skip
+    c.update(other)
+    p["clusters"]["other"] = c
+    return p
+
+
+def test_two_clusters_on_hosts_of_their_own_are_valid():
+    assert pgc.problems(model(two_clusters())) == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"etcd": ["pg1", "pg5", "pg6"]},
+         "pgcluster:clusters:other:etcd: 'pg1' already runs the etcd of cluster 'main'"),
+        ({"scope": "main"}, "pgcluster:clusters:other:scope: 'main' is already the scope of cluster 'main'"),
+        ({"pgbouncer": ["app1"], "databases": {"app": {"owner": "app"}}},
+         "pgcluster:clusters:other:databases:app: PgBouncer on 'app1' already routes 'app' to cluster 'main'"),
+        ({"members": ["pg4", "pg5", "backup"]},
+         "pgcluster:clusters:other:members: 'backup' is the backup host of cluster 'main'; a backup host holds no "
+         "database"),
+    ],
+)  # fmt: skip
+def test_relations_between_clusters_are_checked(change, message):
+    assert message in pgc.problems(model(two_clusters(**change)))
+
+
+def test_one_repository_one_passphrase():
+    p = two_clusters(backup="backup")
+    assert pgc.problems(model(p)) == []  # two clusters, one backup host, one passphrase
+    p["clusters"]["other"]["pgbackrest"] = {"cipher_pass": "another-passphrase-of-30-chars"}
+    assert pgc.problems(model(p)) == [
+        "pgcluster:clusters:other:pgbackrest:cipher_pass: the repository on 'backup' is also cluster 'main''s: "
+        "one repository, one passphrase"
+    ]
+
+
+def test_two_hosts_with_one_address_are_refused():
+    p = copy.deepcopy(LAB)
+    p["hosts"]["app1"] = p["hosts"]["pg3"]
+    assert "pgcluster:hosts:app1: address 198.18.0.13 is already 'pg3''s" in pgc.problems(model(p))
 
 
 def test_a_minion_is_member_of_one_cluster_only():
@@ -118,20 +177,34 @@ def test_patroni_config_for_a_member():
     assert {auth[k]["username"] for k in auth} == {"postgres", "replicator", "rewind_user"}
 
 
-def test_restapi_tls_when_certificates_are_given():
-    p = copy.deepcopy(LAB)
-    p["patroni"].update(restapi_certfile="/etc/patroni/api.crt", restapi_keyfile="/etc/patroni/api.key")
-    api = pgc.patroni_config(model(p), "main", "pg1")["restapi"]
-    assert api["certfile"] == "/etc/patroni/api.crt" and api["keyfile"] == "/etc/patroni/api.key"
+def test_every_link_of_a_member_is_tls_against_the_clusters_ca():
+    conf = pgc.patroni_config(model(), "main", "pg1")
+    pki = "/etc/pgcluster/pki"
+    api = conf["restapi"]
+    assert (api["certfile"], api["keyfile"], api["cafile"]) == (f"{pki}/host.crt", f"{pki}/host.key", f"{pki}/ca.crt")
+    etcd = conf["etcd3"]
+    assert etcd["protocol"] == "https" and etcd["cacert"] == f"{pki}/ca.crt" and etcd["cert"] == f"{pki}/host.crt"
+    params = conf["postgresql"]["parameters"]
+    assert params["ssl"] == "on" and params["ssl_key_file"] == f"{pki}/host.key"
+    auth = conf["postgresql"]["authentication"]
+    for user in ("replication", "rewind"):
+        assert auth[user]["sslmode"] == "verify-full" and auth[user]["sslrootcert"] == f"{pki}/ca.crt"
+    assert pgc.api_url(model(), "pg2") == "https://198.18.0.12:8008"
 
 
 def test_pg_hba_is_least_privilege():
     rules = pgc.pg_hba(model(), "main")
+    network = [r for r in rules if r.startswith("host") and "127.0.0.1" not in r and "reject" not in r]
+    assert network and all(r.startswith("hostssl ") for r in network)  # over the network: TLS only
+    # Patroni reads its own timeline over the local socket (with TLS verify-full, 127.0.0.1 would
+    # not match the certificate: replicas would report no timeline and check_timeline block failover).
+    assert "local replication replicator scram-sha-256" in rules
+    assert pgc.patroni_config(model(), "main", "pg1")["postgresql"]["use_unix_socket_repl"] is True
     assert not any(" trust" in r or " md5" in r or " password" in r for r in rules)
     assert rules[-2:] == ["host all all 0.0.0.0/0 reject", "host all all ::/0 reject"]
-    assert "host replication replicator 198.18.0.13/32 scram-sha-256" in rules
-    assert "host replication replicator 198.18.0.30/32 scram-sha-256" not in rules  # app1 is no member
-    assert "host app app 198.18.0.30/32 scram-sha-256" in rules  # app1 runs a PgBouncer
+    assert "hostssl replication replicator 198.18.0.13/32 scram-sha-256" in rules
+    assert "hostssl replication replicator 198.18.0.30/32 scram-sha-256" not in rules  # app1 is no member
+    assert "hostssl app app 198.18.0.30/32 scram-sha-256" in rules  # app1 runs a PgBouncer
     assert not any(r.startswith("host all app") for r in rules)
 
 
@@ -157,9 +230,13 @@ def test_firewall_opens_etcd_to_members_and_postgresql_to_clients():
     assert rules["etcd"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
     assert rules["postgresql"]["ports"] == [5432]
     assert rules["postgresql"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.30"]
-    assert pgc.firewall(model(), "app1") == []
-    nets = pgc.firewall(model(lab_with(client_networks=["10.1.0.0/16"])), "pg2")
-    assert nets[1]["sources"][-1] == "10.1.0.0/16"
+    # Patroni's REST API: members, PgBouncer hosts and the Salt master (the runners) only.
+    assert rules["patroni"]["ports"] == [8008]
+    assert rules["patroni"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.30", "198.18.0.10"]
+    # PgBouncer: loopback and the declared client networks only.
+    assert pgc.firewall(model(), "app1") == [{"name": "pgbouncer", "ports": [6432], "sources": []}]
+    nets = {r["name"]: r for r in pgc.firewall(model(lab_with(client_networks=["10.1.0.0/16"])), "pg2")}
+    assert nets["postgresql"]["sources"][-1] == "10.1.0.0/16" and nets["pgbouncer"]["sources"] == ["10.1.0.0/16"]
 
 
 def test_role_verifier_is_stable_per_cluster_and_role():
@@ -175,8 +252,10 @@ def test_pgbackrest_repository_host_knows_every_member_and_holds_the_passphrase(
     assert conf["global"]["repo1-path"] == "/var/lib/pgbackrest"
     assert conf["global"]["tls-server-auth"] == ["pg1=main", "pg2=main", "pg3=main"]
     main = conf["main"]
-    assert main["repo1-cipher-type"] == "aes-256-cbc" and main["repo1-cipher-pass"] == LAB["clusters"]["main"][
-        "pgbackrest"]["cipher_pass"]  # fmt: skip
+    # The passphrase in [global]: a plain `pgbackrest info` (no --stanza) reads every stanza.
+    assert conf["global"]["repo1-cipher-type"] == "aes-256-cbc"
+    assert conf["global"]["repo1-cipher-pass"] == LAB["clusters"]["main"]["pgbackrest"]["cipher_pass"]
+    assert "repo1-cipher-pass" not in main
     assert [main[f"pg{i}-host"] for i in (1, 2, 3)] == ["pg1", "pg2", "pg3"]
     assert main["pg1-path"] == "/var/lib/postgresql/15/patroni-main"
     assert main["repo1-retention-full"] == 2
@@ -219,7 +298,7 @@ def test_pgbackrest_port_open_between_repository_and_members_only():
     [
         (
             {"pgbackrest": {"cipher_pass": "short"}},
-            "pgcluster:clusters:main:pgbackrest:cipher_pass: missing or shorter",
+            "pgcluster:clusters:main:pgbackrest:cipher_pass: shorter than 20 characters",
         ),
         ({"backup": "pg1"}, "pgcluster:clusters:main:backup: 'pg1' is a database server"),
         ({"backup": "nowhere"}, "pgcluster:clusters:main:backup: 'nowhere' has no address"),
@@ -232,11 +311,93 @@ def test_bad_backup_pillar_names_key_and_problem(change, message):
     assert any(message in p for p in found), found
 
 
-def test_tls_material_of_this_minion_is_required():
-    m = model()
-    assert pgc.tls_problems(m, "pg1") == [
-        "pgcluster:pgbackrest:tls:ca: missing (PEM text of the CA certificate)",
-        "pgcluster:pgbackrest:tls:hosts:pg1:cert: missing (PEM text, CN=pg1)",
-        "pgcluster:pgbackrest:tls:hosts:pg1:key: missing (PEM text)",
+def test_pki_from_pillar_needs_this_minions_material_only():
+    m = model(lab_with())
+    m["pki"]["mode"] = "pillar"
+    assert pgc.pki_problems(m, "pg1") == [
+        "pgcluster:pki:ca: missing (PEM text of the CA certificate)",
+        "pgcluster:pki:hosts:pg1:cert: missing (PEM text, CN=pg1)",
+        "pgcluster:pki:hosts:pg1:key: missing (PEM text)",
     ]
-    assert pgc.tls_problems(m, "app1") == []
+    assert pgc.pki_problems(m, "salt") == ["pgcluster:pki:ca: missing (PEM text of the CA certificate)"]
+    assert pgc.pki_problems(model(), "pg1") == []  # the CA run by Salt needs no PEM in pillar
+
+
+def test_the_ca_minion_gets_one_policy_per_host_that_only_that_host_may_use():
+    ca = pgc.ca_pillar(LAB, DEFAULTS, "salt")
+    policies = {
+        name: {k: v for d in items for k, v in d.items()} for name, items in ca["x509_signing_policies"].items()
+    }
+    assert sorted(policies) == ["pgcluster-app1", "pgcluster-backup", "pgcluster-pg1", "pgcluster-pg2", "pgcluster-pg3"]
+    pg1 = policies["pgcluster-pg1"]
+    assert (pg1["minions"], pg1["CN"], pg1["subjectAltName"]) == ("pg1", "pg1", "DNS:pg1, IP:198.18.0.11")
+    assert pg1["basicConstraints"] == "critical, CA:false" and pg1["signing_private_key"] == "/etc/pgcluster/pki/ca.key"
+    assert ca["mine_functions"] == {"x509.get_pem_entries": ["/etc/pgcluster/pki/ca.crt"]}
+    assert pgc.ca_pillar(LAB, DEFAULTS, "pg1") == {}
+
+
+@pytest.mark.parametrize(
+    "pki, message",
+    [
+        ({"ca_minion": "nobody"}, "pgcluster:pki:ca_minion: 'nobody' must be the minion that holds the CA key"),
+        ({"mode": "vault"}, "pgcluster:pki:mode: 'vault' is not salt (a CA run by Salt) or pillar"),
+        ({"days_remaining": 400}, "pgcluster:pki:days_remaining: 400 must be less than days_valid (365)"),
+    ],
+)
+def test_bad_pki_pillar_names_key_and_problem(pki, message):
+    p = copy.deepcopy(LAB)
+    p["pki"].update(pki)
+    assert any(message in f for f in pgc.problems(model(p))), pgc.problems(model(p))
+
+
+# ---- secrets by need ------------------------------------------------------------------------------
+SECRETS = {
+    "superuser": LAB["clusters"]["main"]["passwords"]["superuser"],
+    "replication": LAB["clusters"]["main"]["passwords"]["replication"],
+    "rewind": LAB["clusters"]["main"]["passwords"]["rewind"],
+    "restapi": LAB["clusters"]["main"]["passwords"]["restapi"],
+    "app": LAB["clusters"]["main"]["roles"]["app"]["password"],
+    "cipher_pass": LAB["clusters"]["main"]["pgbackrest"]["cipher_pass"],
+}
+# Who receives which secret (pillar.example says the same).
+EXPECTED = {
+    "pg1": {"superuser", "replication", "rewind", "restapi"},
+    "pg2": {"superuser", "replication", "rewind", "restapi"},
+    "pg3": {"superuser", "replication", "rewind", "restapi"},
+    "app1": {"app"},
+    "backup": {"cipher_pass"},
+    "salt": set(),
+}
+
+
+@pytest.mark.parametrize("minion", sorted(EXPECTED))
+def test_each_minion_receives_only_the_secrets_its_roles_need(minion):
+    mine = json.dumps(pgc.pillar_for(LAB, minion))
+    assert {k for k, secret in SECRETS.items() if secret in mine} == EXPECTED[minion]
+    # ...and its filtered model is valid for it, verifiers included where PgBouncer needs them.
+    m = pgc.settings(DEFAULTS, OSMAP, pgc.pillar_for(LAB, minion), {"id": minion, "os_family": "Debian"})
+    if m["node"]["pgbouncer"]:
+        assert m["node"]["verifiers"]["main"]["app"] == pgc.role_verifier("main", "app", SECRETS["app"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"passwords": {"superuser": "x" * 12, "replication": "x" * 12, "rewind": "x" * 12}},
+         "pgcluster:clusters:main:passwords:restapi: missing (superuser, replication, rewind and restapi are needed)"),
+        ({"roles": {"app": {}}}, "pgcluster:clusters:main:roles:app:password: missing"),
+        ({"pgbackrest": {"retention": {"full": 2}}}, "pgcluster:clusters:main:pgbackrest:cipher_pass: missing"),
+    ],
+)  # fmt: skip
+def test_a_missing_secret_stops_every_minions_pillar_naming_it(change, message):
+    with pytest.raises(pgc.ModelError) as err:
+        pgc.pillar_for(lab_with(**change), "salt")  # even a minion that would not receive it
+    assert message in str(err.value)
+
+
+def test_pillar_example_is_a_valid_model_for_every_host():
+    example = yaml.safe_load((REPO / "pillar/pillar.example").read_text())["pgcluster"]
+    for host in example["hosts"]:
+        mine = pgc.pillar_for(example, host)
+        m = pgc.settings(DEFAULTS, OSMAP, mine, {"id": host, "os_family": "Debian"})
+        assert m["node"]["id"] == host

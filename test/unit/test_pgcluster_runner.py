@@ -8,13 +8,20 @@ import copy
 
 import pytest
 import yaml
-from pgctest import REPO, load_module, patroni_replay
+from pgctest import REPO, load_module, make_pki, patroni_replay
 
 DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())
 OSMAP = yaml.safe_load((REPO / "salt/pgcluster/osfamilymap.yaml").read_text())
-LAB = yaml.safe_load((REPO / "pillar/pgcluster/lab.sls").read_text())["pgcluster"]
+LAB = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]
 LEADER = {"/cluster": "cluster", "/primary": "primary_on_leader"}  # pg2 leads in the recording
 REPLICA = {"/cluster": "cluster", "/primary": "primary_on_replica"}
+PKI_DIR: list = []
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """The replay servers' TLS material; the model's pki:dir points at it (its CA verifies them)."""
+    return make_pki(tmp_path_factory.mktemp("pki"), ["127.0.0.11", "127.0.0.12", "127.0.0.13"])
 
 
 def lab_model(utils: dict, **tweaks) -> dict:
@@ -22,13 +29,15 @@ def lab_model(utils: dict, **tweaks) -> dict:
     pillar = copy.deepcopy(LAB)
     pillar["hosts"].update(patroni_replay.hosts)
     pillar.setdefault("patroni", {})["restapi_port"] = patroni_replay.port
+    pillar["pki"]["dir"] = str(PKI_DIR[0])
     for key, value in tweaks.items():
         pillar.setdefault(key, {}).update(value)
     return utils["pgcluster_model.settings"](DEFAULTS, OSMAP, pillar, {"id": "salt", "os_family": "Debian"})
 
 
 @pytest.fixture
-def runner(monkeypatch):
+def runner(monkeypatch, pki):
+    PKI_DIR[:] = [pki]
     mod = load_module("runners", "pgcluster")
     mod.jobs, mod.fired = [], []
 
@@ -51,7 +60,7 @@ def use_model(runner, monkeypatch, model):
     [("app1", "main"), ("pg1", "other"), ("pg1", None), (None, "main"), (["pg1"], "main"), ("pg1", {"x": 1})],
 )
 def test_forged_or_malformed_events_change_nothing(runner, monkeypatch, sender, cluster):
-    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
         ret = runner.follow_leader(sender=sender, cluster=cluster, event_tag="pgcluster/patroni/role_change")
     assert ret["result"] is False and "is not a member of cluster" in ret["comment"]
@@ -60,7 +69,7 @@ def test_forged_or_malformed_events_change_nothing(runner, monkeypatch, sender, 
 
 
 def test_an_event_from_pg1_repoints_to_the_leader_patroni_reports_with_its_timeline(runner, monkeypatch):
-    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}) as urls:
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]) as urls:
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
         ret = runner.follow_leader(sender="pg1", cluster="main", event_tag="pgcluster/patroni/role_change")
     assert ret["result"] is True and ret["leader"] == "pg2" and ret["timeline"] == 1  # Patroni's, not the event's
@@ -72,7 +81,7 @@ def test_an_event_from_pg1_repoints_to_the_leader_patroni_reports_with_its_timel
 
 def test_a_leader_still_promoting_is_not_routed_to(runner, monkeypatch):
     promoting = {"/cluster": "cluster", "/primary": "primary_while_promoting"}
-    with patroni_replay({"pg1": REPLICA, "pg2": promoting, "pg3": REPLICA}):
+    with patroni_replay({"pg1": REPLICA, "pg2": promoting, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
         ret = runner.follow_leader(sender="pg1", cluster="main", timeout=0.5)
     assert ret["result"] is False and "no leader accepting writes" in ret["comment"]
@@ -80,7 +89,7 @@ def test_a_leader_still_promoting_is_not_routed_to(runner, monkeypatch):
 
 
 def test_non_default_ports_reach_every_pgbouncer_host(runner, monkeypatch):
-    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         model = lab_model(runner.__utils__, postgresql={"port": 5433}, pgbouncer={"port": 6433, "conf_dir": "/etc/pgb"})
         use_model(runner, monkeypatch, model)
         runner.reconcile()
@@ -93,7 +102,7 @@ def test_non_default_ports_reach_every_pgbouncer_host(runner, monkeypatch):
 def test_safety_net_resumes_paused_pgbouncers_unless_a_switchover_runs(runner, monkeypatch):
     running = {"main": False}
     monkeypatch.setattr(runner, "_switchover_running", lambda name, limit: running[name])
-    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
         runner.reconcile()
         running["main"] = True
@@ -110,7 +119,7 @@ def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monke
 
     monkeypatch.setattr(runner, "_call", call)
     monkeypatch.setattr(runner, "_switchover_marker", lambda name, started: None)
-    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
         ret = runner.switchover("main", candidate="pg3")
     assert ret["retcode"] == 1 and __context__["retcode"] == 1
@@ -120,7 +129,7 @@ def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monke
 
 
 def test_a_switchover_to_the_leader_or_a_stranger_touches_nothing(runner, monkeypatch):
-    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
         assert "pg2 already leads cluster main: nothing done" in runner.switchover("main", candidate="pg2")["error"]
         assert "unknown candidate 'pg9'" in runner.switchover("main", candidate="pg9")["error"]

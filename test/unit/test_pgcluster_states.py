@@ -85,3 +85,13 @@ def test_test_mode_changes_nothing(state):
     assert state.role_present("app", "main")["result"] is None
     assert state.database_present("app", "main")["result"] is None
     assert not [s for s in state.sent if not s.startswith("SELECT")]
+
+
+def test_a_member_creates_the_role_from_the_verifier_it_receives(state):
+    # A database server's pillar holds the role's verifier only (pgcluster.pillar_for).
+    verifier = state.pgc.role_verifier("main", "app", "s3cret-password-1")
+    state.__salt__["pgcluster.settings"] = lambda: {
+        "clusters": {"main": {"roles": {"app": {"verifier": verifier}}, "databases": {}}}
+    }
+    ret = state.role_present("app", "main")
+    assert ret["result"] is True and state.sent[-1] == f"CREATE ROLE \"app\" LOGIN PASSWORD '{verifier}'"

@@ -4,6 +4,17 @@
 
 include:
   - {{ tplroot }}.etcd.install
+  - {{ tplroot }}.pki
+
+{#- etcd serves and talks to its peers over TLS with the host's key (group of pgcluster.pki). #}
+etcd-reads-the-host-key:
+  group.present:
+    - name: {{ pgcluster.pki.group }}
+    - addusers:
+      - etcd
+    - require:
+      - group: pgcluster-pki-group-present
+      - pkg: etcd-packages-installed
 
 etcd-data-dir-present:
   file.directory:

@@ -11,10 +11,13 @@ etcd-service-running:
     - watch:
       - file: etcd-environment-configured
       - file: etcd-data-dir-present
+      - group: etcd-reads-the-host-key
+      - sls: {{ tplroot }}.pki
 
 etcd-cluster-healthy:
   pgcluster.etcd_healthy:
     - endpoints: {{ pgcluster.node.etcd_endpoints | json }}
+    - tls: {{ pgcluster.node.pki.files | json }}
     - timeout: 180
     - require:
       - service: etcd-service-running

@@ -5,6 +5,17 @@
 
 include:
   - {{ tplroot }}.patroni.install
+  - {{ tplroot }}.pki
+
+{#- PostgreSQL and Patroni (REST API, etcd client) use the host's key (group of pgcluster.pki). #}
+patroni-postgres-reads-the-host-key:
+  group.present:
+    - name: {{ pgcluster.pki.group }}
+    - addusers:
+      - postgres
+    - require:
+      - group: pgcluster-pki-group-present
+      - pkg: postgresql-packages-installed
 
 patroni-config-dir-present:
   file.directory:

@@ -14,6 +14,8 @@ patroni-service-running:
     - require:
       - file: patroni-config-managed
       - file: patroni-data-root-present
+      - group: patroni-postgres-reads-the-host-key
+      - sls: {{ tplroot }}.pki
       - module: patroni-systemd-unit-installed
       - service: postgresql-default-cluster-stopped
       - patroni-installed-in-virtualenv
@@ -28,6 +30,8 @@ patroni-config-reloaded:
         interval: 2
     - onchanges:
       - file: patroni-config-managed
+      {#- A renewed certificate: Patroni's REST API and PostgreSQL re-read theirs on reload. #}
+      - sls: {{ tplroot }}.pki
     - require:
       - service: patroni-service-running
 

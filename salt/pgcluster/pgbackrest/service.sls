@@ -35,7 +35,6 @@ pgbackrest-server-running:
       - sls: {{ tplroot }}.pgbackrest.install
     - watch:
       - file: pgbackrest-config-managed
-      - file: pgbackrest-tls-ca-managed
-      - file: pgbackrest-tls-certificate-managed
-      - file: pgbackrest-tls-key-managed
+      - sls: {{ tplroot }}.pki
+      - group: pgbackrest-{{ runas }}-reads-the-host-key
       - file: pgbackrest-server-runs-as-user

@@ -7,6 +7,17 @@
 
 include:
   - {{ tplroot }}.pgbouncer.install
+  - {{ tplroot }}.pki
+
+{#- PgBouncer (running as postgres) offers TLS to its clients with the host's key. #}
+pgbouncer-postgres-reads-the-host-key:
+  group.present:
+    - name: {{ pgcluster.pki.group }}
+    - addusers:
+      - postgres
+    - require:
+      - group: pgcluster-pki-group-present
+      - pkg: pgbouncer-package-installed
 
 {#- listen.ini holds what PgBouncer reads only at start (addresses, port, socket): a change there
     restarts it (service.sls); any other change is a RELOAD. #}

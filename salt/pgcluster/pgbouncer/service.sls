@@ -16,6 +16,7 @@ pgbouncer-service-running:
       - file: pgbouncer-pgbouncer.ini-managed
       - file: pgbouncer-pg_hba.conf-managed
       - file: pgbouncer-userlist.txt-managed
+      - sls: {{ tplroot }}.pki
 
 pgbouncer-restarted-for-new-listen-settings:
   module.run:
@@ -23,5 +24,7 @@ pgbouncer-restarted-for-new-listen-settings:
       - name: {{ pgcluster.pgbouncer.service }}
     - onchanges:
       - file: pgbouncer-listen.ini-managed
+      {#- Its supplementary groups are read at start: the host key's group just given to it. #}
+      - group: pgbouncer-postgres-reads-the-host-key
     - require:
       - service: pgbouncer-service-running

@@ -24,6 +24,7 @@ def test_firewall_lets_only_the_cluster_in(host):
     rules = host.run("nft list table inet pgcluster").stdout
     assert "tcp dport { 2379, 2380 } ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13 } accept" in rules
     assert "tcp dport 5432 ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13, 198.18.0.30 } accept" in rules
+    assert "tcp dport 8008 ip saddr { 198.18.0.10, 198.18.0.11, 198.18.0.12, 198.18.0.13, 198.18.0.30 } accept" in rules
 
 
 def test_patroni_events_reach_the_relay_socket(host):
@@ -36,5 +37,12 @@ def test_pgbackrest_configured_for_the_repository_host_with_its_own_key_only(hos
     conf = host.file("/etc/pgbackrest/pgbackrest.conf")
     assert (conf.group, conf.mode) == ("postgres", 0o640)
     assert "repo1-host=backup" in conf.content_string and "cipher-pass" not in conf.content_string
-    key = host.file("/etc/pgbackrest/tls/host.key")
-    assert (key.user, key.mode) == ("postgres", 0o600)
+    assert "tls-server-key-file=/etc/pgcluster/pki/host.key" in conf.content_string
+
+
+def test_the_host_key_is_readable_by_the_services_only(host):
+    key = host.file("/etc/pgcluster/pki/host.key")
+    assert (key.user, key.group, key.mode) == ("root", "pgcluster-tls", 0o640)
+    assert "postgres" in host.group("pgcluster-tls").members  # pgBackRest, PostgreSQL, Patroni
+    cert = host.run("openssl x509 -noout -subject -ext subjectAltName -in /etc/pgcluster/pki/host.crt").stdout
+    assert "CN = pg1" in cert and "IP Address:198.18.0.11" in cert

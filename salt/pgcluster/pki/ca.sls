@@ -1,0 +1,45 @@
+{#- The certificate authority, on the CA minion only: its key never leaves this host. The CA
+    certificate is published through the Salt mine (mine_functions from pillar) for every host;
+    the signing policies (one per host, see pgcluster.ca_pillar) come from this minion's pillar. #}
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import pgcluster with context %}
+{%- set pki = pgcluster.pki %}
+{%- set f = pgcluster.node.pki.files %}
+
+pgcluster-pki-ca-dir-present:
+  file.directory:
+    - name: {{ pki.dir }}
+    - user: root
+    - group: root
+    - mode: '0755'
+    - makedirs: True
+
+pgcluster-pki-ca-key-present:
+  x509.private_key_managed:
+    - name: {{ f.ca_key }}
+    - algo: ec
+    - keysize: 384
+    - mode: '0400'
+    - require:
+      - file: pgcluster-pki-ca-dir-present
+
+pgcluster-pki-ca-certificate-present:
+  x509.certificate_managed:
+    - name: {{ f.ca }}
+    - signing_private_key: {{ f.ca_key }}
+    - CN: pgcluster CA
+    - basicConstraints: 'critical, CA:true, pathlen:0'
+    - keyUsage: 'critical, cRLSign, keyCertSign'
+    - subjectKeyIdentifier: hash
+    - authorityKeyIdentifier: keyid:always
+    - days_valid: {{ pki.ca_days_valid }}
+    - days_remaining: 0
+    - mode: '0644'
+    - require:
+      - x509: pgcluster-pki-ca-key-present
+
+pgcluster-pki-ca-certificate-published:
+  module.run:
+    - mine.update: []
+    - onchanges:
+      - x509: pgcluster-pki-ca-certificate-present
