@@ -12,8 +12,10 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgbackrest"
 # Errors that mean "not yet" while the cluster bootstraps: no primary found yet (056), a member
-# or PostgreSQL not reachable yet (049 host connect, 057 db connect, 039 protocol/TLS peer down).
-WAITABLE = {39, 49, 56, 57}
+# or PostgreSQL not reachable yet (049 host connect, 057 db connect, 039 protocol/TLS peer down),
+# the repository's archive lock held for a moment by a member's archive-push (050: its remote
+# process on the backup host locks the stanza while PostgreSQL retries archiving at bootstrap).
+WAITABLE = {39, 49, 50, 56, 57}
 
 
 def __virtual__():
