@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 LAB_DIR = Path(__file__).resolve().parent.parent
@@ -108,6 +109,27 @@ def build_wheelhouse() -> None:
     _pip_once(f"wheelhouse {WHEELS}", "wheels.txt", WHEELS / ".pgcluster-lab-wheels", "wheel", "-q", "-w", str(WHEELS))
 
 
+PROMTOOL = BASE_DIR / "bin" / "promtool"
+
+
+def install_promtool() -> None:
+    """promtool (alert rule tests) from Debian's prometheus package, unpacked, not installed: the
+    machine runs no Prometheus and the hosts, which see the machine's packages, none either."""
+    if PROMTOOL.exists():
+        say(f"promtool {PROMTOOL}: present")
+        return
+    say(f"promtool {PROMTOOL}: unpacking Debian's prometheus package")
+    with tempfile.TemporaryDirectory() as tmp:
+        download = ["apt-get", "download", "-qq", "prometheus"]
+        if subprocess.run(download, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)  # no package lists yet
+            subprocess.run(download, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        deb = next(Path(tmp).glob("prometheus_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+        PROMTOOL.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f"{tmp}/x/usr/bin/promtool", PROMTOOL)
+
+
 def prepare() -> None:
     """Prepare the base idempotently. Raises CalledProcessError when an install fails."""
     if not shutil.which("apt-get"):
@@ -115,3 +137,4 @@ def prepare() -> None:
     install_packages()
     install_venv()
     build_wheelhouse()
+    install_promtool()

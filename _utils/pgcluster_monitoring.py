@@ -1,0 +1,116 @@
+"""What the monitoring host watches: Prometheus alert rules generated from the model.
+
+Thresholds come from ``pgcluster:monitoring:alerts`` (defaults.yaml, pillar.example). Every
+series carries the target labels the scrape configuration gives it: ``cluster`` (the pgcluster
+cluster) and ``host`` (the minion id). Metric names are those of the exporters as Debian ships
+them and of Patroni's own ``/metrics``:
+
+- Patroni: ``patroni_postgres_running``, ``patroni_primary``, ``patroni_replica``,
+  ``patroni_xlog_location`` (leader only), ``patroni_xlog_replayed_location`` (replicas only),
+  ``patroni_sync_standby``, ``patroni_quorum_standby``;
+- etcd: ``etcd_server_has_leader``;
+- node exporter: ``node_filesystem_avail_bytes``, ``node_filesystem_size_bytes``;
+- PgBouncer exporter (Debian's prometheus-pgbouncer-exporter): ``pgbouncer_waiting_clients``;
+- pgcluster's own queries for the PostgreSQL exporter (``pgcluster_database_xid_age``,
+  ``pgcluster_connections_used``/``_max``, ``pgcluster_archiver_failing``) and the pgBackRest
+  facts the backup host writes for the node exporter's textfile collector
+  (``pgcluster_pgbackrest_last_backup_timestamp_seconds{stanza,type}``).
+
+Each rule has promtool test cases in test/unit/promtool/ (fires, and stays quiet).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__virtualname__ = "pgcluster_monitoring"
+XID_LIMIT = 2**31  # transaction ids before wraparound
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _rule(name: str, expr: str, for_: str, severity: str, summary: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": name, "expr": expr}
+    if for_ and for_ != "0s":
+        rule["for"] = for_
+    rule["labels"] = {"severity": severity}
+    rule["annotations"] = {"summary": summary}
+    return rule
+
+
+def _strict_clusters(model: dict) -> list[str]:
+    """Clusters whose profile blocks writes without a synchronous standby (strict mode)."""
+    out = []
+    for name, c in sorted((model.get("clusters") or {}).items()):
+        prof = (model.get("profiles") or {}).get(c.get("profile"), {})
+        dcs = prof.get("dcs") or {}
+        if dcs.get("synchronous_mode") and dcs.get("synchronous_mode_strict"):
+            out.append(name)
+    return out
+
+
+def alert_rules(model: dict) -> dict[str, Any]:
+    """The Prometheus rule file (as data) for every cluster of MODEL.
+
+    CLI Example (through the execution module that renders it):
+
+    .. code-block:: bash
+
+        salt monitor pgcluster.alert_rules
+    """
+    a = model["monitoring"]["alerts"]
+    rules = [
+        _rule("PgclusterMemberDown",
+              '(up{job="patroni"} == 0) or on (cluster, host) (patroni_postgres_running == 0)',
+              a["member_down_for"], "critical",
+              "{{ $labels.host }} of cluster {{ $labels.cluster }}: Patroni or PostgreSQL is down"),
+        _rule("PgclusterNoLeader", "max by (cluster) (patroni_primary) < 1", a["no_leader_for"], "critical",
+              "cluster {{ $labels.cluster }} has no leader: writes fail"),
+        _rule("PgclusterReplicationLag",
+              "max by (cluster) (patroni_xlog_location) - on (cluster) group_right() "
+              "(patroni_xlog_replayed_location and on (cluster, host) (patroni_replica == 1)) "
+              f"> {int(a['replication_lag_bytes'])}",
+              a["replication_lag_for"], "warning",
+              "{{ $labels.host }} replays {{ $value | humanize1024 }}B behind the leader of {{ $labels.cluster }}"),
+        _rule("PgclusterEtcdNoLeader", "etcd_server_has_leader == 0", a["etcd_no_leader_for"], "critical",
+              "etcd on {{ $labels.host }} ({{ $labels.cluster }}) sees no etcd leader: Patroni cannot keep its lock"),
+        _rule("PgclusterArchivingFailing", "pgcluster_archiver_failing == 1", a["archiving_failing_for"], "critical",
+              "WAL archiving of {{ $labels.cluster }} fails on {{ $labels.host }}: point-in-time restore is at risk"),
+        _rule("PgclusterBackupTooOld",
+              f"time() - max by (cluster, stanza) (pgcluster_pgbackrest_last_backup_timestamp_seconds) "
+              f"> {int(float(a['backup_max_age_hours']) * 3600)}",
+              "0s", "warning",
+              f"the last backup of {{{{ $labels.stanza }}}} is older than {a['backup_max_age_hours']} h"),
+        _rule("PgclusterFilesystemFullSoon",
+              f"predict_linear(node_filesystem_avail_bytes{{fstype!~\"tmpfs|overlay|squashfs\"}}"
+              f"[{a['filesystem_trend_window']}], {int(float(a['filesystem_full_days']) * 86400)}) < 0",
+              a["filesystem_full_for"], "warning",
+              f"{{{{ $labels.mountpoint }}}} on {{{{ $labels.host }}}} is predicted full within "
+              f"{a['filesystem_full_days']} days"),
+        _rule("PgclusterXidWraparound",
+              "max by (cluster, host, datname) (pgcluster_database_xid_age) "
+              f"> {int(float(a['xid_age_ratio']) * XID_LIMIT)}",
+              "0s", "critical",
+              "database {{ $labels.datname }} on {{ $labels.host }} is {{ $value }} transactions old: vacuum it"),
+        _rule("PgclusterConnectionsNearLimit",
+              "pgcluster_connections_used / on (cluster, host) pgcluster_connections_max "
+              f"> {float(a['connections_ratio'])}",
+              a["connections_for"], "warning",
+              "{{ $labels.host }} uses {{ $value | humanizePercentage }} of max_connections"),
+        _rule("PgclusterClientsWaiting", "sum by (cluster, host, database) (pgbouncer_waiting_clients) > 0",
+              a["clients_waiting_for"], "warning",
+              "{{ $value }} clients of {{ $labels.database }} wait in PgBouncer on {{ $labels.host }}"),
+    ]  # fmt: skip
+    strict = _strict_clusters(model)
+    if strict:
+        sel = "|".join(strict)
+        rules.append(_rule(
+            "PgclusterNoSynchronousStandby",
+            f'sum by (cluster) (patroni_sync_standby{{cluster=~"{sel}"}}) '
+            f'+ sum by (cluster) (patroni_quorum_standby{{cluster=~"{sel}"}}) < 1',
+            a["no_sync_standby_for"], "critical",
+            "cluster {{ $labels.cluster }} has no synchronous standby: its durable profile blocks every "
+            "commit"))  # fmt: skip
+    return {"groups": [{"name": "pgcluster", "rules": rules}]}

@@ -1,0 +1,75 @@
+"""The alert rules the monitoring host gets (pgcluster_monitoring util), run by promtool: every
+rule fires on the series that should fire it and stays quiet on its neighbours
+(test/unit/promtool/pgcluster_rules_test.yml)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from pgctest import REPO, load_module
+
+CASES = REPO / "test" / "unit" / "promtool" / "pgcluster_rules_test.yml"
+DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())["pgcluster"]
+
+
+def promtool() -> str:
+    found = shutil.which("promtool") or "/opt/pgcluster-lab/bin/promtool"
+    assert Path(found).exists(), "promtool not found: test/lab/lab prepare installs it"
+    return found
+
+
+def model(**alerts) -> dict:
+    """Clusters main (durable) and reports (fast), the default thresholds with ALERTS over them."""
+    monitoring = {"alerts": {**DEFAULTS["monitoring"]["alerts"], **alerts}}
+    clusters = {"main": {"profile": "durable"}, "reports": {"profile": "fast"}}
+    return {"monitoring": monitoring, "profiles": DEFAULTS["profiles"], "clusters": clusters}
+
+
+def run_cases(tmp_path: Path, rules: dict) -> subprocess.CompletedProcess:
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    shutil.copy(CASES, tmp_path / CASES.name)
+    check = subprocess.run([promtool(), "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return subprocess.run([promtool(), "test", "rules", CASES.name], cwd=tmp_path, capture_output=True, text=True)
+
+
+@pytest.fixture
+def mon():
+    return load_module("utils", "pgcluster_monitoring")
+
+
+def test_every_rule_fires_and_stays_quiet_as_its_cases_say(tmp_path, mon):
+    res = run_cases(tmp_path, mon.alert_rules(model()))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_rule_has_a_case_that_fires_and_one_that_stays_quiet(mon):
+    names = {r["alert"] for r in mon.alert_rules(model())["groups"][0]["rules"]}
+    fires, quiet = set(), set()
+    for test in yaml.safe_load(CASES.read_text())["tests"]:
+        for case in test["alert_rule_test"]:
+            (fires if case["exp_alerts"] else quiet).add(case["alertname"])
+    assert names - fires == set() and names - quiet == set()
+    assert names == fires == quiet  # and no case for a rule that does not exist
+
+
+def test_thresholds_come_from_the_model(tmp_path, mon):
+    # With a replication lag limit of 2 GB, pg3's 1 GB lag in the cases no longer fires.
+    res = run_cases(tmp_path, mon.alert_rules(model(replication_lag_bytes=2_000_000_000)))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "alertname: PgclusterReplicationLag" in out and "alertname: PgclusterNoLeader" not in out
+
+
+def test_only_strict_synchronous_clusters_get_the_no_standby_alert(mon):
+    rules = mon.alert_rules(model())["groups"][0]["rules"]
+    (standby,) = [r for r in rules if r["alert"] == "PgclusterNoSynchronousStandby"]
+    assert 'cluster=~"main"' in standby["expr"]
+    fast_only = model()
+    fast_only["clusters"] = {"reports": {"profile": "fast"}}
+    names = [r["alert"] for r in mon.alert_rules(fast_only)["groups"][0]["rules"]]
+    assert "PgclusterNoSynchronousStandby" not in names
