@@ -30,6 +30,7 @@ __virtualname__ = "patroni"
 CONFIG = "/etc/patroni/config.yml"
 TIMEOUT = 10
 LEADER_ROLES = ("leader", "standby_leader")
+SYNC_ROLES = ("sync_standby", "quorum_standby")  # replicas named in /sync
 
 
 def __virtual__():
@@ -395,8 +396,14 @@ def resume(**kwargs: Any) -> dict:
     return config_patch({"pause": None}, **kwargs)
 
 
-def wait_healthy(replicas: int, max_lag: int = 1048576, timeout: float = 120, **kwargs: Any) -> dict:
-    """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes.
+def wait_healthy(
+    replicas: int, max_lag: int = 1048576, timeout: float = 120, sync_standbys: int = 0, **kwargs: Any
+) -> dict:
+    """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes,
+    SYNC_STANDBYS of them synchronous (Patroni's /sync key names them: role ``sync_standby`` or
+    ``quorum_standby``). A synchronous profile is kept only from that moment: right after
+    bootstrap the replicas stream while /sync still names none, and a failover then finds no
+    eligible replica.
 
     Returns the cluster. Raises CommandExecutionError with the last seen state on timeout.
 
@@ -417,13 +424,15 @@ def wait_healthy(replicas: int, max_lag: int = 1048576, timeout: float = 120, **
                 if m["role"] not in LEADER_ROLES and m["state"] == "streaming" and m["lag"] is not None
                 if m["lag"] <= max_lag
             ]
-            if c["leader"] and len(streaming) >= replicas:
+            sync = [m for m in streaming if m["role"] in SYNC_ROLES]
+            if c["leader"] and len(streaming) >= replicas and len(sync) >= sync_standbys:
                 return c
             last = f"leader={c['leader']}, " + ", ".join(f"{m['name']}:{m['role']}/{m['state']}" for m in c["members"])
         except CommandExecutionError as exc:
             last = str(exc)
         if time.monotonic() >= deadline:
-            raise PatroniError(f"cluster not healthy after {timeout:.0f} s ({replicas} replicas wanted): {last}")
+            wanted = f"{replicas} replicas" + (f", {sync_standbys} synchronous" if sync_standbys else "")
+            raise PatroniError(f"cluster not healthy after {timeout:.0f} s ({wanted} wanted): {last}")
         time.sleep(1)
 
 

@@ -137,8 +137,11 @@ def leader(name: str, timeout: float = 60, **kwargs: Any) -> dict:
     return ret
 
 
-def healthy(name: str, replicas: int = 1, max_lag: int = 1048576, timeout: float = 120, **kwargs: Any) -> dict:
-    """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes.
+def healthy(
+    name: str, replicas: int = 1, max_lag: int = 1048576, timeout: float = 120, sync_standbys: int = 0, **kwargs: Any
+) -> dict:
+    """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes,
+    SYNC_STANDBYS of them synchronous (named in Patroni's /sync key).
 
     Changes nothing; fails with the last seen cluster state after TIMEOUT seconds.
     """
@@ -147,9 +150,12 @@ def healthy(name: str, replicas: int = 1, max_lag: int = 1048576, timeout: float
         ret["comment"] = "health is checked on a real run only"
         return ret
     try:
-        c = __salt__["patroni.wait_healthy"](replicas=replicas, max_lag=max_lag, timeout=timeout, **_conn(kwargs))
+        c = __salt__["patroni.wait_healthy"](
+            replicas=replicas, max_lag=max_lag, timeout=timeout, sync_standbys=sync_standbys, **_conn(kwargs)
+        )
     except CommandExecutionError as exc:
         ret.update(result=False, comment=str(exc))
         return ret
-    ret["comment"] = f"leader {c['leader']} with {replicas}+ streaming replicas"
+    sync = f", {sync_standbys}+ synchronous" if sync_standbys else ""
+    ret["comment"] = f"leader {c['leader']} with {replicas}+ streaming replicas{sync}"
     return ret

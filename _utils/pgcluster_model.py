@@ -494,6 +494,10 @@ def cluster(model: dict, name: str) -> dict:
     c.setdefault("roles", {})
     c.setdefault("databases", {})
     c["profile_settings"] = model["profiles"][c["profile"]]
+    # Replicas that must be synchronous before the profile's promise holds (none: asynchronous).
+    dcs = c["profile_settings"].get("dcs") or {}
+    wanted = int(dcs.get("synchronous_node_count") or 1) if dcs.get("synchronous_mode") else 0
+    c["sync_standbys"] = min(wanted, max(len(c.get("members") or []) - 1, 0))
     if c.get("backup"):
         b = c.get("pgbackrest") or {}
         defaults = model["pgbackrest"]

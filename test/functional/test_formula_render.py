@@ -87,6 +87,9 @@ def test_database_server_gets_etcd_postgresql_patroni(confdir):
     assert {"etcd-service-running", "etcd-cluster-healthy", "postgresql-default-cluster-stopped",
             "patroni-config-managed", "patroni-service-running", "patroni-cluster-healthy",
             "pgcluster-role-app-present", "pgcluster-database-app-present"} <= ids  # fmt: skip
+    # The lab's profile (durable) is synchronous: highstate waits until a standby is synchronous.
+    synchronous = states_of(confdir, "pg1")["patroni-cluster-synchronous"]["patroni"]
+    assert {"sync_standbys": 1} in synchronous and {"replicas": 2} in synchronous
 
 
 def test_the_ca_minion_without_a_role_gets_the_ca_certificate_only(confdir):

@@ -170,3 +170,42 @@ def test_settings_come_from_the_local_config(patroni, tmp_path):
     assert patroni._local_settings(str(conf))["verify"] == "/ca.pem"
     with pytest.raises(patroni.CommandExecutionError, match="cannot read Patroni configuration"):
         patroni._local_settings(str(tmp_path / "missing.yml"))
+
+
+def before_sync() -> requests.Response:
+    """The recorded /cluster as Patroni 4.1.5 answers right after bootstrap (seen in the lab):
+    both replicas stream while /sync names none, so they are plain replicas, not quorum standbys."""
+    resp = recorded("cluster")
+    body = json.loads(resp.text)
+    for m in body["members"]:
+        m["role"] = "replica" if m["role"] == "quorum_standby" else m["role"]
+    resp._content = json.dumps(body).encode()
+    return resp
+
+
+def answering(patroni, monkeypatch, answers: list) -> list:
+    """GET /cluster answered by ANSWERS in turn (the last one again when they run out)."""
+    calls = []
+
+    def request(method, url, **kwargs):
+        calls.append(url)
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    monkeypatch.setattr(patroni.requests, "request", request)
+    monkeypatch.setattr(patroni.time, "sleep", lambda s: None)
+    return calls
+
+
+def test_wait_healthy_waits_for_synchronous_standbys_only_when_asked(patroni, monkeypatch):
+    calls = answering(patroni, monkeypatch, [before_sync()])
+    assert patroni.wait_healthy(2, timeout=5, **patroni.conn)["leader"] == "pg2"
+    assert len(calls) == 1
+    calls = answering(patroni, monkeypatch, [before_sync(), before_sync(), recorded("cluster")])
+    assert patroni.wait_healthy(2, timeout=30, sync_standbys=1, **patroni.conn)["leader"] == "pg2"
+    assert len(calls) == 3
+
+
+def test_wait_healthy_says_it_waited_for_synchronous_standbys(patroni, monkeypatch):
+    answering(patroni, monkeypatch, [before_sync()])
+    with pytest.raises(patroni.PatroniError, match=r"2 replicas, 1 synchronous wanted\): leader=pg2, pg1:replica"):
+        patroni.wait_healthy(2, timeout=0, sync_standbys=1, **patroni.conn)

@@ -166,6 +166,15 @@ def test_fast_profile_is_asynchronous():
     assert conf["bootstrap"]["dcs"]["maximum_lag_on_failover"] == 1048576
 
 
+@pytest.mark.parametrize(
+    "changes, wanted",
+    [({}, 1), ({"profile": "fast"}, 0), ({"members": ["pg1"], "etcd": ["pg1", "pg2", "pg3"]}, 0)],
+)
+def test_highstate_waits_for_as_many_synchronous_standbys_as_the_profile_promises(changes, wanted):
+    # durable (quorum, 1 synchronous) -> 1; fast (asynchronous) -> 0; one member: none to wait for.
+    assert pgc.cluster(model(lab_with(**changes)), "main")["sync_standbys"] == wanted
+
+
 def test_patroni_config_for_a_member():
     conf = pgc.patroni_config(model(), "main", "pg2")
     assert conf["name"] == "pg2" and conf["scope"] == "main"

@@ -49,3 +49,16 @@ patroni-dynamic-config-applied:
     - config: {{ pgcluster.node.dynamic_config | json }}
     - require:
       - patroni: patroni-cluster-healthy
+
+{#- Ready means the profile's promise holds: with synchronous replication, highstate succeeds
+    only once Patroni's /sync key names enough synchronous replicas (right after bootstrap the
+    replicas stream while /sync still names none, and a failover then has no eligible replica). #}
+{%- if c.sync_standbys %}
+patroni-cluster-synchronous:
+  patroni.healthy:
+    - replicas: {{ c.members | length - 1 }}
+    - sync_standbys: {{ c.sync_standbys }}
+    - timeout: 300
+    - require:
+      - patroni: patroni-dynamic-config-applied
+{%- endif %}
