@@ -112,9 +112,12 @@ def routed_timeline(cluster: str, spec: dict | None = None) -> int | None:
     return __utils__["pgcluster_routing.routed_timeline"](s)
 
 
-def write_routing(cluster: str, leader: str | None, timeline: int | None = None, spec: dict | None = None) -> bool:
-    """Write CLUSTER's routing file (every database to LEADER, an address) atomically. Returns True
-    when it changed.
+def write_routing(
+    cluster: str, leader: str | None, timeline: int | None = None, spec: dict | None = None, system: str | None = None
+) -> bool:
+    """Write CLUSTER's routing file (every database to LEADER, an address) atomically, unless the
+    fence refuses it (a route for an older TIMELINE of the same SYSTEM than the installed one).
+    Returns True when it changed. Raises CommandExecutionError when refused.
 
     CLI Example:
 
@@ -122,10 +125,10 @@ def write_routing(cluster: str, leader: str | None, timeline: int | None = None,
 
         salt app1 pgbouncer.write_routing main 198.18.0.12
     """
-    s = _spec(cluster, spec)
-    return __utils__["pgcluster_routing.write_routing"](
-        s, __utils__["pgcluster_routing.routing_text"](s, leader, timeline)
-    )
+    changed, why = __utils__["pgcluster_routing.install_route"](_spec(cluster, spec), leader, timeline, system)
+    if why:
+        raise CommandExecutionError(f"pgbouncer: {cluster}: {why}: route left as it is")
+    return changed
 
 
 def reload(cluster: str | None = None, spec: dict | None = None) -> bool:
@@ -148,13 +151,17 @@ def repoint(
     timeout: float = 5,
     resume_paused: bool = False,
     spec: dict | None = None,
+    system: str | None = None,
 ) -> dict:
     """Route every database of CLUSTER to LEADER (an address): rewrite, RELOAD, verify with SHOW
     DATABASES. With RESUME_PAUSED, also RESUME any of CLUSTER's databases left paused (the safety
-    net's use).
+    net's use). TIMELINE and SYSTEM (Patroni's timeline and database system identifier the route
+    was computed for) are the fence: a route older than the installed one is refused, and the
+    answer says so (``refused``) with the routes left as they are.
 
-    Returns ``{'changed', 'targets', 'seconds', 'resumed'}``. Raises CommandExecutionError when
-    PgBouncer does not answer or still routes elsewhere after TIMEOUT seconds.
+    Returns ``{'changed', 'targets', 'seconds', 'resumed'}`` (and ``refused`` when refused).
+    Raises CommandExecutionError when PgBouncer does not answer or still routes elsewhere after
+    TIMEOUT seconds.
 
     CLI Example:
 
@@ -164,7 +171,12 @@ def repoint(
     """
     start = time.monotonic()
     s = _spec(cluster, spec)
-    changed = write_routing(cluster, leader, timeline, spec=s)
+    changed, refused = __utils__["pgcluster_routing.install_route"](s, leader, timeline, system)
+    if refused:  # this PgBouncer already routes for a newer timeline: nothing to verify here
+        now = _targets(s, _databases(_admin("SHOW DATABASES", s)))
+        resumed = resume(cluster, spec=s) if resume_paused else []
+        return {"changed": False, "refused": refused, "targets": now,
+                "seconds": round(time.monotonic() - start, 4), "resumed": resumed}  # fmt: skip
     # RELOAD is synchronous on the admin console: SHOW DATABASES in the same session verifies it.
     reload_and_show = "RELOAD;\nSHOW DATABASES;"
     now = _targets(s, _databases(_admin(reload_and_show if changed else "SHOW DATABASES", s)))

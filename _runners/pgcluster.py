@@ -8,6 +8,12 @@ leader finder (the ``pgcluster_routing`` util: GET /cluster on every member, the
 must answer 200 on the leader *with the role primary in its body*, i.e. PostgreSQL out of
 recovery): an event only says *when* to look, never *what* is true.
 
+Every path that changes routing (follow the leader, reconcile, switchover, restore) holds the
+cluster's routing lock (the ``pgcluster_lock`` util) while it looks up the leader and repoints,
+so none interleaves with another; event lookups are coalesced (one runs, one waits per cluster).
+Each route carries the timeline and database system it was computed for, and a PgBouncer refuses
+a route older than the one it has (the fence, ``pgcluster_routing.install_route``).
+
 CLI Example:
 
 .. code-block:: bash
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -37,8 +44,9 @@ from salt.exceptions import CommandExecutionError
 log = logging.getLogger(__name__)
 TAG = "pgcluster/pgbouncer"
 FORMULA = "pgcluster"  # the formula's folder in the master's file roots
-# Longest a switchover may keep PgBouncers paused before the safety net resumes them anyway.
-SWITCHOVER_LIMIT = 300
+# An event's leader lookup waits this long for the cluster's routing lock (a switchover holds it
+# for seconds, a restore for minutes: the restore routes at its end itself).
+LOCK_WAIT = 60.0
 # A crashed member answers no SYN: the routing path gives each member this long (all at once).
 ROUTING_TIMEOUT = 1.0
 # A restore's lookups may wait longer on a loaded machine: a wrong "no leader" there is costly.
@@ -101,7 +109,7 @@ def _apis(model: dict, c: dict) -> dict[str, str]:
 
 # ---- Patroni ------------------------------------------------------------------------------------
 def _leader(model: dict, c: dict, timeout: float = ROUTING_TIMEOUT) -> dict | None:
-    """{"name", "api", "timeline"} of the leader whose PostgreSQL accepts writes, or None."""
+    """{"name", "api", "timeline", "system"} of the leader whose PostgreSQL accepts writes, or None."""
     cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
     return __utils__["pgcluster_routing.find_leader"](_apis(model, c), timeout=timeout, cafile=cafile)
 
@@ -157,13 +165,18 @@ def _spec(model: dict, c: dict) -> dict:
 def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> dict:
     address = model["hosts"][leader["name"]]
     t = time.monotonic()
-    kwarg = {"timeline": leader.get("timeline"), "resume_paused": resume_paused, "spec": _spec(model, c)}
+    kwarg = {"timeline": leader.get("timeline"), "system": leader.get("system"), "resume_paused": resume_paused,
+             "spec": _spec(model, c)}  # fmt: skip
     ret = _on_pgbouncers(c, "pgbouncer.repoint", [c["name"], address], kwarg=kwarg)
     done = {h: r["ret"] for h, r in ret.items() if isinstance(r.get("ret"), dict)}
+    refused = {h: r["refused"] for h, r in done.items() if r.get("refused")}
+    if refused:  # a newer route is in place there (the fence): not a failure, but worth a line
+        log.warning("pgcluster: %s: route to %s refused by %s", c["name"], leader["name"], refused)
     return {
         "seconds": round(time.monotonic() - t, 3),
         "changed": sorted(h for h, r in done.items() if r.get("changed")),
         "resumed": sorted(h for h, r in done.items() if r.get("resumed")),
+        "refused": refused,
         "failed": _failures(ret, c["pgbouncer"]),
     }
 
@@ -190,18 +203,18 @@ def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) ->
 
 
 # ---- the master's cache and event bus -------------------------------------------------------------
-# A switchover in progress pauses PgBouncers on purpose: the safety net must not resume them then.
-def _switchover_marker(name: str, started: float | None) -> None:
-    cache = salt.cache.factory(__opts__)
-    if started is None:
-        cache.flush("pgcluster/switchover", name)
-    else:
-        cache.store("pgcluster/switchover", name, {"started": started})
+def _locks() -> str:
+    return os.path.join(__opts__["cachedir"], "pgcluster", "locks")
 
 
-def _switchover_running(name: str, timeout: float) -> bool:
-    mark = salt.cache.factory(__opts__).fetch("pgcluster/switchover", name)
-    return bool(mark) and time.time() - mark.get("started", 0) < timeout
+def _section(name: str, what: str):
+    """Cluster NAME's routing lock for WHAT (a switchover, a restore), or PgclusterError naming
+    the operation that holds it."""
+    lock, holder = __utils__["pgcluster_lock.take"](_locks(), name, what)
+    if lock is None:
+        raise PgclusterError(f"cluster {name}: {holder} holds its routing lock: nothing done; run again once it "
+                             "has finished")  # fmt: skip
+    return lock
 
 
 def _fire(tag: str, data: dict, prefix: str = TAG) -> None:
@@ -225,11 +238,15 @@ def _clean_errors(func):
 
 # ---- runner functions ---------------------------------------------------------------------------
 def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None, timeout: float = 30) -> dict:
-    """Handle a Patroni event from minion SENDER: find the real leader, repoint every PgBouncer.
+    """Handle a Patroni event: look up CLUSTER's real leader now and repoint every PgBouncer.
 
-    The event is ignored (logged, and a ``pgcluster/pgbouncer/rejected`` event fired) unless
-    SENDER is a member of CLUSTER in the model. Fires ``pgcluster/pgbouncer/repointed`` with
-    the timings. Returns what was done.
+    The event is a hint, nothing more: no field of it is trusted (a minion can put events with
+    any ``id`` on the master's bus). SENDER and CLUSTER only filter: an event is ignored (logged,
+    a ``pgcluster/pgbouncer/rejected`` event fired) unless SENDER is a member of CLUSTER in the
+    model. The lookup runs under the cluster's routing lock and is coalesced: when a lookup of
+    the cluster is already waiting for the lock, this one returns at once (a flood of events
+    costs at most one lookup running and one waiting). Fires ``pgcluster/pgbouncer/repointed``
+    with the timings. Returns what was done.
 
     CLI Example:
 
@@ -249,13 +266,17 @@ def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None
         log.warning("pgcluster: ignored event %r: %s", event_tag, why)
         _fire("rejected", {"sender": str(sender)[:100], "cluster": str(cluster)[:100], "why": why})
         return {"result": False, "comment": why}
-    try:
-        leader = _wait_leader(model, c, timeout)
-    except PgclusterError as exc:
-        log.warning("pgcluster: %s: %s", cluster, exc)
-        return {"result": False, "comment": str(exc)}
-    found = time.monotonic()
-    done = _repoint(model, c, leader)
+    lock, why = __utils__["pgcluster_lock.coalesced"](_locks(), cluster, f"follow_leader ({event_tag})", LOCK_WAIT)
+    if lock is None:
+        return {"result": True, "comment": why}
+    with lock:
+        try:
+            leader = _wait_leader(model, c, timeout)
+        except PgclusterError as exc:
+            log.warning("pgcluster: %s: %s", cluster, exc)
+            return {"result": False, "comment": str(exc)}
+        found = time.monotonic()
+        done = _repoint(model, c, leader)
     result = {
         "result": not done["failed"],
         "cluster": cluster,
@@ -267,6 +288,7 @@ def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None
         "seconds_to_repoint": done["seconds"],
         "seconds_total": round(time.monotonic() - start, 3),
         "changed": done["changed"],
+        "refused": done["refused"],
         "failed": done["failed"],
     }
     _fire("repointed", result)
@@ -290,12 +312,18 @@ def reconcile() -> dict:
         return {"result": False, "comment": str(exc)}
     out = {}
     for name, c in model["clusters"].items():
-        leader = _leader(model, c)
-        if not leader:
-            out[name] = {"result": False, "comment": "no leader accepting writes: nothing changed"}
+        # A switchover, a restore or an event's lookup holds the lock: it routes; skip this round.
+        lock, holder = __utils__["pgcluster_lock.take"](_locks(), name, "reconcile")
+        if lock is None:
+            out[name] = {"result": True, "comment": f"skipped: {holder} holds the routing lock"}
             continue
-        # A PgBouncer left paused (a switchover runner killed half-way) is resumed here.
-        done = _repoint(model, c, leader, resume_paused=not _switchover_running(name, SWITCHOVER_LIMIT))
+        with lock:
+            leader = _leader(model, c)
+            if not leader:
+                out[name] = {"result": False, "comment": "no leader accepting writes: nothing changed"}
+                continue
+            # A PgBouncer left paused (a switchover runner killed half-way: its lock is gone) is resumed.
+            done = _repoint(model, c, leader, resume_paused=True)
         if done["changed"] or done["resumed"]:
             log.warning("pgcluster: reconcile repointed %s to %s on %s, resumed %s", name, leader["name"],
                         done["changed"], done["resumed"])  # fmt: skip
@@ -354,7 +382,7 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
     steps: dict[str, Any] = {"from": old["name"]}
     spec = _spec(model, c)
     t0 = time.monotonic()
-    _switchover_marker(cluster, time.time())
+    lock = _section(cluster, f"switchover from {old['name']}")
     try:
         ret = _on_pgbouncers(c, "pgbouncer.pause", [cluster], timeout=int(timeout), kwarg={"spec": spec})
         bad = _failures(ret, c["pgbouncer"])
@@ -377,7 +405,7 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
         ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster], kwarg={"spec": spec})
         steps["resume_failed"] = _failures(ret, c["pgbouncer"])
         steps["paused_seconds"] = round(time.monotonic() - t0, 3)
-        _switchover_marker(cluster, None)
+        lock.release()
     steps["result"] = "error" not in steps and not steps["resume_failed"]
     _fire("switchover", steps)
     if not steps["result"]:
@@ -442,7 +470,7 @@ class _Master:
         _fire(tag, data, prefix="pgcluster/restore")
 
     def repoint(self, c: dict, leader: str) -> dict:
-        found = _leader(self.model, c, timeout=PATIENT_TIMEOUT) or {"name": leader, "timeline": None}
+        found = _leader(self.model, c, timeout=PATIENT_TIMEOUT) or {"name": leader, "timeline": None, "system": None}
         return _repoint(self.model, c, found)
 
     @staticmethod
@@ -491,4 +519,5 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
     # The procedure calls back into _Master, whose helpers need the runner's loaders (__utils__):
     # run the util's own function in the runner's loader context, not in the utils loader's.
     run = __utils__["pgcluster_restore.run"]
-    return getattr(run, "func", run)(_Master(model), c, target, timeout)
+    with _section(cluster, f"restore to {when.isoformat() if when else 'latest'}"):
+        return getattr(run, "func", run)(_Master(model), c, target, timeout)

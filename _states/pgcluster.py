@@ -188,25 +188,30 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
         ret.update(result=False, comment=f"cluster {name} has no leader accepting writes after {timeout:.0f} s")
         return ret
     address = spec["members"][leader["name"]]["address"]
-    text = __utils__["pgcluster_routing.routing_text"](spec, address, leader["timeline"])
+    timeline, system = leader["timeline"], leader.get("system")
+    ret["comment"] = f"routes {name} to the leader {leader['name']} ({address}, timeline {timeline})"
+    current = __utils__["pgcluster_routing.routed"](spec)
+    # A repoint after this state looked may have installed a newer route: the fence keeps it.
+    why = __utils__["pgcluster_routing.refusal"](current, address, timeline, system)
+    if why:
+        ret["comment"] = f"routing of {name} left alone: {why}"
+        return ret
+    text = __utils__["pgcluster_routing.routing_text"](spec, address, timeline, system=system)
     try:
         with salt.utils.files.fopen(spec["path"]) as f:
-            current = f.read()
+            if f.read() == text:
+                return ret
     except FileNotFoundError:
-        current = None
-    ret["comment"] = f"routes {name} to the leader {leader['name']} ({address}, timeline {leader['timeline']})"
-    if current == text:
-        return ret
-    # A routing file from a newer timeline was written by a repoint after this state looked.
-    routed = __utils__["pgcluster_routing.routed_timeline"](spec)
-    if routed is not None and leader["timeline"] is not None and routed > leader["timeline"]:
-        ret["comment"] = f"routing of {name} is newer (timeline {routed}) than the leader seen: left alone"
-        return ret
+        pass
     ret["changes"] = {"leader": address}
     if __opts__.get("test"):
         ret.update(result=None, comment=f"would route {name} to the leader {leader['name']} ({address})")
         return ret
-    __utils__["pgcluster_routing.write_routing"](spec, text)
+    changed, why = __utils__["pgcluster_routing.install_route"](spec, address, timeline, system)
+    if why:
+        ret.update(changes={}, comment=f"routing of {name} left alone: {why}")
+    elif not changed:
+        ret["changes"] = {}
     return ret
 
 

@@ -14,6 +14,7 @@ from ``pg_is_in_recovery()`` on the node itself.
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import json
 import os
 import re
@@ -26,10 +27,13 @@ from typing import Any
 __virtualname__ = "pgcluster_routing"
 PRIMARY_ROLES = ("primary", "master")  # Patroni 4.x, 3.x
 LEADER_ROLES = ("leader", "standby_leader")
-# The routing file's format (one per cluster, included by pgbouncer.ini).
+# The routing file's format (one per cluster, included by pgbouncer.ini). The header says which
+# leader, Patroni timeline and database system the route was computed for: the fence.
 HEADER = (
-    "; Managed by Salt (pgcluster): routing of cluster {cluster}; leader {leader}; timeline {timeline}.\n[databases]\n"
+    "; Managed by Salt (pgcluster): routing of cluster {cluster}; leader {leader}; timeline {timeline}; "
+    "system {system}.\n[databases]\n"
 )
+HEADER_FIELD = re.compile(r"; (leader|timeline|system) ([^;\s]+?)\.?(?=;|$)")
 LINE = "{name} = host={host} port={port} dbname={db}\n"
 NOWHERE = ("127.0.0.1", 1)  # no leader: clients get an error, never a write on a former leader
 
@@ -78,7 +82,8 @@ def find_leader(
 
     Every member is asked GET /cluster at once (a crashed member costs no more than TIMEOUT); each
     member named leader is asked GET /primary; exactly one must accept writes. Returns
-    ``{"name", "api", "timeline"}`` (the timeline from the leader's own PostgreSQL).
+    ``{"name", "api", "timeline", "system"}`` (timeline and database system identifier from the
+    leader's own PostgreSQL).
     """
     ctx = _context(cafile, certfile, keyfile)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(apis), 1)) as pool:
@@ -96,14 +101,26 @@ def find_leader(
     if len(leaders) != 1:
         return None
     name, body = leaders[0]
-    return {"name": name, "api": apis[name], "timeline": body.get("timeline")}
+    return {
+        "name": name,
+        "api": apis[name],
+        "timeline": body.get("timeline"),
+        "system": body.get("database_system_identifier"),
+    }
 
 
-def routing_text(spec: dict, leader: str | None, timeline: int | None = None, replicas: list[str] | None = None) -> str:
+def routing_text(
+    spec: dict,
+    leader: str | None,
+    timeline: int | None = None,
+    replicas: list[str] | None = None,
+    system: str | None = None,
+) -> str:
     """The routing file of SPEC's cluster: every database to LEADER (an address; None: nowhere),
-    ``<db>_ro`` to REPLICAS when given."""
+    ``<db>_ro`` to REPLICAS when given; the header names LEADER, TIMELINE and SYSTEM."""
     host, port = (leader, spec["port"]) if leader else NOWHERE
-    text = HEADER.format(cluster=spec["cluster"], leader=leader or "none", timeline=timeline or "unknown")
+    text = HEADER.format(cluster=spec["cluster"], leader=leader or "none", timeline=timeline or "unknown",
+                         system=system or "unknown")  # fmt: skip
     for db in spec["databases"]:
         text += LINE.format(name=db, db=db, host=host, port=port)
         if replicas and leader:
@@ -128,21 +145,74 @@ def write_routing(spec: dict, text: str) -> bool:
     return True
 
 
-def routed_timeline(spec: dict) -> int | None:
-    """The timeline SPEC's routing file was written for, from its header (None: unknown, no file)."""
+def routed(spec: dict) -> dict | None:
+    """What SPEC's routing file was written for, from its header: ``{"leader", "timeline",
+    "system"}`` (None for what it does not say), or None when there is no file."""
     try:
         with open(spec["path"]) as f:
-            first = f.readline()
+            first = f.readline().strip()
     except OSError:
         return None
-    m = re.search(r"; timeline (\d+)\.$", first.strip())
-    return int(m.group(1)) if m else None
+    fields = {k: (None if v in ("unknown", "none") else v) for k, v in HEADER_FIELD.findall(first)}
+    timeline = fields.get("timeline")
+    return {
+        "leader": fields.get("leader"),
+        "timeline": int(timeline) if timeline and timeline.isdigit() else None,
+        "system": fields.get("system"),
+    }
+
+
+def routed_timeline(spec: dict) -> int | None:
+    """The timeline SPEC's routing file was written for, from its header (None: unknown, no file)."""
+    return (routed(spec) or {}).get("timeline")
+
+
+def refusal(current: dict | None, leader: str | None, timeline: int | None, system: str | None) -> str | None:
+    """Why a route to LEADER computed for TIMELINE of SYSTEM must not replace CURRENT (``routed``),
+    or None when it may. The fence: a route older than the installed one is refused; a route for
+    the same timeline may only repeat the leader or send clients nowhere. A route without a
+    timeline (an operator's, a restore's) and a route for another database system (a cluster
+    built anew) always pass."""
+    if timeline is None or not current or current.get("timeline") is None:
+        return None
+    if system and current.get("system") and system != current["system"]:
+        return None
+    if timeline < current["timeline"]:
+        return f"route for timeline {timeline} is older than the installed one (timeline {current['timeline']})"
+    if timeline == current["timeline"] and leader and current.get("leader") not in (None, leader):
+        return f"timeline {timeline} already routes to {current['leader']}, not {leader}"
+    return None
+
+
+def install_route(
+    spec: dict,
+    leader: str | None,
+    timeline: int | None = None,
+    system: str | None = None,
+    replicas: list[str] | None = None,
+) -> tuple[bool, str | None]:
+    """Write the route to LEADER unless the fence refuses it. Returns (changed, why refused).
+
+    Compare-then-write is atomic among writers that hold SPEC's lock file (``<path>.lock``,
+    flock): the master's repoint, highstate and the start-up hook on this host."""
+    fd = os.open(f"{spec['path']}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        why = refusal(routed(spec), leader, timeline, system)
+        if why:
+            return False, why
+        return write_routing(spec, routing_text(spec, leader, timeline, replicas, system)), None
+    finally:
+        os.close(fd)
 
 
 def route_to_leader(spec: dict, timeout: float = 2.0) -> str | None:
     """Route SPEC's cluster to the leader Patroni reports now (nowhere without one); returns its address."""
     apis = {m: v["api"] for m, v in spec["members"].items()}
     leader = find_leader(apis, timeout=timeout, cafile=spec.get("cafile"))
-    address = spec["members"][leader["name"]]["address"] if leader else None
-    write_routing(spec, routing_text(spec, address, leader["timeline"] if leader else None))
+    if leader is None:  # nowhere, whatever was installed: never a former leader after a crash
+        install_route(spec, None)
+        return None
+    address = spec["members"][leader["name"]]["address"]
+    install_route(spec, address, leader["timeline"], leader["system"])
     return address

@@ -61,3 +61,18 @@ def test_a_trailing_empty_field_survives_the_stripped_output():
     pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": lambda cmd, **kw: {
         "retcode": 0, "stdout": ("t" + "\x02" + "\n").strip(), "stderr": ""}})  # fmt: skip
     assert pgsql.query("SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid") == [["t", ""]]
+
+
+def test_repoint_with_an_older_timeline_is_refused_and_touches_nothing(pgb, tmp_path):
+    # The recorded SHOW DATABASES routes app to 198.18.0.12; the file says timeline 8 for it.
+    pgb.answer = SHOW_1_18
+    spec = {**SPEC, "path": str(tmp_path / "routing-main.ini")}
+    routing = pgb.__utils__
+    routing["pgcluster_routing.install_route"](spec, "198.18.0.12", 8, "7712164727101477447")
+    before = (tmp_path / "routing-main.ini").read_text()
+    ret = pgb.repoint("main", "198.18.0.11", timeline=7, system="7712164727101477447", spec=spec)
+    assert ret["changed"] is False and "older than the installed one (timeline 8)" in ret["refused"]
+    assert (tmp_path / "routing-main.ini").read_text() == before
+    assert [r["sql"] for r in pgb.ran] == ["SHOW DATABASES"]  # no RELOAD
+    with pytest.raises(pgb.CommandExecutionError, match="timeline 7 is older.*route left as it is"):
+        pgb.write_routing("main", "198.18.0.11", 7, spec=spec, system="7712164727101477447")

@@ -15,7 +15,7 @@ REPLICA = {"/cluster": "cluster", "/primary": "primary_on_replica"}
 def test_the_leader_is_the_one_patroni_names_and_that_accepts_writes():
     with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}) as apis:
         found = routing.find_leader(apis)
-    assert found == {"name": "pg2", "api": apis["pg2"], "timeline": 1}
+    assert found == {"name": "pg2", "api": apis["pg2"], "timeline": 1, "system": "7712164727101477447"}
 
 
 def test_a_leader_whose_postgresql_still_promotes_is_not_the_leader_yet():
@@ -64,3 +64,65 @@ def test_read_only_entries_go_to_the_replicas():
     spec = {"cluster": "main", "port": 5432, "databases": ["app"], "path": "/nonexistent"}
     text = routing.routing_text(spec, "198.18.0.12", 3, replicas=["198.18.0.11", "198.18.0.13"])
     assert "app_ro = host=198.18.0.11,198.18.0.13 port=5432 dbname=app" in text
+
+
+SYSTEM = "7712164727101477447"
+
+
+def spec_in(tmp_path) -> dict:
+    return {"cluster": "main", "port": 5432, "databases": ["app"], "path": str(tmp_path / "routing-main.ini")}
+
+
+def test_the_header_says_leader_timeline_and_system_and_reads_back(tmp_path):
+    spec = spec_in(tmp_path)
+    assert routing.routed(spec) is None
+    assert routing.install_route(spec, "198.18.0.12", 7, SYSTEM) == (True, None)
+    assert routing.routed(spec) == {"leader": "198.18.0.12", "timeline": 7, "system": SYSTEM}
+    routing.install_route(spec, None)
+    assert routing.routed(spec) == {"leader": None, "timeline": None, "system": None}
+
+
+def test_a_header_written_before_the_system_was_recorded_still_reads(tmp_path):
+    spec = spec_in(tmp_path)
+    (tmp_path / "routing-main.ini").write_text(
+        "; Managed by Salt (pgcluster): routing of cluster main; leader 198.18.0.12; timeline 7.\n[databases]\n"
+    )
+    assert routing.routed(spec) == {"leader": "198.18.0.12", "timeline": 7, "system": None}
+    assert routing.install_route(spec, "198.18.0.11", 6, SYSTEM)[1] is not None  # older: refused
+
+
+def test_the_fence_refuses_an_older_timeline_and_keeps_the_route(tmp_path):
+    spec = spec_in(tmp_path)
+    routing.install_route(spec, "198.18.0.12", 8, SYSTEM)
+    before = (tmp_path / "routing-main.ini").read_text()
+    changed, why = routing.install_route(spec, "198.18.0.11", 7, SYSTEM)
+    assert not changed and why == "route for timeline 7 is older than the installed one (timeline 8)"
+    assert (tmp_path / "routing-main.ini").read_text() == before
+
+
+def test_the_same_timeline_is_idempotent_and_cannot_name_another_leader(tmp_path):
+    spec = spec_in(tmp_path)
+    assert routing.install_route(spec, "198.18.0.12", 8, SYSTEM) == (True, None)
+    assert routing.install_route(spec, "198.18.0.12", 8, SYSTEM) == (False, None)
+    changed, why = routing.install_route(spec, "198.18.0.11", 8, SYSTEM)
+    assert not changed and "already routes to 198.18.0.12" in why
+    # Nowhere (the leader died, no new one yet) is allowed on the same timeline; then the leader.
+    assert routing.install_route(spec, None, 8, SYSTEM) == (True, None)
+    assert routing.install_route(spec, "198.18.0.13", 9, SYSTEM) == (True, None)
+
+
+def test_a_newer_timeline_another_system_or_an_operators_route_pass(tmp_path):
+    spec = spec_in(tmp_path)
+    routing.install_route(spec, "198.18.0.12", 8, SYSTEM)
+    assert routing.install_route(spec, "198.18.0.11", 9, SYSTEM) == (True, None)
+    # A cluster built anew (another database system) starts again at timeline 1.
+    assert routing.install_route(spec, "198.18.0.13", 1, "7000000000000000001") == (True, None)
+    # No timeline: an operator's or a restore's route.
+    assert routing.install_route(spec, "198.18.0.12") == (True, None)
+
+
+def test_no_leader_at_start_routes_nowhere_whatever_was_installed(tmp_path):
+    spec = {**spec_in(tmp_path), "members": {"pg1": {"api": "https://127.0.0.1:1", "address": "198.18.0.11"}}}
+    routing.install_route(spec, "198.18.0.12", 8, SYSTEM)
+    assert routing.route_to_leader(spec, timeout=0.5) is None
+    assert "app = host=127.0.0.1 port=1 dbname=app" in (tmp_path / "routing-main.ini").read_text()

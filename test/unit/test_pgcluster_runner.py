@@ -5,6 +5,7 @@ host comes from the one model, non-default ports included."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -36,9 +37,9 @@ def lab_model(utils: dict, **tweaks) -> dict:
 
 
 @pytest.fixture
-def runner(monkeypatch, pki):
+def runner(monkeypatch, pki, tmp_path):
     PKI_DIR[:] = [pki]
-    mod = load_module("runners", "pgcluster")
+    mod = load_module("runners", "pgcluster", opts={"cachedir": str(tmp_path)})
     mod.jobs, mod.fired = [], []
 
     def on_pgbouncers(c, fun, args, timeout=8, kwarg=None):
@@ -76,6 +77,7 @@ def test_an_event_from_pg1_repoints_to_the_leader_patroni_reports_with_its_timel
     fun, args, kwarg = runner.jobs[-1]
     assert fun == "pgbouncer.repoint" and args == ["main", patroni_replay.hosts["pg2"]]
     assert kwarg["timeline"] == 1 and kwarg["spec"]["members"]["pg2"]["api"] == urls["pg2"]
+    assert kwarg["system"] == "7712164727101477447"  # the fence: the route says which database system
     assert runner.fired[-1][0] == "repointed" and "seconds_total" in runner.fired[-1][1]
 
 
@@ -99,15 +101,50 @@ def test_non_default_ports_reach_every_pgbouncer_host(runner, monkeypatch):
     assert spec == runner.switchover_spec
 
 
-def test_safety_net_resumes_paused_pgbouncers_unless_a_switchover_runs(runner, monkeypatch):
-    running = {"main": False}
-    monkeypatch.setattr(runner, "_switchover_running", lambda name, limit: running[name])
+def hold(runner, what: str):
+    """Cluster main's routing lock, held as another operation would hold it."""
+    lock, _ = runner.__utils__["pgcluster_lock.take"](runner._locks(), "main", what)
+    assert lock is not None
+    return lock
+
+
+def test_the_safety_net_skips_a_cluster_whose_routing_lock_is_held_and_resumes_otherwise(runner, monkeypatch):
     with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        with hold(runner, "switchover from pg2"):
+            ret = runner.reconcile()
+        assert ret["main"]["result"] is True and ret["main"]["comment"].startswith("skipped: switchover from pg2")
+        assert runner.jobs == []
         runner.reconcile()
-        running["main"] = True
-        runner.reconcile()
-    assert [kwarg["resume_paused"] for _, _, kwarg in runner.jobs] == [True, False]
+    # Nothing holds the lock: no switchover runs, a PgBouncer left paused is resumed.
+    assert [kwarg["resume_paused"] for _, _, kwarg in runner.jobs] == [True]
+
+
+def test_a_switchover_or_restore_is_refused_while_another_operation_holds_the_lock(runner, monkeypatch):
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        with hold(runner, "restore to latest"):
+            ret = runner.switchover("main", candidate="pg3")
+            assert ret["retcode"] == 1
+            assert re.match(r"cluster main: restore to latest \(pid \d+, since [\d:]+\) holds its routing lock: "
+                            r"nothing done", ret["error"])  # fmt: skip
+        with hold(runner, "switchover from pg2"):
+            ret = runner.restore("main", confirm=True)
+            assert "switchover from pg2" in ret["error"] and "holds its routing lock" in ret["error"]
+    assert runner.jobs == []  # nothing paused, nothing repointed
+
+
+def test_an_event_while_another_lookup_waits_is_coalesced(runner, monkeypatch):
+    queued = runner.__utils__["pgcluster_lock.Lock"](runner._locks(), "main", "queue")
+    assert queued.acquire("follow_leader (waiting)")
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        ret = runner.follow_leader(sender="pg1", cluster="main", event_tag="pgcluster/patroni/role_change")
+        assert ret == {"result": True, "comment": "coalesced: another lookup of this cluster is already waiting"}
+        assert runner.jobs == []
+        queued.release()
+        assert runner.follow_leader(sender="pg1", cluster="main")["leader"] == "pg2"
+    assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.repoint"]
 
 
 def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monkeypatch):
@@ -118,7 +155,6 @@ def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monke
         raise runner.PgclusterError("pg2: patroni.switchover: Patroni REST API POST ...: HTTP 412: candidate lags")
 
     monkeypatch.setattr(runner, "_call", call)
-    monkeypatch.setattr(runner, "_switchover_marker", lambda name, started: None)
     with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
         ret = runner.switchover("main", candidate="pg3")

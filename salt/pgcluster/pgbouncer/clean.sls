@@ -26,6 +26,7 @@ pgbouncer-clean-files-absent:
       - {{ b.conf_dir }}/userlist.txt
 {%- for cluster in pgcluster.node.pgbouncer %}
       - {{ b.conf_dir }}/routing-{{ cluster }}.ini
+      - {{ b.conf_dir }}/routing-{{ cluster }}.ini.lock
       - {{ b.conf_dir }}/routing-{{ cluster }}.json
 {%- endfor %}
     - require:
