@@ -255,21 +255,28 @@ def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None
         salt-run pgcluster.follow_leader sender=pg1 cluster=main
     """
     start = time.monotonic()
-    try:
-        model = _model(sender) if isinstance(sender, str) else {"clusters": {}}
-    except PgclusterError as exc:
-        log.warning("pgcluster: ignored event %r: %s", event_tag, exc)
-        return {"result": False, "comment": str(exc)}
-    c = model["clusters"].get(cluster) if isinstance(cluster, str) else None
-    if not c or sender not in c["members"]:
+
+    def rejected() -> dict:
         why = f"sender {sender!r} is not a member of cluster {cluster!r}"
         log.warning("pgcluster: ignored event %r: %s", event_tag, why)
         _fire("rejected", {"sender": str(sender)[:100], "cluster": str(cluster)[:100], "why": why})
         return {"result": False, "comment": why}
+
+    if not isinstance(sender, str) or not __utils__["pgcluster_lock.valid_name"](cluster):
+        return rejected()
+    # Coalesced before anything costly (the model): a flood of events returns here at once.
     lock, why = __utils__["pgcluster_lock.coalesced"](_locks(), cluster, f"follow_leader ({event_tag})", LOCK_WAIT)
     if lock is None:
         return {"result": True, "comment": why}
     with lock:
+        try:
+            model = _model(sender)
+        except PgclusterError as exc:
+            log.warning("pgcluster: ignored event %r: %s", event_tag, exc)
+            return {"result": False, "comment": str(exc)}
+        c = model["clusters"].get(cluster)
+        if not c or sender not in c["members"]:
+            return rejected()
         try:
             leader = _wait_leader(model, c, timeout)
         except PgclusterError as exc:

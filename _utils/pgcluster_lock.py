@@ -35,12 +35,17 @@ def describe(holder: dict) -> str:
     return f"{holder.get('what', 'another operation')} (pid {holder.get('pid')}, since {since})"
 
 
+def valid_name(name: object) -> bool:
+    """Whether NAME can name a cluster's lock (a plain name: no path, at most 63 characters)."""
+    return isinstance(name, str) and NAME.fullmatch(name) is not None
+
+
 class Lock:
     """An exclusive lock on DIRECTORY/NAME.KIND (KIND: ``lock`` for the critical section,
     ``queue`` for the one waiting lookup)."""
 
     def __init__(self, directory: str, name: str, kind: str = "lock"):
-        if not isinstance(name, str) or not NAME.fullmatch(name):
+        if not valid_name(name):
             raise ValueError(f"not a cluster name: {str(name)[:80]!r}")
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, f"{name}.{kind}")

@@ -138,10 +138,13 @@ def test_an_event_while_another_lookup_waits_is_coalesced(runner, monkeypatch):
     queued = runner.__utils__["pgcluster_lock.Lock"](runner._locks(), "main", "queue")
     assert queued.acquire("follow_leader (waiting)")
     with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
-        use_model(runner, monkeypatch, lab_model(runner.__utils__))
-        ret = runner.follow_leader(sender="pg1", cluster="main", event_tag="pgcluster/patroni/role_change")
-        assert ret == {"result": True, "comment": "coalesced: another lookup of this cluster is already waiting"}
-        assert runner.jobs == []
+        model = lab_model(runner.__utils__)
+        loads = []
+        monkeypatch.setattr(runner, "_model", lambda minion=None: loads.append(minion) or model)
+        for _ in range(20):
+            ret = runner.follow_leader(sender="pg1", cluster="main", event_tag="pgcluster/patroni/role_change")
+            assert ret == {"result": True, "comment": "coalesced: another lookup of this cluster is already waiting"}
+        assert runner.jobs == [] and loads == []  # a coalesced event costs no model load, no lookup
         queued.release()
         assert runner.follow_leader(sender="pg1", cluster="main")["leader"] == "pg2"
     assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.repoint"]
