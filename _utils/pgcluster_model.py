@@ -213,6 +213,11 @@ def problems(model: dict) -> list[str]:
     ):
         found.append(f"pgcluster:pki:days_remaining: {pki['days_remaining']} must be less than days_valid "
                      f"({pki['days_valid']}), or every highstate issues a new certificate")  # fmt: skip
+    master = model.get("salt_master")
+    if master and master not in hosts:
+        found.append(f"pgcluster:salt_master: {master!r} is not listed in pgcluster:hosts (the master's own "
+                     "minion: its address is let through to Patroni's REST API)")  # fmt: skip
+    _validate_monitoring(model.get("monitoring"), found)
     if model["patroni"].get("install_from") not in ("pip", "debian"):
         found.append(f"pgcluster:patroni:install_from: {model['patroni'].get('install_from')!r} is not pip or debian")
     clusters = model.get("clusters")
@@ -222,6 +227,26 @@ def problems(model: dict) -> list[str]:
         _validate_cluster(name, c, model, found)
     _validate_relations(model, clusters, found)
     return found
+
+
+# Prometheus durations (1m, 30s, 1h30m) and the kind of each alert threshold by its key's ending.
+DURATION = re.compile(r"(\d+(ms|[smhdwy]))+")
+
+
+def _validate_monitoring(mon: Any, problems: list[str]) -> None:
+    alerts = mon.get("alerts") if isinstance(mon, dict) else None
+    if not isinstance(alerts, dict):
+        problems.append("pgcluster:monitoring:alerts: must be a mapping of threshold to value")
+        return
+    for key, value in alerts.items():
+        where = f"pgcluster:monitoring:alerts:{key}"
+        if key.endswith(("_for", "_window")):
+            if not isinstance(value, str) or not DURATION.fullmatch(value):
+                problems.append(f"{where}: {value!r} is not a duration such as 30s, 5m or 1h")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            problems.append(f"{where}: {value!r} is not a positive number")
+        elif key.endswith("_ratio") and value >= 1:
+            problems.append(f"{where}: {value!r} is a fraction: between 0 and 1")
 
 
 def _listed(c: Any, key: str) -> list[str]:

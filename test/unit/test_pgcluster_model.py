@@ -410,3 +410,25 @@ def test_pillar_example_is_a_valid_model_for_every_host():
         mine = pgc.pillar_for(example, host)
         m = pgc.settings(DEFAULTS, OSMAP, mine, {"id": host, "os_family": "Debian"})
         assert m["node"]["id"] == host
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"salt_master": "nobody"}, "pgcluster:salt_master: 'nobody' is not listed in pgcluster:hosts"),
+        ({"monitoring": {"alerts": {"member_down_for": "soon"}}},
+         "pgcluster:monitoring:alerts:member_down_for: 'soon' is not a duration such as 30s, 5m or 1h"),
+        ({"monitoring": {"alerts": {"replication_lag_bytes": "lots"}}},
+         "pgcluster:monitoring:alerts:replication_lag_bytes: 'lots' is not a positive number"),
+        ({"monitoring": {"alerts": {"connections_ratio": 80}}},
+         "pgcluster:monitoring:alerts:connections_ratio: 80 is a fraction: between 0 and 1"),
+    ],
+)  # fmt: skip
+def test_bad_global_settings_name_key_and_problem(change, message):
+    p = copy.deepcopy(LAB)
+    p.update(change)
+    assert any(message in f for f in pgc.problems(model(p))), pgc.problems(model(p))
+
+
+def test_the_default_monitoring_thresholds_are_valid():
+    assert not [f for f in pgc.problems(model()) if "monitoring" in f]
