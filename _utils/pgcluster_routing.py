@@ -175,6 +175,8 @@ def refusal(current: dict | None, leader: str | None, timeline: int | None, syst
     built anew) always pass."""
     if timeline is None or not current or current.get("timeline") is None:
         return None
+    # From a command line both may come as numbers or strings (a system identifier parses as an int).
+    timeline, system = int(timeline), (str(system) if system is not None else None)
     if system and current.get("system") and system != current["system"]:
         return None
     if timeline < current["timeline"]:

@@ -174,7 +174,7 @@ def test_pgbouncer_refuses_a_postgresql_whose_certificate_another_ca_signed(depl
         log = sh("app1", "tail -50 /var/log/postgresql/pgbouncer.log").stdout
         assert "certificate verify failed" in log, log
     finally:
-        lab("salt", "app1", "state.apply", "pgcluster.pgbouncer", "--out=quiet")  # back to the cluster's CA
+        lab("salt", "app1", "state.apply", "pgcluster.pgbouncer", "--out=quiet", "-t", "300")  # the cluster's CA
     assert sh("app1", "psql service=app -XAtc 'select 1' </dev/null").stdout.strip() == "1"
 
 
@@ -193,7 +193,8 @@ def test_a_certificate_near_its_expiry_is_renewed_by_highstate_and_services_keep
                       f"-extfile <(printf '{ext}') 2>/dev/null", stdin=csr).stdout  # fmt: skip
     sh(host, f"cat > {PKI}/host.crt", stdin=near)
     assert sh(host, f"openssl x509 -noout -serial -in {PKI}/host.crt").stdout.strip() == "serial=5EED"
-    ret = lab("salt", host, "state.apply", "--out=json", "--static", timeout=900).stdout
+    # -t: a loaded minion may answer the CLI's job lookups late during a long highstate.
+    ret = lab("salt", host, "state.apply", "--out=json", "--static", "-t", "900", timeout=1000).stdout
     assert '"pgcluster-pki-host-certificate-present"' in ret
     serial = sh(host, f"openssl x509 -noout -serial -in {PKI}/host.crt").stdout.strip()
     assert serial != "serial=5EED"

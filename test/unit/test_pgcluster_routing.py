@@ -126,3 +126,10 @@ def test_no_leader_at_start_routes_nowhere_whatever_was_installed(tmp_path):
     routing.install_route(spec, "198.18.0.12", 8, SYSTEM)
     assert routing.route_to_leader(spec, timeout=0.5) is None
     assert "app = host=127.0.0.1 port=1 dbname=app" in (tmp_path / "routing-main.ini").read_text()
+
+
+def test_the_fence_holds_whatever_type_the_command_line_gave(tmp_path):
+    # salt app1 pgbouncer.repoint main ADDR timeline=7 system=7712...: YAML makes both ints.
+    spec = spec_in(tmp_path)
+    routing.install_route(spec, "198.18.0.12", 8, SYSTEM)
+    assert routing.install_route(spec, "198.18.0.11", "7", int(SYSTEM))[1].startswith("route for timeline 7 is older")
