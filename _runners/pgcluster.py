@@ -486,7 +486,7 @@ class _Master:
 
 
 @_clean_errors
-def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: float = 3600) -> dict:
+def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: float = 3600, source: Any = None) -> dict:
     """Point-in-time restore of the whole of CLUSTER from its pgBackRest repository.
 
     TARGET is ``latest`` (all archived WAL, the default) or a time with a UTC offset. Refused
@@ -498,7 +498,7 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
     Then, with a leader: a transaction is committed on it (recovery to a time stops at the first
     commit after it, so one must exist), the replicas are stopped (with synchronous_mode_strict
     no commit is confirmed from then on), the leader's WAL is switched and archived (``check``)
-    and it is stopped. The cluster's DCS state is erased, the leader (or first member) restored
+    and it is stopped. The cluster's DCS state is erased, the leader (or SOURCE) restored
     and recovered to TARGET, started by Patroni as the new leader, a full backup of the new
     timeline taken (without expiring older ones), the other members emptied and rebuilt as
     replicas from it, every PgBouncer repointed, and ``check`` run. Each long step may take up
@@ -508,11 +508,15 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
     state the cluster is in, and running the restore again (same or no target) finishes it from
     the step that failed.
 
+    Without a leader accepting writes, the restore is refused unless SOURCE names the member to
+    restore from (the newest changes may be on one member only; the others are emptied).
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run pgcluster.restore main target=2026-11-26T01:40:00+00:00 confirm=True
+        salt-run pgcluster.restore main source=pg3 confirm=True
     """
     model = _model()
     c = _cluster(model, cluster)
@@ -527,4 +531,4 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
     # run the util's own function in the runner's loader context, not in the utils loader's.
     run = __utils__["pgcluster_restore.run"]
     with _section(cluster, f"restore to {when.isoformat() if when else 'latest'}"):
-        return getattr(run, "func", run)(_Master(model), c, target, timeout)
+        return getattr(run, "func", run)(_Master(model), c, target, timeout, source)

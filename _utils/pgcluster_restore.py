@@ -55,8 +55,12 @@ def target(value: Any) -> datetime.datetime | None:
     return when
 
 
-def preflight(master: Any, c: dict, when: datetime.datetime | None, pending: dict) -> dict:
-    """Everything a restore needs, checked before anything is touched. Returns what was found."""
+def preflight(master: Any, c: dict, when: datetime.datetime | None, pending: dict, source: Any = None) -> dict:
+    """Everything a restore needs, checked before anything is touched. Returns what was found.
+
+    The member restored is the leader; without a leader, the member an unfinished restore was
+    restoring, else SOURCE, which the operator must then name: the newest WAL may live on one
+    member only (not yet archived), and the others are emptied."""
     members, repo, scope = list(c["members"]), c["backup"], c["scope"]
     for host in [repo, *members]:
         master.call(host, "test.ping", wait=30)
@@ -72,9 +76,19 @@ def preflight(master: Any, c: dict, when: datetime.datetime | None, pending: dic
     if when is not None and when < oldest:
         raise RestoreError(f"restore target {when.isoformat()} is before the end of the oldest backup "
                            f"({oldest.isoformat()}): there is nothing to restore it from")  # fmt: skip
+    if source is not None and source not in members:
+        raise RestoreError(f"source={source!r} is not a member of {c['name']} ({', '.join(members)})")
     leader = master.find_leader(c)
+    if leader and source not in (None, leader):
+        raise RestoreError(f"{leader} leads {c['name']}: the leader is the one restored (source={source} is for a "
+                           "cluster without a leader)")  # fmt: skip
     # Without a leader, an unfinished restore's member is restored again (its data may be half-restored).
-    primary = leader or pending.get("primary") or members[0]
+    primary = leader or pending.get("primary") or source
+    if primary is None:
+        raise RestoreError(f"{c['name']} has no leader accepting writes ({cluster_now(master, c, None)}): the newest "
+                           "changes may be on one member only and the others would be emptied; name the member "
+                           f"to restore from: salt-run pgcluster.restore {c['name']} source=<member> "
+                           "confirm=True")  # fmt: skip
     try:
         master.call(primary, "pgbackrest.info", scope, io_timeout=10, wait=180)
     except CommandExecutionError as exc:
@@ -115,9 +129,10 @@ def stopped(master: Any, c: dict, steps: dict, step: str, exc: Exception, leader
     )
 
 
-def run(master: Any, c: dict, value: Any, timeout: float) -> dict:
-    """Restore cluster C (from the model, defaults filled in) to VALUE (None: latest). The caller
-    has checked the confirmation. Returns the steps with their timings; raises RestoreError."""
+def run(master: Any, c: dict, value: Any, timeout: float, source: Any = None) -> dict:
+    """Restore cluster C (from the model, defaults filled in) to VALUE (None: latest), from SOURCE
+    when the cluster has no leader (see ``preflight``). The caller has checked the confirmation.
+    Returns the steps with their timings; raises RestoreError."""
     name = c["name"]
     when = target("latest" if value is None else value)
     wanted = when.isoformat() if when else "latest"
@@ -135,15 +150,17 @@ def run(master: Any, c: dict, value: Any, timeout: float) -> dict:
         master.log(f"restore of {name}: the unfinished restore recorded (leader {pending['leader']}, timeline "
                    f"{pending['timeline']}) no longer matches the cluster (leader {leader}, timeline {timeline}): "
                    "restoring anew")  # fmt: skip
-    return start(master, c, when, pending, timeout)
+    return start(master, c, when, pending, timeout, source)
 
 
-def start(master: Any, c: dict, when: datetime.datetime | None, pending: dict, timeout: float) -> dict:
+def start(
+    master: Any, c: dict, when: datetime.datetime | None, pending: dict, timeout: float, source: Any = None
+) -> dict:
     """The restore up to a leader of the restored data, then ``finish``."""
     name, scope, repo = c["name"], c["scope"], c["backup"]
     t0 = time.monotonic()
     steps: dict[str, Any] = {"cluster": name, "target": when.isoformat() if when else "latest"}
-    steps.update(preflight(master, c, when, pending))
+    steps.update(preflight(master, c, when, pending, source))
     steps["preflight_s"] = round(time.monotonic() - t0, 1)
     primary, leader = steps["primary"], steps["leader_before"]
     replicas = [m for m in c["members"] if m != primary]

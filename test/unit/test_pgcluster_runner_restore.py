@@ -120,10 +120,10 @@ def master():
     return FakeMaster()
 
 
-def restore(master, target=None):
+def restore(master, target=None, source=None):
     """The procedure as the runner runs it; a refusal or failure as {"error": message}."""
     try:
-        return restore_util.run(master, MAIN, target, 3600)
+        return restore_util.run(master, MAIN, target, 3600, source)
     except restore_util.CommandExecutionError as exc:
         return {"error": str(exc)}
 
@@ -269,3 +269,26 @@ def test_minion_failures_are_one_message(monkeypatch, returned, message):
     with pytest.raises(mod.PgclusterError) as exc:
         mod._call("pg1", fun)
     assert str(exc.value) == message
+
+
+def test_without_a_leader_the_member_to_restore_from_must_be_named(master):
+    # The leader crashed with changes not yet archived, the others stopped: which member holds the
+    # newest WAL is for the operator to say; nothing is touched until then.
+    master.members = {"pg1": {"role": "replica", "state": "stopped", "timeline": 7}}
+    ret = restore(master)
+    assert "main has no leader accepting writes (pg1 replica stopped on timeline 7; pg2 Patroni stopped" in ret["error"]
+    assert "restore from: salt-run pgcluster.restore main source=<member> confirm=True" in ret["error"]
+    assert {fun for _, fun in master.calls} <= READ_ONLY and master.records == {}
+    ret = restore(master, source="pg3")
+    assert "error" not in ret and ("pg3", "pgbackrest.restore_primary") in master.calls
+    assert ("pg2", "pgbackrest.restore_primary") not in master.calls
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [("pg3", "pg2 leads main: the leader is the one restored (source=pg3 is for a cluster without a leader)"),
+     ("pg9", "source='pg9' is not a member of main (pg1, pg2, pg3)")],
+)  # fmt: skip
+def test_a_source_that_does_not_fit_is_refused_and_changes_nothing(master, source, message):
+    assert message in restore(master, source=source)["error"]
+    assert {fun for _, fun in master.calls} <= READ_ONLY and master.records == {}
