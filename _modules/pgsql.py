@@ -103,3 +103,86 @@ def query(
         return rows
     # Only one statement of SQL may return rows when NAMES is set: its header comes first.
     return [dict(zip(rows[0], row, strict=True)) for row in rows[1:]] if rows else []
+
+
+# What a migration needs to know of a server: instance-wide, then per database.
+SURVEY_INSTANCE = """
+SELECT current_setting('server_version_num') AS version_num, current_setting('server_version') AS version,
+       (SELECT system_identifier FROM pg_control_system()) AS system,
+       current_setting('data_directory') AS data_directory,
+       current_setting('wal_level') AS wal_level, current_setting('max_wal_senders') AS max_wal_senders,
+       current_setting('max_replication_slots') AS max_replication_slots,
+       (SELECT count(*) FROM pg_replication_slots) AS slots_used,
+       (SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles
+         WHERE rolname !~ '^pg_' AND (rolreplication OR rolsuper)) AS replication_roles,
+       (SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname !~ '^pg_' AND rolcanlogin)
+         AS login_roles
+"""
+SURVEY_DATABASES = """
+SELECT datname, pg_database_size(oid) AS size, pg_encoding_to_char(encoding) AS encoding, datcollate, datctype
+  FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname
+"""
+# Per database: each finding as (kind, name). Tables in user schemas only.
+SURVEY_DATABASE = """
+SELECT 'extensions' AS kind, extname AS name FROM pg_extension WHERE extname <> 'plpgsql'
+UNION ALL
+SELECT 'no_key', format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'
+   AND (c.relreplident = 'n' OR (c.relreplident = 'd'
+        AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+UNION ALL
+SELECT 'unlogged', format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u'
+UNION ALL
+SELECT 'large_objects', count(*)::text FROM pg_largeobject_metadata HAVING count(*) > 0
+UNION ALL
+SELECT 'tables', count(*)::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'
+ORDER BY 1, 2
+"""
+
+
+def survey(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: float = 30) -> dict:
+    """What a migration needs to know of the PostgreSQL server on PORT: version, system identifier,
+    WAL and replication settings, roles, and per database its size, encoding, locale, extensions,
+    tables without a primary key or replica identity, unlogged tables, large objects and how many
+    tables it holds. Read-only. Raises CommandExecutionError when the server does not answer.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgsql.survey port=5432
+    """
+    conn = {"port": port, "socket_dir": socket_dir, "timeout": timeout}
+    (inst,) = query(SURVEY_INSTANCE, names=True, **conn)
+    out: dict[str, Any] = {
+        "version_num": int(inst["version_num"]),
+        "version": inst["version"],
+        "major": int(inst["version_num"]) // 10000,
+        "system": inst["system"],
+        "data_directory": inst["data_directory"],
+        "wal_level": inst["wal_level"],
+        "max_wal_senders": int(inst["max_wal_senders"]),
+        "max_replication_slots": int(inst["max_replication_slots"]),
+        "slots_used": int(inst["slots_used"]),
+        "replication_roles": [r for r in inst["replication_roles"].split(",") if r],
+        "login_roles": [r for r in inst["login_roles"].split(",") if r],
+        "databases": {},
+    }
+    for db in query(SURVEY_DATABASES, names=True, **conn):
+        found: dict[str, Any] = {"extensions": [], "no_key": [], "unlogged": [], "large_objects": 0, "tables": 0}
+        for kind, name in query(SURVEY_DATABASE, dbname=db["datname"], **conn):
+            if kind in ("large_objects", "tables"):
+                found[kind] = int(name)
+            else:
+                found[kind].append(name)
+        out["databases"][db["datname"]] = {
+            "size": int(db["size"]),
+            "encoding": db["encoding"],
+            "collate": db["datcollate"],
+            "ctype": db["datctype"],
+            **found,
+        }
+    out["size"] = sum(d["size"] for d in out["databases"].values())
+    return out
