@@ -173,6 +173,30 @@ def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> No
         owner = (spec or {}).get("owner")
         if owner is not None and owner not in roles:
             problems.append(f"{key}:databases:{db}:owner: role {owner!r} is not declared in {key}:roles")
+    if c.get("migrate") is not None:
+        _validate_migrate(f"{key}:migrate", c, hosts, problems)
+
+
+def _validate_migrate(key: str, c: dict, hosts: dict, problems: list[str]) -> None:
+    """The migrate block: where an existing PostgreSQL comes from and how it moves in."""
+    m = c["migrate"]
+    if not isinstance(m, dict):
+        problems.append(f"{key}: must be a mapping (source, port, mode, databases)")
+        return
+    source = m.get("source")
+    if not isinstance(source, str) or source not in hosts:
+        problems.append(f"{key}:source: {source!r} is not listed in pgcluster:hosts")
+    elif source in [*(c.get("members") or []), c.get("backup")]:
+        problems.append(f"{key}:source: {source} is part of the cluster itself")
+    if m.get("mode") not in ("physical", "logical"):
+        problems.append(f"{key}:mode: {m.get('mode')!r} is not physical (the whole instance, same major version) "
+                        "or logical (chosen databases)")  # fmt: skip
+    _port(m.get("port", 5432), f"{key}:port", problems)
+    dbs = m.get("databases")
+    if dbs is not None and (not isinstance(dbs, list) or not all(NAME.match(str(d)) for d in dbs)):
+        problems.append(f"{key}:databases: must be a list of database names")
+    elif dbs and m.get("mode") == "physical":
+        problems.append(f"{key}:databases: a physical migration moves the whole instance: leave databases out")
 
 
 def problems(model: dict) -> list[str]:

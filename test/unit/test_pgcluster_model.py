@@ -432,3 +432,24 @@ def test_bad_global_settings_name_key_and_problem(change, message):
 
 def test_the_default_monitoring_thresholds_are_valid():
     assert not [f for f in pgc.problems(model()) if "monitoring" in f]
+
+
+@pytest.mark.parametrize(
+    "migrate, message",
+    [
+        ({"source": "legacy", "mode": "physical"}, "migrate:source: 'legacy' is not listed in pgcluster:hosts"),
+        ({"source": "pg2", "mode": "physical"}, "migrate:source: pg2 is part of the cluster itself"),
+        ({"source": "app1", "mode": "copy"}, "migrate:mode: 'copy' is not physical"),
+        ({"source": "app1", "mode": "logical", "port": "x"}, "migrate:port: 'x' is not a port number"),
+        ({"source": "app1", "mode": "logical", "databases": "shop"}, "migrate:databases: must be a list"),
+        ({"source": "app1", "mode": "physical", "databases": ["shop"]}, "moves the whole instance"),
+        ("legacy", "migrate: must be a mapping"),
+    ],
+)  # fmt: skip
+def test_a_bad_migrate_block_names_key_and_problem(migrate, message):
+    found = pgc.problems(model(lab_with(migrate=migrate)))
+    assert any(f.startswith("pgcluster:clusters:main:migrate") and message in f for f in found), found
+
+
+def test_a_good_migrate_block_is_valid():
+    assert pgc.problems(model(lab_with(migrate={"source": "app1", "mode": "logical", "databases": ["shop"]}))) == []

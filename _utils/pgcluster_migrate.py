@@ -1,0 +1,103 @@
+"""Moving an existing PostgreSQL into a cluster: what stands in the way, one line per problem.
+
+``problems`` judges a migration before anything is touched, from what the source says of itself
+(``pgsql.survey`` on the source minion) and what the cluster offers (its major version, the
+extensions and locales its members have, their free disk, the user tables it already holds).
+Standard library only: the runner gathers, this decides, the unit tests feed it recorded facts.
+"""
+
+from __future__ import annotations
+
+__virtualname__ = "pgcluster_migrate"
+MODES = ("physical", "logical")
+# Room a member needs beyond the source's size: WAL, the copy's own overhead.
+DISK_MARGIN = 1.2
+GB = 1024**3
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def _databases(migrate: dict, survey: dict) -> list[str]:
+    """The databases the migration moves: the listed ones (logical), else all of the source's."""
+    return list(migrate.get("databases") or []) or sorted(survey["databases"])
+
+
+def problems(cluster: str, migrate: dict, survey: dict, target: dict) -> list[str]:
+    """Every problem of migrating MIGRATE's source (SURVEY: ``pgsql.survey``) into CLUSTER, whose
+    facts are TARGET: ``major`` (PostgreSQL major version), ``extensions`` (available on every
+    member), ``locales`` (``locale -a`` common to the members), ``free`` ({member: bytes free where
+    its data lives}), ``user_tables`` ({database: tables in user schemas} on the leader).
+    Empty: nothing stands in the way."""
+    mode, source = migrate.get("mode"), migrate.get("source")
+    out: list[str] = []
+    dbs = _databases(migrate, survey)
+    moved = {d: survey["databases"][d] for d in dbs if d in survey["databases"]}
+    for d in dbs:
+        if d not in survey["databases"]:
+            out.append(f"database {d} does not exist on {source} (it has: {', '.join(sorted(survey['databases']))})")
+    if mode == "physical":
+        if survey["major"] != target["major"]:
+            out.append(f"{source} runs PostgreSQL {survey['major']}, {cluster} runs {target['major']}: a physical "
+                       "migration needs the same major version (use mode logical)")  # fmt: skip
+        if survey["wal_level"] == "minimal":
+            out.append(f"{source} has wal_level=minimal: a standby needs replica (a restart of the source)")
+        if survey["max_wal_senders"] < 1:
+            out.append(f"{source} has max_wal_senders=0: a standby cannot stream from it")
+        held = {d: n for d, n in target["user_tables"].items() if n}
+        if held:
+            what = ", ".join(f"{d} ({n} tables)" for d, n in sorted(held.items()))
+            out.append(f"{cluster} already holds user data ({what}): a physical migration replaces every member's "
+                       "data; migrate into an empty cluster or use mode logical")  # fmt: skip
+    elif mode == "logical":
+        if survey["wal_level"] != "logical":
+            out.append(f"{source} has wal_level={survey['wal_level']}: logical replication needs wal_level=logical "
+                       "(a restart of the source)")  # fmt: skip
+        free_slots = survey["max_replication_slots"] - survey["slots_used"]
+        if free_slots < len(moved):
+            out.append(f"{source} has {free_slots} free replication slots (max_replication_slots="
+                       f"{survey['max_replication_slots']}): one per database is needed ({len(moved)})")  # fmt: skip
+        if survey["max_wal_senders"] < len(moved):
+            out.append(f"{source} has max_wal_senders={survey['max_wal_senders']}: one per database is needed "
+                       f"({len(moved)})")  # fmt: skip
+        for d, facts in sorted(moved.items()):
+            for table in facts["no_key"]:
+                out.append(f"database {d}: table {table} has no primary key or replica identity: logical "
+                           "replication cannot carry its UPDATE and DELETE (add a key or REPLICA IDENTITY "
+                           "FULL)")  # fmt: skip
+            for table in facts["unlogged"]:
+                out.append(f"database {d}: unlogged table {table} is not replicated (make it logged or leave it)")
+            if facts["large_objects"]:
+                out.append(f"database {d} has {facts['large_objects']} large objects: logical replication does not "
+                           "carry them (use mode physical)")  # fmt: skip
+            if facts["encoding"] != "UTF8":
+                out.append(f"database {d} is encoded {facts['encoding']}: the cluster's databases are UTF8")
+            if target["user_tables"].get(d):
+                out.append(f"database {d} already holds {target['user_tables'][d]} tables on {cluster}")
+    else:
+        out.append(f"mode {mode!r}: must be physical or logical")
+    for d, facts in sorted(moved.items()):
+        for ext in facts["extensions"]:
+            if ext not in target["extensions"]:
+                out.append(f"database {d} uses extension {ext}, which {cluster}'s members do not have (install its "
+                           "package there)")  # fmt: skip
+        for what in ("collate", "ctype"):
+            locale = facts[what]
+            if locale not in ("C", "POSIX") and _norm(locale) not in {_norm(x) for x in target["locales"]}:
+                out.append(f"database {d} has LC_{what.upper()} {locale}, a locale {cluster}'s members lack")
+    need = sum(f["size"] for f in moved.values()) if mode == "logical" else survey["size"]
+    for member, free in sorted(target["free"].items()):
+        if free < need * DISK_MARGIN:
+            out.append(f"{member}: {_gb(free)} free for data, the migration needs {_gb(need * DISK_MARGIN)} "
+                       f"({_gb(need)} and 20 %)")  # fmt: skip
+    return list(dict.fromkeys(out))
+
+
+def _norm(locale: str) -> str:
+    """en_US.UTF-8 and en_US.utf8 are one locale to glibc."""
+    return locale.lower().replace("-", "")

@@ -1,0 +1,69 @@
+"""What stands in the way of a migration (pgcluster_migrate util), judged from a survey recorded
+from a real PostgreSQL 15 (test/functional/test_pgsql_survey.py's legacy-like server: database
+shop with pg_trgm, a table without key, an unlogged table, a large object; wal_level=replica)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from pgctest import FIXTURES, load_module
+
+SURVEY = json.loads((FIXTURES / "pgsql" / "survey_legacy.json").read_text())
+GB = 1024**3
+mig = load_module("utils", "pgcluster_migrate")
+
+
+def target(**changes) -> dict:
+    """An empty cluster on PostgreSQL 15 whose members have contrib, C.UTF-8 and 20 GB free."""
+    facts = {"major": 15, "extensions": {"pg_trgm", "hstore", "plpgsql"}, "locales": {"C", "C.utf8", "POSIX"},
+             "free": {"pg1": 20 * GB, "pg2": 20 * GB, "pg3": 20 * GB},
+             "user_tables": {"postgres": 0, "app": 0}}  # fmt: skip
+    facts.update(changes)
+    return facts
+
+
+def problems(migrate: dict, survey: dict | None = None, **changes) -> list[str]:
+    return mig.problems("main", {"source": "legacy", **migrate}, survey or SURVEY, target(**changes))
+
+
+def test_a_physical_migration_of_the_legacy_server_into_an_empty_cluster_is_clear():
+    assert problems({"mode": "physical"}) == []
+
+
+def test_a_logical_migration_names_every_table_and_setting_in_the_way():
+    assert problems({"mode": "logical", "databases": ["shop"]}) == [
+        "legacy has wal_level=replica: logical replication needs wal_level=logical (a restart of the source)",
+        "database shop: table public.events has no primary key or replica identity: logical replication cannot "
+        "carry its UPDATE and DELETE (add a key or REPLICA IDENTITY FULL)",
+        "database shop: unlogged table public.scratch is not replicated (make it logged or leave it)",
+        "database shop has 1 large objects: logical replication does not carry them (use mode physical)",
+    ]
+
+
+def test_a_cluster_holding_data_other_versions_and_unknown_databases_are_refused():
+    found = problems({"mode": "physical"}, major=16, user_tables={"app": 3})
+    assert found == [
+        "legacy runs PostgreSQL 15, main runs 16: a physical migration needs the same major version (use mode logical)",
+        "main already holds user data (app (3 tables)): a physical migration replaces every member's data; migrate "
+        "into an empty cluster or use mode logical",
+    ]
+    assert problems({"mode": "logical", "databases": ["nope"]})[0] == (
+        "database nope does not exist on legacy (it has: postgres, shop)"
+    )
+
+
+def test_missing_extensions_locales_and_disk_are_named_per_member():
+    survey = copy.deepcopy(SURVEY)
+    survey["databases"]["shop"]["collate"] = "de_DE.UTF-8"
+    found = problems({"mode": "physical"}, survey, extensions={"plpgsql"}, free={"pg1": 20 * GB, "pg2": 10**6})
+    assert "database shop uses extension pg_trgm, which main's members do not have (install its package there)" in found
+    assert "database shop has LC_COLLATE de_DE.UTF-8, a locale main's members lack" in found
+    assert "pg2: 0.0 GB free for data, the migration needs 0.0 GB (0.0 GB and 20 %)" in found
+    assert not [f for f in found if f.startswith("pg1:")]
+
+
+@pytest.mark.parametrize("mode", [None, "copy"])
+def test_a_mode_that_is_no_mode_is_named(mode):
+    assert f"mode {mode!r}: must be physical or logical" in problems({"mode": mode})
