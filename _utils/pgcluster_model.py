@@ -241,7 +241,7 @@ def problems(model: dict) -> list[str]:
     if master and master not in hosts:
         found.append(f"pgcluster:salt_master: {master!r} is not listed in pgcluster:hosts (the master's own "
                      "minion: its address is let through to Patroni's REST API)")  # fmt: skip
-    _validate_monitoring(model.get("monitoring"), found)
+    _validate_monitoring(model.get("monitoring"), found, hosts)
     if model["patroni"].get("install_from") not in ("pip", "debian"):
         found.append(f"pgcluster:patroni:install_from: {model['patroni'].get('install_from')!r} is not pip or debian")
     clusters = model.get("clusters")
@@ -257,8 +257,18 @@ def problems(model: dict) -> list[str]:
 DURATION = re.compile(r"(\d+(ms|[smhdwy]))+")
 
 
-def _validate_monitoring(mon: Any, problems: list[str]) -> None:
-    alerts = mon.get("alerts") if isinstance(mon, dict) else None
+def _validate_monitoring(mon: Any, problems: list[str], hosts: dict) -> None:
+    if not isinstance(mon, dict):
+        problems.append("pgcluster:monitoring: must be a mapping")
+        return
+    if mon.get("host") and mon["host"] not in hosts:
+        problems.append(f"pgcluster:monitoring:host: {mon['host']!r} is not listed in pgcluster:hosts")
+    for key in ("retention", "scrape_interval"):
+        if not isinstance(mon.get(key), str) or not DURATION.fullmatch(mon[key]):
+            problems.append(f"pgcluster:monitoring:{key}: {mon.get(key)!r} is not a duration such as 15s or 400d")
+    for name, port in (mon.get("ports") or {}).items():
+        _port(port, f"pgcluster:monitoring:ports:{name}", problems)
+    alerts = mon.get("alerts")
     if not isinstance(alerts, dict):
         problems.append("pgcluster:monitoring:alerts: must be a mapping of threshold to value")
         return

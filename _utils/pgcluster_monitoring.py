@@ -114,3 +114,58 @@ def alert_rules(model: dict) -> dict[str, Any]:
             "cluster {{ $labels.cluster }} has no synchronous standby: its durable profile blocks every "
             "commit"))  # fmt: skip
     return {"groups": [{"name": "pgcluster", "rules": rules}]}
+
+
+def monitoring_host(model: dict) -> str | None:
+    """The minion that runs Prometheus and Alertmanager: pgcluster:monitoring:host, else the
+    backup host of the first cluster (by name) that has one."""
+    if model["monitoring"].get("host"):
+        return model["monitoring"]["host"]
+    return next((c["backup"] for _, c in sorted(model["clusters"].items()) if c.get("backup")), None)
+
+
+def _targets(model: dict, hosts: dict[str, str | None], port: int) -> list[dict]:
+    """static_configs: one per host, labelled with its minion id and its cluster (when it has one)."""
+    out = []
+    for host, cluster in sorted(hosts.items()):
+        labels = {"host": host, **({"cluster": cluster} if cluster else {})}
+        out.append({"targets": [f"{model['hosts'][host]}:{port}"], "labels": labels})
+    return out
+
+
+def scrape_config(model: dict, tls: dict[str, str]) -> dict[str, Any]:
+    """Prometheus's configuration (as data) for every cluster of MODEL; TLS holds the monitoring
+    host's ``ca``, ``cert`` and ``key`` paths (Patroni's REST API and etcd are https only, etcd
+    wants a client certificate)."""
+    mon, ports = model["monitoring"], model["monitoring"]["ports"]
+    members, etcd, pgbouncers, every = {}, {}, {}, {}
+    for name, c in sorted(model["clusters"].items()):
+        for h in c.get("members") or []:
+            members[h] = every[h] = name
+        for h in c.get("etcd") or []:
+            etcd.setdefault(h, name)
+            every.setdefault(h, name)
+        for h in c.get("pgbouncer") or []:
+            pgbouncers.setdefault(h, name)
+            every.setdefault(h, name)
+        if c.get("backup"):
+            every.setdefault(c["backup"], name)
+    for h in model["hosts"]:
+        every.setdefault(h, None)
+    ca = {"ca_file": tls["ca"]}
+    jobs = [
+        {"job_name": "node", "static_configs": _targets(model, every, ports["node"])},
+        {"job_name": "postgres", "static_configs": _targets(model, members, ports["postgres"])},
+        {"job_name": "patroni", "scheme": "https", "tls_config": ca,
+         "static_configs": _targets(model, members, model["patroni"]["restapi_port"])},
+        {"job_name": "etcd", "scheme": "https",
+         "tls_config": {**ca, "cert_file": tls["cert"], "key_file": tls["key"]},
+         "static_configs": _targets(model, etcd, model["etcd"]["client_port"])},
+        {"job_name": "pgbouncer", "static_configs": _targets(model, pgbouncers, ports["pgbouncer"])},
+    ]  # fmt: skip
+    return {
+        "global": {"scrape_interval": mon["scrape_interval"], "evaluation_interval": mon["scrape_interval"]},
+        "rule_files": [mon["rules_file"]],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}]},
+        "scrape_configs": [j for j in jobs if j["static_configs"]],
+    }

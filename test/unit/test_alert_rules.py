@@ -73,3 +73,30 @@ def test_only_strict_synchronous_clusters_get_the_no_standby_alert(mon):
     fast_only["clusters"] = {"reports": {"profile": "fast"}}
     names = [r["alert"] for r in mon.alert_rules(fast_only)["groups"][0]["rules"]]
     assert "PgclusterNoSynchronousStandby" not in names
+
+
+def test_the_scrape_configuration_passes_promtool_and_covers_every_exporter(tmp_path):
+    mon = load_module("utils", "pgcluster_monitoring")
+    pgc = load_module("utils", "pgcluster_model")
+    osmap = yaml.safe_load((REPO / "salt/pgcluster/osfamilymap.yaml").read_text())
+    lab = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]
+    model = pgc.validate(pgc.merge({"pgcluster": DEFAULTS}, osmap, lab, "Debian"))
+    tls = {k: str(tmp_path / f"{k}.pem") for k in ("ca", "cert", "key")}
+    for path in tls.values():
+        Path(path).write_text("")
+    conf = mon.scrape_config(model, tls)
+    conf["rule_files"] = [str(tmp_path / "rules.yml")]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(mon.alert_rules(model)))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf))
+    res = subprocess.run([promtool(), "check", "config", "--syntax-only", "prometheus.yml"], cwd=tmp_path,
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    jobs = {j["job_name"]: j for j in conf["scrape_configs"]}
+    targets = {name: {t["labels"]["host"]: t["targets"][0] for t in j["static_configs"]} for name, j in jobs.items()}
+    assert set(targets["node"]) == {"salt", "pg1", "pg2", "pg3", "backup", "app1"}
+    assert targets["patroni"] == {"pg1": "198.18.0.11:8008", "pg2": "198.18.0.12:8008", "pg3": "198.18.0.13:8008"}
+    assert set(targets["postgres"]) == set(targets["etcd"]) == {"pg1", "pg2", "pg3"}
+    assert set(targets["pgbouncer"]) == {"pg1", "pg2", "pg3", "app1"}
+    assert jobs["etcd"]["tls_config"]["cert_file"] == tls["cert"] and jobs["patroni"]["scheme"] == "https"
+    assert all(t["labels"]["cluster"] == "main" for t in jobs["patroni"]["static_configs"])
+    assert mon.monitoring_host(model) == "backup"
