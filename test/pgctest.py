@@ -8,8 +8,10 @@ import http.server
 import importlib.util
 import ipaddress
 import json
+import os
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -151,3 +153,10 @@ def patroni_replay(members: dict[str, dict[str, str] | None], tls: Path | None =
         for srv in servers:
             srv.shutdown()
             srv.server_close()
+
+
+def run_all(cmd, stdin=None, timeout=None, env=None, cwd=None, **kwargs) -> dict:
+    """Salt's cmd.run_all as the module uses it: argv, standard input, environment, timeout."""
+    res = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                         env={**os.environ, **(env or {})})  # fmt: skip
+    return {"retcode": res.returncode, "stdout": res.stdout.strip(), "stderr": res.stderr.strip()}

@@ -109,25 +109,33 @@ def build_wheelhouse() -> None:
     _pip_once(f"wheelhouse {WHEELS}", "wheels.txt", WHEELS / ".pgcluster-lab-wheels", "wheel", "-q", "-w", str(WHEELS))
 
 
-PROMTOOL = BASE_DIR / "bin" / "promtool"
+TOOLS_DIR = BASE_DIR / "bin"
+# Test tools from Debian packages, unpacked, not installed (the machine runs no Prometheus, and
+# the hosts, which see the machine's packages, none either): {tool: (package, path in it)}.
+TOOLS = {
+    "promtool": ("prometheus", "usr/bin/promtool"),
+    "postgres_exporter": ("prometheus-postgres-exporter", "usr/bin/prometheus-postgres-exporter"),
+}
 
 
-def install_promtool() -> None:
-    """promtool (alert rule tests) from Debian's prometheus package, unpacked, not installed: the
-    machine runs no Prometheus and the hosts, which see the machine's packages, none either."""
-    if PROMTOOL.exists():
-        say(f"promtool {PROMTOOL}: present")
+def install_tools() -> None:
+    """promtool (rule and configuration checks) and the PostgreSQL exporter (its queries run
+    against a real PostgreSQL in the functional tests), in TOOLS_DIR."""
+    missing = {t: v for t, v in TOOLS.items() if not (TOOLS_DIR / t).exists()}
+    if not missing:
+        say(f"test tools {TOOLS_DIR}: present")
         return
-    say(f"promtool {PROMTOOL}: unpacking Debian's prometheus package")
+    say(f"test tools {TOOLS_DIR}: unpacking {' '.join(sorted({p for p, _ in missing.values()}))}")
+    TOOLS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        download = ["apt-get", "download", "-qq", "prometheus"]
-        if subprocess.run(download, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
-            subprocess.run(["apt-get", "update", "-qq"], check=True)  # no package lists yet
-            subprocess.run(download, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        deb = next(Path(tmp).glob("prometheus_*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
-        PROMTOOL.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f"{tmp}/x/usr/bin/promtool", PROMTOOL)
+        for tool, (package, inside) in missing.items():
+            download = ["apt-get", "download", "-qq", package]
+            if subprocess.run(download, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+                subprocess.run(["apt-get", "update", "-qq"], check=True)  # no package lists yet
+                subprocess.run(download, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+            deb = next(Path(tmp).glob(f"{package}_*.deb"))
+            subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/{package}"], check=True)
+            shutil.copy2(f"{tmp}/{package}/{inside}", TOOLS_DIR / tool)
 
 
 def prepare() -> None:
@@ -137,4 +145,4 @@ def prepare() -> None:
     install_packages()
     install_venv()
     build_wheelhouse()
-    install_promtool()
+    install_tools()
