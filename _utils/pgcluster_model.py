@@ -268,6 +268,20 @@ def _validate_monitoring(mon: Any, problems: list[str], hosts: dict) -> None:
             problems.append(f"pgcluster:monitoring:{key}: {mon.get(key)!r} is not a duration such as 15s or 400d")
     for name, port in (mon.get("ports") or {}).items():
         _port(port, f"pgcluster:monitoring:ports:{name}", problems)
+    receivers = mon.get("receivers") or {}
+    for kind in ("webhook", "email"):
+        if not isinstance(receivers.get(kind) or [], list):
+            problems.append(f"pgcluster:monitoring:receivers:{kind}: must be a list")
+    for url in receivers.get("webhook") or [] if isinstance(receivers.get("webhook"), list) else []:
+        if not re.fullmatch(r"https?://\S+", str(url)):
+            problems.append(f"pgcluster:monitoring:receivers:webhook: {url!r} is not an http(s) URL")
+    mails = receivers.get("email") if isinstance(receivers.get("email"), list) else []
+    for addr in mails:
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+", str(addr)):
+            problems.append(f"pgcluster:monitoring:receivers:email: {addr!r} is not an e-mail address")
+    smtp = mon.get("smtp") or {}
+    if mails and not (smtp.get("smarthost") and smtp.get("from")):
+        problems.append("pgcluster:monitoring:smtp: e-mail receivers need smarthost (host:port) and from")
     alerts = mon.get("alerts")
     if not isinstance(alerts, dict):
         problems.append("pgcluster:monitoring:alerts: must be a mapping of threshold to value")

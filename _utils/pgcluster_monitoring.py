@@ -169,3 +169,29 @@ def scrape_config(model: dict, tls: dict[str, str]) -> dict[str, Any]:
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}]},
         "scrape_configs": [j for j in jobs if j["static_configs"]],
     }
+
+
+def alertmanager_config(model: dict) -> dict[str, Any]:
+    """Alertmanager's configuration (as data): every pgcluster alert to the receivers of
+    pgcluster:monitoring:receivers (webhooks, e-mail through smtp:smarthost), grouped by alert and
+    cluster; with no receiver configured, alerts are kept in Alertmanager only (its UI, amtool)."""
+    mon = model["monitoring"]
+    hooks = [{"url": u, "send_resolved": True} for u in mon["receivers"].get("webhook") or []]
+    mails = [{"to": a, "send_resolved": True} for a in mon["receivers"].get("email") or []]
+    receiver: dict[str, Any] = {"name": "pgcluster"}
+    if hooks:
+        receiver["webhook_configs"] = hooks
+    if mails:
+        receiver["email_configs"] = mails
+    conf: dict[str, Any] = {
+        "route": {"receiver": "pgcluster", "group_by": ["alertname", "cluster"], "group_wait": "30s",
+                  "group_interval": "5m", "repeat_interval": mon["repeat_interval"]},
+        "receivers": [receiver],
+        # A member down says why its cluster has no synchronous standby: the first is enough.
+        "inhibit_rules": [{"source_matchers": ["alertname = PgclusterMemberDown"],
+                           "target_matchers": ["alertname = PgclusterNoSynchronousStandby"], "equal": ["cluster"]}],
+    }  # fmt: skip
+    if mails:
+        conf["global"] = {"smtp_smarthost": mon["smtp"]["smarthost"], "smtp_from": mon["smtp"]["from"],
+                          "smtp_require_tls": True}  # fmt: skip
+    return conf

@@ -100,3 +100,30 @@ def test_the_scrape_configuration_passes_promtool_and_covers_every_exporter(tmp_
     assert jobs["etcd"]["tls_config"]["cert_file"] == tls["cert"] and jobs["patroni"]["scheme"] == "https"
     assert all(t["labels"]["cluster"] == "main" for t in jobs["patroni"]["static_configs"])
     assert mon.monitoring_host(model) == "backup"
+
+
+def amtool() -> str:
+    found = shutil.which("amtool") or "/opt/pgcluster-lab/bin/amtool"
+    assert Path(found).exists(), "amtool not found: test/lab/lab prepare installs it"
+    return found
+
+
+@pytest.mark.parametrize(
+    "receivers, smtp",
+    [({"webhook": [], "email": []}, {}),
+     ({"webhook": ["https://hooks.example.org/pg"], "email": ["dba@example.org"]},
+      {"smarthost": "mail.example.org:587", "from": "alerts@example.org"})],
+)  # fmt: skip
+def test_the_alertmanager_configuration_passes_amtool(tmp_path, receivers, smtp):
+    mon = load_module("utils", "pgcluster_monitoring")
+    m = model()
+    m["monitoring"] = {**DEFAULTS["monitoring"], "receivers": receivers,
+                       "smtp": {**DEFAULTS["monitoring"]["smtp"], **smtp}}  # fmt: skip
+    conf = mon.alertmanager_config(m)
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(conf))
+    res = subprocess.run([amtool(), "check-config", "alertmanager.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (receiver,) = conf["receivers"]
+    assert [h["url"] for h in receiver.get("webhook_configs", [])] == receivers["webhook"]
+    assert [e["to"] for e in receiver.get("email_configs", [])] == receivers["email"]
+    assert conf["route"]["group_by"] == ["alertname", "cluster"]

@@ -453,3 +453,21 @@ def test_a_bad_migrate_block_names_key_and_problem(migrate, message):
 
 def test_a_good_migrate_block_is_valid():
     assert pgc.problems(model(lab_with(migrate={"source": "app1", "mode": "logical", "databases": ["shop"]}))) == []
+
+
+@pytest.mark.parametrize(
+    "monitoring, message",
+    [
+        ({"receivers": {"webhook": ["ftp://x"]}}, "receivers:webhook: 'ftp://x' is not an http(s) URL"),
+        ({"receivers": {"email": ["dba"]}}, "receivers:email: 'dba' is not an e-mail address"),
+        ({"receivers": {"email": ["dba@example.org"]}}, "smtp: e-mail receivers need smarthost (host:port) and from"),
+        ({"host": "grafana"}, "monitoring:host: 'grafana' is not listed in pgcluster:hosts"),
+        ({"ports": {"node": 0}}, "monitoring:ports:node: 0 is not a port number"),
+        ({"retention": "a year"}, "monitoring:retention: 'a year' is not a duration"),
+    ],
+)  # fmt: skip
+def test_bad_monitoring_settings_name_key_and_problem(monitoring, message):
+    p = copy.deepcopy(LAB)
+    p["monitoring"] = monitoring
+    found = pgc.problems(model(p))
+    assert any(message in f for f in found), found

@@ -115,12 +115,14 @@ TOOLS_DIR = BASE_DIR / "bin"
 TOOLS = {
     "promtool": ("prometheus", "usr/bin/promtool"),
     "postgres_exporter": ("prometheus-postgres-exporter", "usr/bin/prometheus-postgres-exporter"),
+    "amtool": ("prometheus-alertmanager", "usr/bin/amtool"),
 }
 
 
 def install_tools() -> None:
-    """promtool (rule and configuration checks) and the PostgreSQL exporter (its queries run
-    against a real PostgreSQL in the functional tests), in TOOLS_DIR."""
+    """promtool (rule and configuration checks), amtool (Alertmanager's configuration) and the
+    PostgreSQL exporter (its queries run against a real PostgreSQL in the functional tests), in
+    TOOLS_DIR."""
     missing = {t: v for t, v in TOOLS.items() if not (TOOLS_DIR / t).exists()}
     if not missing:
         say(f"test tools {TOOLS_DIR}: present")
