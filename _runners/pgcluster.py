@@ -210,7 +210,8 @@ def _locks() -> str:
 def _section(name: str, what: str):
     """Cluster NAME's routing lock for WHAT (a switchover, a restore), or PgclusterError naming
     the operation that holds it."""
-    lock, holder = __utils__["pgcluster_lock.take"](_locks(), name, what)
+    # A reconcile round or an event's lookup holds the lock for a second or so: wait for it.
+    lock, holder = __utils__["pgcluster_lock.take"](_locks(), name, what, wait_for_short=LOCK_WAIT)
     if lock is None:
         raise PgclusterError(f"cluster {name}: {holder} holds its routing lock: nothing done; run again once it "
                              "has finished")  # fmt: skip

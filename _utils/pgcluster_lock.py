@@ -13,6 +13,7 @@ refusal can say who holds the lock and since when. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,6 +23,23 @@ import time
 __virtualname__ = "pgcluster_lock"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 POLL = 0.02
+# Routine holders that finish within seconds: an operation asked for meanwhile waits for them.
+SHORT = ("reconcile", "follow_leader")
+# Locks this process holds. A flock belongs to the open file, which a forked child shares: a child
+# outliving its parent's release would keep the lock held. Children close their copies at once.
+_HELD: set[Lock] = set()
+
+
+def _forget_in_child() -> None:
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def __virtual__():
@@ -53,7 +71,7 @@ class Lock:
 
     def acquire(self, what: str, wait: float = 0.0) -> bool:
         """Take the lock, waiting up to WAIT seconds; True when taken. WHAT is written for others."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -67,9 +85,11 @@ class Lock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"what": what, "pid": os.getpid(), "since": time.time()}).encode(), 0)
         self.fd = fd
+        _HELD.add(self)
         return True
 
     def release(self) -> None:
+        _HELD.discard(self)
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)
@@ -83,9 +103,11 @@ class Lock:
         except OSError:
             return {}
         try:
-            return json.loads(text) if text else {}
+            found = json.loads(text) if text else {}
         except ValueError:
             return {}
+        # A holder killed before it released left its words behind: they describe nobody now.
+        return found if isinstance(found, dict) and os.path.exists(f"/proc/{found.get('pid')}") else {}
 
     def __enter__(self) -> Lock:
         return self
@@ -94,14 +116,25 @@ class Lock:
         self.release()
 
 
-def take(directory: str, name: str, what: str, wait: float = 0.0) -> tuple[Lock | None, str]:
+def take(
+    directory: str, name: str, what: str, wait: float = 0.0, wait_for_short: float = 0.0
+) -> tuple[Lock | None, str]:
     """Cluster NAME's critical section, taken for WHAT (waiting up to WAIT seconds): (the lock, "")
-    or, when it stays held, (None, who holds it). Release the lock (or use it as a context
-    manager) when done."""
+    or, when it stays held, (None, who holds it). While the holder is one of the short, routine
+    operations (SHORT: a reconcile round, an event's lookup) it is waited for up to WAIT_FOR_SHORT
+    seconds more. Release the lock (or use it as a context manager) when done."""
     lock = Lock(directory, name)
     if lock.acquire(what, wait):
         return lock, ""
-    return None, describe(lock.holder())
+    deadline = time.monotonic() + wait_for_short
+    while True:
+        holder = lock.holder()
+        if holder and not str(holder.get("what", "")).startswith(SHORT):
+            return None, describe(holder)
+        if lock.acquire(what, 0.2):
+            return lock, ""
+        if time.monotonic() >= deadline:
+            return None, describe(lock.holder())
 
 
 def coalesced(directory: str, name: str, what: str, wait: float) -> tuple[Lock | None, str]:

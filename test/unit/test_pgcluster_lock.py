@@ -3,6 +3,7 @@ one holder, a refusal naming it, at most one event lookup running and one waitin
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -86,3 +87,44 @@ def test_the_waiting_lookup_gives_up_after_its_wait(tmp_path):
 def test_a_cluster_name_that_is_no_name_is_refused(tmp_path, name):
     with pytest.raises(ValueError, match="not a cluster name"):
         take(tmp_path, name, "follow_leader")
+
+
+def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
+    # A flock belongs to the open file: a child forked while the lock is held (a Salt process
+    # forking a job) would keep it held after the parent's release, as long as the child lives.
+    held, _ = take(tmp_path, "main", "reconcile")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child lives on, holding whatever it inherited
+        os.close(r)
+        os.write(w, b"x")
+        time.sleep(3)
+        os._exit(0)
+    try:
+        os.close(w)
+        os.read(r, 1)
+        held.release()
+        got, why = take(tmp_path, "main", "restore")
+        assert got is not None, why
+        got.release()
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_a_switchover_waits_for_a_reconcile_round_but_not_for_a_restore(tmp_path):
+    held, _ = take(tmp_path, "main", "reconcile")
+    threading.Timer(0.5, held.release).start()
+    got, why = lock.take(str(tmp_path), "main", "switchover from pg2", wait_for_short=10)
+    assert got is not None, why
+    got.release()
+    with take(tmp_path, "main", "restore to latest")[0]:
+        start = time.monotonic()
+        got, why = lock.take(str(tmp_path), "main", "switchover from pg2", wait_for_short=10)
+        assert got is None and why.startswith("restore to latest") and time.monotonic() - start < 2
+
+
+def test_the_words_of_a_holder_that_died_describe_nobody(tmp_path):
+    path = tmp_path / "main.lock"
+    path.write_text('{"what": "reconcile", "pid": 999999999, "since": 0}')
+    assert lock.Lock(str(tmp_path), "main").holder() == {}

@@ -143,9 +143,13 @@ class LabHost:
             return None
         try:
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            # Early in a boot the child is nspawn's own helper, gone a moment later: only the
+            # container's systemd counts (seen under load: nsenter into a vanished helper).
+            if not children or Path(f"/proc/{children[0]}/comm").read_text().strip() != "systemd":
+                return None
         except OSError:
             return None
-        return int(children[0]) if children else None
+        return int(children[0])
 
     def bound_repo(self) -> str | None:
         """The checkout this running host has at /srv/pgcluster (from its nspawn command line)."""
