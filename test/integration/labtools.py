@@ -167,3 +167,12 @@ def runner_switchover_under_pgbench(seconds: int = 30, settle: float = 8) -> tup
     out, _ = bench.communicate(timeout=seconds + 90)
     assert bench.returncode == 0, out
     return res, out
+
+
+def events(seconds: int) -> subprocess.Popen:
+    """pgcluster events on the master's bus for SECONDS, one line each (bounded inside the host)."""
+    return subprocess.Popen(
+        [str(LAB), "exec", "salt", "--", "timeout", str(seconds), "salt-run", "state.event",
+         "tagmatch=pgcluster/*", "--out=quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip

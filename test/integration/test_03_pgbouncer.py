@@ -14,6 +14,7 @@ from labtools import (
     MEMBERS,
     PGBOUNCERS,
     all_route_to,
+    events,
     lab,
     leader,
     psql,
@@ -24,15 +25,6 @@ from labtools import (
     wait_for,
     wait_healthy,
 )
-
-
-def events(seconds: int) -> subprocess.Popen:
-    """Listen on the master's event bus for pgcluster events, for SECONDS (bounded inside the host)."""
-    return subprocess.Popen(
-        [str(LAB), "exec", "salt", "--", "timeout", str(seconds), "salt-run", "state.event",
-         "tagmatch=pgcluster/*", "--out=quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
 
 
 def test_every_pgbouncer_routes_to_the_leader(deployed):

@@ -8,7 +8,7 @@ import json
 import subprocess
 import time
 
-from labtools import ADDRESS, LAB, MEMBERS, all_route_to, lab, leader, salt_json, sh, wait_for, wait_healthy
+from labtools import ADDRESS, LAB, MEMBERS, all_route_to, events, lab, leader, salt_json, sh, wait_for, wait_healthy
 
 SALT_PYTHON = "/opt/pgcluster-lab/venv/bin/python"
 LOCK = "/var/cache/salt/master/pgcluster/locks/main.lock"
@@ -26,18 +26,9 @@ print("sent")
 """
 
 
-def listen(seconds: int) -> subprocess.Popen:
-    """pgcluster events on the master's bus for SECONDS, one line each (bounded inside the host)."""
-    return subprocess.Popen(
-        [str(LAB), "exec", "salt", "--", "timeout", str(seconds), "salt-run", "state.event",
-         "tagmatch=pgcluster/*", "--out=quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-
-
 def test_a_flood_of_forged_events_costs_bounded_lookups_and_routing_stays_right(deployed):
     lead = leader()
-    listener = listen(60)
+    listener = events(60)
     time.sleep(3)
     start = time.monotonic()
     assert sh("app1", f"{SALT_PYTHON} - <<'EOF'\n{FLOOD}\nEOF", timeout=120).stdout.strip().endswith("sent")
