@@ -22,8 +22,9 @@ FORMULA = "pgcluster"
 
 
 def __virtual__():
-    if "pgcluster_model.settings" not in __utils__:
-        return (False, "pgcluster: the pgcluster_model util is missing (run saltutil.sync_utils)")
+    for util in ("pgcluster_model.settings", "pgcluster_monitoring.alert_rules"):
+        if util not in __utils__:
+            return (False, f"pgcluster: the {util.split('.')[0]} util is missing (run saltutil.sync_utils)")
     return __virtualname__
 
 
@@ -113,3 +114,46 @@ def check() -> list[str]:
     except CommandExecutionError as exc:
         return [p for p in str(exc).removeprefix("invalid pgcluster pillar: ").split("; ") if p]
     return []
+
+
+def _yaml(data: dict) -> str:
+    return "# Managed by Salt (pgcluster formula).\n" + salt.utils.yaml.safe_dump(data, default_flow_style=False)
+
+
+def alert_rules() -> str:
+    """Prometheus's rule file for every cluster of the model (YAML text), thresholds from
+    ``pgcluster:monitoring:alerts``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgcluster.alert_rules
+    """
+    return _yaml(__utils__["pgcluster_monitoring.alert_rules"](settings()))
+
+
+def prometheus_config() -> str:
+    """Prometheus's configuration (YAML text): every exporter, Patroni and etcd of every cluster,
+    labelled with ``cluster`` and ``host``, over TLS with this host's certificate.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgcluster.prometheus_config
+    """
+    model = settings()
+    return _yaml(__utils__["pgcluster_monitoring.scrape_config"](model, model["node"]["pki"]["files"]))
+
+
+def alertmanager_config() -> str:
+    """Alertmanager's configuration (YAML text): the receivers of ``pgcluster:monitoring:receivers``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgcluster.alertmanager_config
+    """
+    return _yaml(__utils__["pgcluster_monitoring.alertmanager_config"](settings()))

@@ -9,7 +9,9 @@ in job data or in state output.
 from __future__ import annotations
 
 import json
+import ssl
 import time
+import urllib.request
 
 import salt.utils.files
 from salt.exceptions import CommandExecutionError
@@ -55,6 +57,30 @@ def etcd_healthy(name: str, endpoints: list[str], tls: dict | None = None, timeo
             last = (res["stderr"] or res["stdout"]).strip()[-300:]
         if time.monotonic() >= deadline:
             ret.update(result=False, comment=f"etcd not healthy after {timeout:.0f} s: {last}")
+            return ret
+        time.sleep(1)
+
+
+def https_ready(name: str, ca_file: str, timeout: float = 120) -> dict:
+    """Wait until the URL NAME answers 200 over https (its certificate checked against CA_FILE).
+    Changes nothing; with test=True it does not wait."""
+    ret = _ret(name)
+    if __opts__.get("test"):
+        ret["comment"] = "readiness is checked on a real run only"
+        return ret
+    ctx = ssl.create_default_context(cafile=ca_file)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(name, timeout=5, context=ctx) as resp:  # noqa: S310 (https only)
+                if resp.status == 200:
+                    ret["comment"] = f"{name} answers 200"
+                    return ret
+                last = f"status {resp.status}"
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            ret.update(result=False, comment=f"{name} not ready after {timeout:.0f} s: {last}")
             return ret
         time.sleep(1)
 
@@ -139,6 +165,34 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
     stmt = f"{'CREATE' if not rows else 'ALTER'} ROLE {idt(name)} {attrs}"
     # The changes name what changes, never a password or verifier.
     return _apply(ret, f"role {name}", {name: todo}, f"changed: {', '.join(todo)}", [stmt], port)
+
+
+def monitor_role_present(name: str, port: int = 5432) -> dict:
+    """Ensure the PostgreSQL exporter's role NAME exists (on the leader): LOGIN, member of
+    pg_monitor (read-only statistics), no password (it logs in over the local socket, peer), and
+    nothing more (no superuser, no database or role creation)."""
+    ret = _ret(name)
+    if not _leader_only(ret):
+        return ret
+    lit, idt = __salt__["pgsql.literal"], __salt__["pgsql.ident"]
+    rows = _query(ret, "SELECT rolcanlogin, rolsuper OR rolcreatedb OR rolcreaterole, rolpassword IS NOT NULL, "
+                       "pg_has_role(oid, 'pg_monitor', 'MEMBER') "
+                       f"FROM pg_authid WHERE rolname = {lit(name)}", port)  # fmt: skip
+    if rows is None:
+        return ret
+    attrs = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD NULL"
+    todo, stmts = [], []
+    if not rows:
+        todo, stmts = ["created"], [f"CREATE ROLE {idt(name)} {attrs}"]
+    elif rows[0][:3] != ["t", "f", "f"]:
+        todo, stmts = ["attributes"], [f"ALTER ROLE {idt(name)} {attrs}"]
+    if not rows or rows[0][3] != "t":
+        todo.append("granted pg_monitor")
+        stmts.append(f"GRANT pg_monitor TO {idt(name)}")
+    if not todo:
+        ret["comment"] = f"role {name} is as wanted"
+        return ret
+    return _apply(ret, f"role {name}", {name: todo}, ", ".join(todo), stmts, port)
 
 
 def database_present(name: str, cluster: str, port: int = 5432) -> dict:

@@ -250,6 +250,10 @@ def problems(model: dict) -> list[str]:
     for name, c in clusters.items():
         _validate_cluster(name, c, model, found)
     _validate_relations(model, clusters, found)
+    mon = model.get("monitoring")
+    if isinstance(mon, dict) and mon.get("enabled") and clusters and not monitoring_host(model):
+        found.append("pgcluster:monitoring:host: no host to run Prometheus: name one, give a cluster a "
+                     "backup host, or set pgcluster:monitoring:enabled: false")  # fmt: skip
     return found
 
 
@@ -261,8 +265,15 @@ def _validate_monitoring(mon: Any, problems: list[str], hosts: dict) -> None:
     if not isinstance(mon, dict):
         problems.append("pgcluster:monitoring: must be a mapping")
         return
+    if not isinstance(mon.get("enabled"), bool):
+        problems.append(f"pgcluster:monitoring:enabled: {mon.get('enabled')!r} is not true or false")
     if mon.get("host") and mon["host"] not in hosts:
         problems.append(f"pgcluster:monitoring:host: {mon['host']!r} is not listed in pgcluster:hosts")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", str(mon.get("role", ""))):
+        problems.append(f"pgcluster:monitoring:role: {mon.get('role')!r} is not a plain PostgreSQL role name")
+    if not re.fullmatch(r"\d+(us|ms|s|sec|min|h|d)?", str(mon.get("textfile_interval", ""))):
+        problems.append(f"pgcluster:monitoring:textfile_interval: {mon.get('textfile_interval')!r} is not a "
+                        "systemd time span such as 5min")  # fmt: skip
     for key in ("retention", "scrape_interval"):
         if not isinstance(mon.get(key), str) or not DURATION.fullmatch(mon[key]):
             problems.append(f"pgcluster:monitoring:{key}: {mon.get(key)!r} is not a duration such as 15s or 400d")
@@ -491,7 +502,7 @@ def pki_files(model: dict) -> dict[str, str]:
 
 def _has_role(model: dict, minion_id: str) -> bool:
     roles = node_roles(model, minion_id)
-    return bool(roles["member"] or roles["etcd"] or roles["pgbouncer"] or roles["backup"])
+    return bool(roles["member"] or roles["etcd"] or roles["pgbouncer"] or roles["backup"] or roles["monitored"])
 
 
 def signing_policies(model: dict) -> dict[str, list[dict]]:
@@ -542,8 +553,13 @@ def validate(model: dict) -> dict:
 
 # ---- derive --------------------------------------------------------------------------------
 def node_roles(model: dict, minion_id: str) -> dict:
-    """Return what MINION_ID runs: {'member': cluster|None, 'etcd': cluster|None, 'pgbouncer': [clusters]}."""
+    """Return what MINION_ID runs: {'member': cluster|None, 'etcd': cluster|None, 'pgbouncer': [clusters],
+    'backup': [clusters], 'monitored': bool (node exporter), 'monitor': bool (Prometheus)}."""
     roles: dict[str, Any] = {"member": None, "etcd": None, "pgbouncer": [], "backup": []}
+    # Monitoring: the node exporter on every host of the model; Prometheus on one of them.
+    mon = model.get("monitoring") or {}
+    roles["monitored"] = bool(mon.get("enabled")) and minion_id in (model.get("hosts") or {})
+    roles["monitor"] = roles["monitored"] and minion_id == monitoring_host(model)
     for name, c in model["clusters"].items():
         if minion_id in c["members"]:
             roles["member"] = name
@@ -554,6 +570,16 @@ def node_roles(model: dict, minion_id: str) -> dict:
         if c.get("backup") == minion_id:
             roles["backup"].append(name)
     return roles
+
+
+def monitoring_host(model: dict) -> str | None:
+    """The minion that runs Prometheus and Alertmanager: pgcluster:monitoring:host, else the
+    backup host of the first cluster (by name) that has one (None: no monitoring host)."""
+    mon = model.get("monitoring") or {}
+    if mon.get("host"):
+        return mon["host"]
+    clusters = model.get("clusters") or {}
+    return next((c["backup"] for _, c in sorted(clusters.items()) if isinstance(c, dict) and c.get("backup")), None)
 
 
 def cluster(model: dict, name: str) -> dict:
@@ -592,15 +618,19 @@ def etcd_endpoints(model: dict, name: str) -> list[str]:
 def firewall(model: dict, minion_id: str) -> list[dict]:
     """Ports of MINION_ID that only some hosts may reach: [{'name', 'ports', 'sources'}].
 
-    etcd (client and peer) is open to the cluster's etcd and Patroni members only;
-    PostgreSQL to the members, the PgBouncer hosts and the declared client networks; Patroni's
-    REST API to the members, the PgBouncer hosts and the Salt master.
+    etcd (client and peer) is open to the cluster's etcd and Patroni members (and the monitoring
+    host) only; PostgreSQL to the members, the PgBouncer hosts and the declared client networks;
+    Patroni's REST API to the members, the PgBouncer hosts, the Salt master and the monitoring
+    host; every exporter to the monitoring host; Prometheus to the Salt master.
     """
     roles = node_roles(model, minion_id)
+    mon = monitoring_host(model) if roles["monitored"] else None
+    watcher = [mon] if mon else []  # Prometheus's host scrapes every exporter, Patroni and etcd
+    ports = model["monitoring"]["ports"]
     rules = []
     if roles["etcd"]:
         c = cluster(model, roles["etcd"])
-        hosts = dict.fromkeys(c["etcd"] + c["members"])
+        hosts = dict.fromkeys(c["etcd"] + c["members"] + watcher)
         rules.append({
             "name": "etcd",
             "ports": [model["etcd"]["client_port"], model["etcd"]["peer_port"]],
@@ -616,8 +646,8 @@ def firewall(model: dict, minion_id: str) -> list[dict]:
         })  # fmt: skip
         # Patroni's REST API: the members, the PgBouncer hosts (their start-up routing) and the
         # Salt master (the runners); nobody else.
-        master = model.get("salt_master") or model["pki"].get("ca_minion")
-        hosts = dict.fromkeys(c["members"] + c["pgbouncer"] + ([master] if master in model["hosts"] else []))
+        master = salt_master(model)
+        hosts = dict.fromkeys(c["members"] + c["pgbouncer"] + ([master] if master else []) + watcher)
         rules.append({
             "name": "patroni",
             "ports": [model["patroni"]["restapi_port"]],
@@ -632,7 +662,24 @@ def firewall(model: dict, minion_id: str) -> list[dict]:
     if peers:
         port = model["pgbackrest"]["tls_port"]
         rules.append({"name": "pgbackrest", "ports": [port], "sources": list(peers.values())})
+    # Exporters: the monitoring host only.
+    if mon:
+        exporters = [ports["node"]] + [ports["postgres"]] * bool(roles["member"])
+        exporters += [ports["pgbouncer"]] * bool(roles["pgbouncer"])
+        rules.append({"name": "exporters", "ports": exporters, "sources": [model["hosts"][mon]]})
+    # Prometheus: the Salt master (the runners' growth and status); Alertmanager: loopback only.
+    if roles["monitor"]:
+        master = salt_master(model)
+        rules.append({"name": "prometheus", "ports": [ports["prometheus"]],
+                      "sources": [model["hosts"][master]] if master else []})  # fmt: skip
+        rules.append({"name": "alertmanager", "ports": [ports["alertmanager"]], "sources": []})
     return rules
+
+
+def salt_master(model: dict) -> str | None:
+    """The master's own minion (pgcluster:salt_master, else pki:ca_minion), when it is a model host."""
+    master = model.get("salt_master") or model["pki"].get("ca_minion")
+    return master if master in model["hosts"] else None
 
 
 def pgbackrest_peers(model: dict, minion_id: str) -> dict[str, str]:
@@ -647,6 +694,9 @@ def pgbackrest_peers(model: dict, minion_id: str) -> dict[str, str]:
     return {h: model["hosts"][h] for h in peers}
 
 
+IDENT_MAP = "pgcluster-monitor"  # pg_ident.conf: the OS user prometheus logs in as the monitoring role
+
+
 def pg_hba(model: dict, name: str) -> list[str]:
     """Least-privilege pg_hba rules for cluster NAME (first match wins; everything else rejected)."""
     c = cluster(model, name)
@@ -655,6 +705,10 @@ def pg_hba(model: dict, name: str) -> list[str]:
     rules = [
         # OS user postgres (Patroni itself, and root through 'su postgres') on the socket.
         f"local all {p['superuser']} peer",
+    ]
+    if model["monitoring"]["enabled"]:  # the PostgreSQL exporter, run by the OS user prometheus
+        rules.append(f"local postgres {model['monitoring']['role']} peer map={IDENT_MAP}")
+    rules += [
         "local all all scram-sha-256",
         "host all all 127.0.0.1/32 scram-sha-256",
     ]
@@ -768,6 +822,8 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
     }
+    if model["monitoring"]["enabled"]:
+        conf["postgresql"]["pg_ident"] = [f"{IDENT_MAP} prometheus {model['monitoring']['role']}"]
     if c.get("backup"):
         bin_, stanza = model["pgbackrest"]["bin"], c["scope"]
         conf["postgresql"]["pgbackrest"] = {

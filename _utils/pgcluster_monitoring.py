@@ -116,14 +116,6 @@ def alert_rules(model: dict) -> dict[str, Any]:
     return {"groups": [{"name": "pgcluster", "rules": rules}]}
 
 
-def monitoring_host(model: dict) -> str | None:
-    """The minion that runs Prometheus and Alertmanager: pgcluster:monitoring:host, else the
-    backup host of the first cluster (by name) that has one."""
-    if model["monitoring"].get("host"):
-        return model["monitoring"]["host"]
-    return next((c["backup"] for _, c in sorted(model["clusters"].items()) if c.get("backup")), None)
-
-
 def _targets(model: dict, hosts: dict[str, str | None], port: int) -> list[dict]:
     """static_configs: one per host, labelled with its minion id and its cluster (when it has one)."""
     out = []
@@ -135,8 +127,8 @@ def _targets(model: dict, hosts: dict[str, str | None], port: int) -> list[dict]
 
 def scrape_config(model: dict, tls: dict[str, str]) -> dict[str, Any]:
     """Prometheus's configuration (as data) for every cluster of MODEL; TLS holds the monitoring
-    host's ``ca``, ``cert`` and ``key`` paths (Patroni's REST API and etcd are https only, etcd
-    wants a client certificate)."""
+    host's ``ca``, ``cert`` and ``key`` paths (the exporters, Patroni's REST API and etcd are https,
+    etcd wants a client certificate)."""
     mon, ports = model["monitoring"], model["monitoring"]["ports"]
     members, etcd, pgbouncers, every = {}, {}, {}, {}
     for name, c in sorted(model["clusters"].items()):
@@ -153,9 +145,13 @@ def scrape_config(model: dict, tls: dict[str, str]) -> dict[str, Any]:
     for h in model["hosts"]:
         every.setdefault(h, None)
     ca = {"ca_file": tls["ca"]}
+    # The node and PostgreSQL exporters serve TLS with their host's certificate; Debian's PgBouncer
+    # exporter cannot (plain http, which the firewall opens to this host only).
     jobs = [
-        {"job_name": "node", "static_configs": _targets(model, every, ports["node"])},
-        {"job_name": "postgres", "static_configs": _targets(model, members, ports["postgres"])},
+        {"job_name": "node", "scheme": "https", "tls_config": ca,
+         "static_configs": _targets(model, every, ports["node"])},
+        {"job_name": "postgres", "scheme": "https", "tls_config": ca,
+         "static_configs": _targets(model, members, ports["postgres"])},
         {"job_name": "patroni", "scheme": "https", "tls_config": ca,
          "static_configs": _targets(model, members, model["patroni"]["restapi_port"])},
         {"job_name": "etcd", "scheme": "https",

@@ -6,13 +6,14 @@
 {%- set node = pgcluster.node %}
 {%- set components = [] %}
 {%- set backed_up = node.member and pgcluster.clusters[node.member].get("backup") %}
+{%- if node.monitored %}{% do components.append("monitoring") %}{% endif %}
 {%- if node.pgbouncer and not node.member %}{% do components.append("client") %}{% endif %}
 {%- if node.pgbouncer %}{% do components.append("pgbouncer") %}{% endif %}
 {%- if node.member %}{% do components.append("patroni") %}{% endif %}
 {%- if backed_up or node.backup %}{% do components.append("pgbackrest") %}{% endif %}
 {%- if node.member %}{% do components.append("postgresql") %}{% endif %}
 {%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
-{%- if node.etcd or node.member or node.backup or node.pgbouncer %}{% do components.append("firewall") %}{% endif %}
+{%- if node.etcd or node.member or node.backup or node.pgbouncer or node.monitored %}{% do components.append("firewall") %}{% endif %}
 {%- if node.pki.ca or node.pki.host %}{% do components.append("pki") %}{% endif %}
 {%- if components %}
 include:

@@ -6,7 +6,7 @@
 {%- set backed_up = node.member and pgcluster.clusters[node.member].get("backup") %}
 {#- TLS first: every link of every component uses this host's certificate. #}
 {%- if node.pki.ca or node.pki.host %}{% do components.append("pki") %}{% endif %}
-{%- if node.etcd or node.member or node.backup or node.pgbouncer %}{% do components.append("firewall") %}{% endif %}
+{%- if node.etcd or node.member or node.backup or node.pgbouncer or node.monitored %}{% do components.append("firewall") %}{% endif %}
 {%- if node.etcd %}{% do components.append("etcd") %}{% endif %}
 {%- if node.member %}{% do components.append("postgresql") %}{% endif %}
 {#- pgBackRest before Patroni: a new replica is restored from the repository when it can be. #}
@@ -15,6 +15,8 @@
 {%- if node.pgbouncer %}{% do components.append("pgbouncer") %}{% endif %}
 {#- Application hosts: PgBouncer hosts that are no database server. #}
 {%- if node.pgbouncer and not node.member %}{% do components.append("client") %}{% endif %}
+{#- Last: the exporters watch what the components above run. #}
+{%- if node.monitored %}{% do components.append("monitoring") %}{% endif %}
 {%- if components %}
 include:
 {%- for c in components %}

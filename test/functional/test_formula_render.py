@@ -92,10 +92,27 @@ def test_database_server_gets_etcd_postgresql_patroni(confdir):
     assert {"sync_standbys": 1} in synchronous and {"replicas": 2} in synchronous
 
 
-def test_the_ca_minion_without_a_role_gets_the_ca_certificate_only(confdir):
+def test_the_ca_minion_without_a_role_runs_the_node_exporter_only(confdir):
     # (pki mode pillar here: with the CA run by Salt it would hold the CA, see the lab tests.)
-    assert set(states_of(confdir, "salt")) == {"pgcluster-pki-group-present", "pgcluster-pki-dir-present",
-                                               "pgcluster-pki-ca-from-pillar"}  # fmt: skip
+    ids = set(states_of(confdir, "salt"))
+    assert {"pgcluster-pki-ca-from-pillar", "pgcluster-pki-key-from-pillar", "pgcluster-firewall-rules-managed",
+            "monitoring-node-exporter-running"} <= ids  # fmt: skip
+    assert not [i for i in ids if i.startswith(("patroni", "etcd", "pgbouncer", "pgbackrest", "postgresql"))]
+    assert not {"monitoring-postgres-exporter-running", "monitoring-prometheus-running"} & ids
+    # Without monitoring it holds the CA certificate only.
+    off = json.dumps({"pgcluster": {"monitoring": {"enabled": False}}})
+    assert set(states_of(confdir, "salt", "pgcluster", f"pillar={off}")) == {
+        "pgcluster-pki-group-present", "pgcluster-pki-dir-present", "pgcluster-pki-ca-from-pillar"}  # fmt: skip
+
+
+def test_monitoring_follows_the_roles(confdir):
+    pg1, app1, backup = (set(states_of(confdir, h)) for h in ("pg1", "app1", "backup"))
+    assert {"monitoring-postgres-exporter-running", "monitoring-pgbouncer-exporter-running",
+            "pgcluster-monitoring-role-present"} <= pg1  # fmt: skip
+    assert "monitoring-pgbouncer-exporter-running" in app1 and "monitoring-postgres-exporter-running" not in app1
+    assert {"monitoring-prometheus-running", "monitoring-alertmanager-running", "monitoring-prometheus-ready",
+            "monitoring-pgbackrest-textfile-timer-active"} <= backup  # fmt: skip
+    assert not {"monitoring-prometheus-running", "monitoring-pgbackrest-textfile-timer-active"} & (pg1 | app1)
 
 
 def test_a_minion_outside_the_model_gets_nothing_to_do(confdir):

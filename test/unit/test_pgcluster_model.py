@@ -35,10 +35,32 @@ def test_lab_pillar_is_valid_and_fills_os_values():
 
 def test_roles_follow_from_the_model():
     m = model()
-    assert pgc.node_roles(m, "pg2") == {"member": "main", "etcd": "main", "pgbouncer": ["main"], "backup": []}
-    assert pgc.node_roles(m, "app1") == {"member": None, "etcd": None, "pgbouncer": ["main"], "backup": []}
+    watched = {"monitored": True, "monitor": False}
+    assert pgc.node_roles(m, "pg2") == {"member": "main", "etcd": "main", "pgbouncer": ["main"], "backup": [],
+                                        **watched}  # fmt: skip
+    assert pgc.node_roles(m, "app1") == {"member": None, "etcd": None, "pgbouncer": ["main"], "backup": [], **watched}
     assert pgc.node_roles(m, "backup")["backup"] == ["main"]
-    assert pgc.node_roles(m, "salt") == {"member": None, "etcd": None, "pgbouncer": [], "backup": []}
+    assert pgc.node_roles(m, "backup")["monitor"] is True  # the first cluster's backup host by default
+    assert pgc.node_roles(m, "salt") == {"member": None, "etcd": None, "pgbouncer": [], "backup": [], **watched}
+    off = model({**LAB, "monitoring": {"enabled": False}})
+    assert pgc.node_roles(off, "salt") == {"member": None, "etcd": None, "pgbouncer": [], "backup": [],
+                                           "monitored": False, "monitor": False}  # fmt: skip
+    elsewhere = model({**LAB, "monitoring": {"host": "app1"}})
+    assert pgc.node_roles(elsewhere, "app1")["monitor"] and not pgc.node_roles(elsewhere, "backup")["monitor"]
+
+
+def test_monitoring_needs_a_host_and_sane_settings():
+    nohost = copy.deepcopy(LAB)
+    nohost["clusters"]["main"].pop("backup")
+    nohost["clusters"]["main"].pop("pgbackrest")
+    found = pgc.problems(model(nohost))
+    assert any(p.startswith("pgcluster:monitoring:host: no host to run Prometheus") for p in found)
+    assert not any("monitoring" in p for p in pgc.problems(model({**nohost, "monitoring": {"enabled": False}})))
+    bad = model({**LAB, "monitoring": {"enabled": "yes", "role": "Mon-itor", "textfile_interval": "often"}})
+    found = pgc.problems(bad)
+    assert "pgcluster:monitoring:enabled: 'yes' is not true or false" in found
+    assert "pgcluster:monitoring:role: 'Mon-itor' is not a plain PostgreSQL role name" in found
+    assert any(p.startswith("pgcluster:monitoring:textfile_interval: 'often'") for p in found)
 
 
 @pytest.mark.parametrize(
@@ -211,6 +233,13 @@ def test_pg_hba_is_least_privilege():
     assert pgc.patroni_config(model(), "main", "pg1")["postgresql"]["use_unix_socket_repl"] is True
     assert not any(" trust" in r or " md5" in r or " password" in r for r in rules)
     assert rules[-2:] == ["host all all 0.0.0.0/0 reject", "host all all ::/0 reject"]
+    # The PostgreSQL exporter: the OS user prometheus, as the monitoring role, on the socket, no password.
+    assert rules[1] == "local postgres pgcluster_monitor peer map=pgcluster-monitor"
+    conf = pgc.patroni_config(model(), "main", "pg1")["postgresql"]
+    assert conf["pg_ident"] == ["pgcluster-monitor prometheus pgcluster_monitor"]
+    off = model({**LAB, "monitoring": {"enabled": False}})
+    assert not any("pgcluster_monitor" in r for r in pgc.pg_hba(off, "main"))
+    assert "pg_ident" not in pgc.patroni_config(off, "main", "pg1")["postgresql"]
     assert "hostssl replication replicator 198.18.0.13/32 scram-sha-256" in rules
     assert "hostssl replication replicator 198.18.0.30/32 scram-sha-256" not in rules  # app1 is no member
     assert "hostssl app app 198.18.0.30/32 scram-sha-256" in rules  # app1 runs a PgBouncer
@@ -236,14 +265,25 @@ def test_scram_verifier_matches_one_made_by_postgresql():
 def test_firewall_opens_etcd_to_members_and_postgresql_to_clients():
     rules = {r["name"]: r for r in pgc.firewall(model(), "pg1")}
     assert rules["etcd"]["ports"] == [2379, 2380]
-    assert rules["etcd"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+    assert rules["etcd"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.20"]
     assert rules["postgresql"]["ports"] == [5432]
     assert rules["postgresql"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.30"]
     # Patroni's REST API: members, PgBouncer hosts and the Salt master (the runners) only.
     assert rules["patroni"]["ports"] == [8008]
-    assert rules["patroni"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.30", "198.18.0.10"]
+    assert rules["patroni"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.30", "198.18.0.10",
+                                           "198.18.0.20"]  # fmt: skip
+    # Exporters (node, PostgreSQL, PgBouncer): the monitoring host only.
+    assert rules["exporters"] == {"name": "exporters", "ports": [9100, 9187, 9127], "sources": ["198.18.0.20"]}
     # PgBouncer: loopback and the declared client networks only.
-    assert pgc.firewall(model(), "app1") == [{"name": "pgbouncer", "ports": [6432], "sources": []}]
+    assert pgc.firewall(model(), "app1") == [
+        {"name": "pgbouncer", "ports": [6432], "sources": []},
+        {"name": "exporters", "ports": [9100, 9127], "sources": ["198.18.0.20"]},
+    ]
+    assert pgc.firewall(model(), "salt") == [{"name": "exporters", "ports": [9100], "sources": ["198.18.0.20"]}]
+    # Prometheus: the Salt master only; Alertmanager: loopback only.
+    mon = {r["name"]: r for r in pgc.firewall(model(), "backup")}
+    assert mon["prometheus"] == {"name": "prometheus", "ports": [9090], "sources": ["198.18.0.10"]}
+    assert mon["alertmanager"] == {"name": "alertmanager", "ports": [9093], "sources": []}
     nets = {r["name"]: r for r in pgc.firewall(model(lab_with(client_networks=["10.1.0.0/16"])), "pg2")}
     assert nets["postgresql"]["sources"][-1] == "10.1.0.0/16" and nets["pgbouncer"]["sources"] == ["10.1.0.0/16"]
 
@@ -328,6 +368,9 @@ def test_pki_from_pillar_needs_this_minions_material_only():
         "pgcluster:pki:hosts:pg1:cert: missing (PEM text, CN=pg1)",
         "pgcluster:pki:hosts:pg1:key: missing (PEM text)",
     ]
+    # The master's minion runs only the node exporter (TLS): it needs its own certificate too...
+    assert "pgcluster:pki:hosts:salt:key: missing (PEM text)" in pgc.pki_problems(m, "salt")
+    m["monitoring"]["enabled"] = False  # ...and without monitoring only the CA.
     assert pgc.pki_problems(m, "salt") == ["pgcluster:pki:ca: missing (PEM text of the CA certificate)"]
     assert pgc.pki_problems(model(), "pg1") == []  # the CA run by Salt needs no PEM in pillar
 
@@ -337,7 +380,10 @@ def test_the_ca_minion_gets_one_policy_per_host_that_only_that_host_may_use():
     policies = {
         name: {k: v for d in items for k, v in d.items()} for name, items in ca["x509_signing_policies"].items()
     }
-    assert sorted(policies) == ["pgcluster-app1", "pgcluster-backup", "pgcluster-pg1", "pgcluster-pg2", "pgcluster-pg3"]
+    hosts = ["app1", "backup", "pg1", "pg2", "pg3", "salt"]  # every host runs the node exporter (TLS)
+    assert sorted(policies) == [f"pgcluster-{h}" for h in hosts]
+    off = pgc.ca_pillar({**LAB, "monitoring": {"enabled": False}}, DEFAULTS, "salt")
+    assert "pgcluster-salt" not in off["x509_signing_policies"]
     pg1 = policies["pgcluster-pg1"]
     assert (pg1["minions"], pg1["CN"], pg1["subjectAltName"]) == ("pg1", "pg1", "DNS:pg1, IP:198.18.0.11")
     assert pg1["basicConstraints"] == "critical, CA:false" and pg1["signing_private_key"] == "/etc/pgcluster/pki/ca.key"

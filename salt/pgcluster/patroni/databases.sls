@@ -31,3 +31,13 @@ pgcluster-database-{{ db }}-present:
       - pgcluster: pgcluster-role-{{ role }}-present
 {%- endfor %}
 {%- endfor %}
+{%- if pgcluster.monitoring.enabled %}
+
+{#- The PostgreSQL exporter's role: pg_monitor, no password (peer over the local socket). #}
+pgcluster-monitoring-role-present:
+  pgcluster.monitor_role_present:
+    - name: {{ pgcluster.monitoring.role }}
+    - port: {{ c.port }}
+    - require:
+      - patroni: patroni-cluster-healthy
+{%- endif %}

@@ -47,8 +47,20 @@ pgcluster-pki-host-key-present:
 pgcluster-pki-host-certificate-present:
   x509.certificate_managed:
     - name: {{ f.cert }}
+{%- if node.pki.ca %}
+    {#- The CA minion signs its own certificate with the CA key it holds. #}
+    - signing_private_key: {{ f.ca_key }}
+    - signing_cert: {{ f.ca }}
+    - basicConstraints: 'critical, CA:false'
+    - keyUsage: 'critical, digitalSignature, keyEncipherment'
+    - extendedKeyUsage: 'serverAuth, clientAuth'
+    - subjectKeyIdentifier: hash
+    - authorityKeyIdentifier: keyid:always
+    - days_valid: {{ pki.days_valid }}
+{%- else %}
     - ca_server: {{ pki.ca_minion }}
     - signing_policy: {{ node.pki.policy }}
+{%- endif %}
     - private_key: {{ f.key }}
     - CN: {{ node.id }}
     - subjectAltName: 'DNS:{{ node.id }}, IP:{{ node.address }}'
@@ -58,6 +70,8 @@ pgcluster-pki-host-certificate-present:
       - x509: pgcluster-pki-host-key-present
 {%- if not node.pki.ca %}
       - pgcluster: pgcluster-pki-ca-certificate-present
+{%- else %}
+      - x509: pgcluster-pki-ca-certificate-present
 {%- endif %}
 {%- endif %}
 {%- else %}

@@ -33,6 +33,21 @@ PACKAGES = (
     "haproxy",
     "iputils-ping",
     "nftables",
+    # Monitoring (pgcluster.monitoring): installed, but enabled on no host until the formula says so.
+    "prometheus",
+    "prometheus-alertmanager",
+    "prometheus-node-exporter",
+    "prometheus-postgres-exporter",
+    "prometheus-pgbouncer-exporter",
+)
+# Units the packages above enable that a lab host must not run unless the formula enables them
+# (every host inherits the machine's unit links): Prometheus on every host would load the lab.
+DISABLED_UNITS = (
+    "prometheus.service",
+    "prometheus-alertmanager.service",
+    "prometheus-node-exporter.service",
+    "prometheus-postgres-exporter.service",
+    "prometheus-pgbouncer-exporter.service",
 )
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
@@ -75,6 +90,8 @@ def install_packages() -> None:
     finally:
         if not had_policy:
             POLICY_RC_D.unlink(missing_ok=True)
+    # Offline (--root): the machine may run no systemd at all.
+    subprocess.run(["systemctl", "--root=/", "disable", "--quiet", *DISABLED_UNITS], check=True)
 
 
 def _pip(*args: str) -> None:
