@@ -630,12 +630,14 @@ def firewall(model: dict, minion_id: str) -> list[dict]:
     rules = []
     if roles["etcd"]:
         c = cluster(model, roles["etcd"])
-        hosts = dict.fromkeys(c["etcd"] + c["members"] + watcher)
+        hosts = list(dict.fromkeys(c["etcd"] + c["members"]))
         rules.append({
             "name": "etcd",
-            "ports": [model["etcd"]["client_port"], model["etcd"]["peer_port"]],
-            "sources": [model["hosts"][h] for h in hosts],
+            "ports": [model["etcd"]["client_port"]],
+            "sources": [model["hosts"][h] for h in dict.fromkeys(hosts + watcher)],  # /metrics
         })  # fmt: skip
+        rules.append({"name": "etcd peers", "ports": [model["etcd"]["peer_port"]],
+                      "sources": [model["hosts"][h] for h in hosts]})  # fmt: skip
     if roles["member"]:
         c = cluster(model, roles["member"])
         hosts = dict.fromkeys(c["members"] + c["pgbouncer"])

@@ -10,7 +10,8 @@ them and of Patroni's own ``/metrics``:
   ``patroni_sync_standby``, ``patroni_quorum_standby``;
 - etcd: ``etcd_server_has_leader``;
 - node exporter: ``node_filesystem_avail_bytes``, ``node_filesystem_size_bytes``;
-- PgBouncer exporter (Debian's prometheus-pgbouncer-exporter): ``pgbouncer_waiting_clients``;
+- pgcluster's PgBouncer exporter (salt/pgcluster/monitoring/files/pgbouncer-exporter.py):
+  ``pgbouncer_waiting_clients``;
 - pgcluster's own queries for the PostgreSQL exporter (``pgcluster_database_xid_age``,
   ``pgcluster_connections_used``/``_max``, ``pgcluster_archiver_failing``) and the pgBackRest
   facts the backup host writes for the node exporter's textfile collector
@@ -145,8 +146,7 @@ def scrape_config(model: dict, tls: dict[str, str]) -> dict[str, Any]:
     for h in model["hosts"]:
         every.setdefault(h, None)
     ca = {"ca_file": tls["ca"]}
-    # The node and PostgreSQL exporters serve TLS with their host's certificate; Debian's PgBouncer
-    # exporter cannot (plain http, which the firewall opens to this host only).
+    # Every exporter serves TLS with its host's certificate.
     jobs = [
         {"job_name": "node", "scheme": "https", "tls_config": ca,
          "static_configs": _targets(model, every, ports["node"])},
@@ -157,7 +157,8 @@ def scrape_config(model: dict, tls: dict[str, str]) -> dict[str, Any]:
         {"job_name": "etcd", "scheme": "https",
          "tls_config": {**ca, "cert_file": tls["cert"], "key_file": tls["key"]},
          "static_configs": _targets(model, etcd, model["etcd"]["client_port"])},
-        {"job_name": "pgbouncer", "static_configs": _targets(model, pgbouncers, ports["pgbouncer"])},
+        {"job_name": "pgbouncer", "scheme": "https", "tls_config": ca,
+         "static_configs": _targets(model, pgbouncers, ports["pgbouncer"])},
     ]  # fmt: skip
     return {
         "global": {"scrape_interval": mon["scrape_interval"], "evaluation_interval": mon["scrape_interval"]},

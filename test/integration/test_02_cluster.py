@@ -243,11 +243,13 @@ def reachable(src: str, dst: str, port: int) -> bool:
 def test_etcd_and_postgresql_only_answer_the_hosts_that_need_them(deployed):
     assert reachable("pg2", "pg1", 2379) and reachable("pg2", "pg1", 2380)
     assert not reachable("app1", "pg1", 2379) and not reachable("backup", "pg1", 2380)
+    assert reachable("backup", "pg1", 2379)  # the monitoring host reads etcd's /metrics
     assert reachable("app1", "pg1", 5432)  # a PgBouncer host
     assert not reachable("backup", "pg1", 5432) and not reachable("salt", "pg3", 5432)
-    # Patroni's REST API: members, PgBouncer hosts and the master; PgBouncer: loopback only here.
+    # Patroni's REST API: members, PgBouncer hosts, the master and the monitoring host (/metrics).
     assert reachable("pg2", "pg1", 8008) and reachable("app1", "pg1", 8008) and reachable("salt", "pg1", 8008)
-    assert not reachable("backup", "pg1", 8008)
+    assert reachable("backup", "pg1", 8008)
     assert not reachable("pg1", "app1", 6432) and not reachable("backup", "pg2", 6432)
     rules = sh("pg1", "nft list table inet pgcluster").stdout
-    assert "tcp dport { 2379, 2380 } ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13 } accept" in rules
+    assert "tcp dport 2380 ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13 } accept" in rules
+    assert not reachable("salt", "pg1", 2379)

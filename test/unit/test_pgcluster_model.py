@@ -264,8 +264,11 @@ def test_scram_verifier_matches_one_made_by_postgresql():
 
 def test_firewall_opens_etcd_to_members_and_postgresql_to_clients():
     rules = {r["name"]: r for r in pgc.firewall(model(), "pg1")}
-    assert rules["etcd"]["ports"] == [2379, 2380]
+    # etcd's clients: the members, and the monitoring host (its /metrics); its peers: etcd's members only.
+    assert rules["etcd"]["ports"] == [2379]
     assert rules["etcd"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.20"]
+    assert rules["etcd peers"] == {"name": "etcd peers", "ports": [2380],
+                                   "sources": ["198.18.0.11", "198.18.0.12", "198.18.0.13"]}  # fmt: skip
     assert rules["postgresql"]["ports"] == [5432]
     assert rules["postgresql"]["sources"] == ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.30"]
     # Patroni's REST API: members, PgBouncer hosts and the Salt master (the runners) only.

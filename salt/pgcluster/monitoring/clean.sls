@@ -5,7 +5,7 @@
 {%- from tplroot ~ "/map.jinja" import pgcluster with context %}
 {%- set m = pgcluster.monitoring %}
 {%- set services = ["pgcluster-pgbackrest-textfile.timer", "prometheus", "prometheus-alertmanager",
-                    "prometheus-pgbouncer-exporter", "prometheus-postgres-exporter", "prometheus-node-exporter"] %}
+                    "pgcluster-pgbouncer-exporter", "prometheus-postgres-exporter", "prometheus-node-exporter"] %}
 {%- set pkgs = [] %}
 {%- for _, names in m.packages | dictsort %}{% do pkgs.extend(names) %}{% endfor %}
 
@@ -27,6 +27,8 @@ monitoring-clean-files-absent:
       - /etc/systemd/system/pgcluster-pgbackrest-textfile.service
       - /etc/systemd/system/pgcluster-pgbackrest-textfile.timer
       - /etc/systemd/system/prometheus.service.d/pgcluster.conf
+      - /etc/systemd/system/pgcluster-pgbouncer-exporter.service
+      - {{ pgcluster.lib_dir }}/pgcluster-pgbouncer-exporter
       - {{ pgcluster.lib_dir }}/pgbackrest-textfile
       - {{ pgcluster.lib_dir }}/pgcluster_textfile.py
       - {{ m.rules_file }}

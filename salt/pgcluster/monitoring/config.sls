@@ -80,20 +80,37 @@ monitoring-postgres-exporter-configured:
 {%- endif %}
 {%- if node.pgbouncer %}
 
-{#- Debian's PgBouncer exporter runs as postgres: the admin console's peer user (stats_users). #}
-monitoring-pgbouncer-exporter-configured:
+{#- pgcluster's PgBouncer exporter (Debian 12's fails on PgBouncer 1.18 and serves no TLS): as
+    postgres, the admin console's peer user (stats_users), over TLS with the host certificate. #}
+monitoring-pgbouncer-exporter-installed:
   file.managed:
-    - name: /etc/prometheus-pgbouncer-exporter.conf
+    - name: {{ pgcluster.lib_dir }}/pgcluster-pgbouncer-exporter
+    - source: salt://{{ tplroot }}/monitoring/files/pgbouncer-exporter.py
+    - makedirs: True
+    - mode: '0755'
+
+monitoring-pgbouncer-exporter-unit-installed:
+  file.managed:
+    - name: /etc/systemd/system/pgcluster-pgbouncer-exporter.service
     - contents: |
         # Managed by Salt (pgcluster formula).
-        host = {{ addr }}
-        port = {{ m.ports.pgbouncer }}
-        pgbouncer-port = {{ pgcluster.pgbouncer.port }}
-        pgbouncer-user = postgres
-        pgbouncer-host = {{ pgcluster.postgresql.socket_dir }}
+        [Unit]
+        Description=PgBouncer metrics for Prometheus (pgcluster)
+        After=pgbouncer.service
+
+        [Service]
+        User=postgres
+        ExecStart={{ pgcluster.lib_dir }}/pgcluster-pgbouncer-exporter {{ addr }} {{ m.ports.pgbouncer }} {{ f.cert }} {{ f.key }} {{ pgcluster.postgresql.socket_dir }} {{ pgcluster.pgbouncer.port }}
+        Restart=always
+        RestartSec=5
+
+        [Install]
+        WantedBy=multi-user.target
     - mode: '0644'
-    - require:
-      - pkg: monitoring-packages-installed
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: monitoring-pgbouncer-exporter-unit-installed
 {%- endif %}
 {%- if node.backup %}
 {%- set b = pgcluster.pgbackrest %}

@@ -36,11 +36,14 @@ monitoring-postgres-exporter-running:
 
 monitoring-pgbouncer-exporter-running:
   service.running:
-    - name: prometheus-pgbouncer-exporter
+    - name: pgcluster-pgbouncer-exporter
     - enable: True
     - watch:
-      - file: monitoring-pgbouncer-exporter-configured
+      - file: monitoring-pgbouncer-exporter-installed
+      - file: monitoring-pgbouncer-exporter-unit-installed
+      - sls: {{ tplroot }}.pki
     - require:
+      - module: monitoring-pgbouncer-exporter-unit-installed
       - service: pgbouncer-service-running
 {%- endif %}
 {%- if node.backup %}

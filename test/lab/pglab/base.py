@@ -38,7 +38,7 @@ PACKAGES = (
     "prometheus-alertmanager",
     "prometheus-node-exporter",
     "prometheus-postgres-exporter",
-    "prometheus-pgbouncer-exporter",
+    "python3-psycopg2",
 )
 # Units the packages above enable that a lab host must not run unless the formula enables them
 # (every host inherits the machine's unit links): Prometheus on every host would load the lab.
@@ -47,7 +47,6 @@ DISABLED_UNITS = (
     "prometheus-alertmanager.service",
     "prometheus-node-exporter.service",
     "prometheus-postgres-exporter.service",
-    "prometheus-pgbouncer-exporter.service",
 )
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
