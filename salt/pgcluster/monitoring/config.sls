@@ -89,6 +89,7 @@ monitoring-pgbouncer-exporter-installed:
     - makedirs: True
     - mode: '0755'
 
+{%- set exporter_args = [addr, m.ports.pgbouncer, f.cert, f.key, pgcluster.postgresql.socket_dir, pgcluster.pgbouncer.port] %}
 monitoring-pgbouncer-exporter-unit-installed:
   file.managed:
     - name: /etc/systemd/system/pgcluster-pgbouncer-exporter.service
@@ -100,7 +101,7 @@ monitoring-pgbouncer-exporter-unit-installed:
 
         [Service]
         User=postgres
-        ExecStart={{ pgcluster.lib_dir }}/pgcluster-pgbouncer-exporter {{ addr }} {{ m.ports.pgbouncer }} {{ f.cert }} {{ f.key }} {{ pgcluster.postgresql.socket_dir }} {{ pgcluster.pgbouncer.port }}
+        ExecStart={{ pgcluster.lib_dir }}/pgcluster-pgbouncer-exporter {{ exporter_args | join(" ") }}
         Restart=always
         RestartSec=5
 
