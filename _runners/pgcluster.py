@@ -35,15 +35,11 @@ from typing import Any
 import requests
 import salt.cache
 import salt.client
-import salt.fileclient
 import salt.utils.event
-import salt.utils.files
-import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 TAG = "pgcluster/pgbouncer"
-FORMULA = "pgcluster"  # the formula's folder in the master's file roots
 # An event's leader lookup waits this long for the cluster's routing lock (a switchover holds it
 # for seconds, a restore for minutes: the restore routes at its end itself).
 LOCK_WAIT = 60.0
@@ -58,49 +54,23 @@ class PgclusterError(CommandExecutionError):
     """A runner cannot do what was asked; the message says why."""
 
 
-# ---- model ------------------------------------------------------------------------------------
-def _formula_yaml(name: str) -> dict:
-    """salt://pgcluster/NAME from the master's own file roots."""
-    client = salt.fileclient.FSClient(__opts__)
+def _shared(fun: str, *args: Any, **kwargs: Any) -> Any:
+    """FUN of the pgcluster_master util (the plumbing all runners share), its errors as ours."""
     try:
-        path = client.cache_file(f"salt://{FORMULA}/{name}", "base")
-    finally:
-        client.destroy()
-    if not path:
-        raise PgclusterError(f"salt://{FORMULA}/{name} is not in the master's file roots")
-    with salt.utils.files.fopen(path) as f:
-        return salt.utils.yaml.safe_load(f) or {}
+        return __utils__[f"pgcluster_master.{fun}"](*args, **kwargs)
+    except CommandExecutionError as exc:
+        raise PgclusterError(str(exc)) from None
 
 
-def _cached(bank: str, minion: str) -> dict:
-    data = salt.cache.factory(__opts__).fetch(bank, minion)
-    return data if isinstance(data, dict) else {}
-
-
+# ---- model ------------------------------------------------------------------------------------
 def _model(minion: str | None = None) -> dict:
     """The validated model as MINION (default: any minion that has it) last received its pillar,
     merged over the formula's defaults. Raises PgclusterError naming the pillar's problems."""
-    candidates = [minion] if minion is not None else salt.cache.factory(__opts__).list("pillar")
-    for mid in candidates:
-        pillar = _cached("pillar", mid).get(FORMULA) or {}
-        if not pillar.get("clusters"):
-            continue
-        grains = dict(_cached("grains", mid), id=mid)
-        try:
-            return __utils__["pgcluster_model.settings"](
-                _formula_yaml("defaults.yaml"), _formula_yaml("osfamilymap.yaml"), pillar, grains
-            )
-        except CommandExecutionError as exc:
-            raise PgclusterError(str(exc)) from None
-    return {"clusters": {}, "hosts": {}}
+    return _shared("model", __opts__, __utils__["pgcluster_model.settings"], minion)
 
 
 def _cluster(model: dict, name: Any) -> dict:
-    c = model["clusters"].get(name) if isinstance(name, str) else None
-    if not c:
-        known = ", ".join(sorted(model["clusters"])) or "none"
-        raise PgclusterError(f"unknown cluster {name!r} (clusters: {known})")
-    return c
+    return _shared("cluster", model, name)
 
 
 def _apis(model: dict, c: dict) -> dict[str, str]:
@@ -184,22 +154,7 @@ def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) ->
 def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:
     """FUN on MINION, waiting up to WAIT seconds; returns its return. Raises PgclusterError when
     the minion does not answer or the function fails (the message is the function's own)."""
-    try:
-        # A minion busy with a long job (a restore) still answers find_job within seconds.
-        with salt.client.LocalClient(mopts=dict(__opts__, gather_job_timeout=15)) as local:
-            ret = local.cmd(minion, fun, list(args), timeout=int(wait), full_return=True, kwarg=kwarg or None)
-    except Exception as exc:  # SaltClientError, a timeout...: one message, not a traceback
-        raise PgclusterError(f"{minion}: {fun}: {type(exc).__name__}: {exc}") from None
-    r = ret.get(minion)
-    if not isinstance(r, dict) or str(r.get("ret")).startswith("Minion did not return"):
-        why = f": {r['ret']}" if isinstance(r, dict) else ""
-        raise PgclusterError(f"{minion} does not answer ({fun}{why})")
-    if r.get("retcode", 0) != 0 or r.get("ret") is False:
-        why = " ".join(str(r.get("ret")).split()).removeprefix("ERROR: ")
-        raise PgclusterError(
-            f"{minion}: {why[:400]}" if why.startswith(fun.split(".")[0]) else f"{minion}: {fun}: {why[:400]}"
-        )
-    return r["ret"]
+    return _shared("call", __opts__, minion, fun, *args, wait=wait, **kwarg)
 
 
 # ---- the master's cache and event bus -------------------------------------------------------------
@@ -465,7 +420,7 @@ class _Master:
         return sorted(m["name"] for m in found["members"] if m["name"] != found["leader"] and m["state"] == "streaming")
 
     def pending(self, name: str) -> dict:
-        return _cached(RESTORE_BANK, name)
+        return _shared("cached", __opts__, RESTORE_BANK, name)
 
     def record(self, name: str, rec: dict | None) -> None:
         cache = salt.cache.factory(__opts__)
