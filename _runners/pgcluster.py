@@ -297,7 +297,10 @@ def reconcile() -> dict:
 
 @_clean_errors
 def status(cluster: str) -> dict:
-    """Members as Patroni sees them and where each PgBouncer routes CLUSTER.
+    """The one screen an operator opens first about CLUSTER: its members as Patroni sees them
+    (role, state, timeline, lag), the leader, where each PgBouncer routes (and which do not route
+    to the leader), and from Prometheus (the monitoring component) the alerts firing, the age of
+    the last backup of each type, each database's size and its growth over the last day.
 
     CLI Example:
 
@@ -313,10 +316,48 @@ def status(cluster: str) -> dict:
     return {
         "leader": leader["name"] if leader else None,
         "timeline": leader["timeline"] if leader else None,
+        "members": _members(model, c),
         "pgbouncer": {h: (r or {}).get("ret") for h, r in ret.items()},
         "misrouted": sorted(
             h for h, r in ret.items() if isinstance(r.get("ret"), dict) and set(r["ret"].values()) != {address}
         ),
+        "watch": _watch(model, c),
+    }
+
+
+def _members(model: dict, c: dict) -> list[dict]:
+    """Each member as Patroni's /cluster lists it (asked of the first member that answers)."""
+    for member in c["members"]:
+        found = _get(model, member, "/cluster")
+        if isinstance(found, dict) and found.get("members"):
+            return [{k: m.get(k) for k in ("name", "role", "state", "timeline", "lag")} for m in found["members"]]
+    return []
+
+
+def _watch(model: dict, c: dict) -> dict:
+    """What Prometheus knows of cluster C now: alerts firing, backup ages, database sizes and
+    growth over a day; {"error": why} when it cannot say."""
+    sel = f'cluster="{c["name"]}"'
+    url, ca = __utils__["pgcluster_model.prometheus_url"](model), __utils__["pgcluster_model.pki_files"](model)["ca"]
+
+    def query(q: str) -> list[dict]:
+        return __utils__["pgcluster_master.prometheus"](url, ca, "/api/v1/query", {"query": q}, timeout=10)["result"]
+
+    try:
+        alerts = query(f'ALERTS{{alertstate="firing",{sel}}}')
+        sizes = query(f"max by (datname) (pgcluster_database_size_bytes{{{sel}}})")
+        grown = query(f"max by (datname) (delta(pgcluster_database_size_bytes{{{sel}}}[1d]))")
+        stanza = (c.get("pgbackrest") or {}).get("stanza", "")
+        backups = query(
+            f'time() - max by (type) (pgcluster_pgbackrest_last_backup_timestamp_seconds{{stanza="{stanza}"}})'
+        )
+    except CommandExecutionError as exc:
+        return {"error": str(exc)}
+    return {
+        "alerts_firing": sorted(f"{a['metric']['alertname']} {a['metric'].get('host', '')}".strip() for a in alerts),
+        "last_backup_age_hours": {b["metric"]["type"]: round(float(b["value"][1]) / 3600, 1) for b in backups},
+        "database_bytes": {s["metric"]["datname"]: int(float(s["value"][1])) for s in sizes},
+        "database_growth_last_day_bytes": {g["metric"]["datname"]: int(float(g["value"][1])) for g in grown},
     }
 
 

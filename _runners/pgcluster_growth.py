@@ -20,7 +20,6 @@ import os
 import time
 from typing import Any
 
-import requests
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgcluster"
@@ -55,29 +54,15 @@ def _clean_errors(func):
     return wrapper
 
 
-def _prometheus(model: dict) -> tuple[str, str]:
+def _prometheus(model: dict) -> tuple[str | None, str]:
     """Base URL of the monitoring host's Prometheus and the CA that signed its certificate."""
-    host = __utils__["pgcluster_model.monitoring_host"](model)
-    if not model["monitoring"].get("enabled") or not host:
-        raise GrowthError("monitoring is not enabled (pgcluster:monitoring:enabled): no history to report on")
-    return f"https://{model['hosts'][host]}:{model['monitoring']['ports']['prometheus']}", (
-        __utils__["pgcluster_model.pki_files"](model)["ca"]
-    )
+    return __utils__["pgcluster_model.prometheus_url"](model), __utils__["pgcluster_model.pki_files"](model)["ca"]
 
 
-def _range(prom: tuple[str, str], query: str, start: float, end: float) -> list[dict]:
+def _range(prom: tuple[str | None, str], query: str, start: float, end: float) -> list[dict]:
     """Prometheus's range query QUERY: [{"metric": labels, "values": [[t, "v"]...]}]."""
-    base, ca = prom
-    step = max(15.0, (end - start) / POINTS)
-    try:
-        resp = requests.get(f"{base}/api/v1/query_range", timeout=30, verify=ca,
-                            params={"query": query, "start": start, "end": end, "step": step})  # fmt: skip
-        body = resp.json()
-    except (requests.RequestException, ValueError) as exc:
-        raise GrowthError(f"Prometheus at {base} does not answer: {type(exc).__name__}: {exc}") from None
-    if body.get("status") != "success":
-        raise GrowthError(f"Prometheus refused {query!r}: {body.get('error', resp.status_code)}")
-    return body["data"]["result"]
+    params = {"query": query, "start": start, "end": end, "step": max(15.0, (end - start) / POINTS)}
+    return __utils__["pgcluster_master.prometheus"](*prom, "/api/v1/query_range", params)["result"]
 
 
 def _series(prom, query: str, start: float, end: float, label: str) -> dict[str, list]:
@@ -127,6 +112,8 @@ def growth(cluster: str, days: Any = 30, min_history_hours: Any = 6, chart: bool
     model = __utils__["pgcluster_master.model"](__opts__, __utils__["pgcluster_model.settings"])
     c = __utils__["pgcluster_master.cluster"](model, cluster)
     prom = _prometheus(model)
+    if not prom[0]:
+        raise GrowthError("monitoring is not enabled (pgcluster:monitoring:enabled): no history to report on")
     end = time.time()
     start = end - days * 86400
     sel = f'cluster="{cluster}"'

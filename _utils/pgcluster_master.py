@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import requests
 import salt.cache
 import salt.client
 import salt.fileclient
@@ -94,3 +95,19 @@ def call(opts: dict, minion: str, fun: str, *args: Any, wait: float = 120, **kwa
             f"{minion}: {why[:400]}" if why.startswith(fun.split(".")[0]) else f"{minion}: {fun}: {why[:400]}"
         )
     return r["ret"]
+
+
+def prometheus(url: str | None, ca: str, path: str, params: dict, timeout: float = 30) -> Any:
+    """GET PATH (e.g. /api/v1/query) of the Prometheus at URL (``pgcluster_model.prometheus_url``),
+    its certificate checked against CA; the answer's ``data``. Raises PgclusterError saying why
+    there is none."""
+    if not url:
+        raise PgclusterError("monitoring is not enabled (pgcluster:monitoring:enabled): Prometheus has no history")
+    try:
+        resp = requests.get(f"{url}{path}", params=params, timeout=timeout, verify=ca)
+        body = resp.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise PgclusterError(f"Prometheus at {url} does not answer: {type(exc).__name__}: {exc}") from None
+    if body.get("status") != "success":
+        raise PgclusterError(f"Prometheus refused {params.get('query')!r}: {body.get('error', resp.status_code)}")
+    return body["data"]

@@ -582,6 +582,14 @@ def monitoring_host(model: dict) -> str | None:
     return next((c["backup"] for _, c in sorted(clusters.items()) if isinstance(c, dict) and c.get("backup")), None)
 
 
+def prometheus_url(model: dict) -> str | None:
+    """Base URL of the monitoring host's Prometheus (https), None without monitoring."""
+    host = monitoring_host(model)
+    if not (model.get("monitoring") or {}).get("enabled") or not host:
+        return None
+    return f"https://{model['hosts'][host]}:{model['monitoring']['ports']['prometheus']}"
+
+
 def cluster(model: dict, name: str) -> dict:
     """Return cluster NAME with its defaults filled in (scope, port, profile settings)."""
     c = copy.deepcopy(model["clusters"][name])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 
-from labtools import CA, MEMBERS, psql, sh, wait_for, wait_healthy
+from labtools import CA, MEMBERS, lab, psql, sh, wait_for, wait_healthy
 
 PROMETHEUS = "https://198.18.0.20:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"  # loopback of the backup host only
@@ -122,3 +123,65 @@ def test_a_replica_down_fires_its_alert_and_coming_back_resolves_it(deployed):
         lambda: not any(a["labels"].get("host") == replica for a in alerts("PgclusterMemberDown")),
         150, 3,
     )  # fmt: skip
+
+
+MB = 2**20
+
+
+def runner(*args: str) -> subprocess.CompletedProcess:
+    return lab("run", *args, timeout=300)
+
+
+def app_size() -> float:
+    found = prometheus("/api/v1/query", query='max(pgcluster_database_size_bytes{cluster="main",datname="app"})')
+    return float(found["result"][0]["value"][1]) if found["result"] else 0.0
+
+
+def test_growth_report_shows_a_known_volume_written_and_draws_its_chart(deployed):
+    leader = deployed_leader()
+    psql(leader, "DROP TABLE IF EXISTS growth_probe")
+    wait_for("app's size in Prometheus", lambda: app_size() > 0, 60, 3)
+    before = app_size()
+    psql(leader, "CREATE TABLE growth_probe AS SELECT g AS id, repeat('x', 1000) AS pad "
+                 "FROM generate_series(1, 20000) g")  # fmt: skip
+    try:
+        wait_for("the 20 MiB written seen by Prometheus", lambda: app_size() >= before + 20 * MB, 90, 3)
+        # A lab's history is minutes long: ask for a forecast from what there is.
+        args = ("pgcluster.growth", "main", "days=0.05", "min_history_hours=0")
+        rep = json.loads(runner(*args, "--out=json").stdout)
+        app = rep["databases"]["app"]
+        assert app["size_bytes"] >= before + 20 * MB
+        assert app["per_day_bytes"] > 0  # it grew over the window
+        assert rep["largest_tables"]["app"][0]["table"] == "public.growth_probe"
+        assert rep["largest_tables"]["app"][0]["bytes"] >= 20 * MB
+        assert set(rep["filesystems"]) == set(MEMBERS) and rep["fullest"] in MEMBERS
+        assert rep["wal_per_day_bytes"] > 0 and rep["repository"]["size_bytes"] > 0
+        # The chart: a valid PNG on the master, named in the report.
+        check = ("import struct,sys,zlib; b=open(sys.argv[1],'rb').read(); assert b[:8]==b'\\x89PNG\\r\\n\\x1a\\n'; "
+                 "w,h=struct.unpack('>II',b[16:24]); print(w,h)")  # fmt: skip
+        assert sh("salt", f"python3 -c {shlex.quote(check)} {rep['chart']}").stdout.split() == ["800", "400"]
+        text = runner(*args).stdout
+        assert "DATABASE" in text and "growth_probe" in text and "fullest member:" in text
+        short = runner("pgcluster.growth", "main", "days=0.05").stdout  # the default 6 h of history: no forecast
+        assert "no growth rate yet: too little history" in short
+    finally:
+        psql(leader, "DROP TABLE IF EXISTS growth_probe")
+
+
+def test_growth_and_status_refuse_bad_input_clearly(deployed):
+    res = lab("run", "pgcluster.growth", "nosuch", check=False)
+    assert res.returncode != 0 and "unknown cluster 'nosuch' (clusters: main)" in res.stdout + res.stderr
+    res = lab("run", "pgcluster.growth", "main", "days=-1", check=False)
+    assert res.returncode != 0 and "days=-1 must be between 0 and 3660" in res.stdout + res.stderr
+
+
+def test_status_is_one_screen_with_members_routes_backups_sizes_and_alerts(deployed):
+    status = json.loads(runner("pgcluster.status", "main", "--out=json").stdout)
+    assert {m["name"] for m in status["members"]} == set(MEMBERS)
+    assert [m["name"] for m in status["members"] if m["role"] == "leader"] == [status["leader"]]
+    assert status["misrouted"] == []
+    watch = status["watch"]
+    assert "error" not in watch, watch
+    assert watch["database_bytes"]["app"] > 0 and "app" in watch["database_growth_last_day_bytes"]
+    assert "full" in watch["last_backup_age_hours"]
+    assert isinstance(watch["alerts_firing"], list)

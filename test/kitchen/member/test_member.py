@@ -22,9 +22,14 @@ def test_distribution_cluster_never_runs(host):
 
 def test_firewall_lets_only_the_cluster_in(host):
     rules = host.run("nft list table inet pgcluster").stdout
-    assert "tcp dport { 2379, 2380 } ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13 } accept" in rules
+    # etcd: its clients (members, and the monitoring host for /metrics), its peers (members only).
+    assert "tcp dport 2379 ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13, 198.18.0.20 } accept" in rules
+    assert "tcp dport 2380 ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13 } accept" in rules
     assert "tcp dport 5432 ip saddr { 198.18.0.11, 198.18.0.12, 198.18.0.13, 198.18.0.30 } accept" in rules
-    assert "tcp dport 8008 ip saddr { 198.18.0.10, 198.18.0.11, 198.18.0.12, 198.18.0.13, 198.18.0.30 } accept" in rules
+    assert ("tcp dport 8008 ip saddr { 198.18.0.10, 198.18.0.11, 198.18.0.12, 198.18.0.13, 198.18.0.20, 198.18.0.30 } "
+            "accept") in rules  # fmt: skip
+    # The exporters: the monitoring host (backup) only.
+    assert "tcp dport { 9100, 9127, 9187 } ip saddr 198.18.0.20 accept" in rules
 
 
 def test_patroni_events_reach_the_relay_socket(host):
