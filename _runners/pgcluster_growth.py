@@ -159,7 +159,7 @@ def _chart(cluster: str, raw: dict, rep: dict, now: float) -> tuple[str, str]:
         series.append({"name": name, "points": points, "colour": i})
         per_day, now_size = rep["databases"][name]["per_day_bytes"], rep["databases"][name]["size_bytes"]
         if per_day is not None and points:
-            ahead = max(now - points[0][0], 3600.0)
+            ahead = max(now - points[0][0], 60.0)  # as far ahead as the history reaches back
             series.append({"name": f"{name} forecast", "colour": i, "dashed": True,
                            "points": [(now, now_size), (now + ahead, now_size + per_day * ahead / 86400)]})  # fmt: skip
         legend.append(f"{__utils__['pgcluster_chart.colour_name'](i)}: {name}")

@@ -21,7 +21,8 @@ FONT = {
     "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
     "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
     "+": "000010111010000", "K": "101110100110101", "M": "101111111101101", "G": "111100101101111",
-    "T": "111010010010010", "B": "110101110101110", "d": "001001111101111", "n": "000110101101101",
+    "T": "111010010010010", "B": "110101110101110", "d": "001001111101111", "h": "100100111101101",
+    "n": "000110101101101",
     "o": "000111101101111", "w": "000101101111111", " ": "000000000000000",
 }  # fmt: skip
 
@@ -33,6 +34,11 @@ def __virtual__():
 def colour_name(index: int) -> str:
     """The name of the colour series INDEX is drawn in (for the report's legend)."""
     return COLOUR_NAMES[index % len(COLOUR_NAMES)]
+
+
+def relative(seconds: float) -> str:
+    """SECONDS from now as the time axis shows it: hours under two days, else days."""
+    return f"{seconds / 3600:+.1f}h" if abs(seconds) < 2 * 86400 else f"{seconds / 86400:+.1f}d"
 
 
 def human(value: float) -> str:
@@ -120,7 +126,7 @@ def line_chart(series: list[dict], now: float, width: int = 800, height: int = 4
     xn, _ = xy(now, 0)
     c.line(xn, top, xn, bottom, AXIS, dashed=True)
     c.text(xn - 12, bottom + 10, "now")
-    for t, label in ((t0, f"{(t0 - now) / 86400:+.1f}d"), (t1, f"{(t1 - now) / 86400:+.1f}d")):
+    for t, label in ((t0, relative(t0 - now)), (t1, relative(t1 - now))):
         x, _ = xy(t, 0)
         if abs(x - xn) > 60:
             c.text(min(max(x - 20, 0), width - 60), bottom + 10, label)

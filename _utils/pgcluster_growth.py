@@ -191,8 +191,8 @@ def _bytes(value: float | None, signed: bool = False) -> str:
 
 def table(rep: dict, window_days: float) -> str:
     """REP (``report``) as the text an operator reads."""
-    out = [f"cluster {rep['cluster']}: growth over the last {window_days:g} days "
-           f"(history found: {rep['history_days']:.2f} days)", ""]  # fmt: skip
+    out = [f"cluster {rep['cluster']}: growth over the last {_days(window_days)} "
+           f"(history found: {_days(rep['history_days'])})", ""]  # fmt: skip
     rows = [("DATABASE", "SIZE", "PER DAY")]
     rows += [(n, _bytes(d["size_bytes"]), _bytes(d["per_day_bytes"], True)) for n, d in rep["databases"].items()]
     rows.append(("(all)", _bytes(rep["total"]["size_bytes"]), _bytes(rep["total"]["per_day_bytes"], True)))
@@ -205,18 +205,25 @@ def table(rep: dict, window_days: float) -> str:
     out += ["", f"WAL written per day: {_bytes(rep['wal_per_day_bytes'])}", repo_line, ""]
     rows = [("MEMBER", "DATA FILESYSTEM", "SIZE", "USED", "PER DAY", "FULL IN")]
     for host, f in rep["filesystems"].items():
-        days = f"{f['days_until_full']:.0f} days" if f["days_until_full"] is not None else (f["why"] or "-")
+        days = _days(f["days_until_full"]) if f["days_until_full"] is not None else (f["why"] or "-")
         rows.append((host, f["mountpoint"], _bytes(f["size_bytes"]), _bytes(f["used_bytes"]),
                      _bytes(f["per_day_bytes"], True), days))  # fmt: skip
     out += _columns(rows)
     if rep["fullest"]:
         days = rep["days_until_full"]
-        when = f"full in {days:.0f} days" if days is not None else "no forecast"
+        when = f"full in {_days(days)}" if days is not None else "no forecast"
         out += ["", f"fullest member: {rep['fullest']} ({when})"]
     out += [f"note: {n}" for n in rep["notes"]]
     if rep.get("chart"):
         out += [f"chart: {rep['chart']} ({rep.get('chart_legend', '')})"]
     return "\n".join(out)
+
+
+def _days(days: float) -> str:
+    """A number of days as people say it: hours under a day, tenths under ten days."""
+    if days < 1:
+        return f"{days * 24:.1f} hours"
+    return f"{days:.1f} days" if days < 10 else f"{days:.0f} days"
 
 
 def _columns(rows: list[tuple]) -> list[str]:

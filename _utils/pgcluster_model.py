@@ -271,6 +271,10 @@ def _validate_monitoring(mon: Any, problems: list[str], hosts: dict) -> None:
         problems.append(f"pgcluster:monitoring:host: {mon['host']!r} is not listed in pgcluster:hosts")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", str(mon.get("role", ""))):
         problems.append(f"pgcluster:monitoring:role: {mon.get('role')!r} is not a plain PostgreSQL role name")
+    types = mon.get("filesystem_types_exclude")
+    if not isinstance(types, list) or not all(re.fullmatch(r"[a-z0-9_.]+", str(t)) for t in types):
+        problems.append(f"pgcluster:monitoring:filesystem_types_exclude: {types!r} is not a list of filesystem "
+                        "type names (e.g. [tmpfs, overlay])")  # fmt: skip
     if not re.fullmatch(r"\d+(us|ms|s|sec|min|h|d)?", str(mon.get("textfile_interval", ""))):
         problems.append(f"pgcluster:monitoring:textfile_interval: {mon.get('textfile_interval')!r} is not a "
                         "systemd time span such as 5min")  # fmt: skip

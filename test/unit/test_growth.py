@@ -103,6 +103,7 @@ def test_the_report_names_growth_per_database_and_the_fullest_member(growth):
     assert rep["notes"] == []
     text = growth.table(rep, 30)
     assert f"fullest member: pg2 (full in {rep['days_until_full']:.0f} days)" in text and "public.orders" in text
+    assert "over the last 30 days (history found: 10 days)" in text
     assert "app" in text and "+1.0 GiB" in growth.table(growth.report(raw_cluster(10, 2**30, 0)), 30)
 
 
@@ -152,6 +153,6 @@ def test_the_chart_is_a_valid_png_with_the_series_drawn():
     pixels = zlib.decompress(chunks[b"IDAT"])
     assert (width, height) == (400, 200) and len(pixels) == height * (1 + width * 3)
     assert bytes(chart.COLOURS[0]) in pixels  # the series' colour is drawn
-    assert (
-        chart.human(1.5 * 2**30) == "1.5G" and chart.human(1000 * 2**20) == "1.0G" and chart.colour_name(7) == "orange"
-    )
+    assert chart.human(1.5 * 2**30) == "1.5G" and chart.human(1000 * 2**20) == "1.0G"
+    assert chart.colour_name(7) == "orange"
+    assert chart.relative(-3 * 3600) == "-3.0h" and chart.relative(5 * 86400) == "+5.0d"

@@ -56,8 +56,12 @@ def test_monitoring_needs_a_host_and_sane_settings():
     found = pgc.problems(model(nohost))
     assert any(p.startswith("pgcluster:monitoring:host: no host to run Prometheus") for p in found)
     assert not any("monitoring" in p for p in pgc.problems(model({**nohost, "monitoring": {"enabled": False}})))
-    bad = model({**LAB, "monitoring": {"enabled": "yes", "role": "Mon-itor", "textfile_interval": "often"}})
+    bad = model({**LAB, "monitoring": {"enabled": "yes", "role": "Mon-itor", "textfile_interval": "often",
+                                       "filesystem_types_exclude": "tmpfs|overlay"}})  # fmt: skip
     found = pgc.problems(bad)
+    assert any(
+        p.startswith("pgcluster:monitoring:filesystem_types_exclude: 'tmpfs|overlay' is not a list") for p in found
+    )
     assert "pgcluster:monitoring:enabled: 'yes' is not true or false" in found
     assert "pgcluster:monitoring:role: 'Mon-itor' is not a plain PostgreSQL role name" in found
     assert any(p.startswith("pgcluster:monitoring:textfile_interval: 'often'") for p in found)

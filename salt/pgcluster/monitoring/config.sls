@@ -35,12 +35,17 @@ monitoring-web-tls-configured:
     - require:
       - file: monitoring-config-dir-present
 
+{%- set node_args = [
+      "--web.listen-address=" ~ addr ~ ":" ~ m.ports.node,
+      "--web.config.file=" ~ web,
+      "--collector.textfile.directory=" ~ m.textfile_dir,
+      "--collector.filesystem.fs-types-exclude=^(" ~ m.filesystem_types_exclude | join("|") ~ ")$"] %}
 monitoring-node-exporter-configured:
   file.managed:
     - name: /etc/default/prometheus-node-exporter
     - contents: |
         # Managed by Salt (pgcluster formula).
-        ARGS="--web.listen-address={{ addr }}:{{ m.ports.node }} --web.config.file={{ web }} --collector.textfile.directory={{ m.textfile_dir }}"
+        ARGS="{{ node_args | join(" ") }}"
     - mode: '0644'
     - require:
       - pkg: monitoring-packages-installed
