@@ -167,10 +167,11 @@ def role_present(name: str, cluster: str, port: int = 5432) -> dict:
     return _apply(ret, f"role {name}", {name: todo}, f"changed: {', '.join(todo)}", [stmt], port)
 
 
-def monitor_role_present(name: str, port: int = 5432) -> dict:
-    """Ensure the PostgreSQL exporter's role NAME exists (on the leader): LOGIN, member of
-    pg_monitor (read-only statistics), no password (it logs in over the local socket, peer), and
-    nothing more (no superuser, no database or role creation)."""
+def monitor_role_present(name: str, port: int = 5432, databases: list | None = None) -> dict:
+    """Ensure the monitoring role NAME exists (on the leader): LOGIN, member of pg_monitor
+    (read-only statistics), CONNECT on DATABASES (their table sizes; it reads no row), no password
+    (it logs in over the local socket, peer), and nothing more (no superuser, no database or
+    role creation)."""
     ret = _ret(name)
     if not _leader_only(ret):
         return ret
@@ -189,6 +190,15 @@ def monitor_role_present(name: str, port: int = 5432) -> dict:
     if not rows or rows[0][3] != "t":
         todo.append("granted pg_monitor")
         stmts.append(f"GRANT pg_monitor TO {idt(name)}")
+    for db in databases or []:
+        if rows:
+            granted = _query(ret, f"SELECT has_database_privilege({lit(name)}, {lit(db)}, 'CONNECT')", port)
+            if granted is None:
+                return ret
+            if granted == [["t"]]:
+                continue
+        todo.append(f"CONNECT on {db}")
+        stmts.append(f"GRANT CONNECT ON DATABASE {idt(db)} TO {idt(name)}")
     if not todo:
         ret["comment"] = f"role {name} is as wanted"
         return ret

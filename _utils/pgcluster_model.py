@@ -271,6 +271,8 @@ def _validate_monitoring(mon: Any, problems: list[str], hosts: dict) -> None:
         problems.append(f"pgcluster:monitoring:host: {mon['host']!r} is not listed in pgcluster:hosts")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", str(mon.get("role", ""))):
         problems.append(f"pgcluster:monitoring:role: {mon.get('role')!r} is not a plain PostgreSQL role name")
+    if isinstance(mon.get("top_tables"), bool) or not isinstance(mon.get("top_tables"), int) or mon["top_tables"] < 1:
+        problems.append(f"pgcluster:monitoring:top_tables: {mon.get('top_tables')!r} is not a positive number")
     types = mon.get("filesystem_types_exclude")
     if not isinstance(types, list) or not all(re.fullmatch(r"[a-z0-9_.]+", str(t)) for t in types):
         problems.append(f"pgcluster:monitoring:filesystem_types_exclude: {types!r} is not a list of filesystem "
@@ -721,7 +723,7 @@ def pg_hba(model: dict, name: str) -> list[str]:
         f"local all {p['superuser']} peer",
     ]
     if model["monitoring"]["enabled"]:  # the PostgreSQL exporter, run by the OS user prometheus
-        rules.append(f"local postgres {model['monitoring']['role']} peer map={IDENT_MAP}")
+        rules.append(f"local all {model['monitoring']['role']} peer map={IDENT_MAP}")
     rules += [
         "local all all scram-sha-256",
         "host all all 127.0.0.1/32 scram-sha-256",

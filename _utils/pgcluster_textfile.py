@@ -14,6 +14,9 @@ Metrics (gauges; labels ``stanza`` and, per backup type, ``type``):
   repository): the newest good backup of each type;
 - ``pgcluster_pgbackrest_backups``: good backups kept, per type;
 - ``pgcluster_pgbackrest_repository_bytes``: the repository's size on disk (backups and WAL).
+
+``gauge`` also writes the members' largest tables (``pgcluster_table_size_bytes{datname,table}``,
+files/table-sizes.py).
 """
 
 from __future__ import annotations
@@ -44,15 +47,21 @@ def _label(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _lines(name: str, samples: list[tuple[dict, float]]) -> list[str]:
+def gauge(name: str, doc: str, samples: list[tuple[dict, float]]) -> list[str]:
+    """The exposition lines of gauge NAME (HELP DOC) with SAMPLES [(labels, value)...]; none
+    without samples."""
     if not samples:
         return []
-    out = [f"# HELP {PREFIX}{name} {HELP[name]}", f"# TYPE {PREFIX}{name} gauge"]
+    out = [f"# HELP {name} {doc}", f"# TYPE {name} gauge"]
     for labels, value in samples:
         text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
         number = str(value) if isinstance(value, int) else repr(float(value))
-        out.append(f"{PREFIX}{name}{{{text}}} {number}" if text else f"{PREFIX}{name} {number}")
+        out.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
     return out
+
+
+def _lines(name: str, samples: list[tuple[dict, float]]) -> list[str]:
+    return gauge(PREFIX + name, HELP[name], samples)
 
 
 def pgbackrest_metrics(raw: list | None, repository_bytes: int | None = None) -> str:

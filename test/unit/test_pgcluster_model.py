@@ -238,7 +238,7 @@ def test_pg_hba_is_least_privilege():
     assert not any(" trust" in r or " md5" in r or " password" in r for r in rules)
     assert rules[-2:] == ["host all all 0.0.0.0/0 reject", "host all all ::/0 reject"]
     # The PostgreSQL exporter: the OS user prometheus, as the monitoring role, on the socket, no password.
-    assert rules[1] == "local postgres pgcluster_monitor peer map=pgcluster-monitor"
+    assert rules[1] == "local all pgcluster_monitor peer map=pgcluster-monitor"
     conf = pgc.patroni_config(model(), "main", "pg1")["postgresql"]
     assert conf["pg_ident"] == ["pgcluster-monitor prometheus pgcluster_monitor"]
     off = model({**LAB, "monitoring": {"enabled": False}})

@@ -4,7 +4,7 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import pgcluster with context %}
 {%- set m = pgcluster.monitoring %}
-{%- set services = ["pgcluster-pgbackrest-textfile.timer", "prometheus", "prometheus-alertmanager",
+{%- set services = ["pgcluster-pgbackrest-textfile.timer", "pgcluster-table-sizes.timer", "prometheus", "prometheus-alertmanager",
                     "pgcluster-pgbouncer-exporter", "prometheus-postgres-exporter", "prometheus-node-exporter"] %}
 {%- set pkgs = [] %}
 {%- for _, names in m.packages | dictsort %}{% do pkgs.extend(names) %}{% endfor %}
@@ -28,6 +28,10 @@ monitoring-clean-files-absent:
       - /etc/systemd/system/pgcluster-pgbackrest-textfile.timer
       - /etc/systemd/system/prometheus.service.d/pgcluster.conf
       - /etc/systemd/system/pgcluster-pgbouncer-exporter.service
+      - /etc/systemd/system/pgcluster-table-sizes.service
+      - /etc/systemd/system/pgcluster-table-sizes.timer
+      - {{ pgcluster.lib_dir }}/pgcluster-table-sizes
+      - {{ m.textfile_dir }}/pgcluster-tables.prom
       - {{ pgcluster.lib_dir }}/pgcluster-pgbouncer-exporter
       - {{ pgcluster.lib_dir }}/pgbackrest-textfile
       - {{ pgcluster.lib_dir }}/pgcluster_textfile.py

@@ -118,6 +118,60 @@ monitoring-pgbouncer-exporter-unit-installed:
     - onchanges:
       - file: monitoring-pgbouncer-exporter-unit-installed
 {%- endif %}
+{%- if node.member or node.backup %}
+
+{#- What writes the textfile collector's files (the scripts below import it). #}
+monitoring-textfile-library-installed:
+  file.managed:
+    - name: {{ pgcluster.lib_dir }}/pgcluster_textfile.py
+    - source: salt://_utils/pgcluster_textfile.py
+    - makedirs: True
+    - mode: '0644'
+{%- endif %}
+{%- if node.member %}
+{%- set c = pgcluster.clusters[node.member] %}
+
+{#- The largest tables of each database, as the monitoring role (no read of any row). #}
+monitoring-table-sizes-installed:
+  file.managed:
+    - name: {{ pgcluster.lib_dir }}/pgcluster-table-sizes
+    - source: salt://{{ tplroot }}/monitoring/files/table-sizes.py
+    - mode: '0755'
+    - require:
+      - file: monitoring-textfile-library-installed
+
+{%- set sizes_args = [m.role, pgcluster.postgresql.socket_dir, c.port, m.top_tables, m.textfile_dir ~ "/pgcluster-tables.prom"] %}
+monitoring-table-sizes-units-installed:
+  file.managed:
+    - names:
+      - /etc/systemd/system/pgcluster-table-sizes.service:
+        - contents: |
+            # Managed by Salt (pgcluster formula).
+            [Unit]
+            Description=The largest tables of each database for the node exporter's textfile collector
+
+            [Service]
+            Type=oneshot
+            User=prometheus
+            ExecStart={{ pgcluster.lib_dir }}/pgcluster-table-sizes {{ sizes_args | join(" ") }}
+      - /etc/systemd/system/pgcluster-table-sizes.timer:
+        - contents: |
+            # Managed by Salt (pgcluster formula).
+            [Unit]
+            Description=The largest tables of each database, every {{ m.textfile_interval }}
+
+            [Timer]
+            OnActiveSec=0
+            OnUnitActiveSec={{ m.textfile_interval }}
+
+            [Install]
+            WantedBy=timers.target
+    - mode: '0644'
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: monitoring-table-sizes-units-installed
+{%- endif %}
 {%- if node.backup %}
 {%- set b = pgcluster.pgbackrest %}
 
@@ -125,14 +179,11 @@ monitoring-pgbouncer-exporter-unit-installed:
     collector, written by a timer. #}
 monitoring-pgbackrest-textfile-installed:
   file.managed:
-    - names:
-      - {{ pgcluster.lib_dir }}/pgcluster_textfile.py:
-        - source: salt://_utils/pgcluster_textfile.py
-        - mode: '0644'
-      - {{ pgcluster.lib_dir }}/pgbackrest-textfile:
-        - source: salt://{{ tplroot }}/monitoring/files/pgbackrest-textfile.py
-        - mode: '0755'
-    - makedirs: True
+    - name: {{ pgcluster.lib_dir }}/pgbackrest-textfile
+    - source: salt://{{ tplroot }}/monitoring/files/pgbackrest-textfile.py
+    - mode: '0755'
+    - require:
+      - file: monitoring-textfile-library-installed
 
 monitoring-pgbackrest-textfile-units-installed:
   file.managed:

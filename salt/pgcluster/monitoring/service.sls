@@ -31,6 +31,18 @@ monitoring-postgres-exporter-running:
       - file: monitoring-web-tls-configured
       - group: monitoring-prometheus-reads-the-host-key
       - sls: {{ tplroot }}.pki
+
+monitoring-table-sizes-timer-active:
+  service.running:
+    - name: pgcluster-table-sizes.timer
+    - enable: True
+    - watch:
+      - file: monitoring-table-sizes-units-installed
+      - file: monitoring-table-sizes-installed
+      - file: monitoring-textfile-library-installed
+    - require:
+      - module: monitoring-table-sizes-units-installed
+      - file: monitoring-textfile-dir-present
 {%- endif %}
 {%- if node.pgbouncer %}
 
@@ -55,6 +67,7 @@ monitoring-pgbackrest-textfile-timer-active:
     - watch:
       - file: monitoring-pgbackrest-textfile-units-installed
       - file: monitoring-pgbackrest-textfile-installed
+      - file: monitoring-textfile-library-installed
     - require:
       - module: monitoring-pgbackrest-textfile-units-installed
       - file: monitoring-textfile-dir-present

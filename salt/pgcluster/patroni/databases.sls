@@ -38,6 +38,10 @@ pgcluster-monitoring-role-present:
   pgcluster.monitor_role_present:
     - name: {{ pgcluster.monitoring.role }}
     - port: {{ c.port }}
+    - databases: {{ c.databases | sort | json }}
     - require:
       - patroni: patroni-cluster-healthy
+{%- for db in c.databases | sort %}
+      - pgcluster: pgcluster-database-{{ db }}-present
+{%- endfor %}
 {%- endif %}
