@@ -95,3 +95,46 @@ def test_a_member_creates_the_role_from_the_verifier_it_receives(state):
     }
     ret = state.role_present("app", "main")
     assert ret["result"] is True and state.sent[-1] == f"CREATE ROLE \"app\" LOGIN PASSWORD '{verifier}'"
+
+
+@pytest.fixture
+def monitor():
+    """The monitoring role's state against a fake catalogue: MON holds the role's row (or None)
+    and the databases it may connect to."""
+    pgsql = load_module("modules", "pgsql")
+    sent: list[str] = []
+    mon: dict = {"row": None, "connect": set()}
+
+    def query(sql, port=5432, **_):
+        sent.append(sql)
+        if sql.startswith("SELECT rolcanlogin"):
+            return [list(mon["row"])] if mon["row"] else []
+        if sql.startswith("SELECT has_database_privilege"):
+            return [["t" if any(f"'{d}'" in sql for d in mon["connect"]) else "f"]]
+        return []
+
+    salt = {"patroni.is_leader": lambda: True, "pgsql.query": query, "pgsql.literal": pgsql.literal,
+            "pgsql.ident": pgsql.ident, "pgcluster.settings": lambda: PILLAR["pgcluster"]}  # fmt: skip
+    mod = load_module("states", "pgcluster", salt=salt, pillar=PILLAR, opts={"test": False})
+    mod.sent, mod.mon = sent, mon
+    return mod
+
+
+def test_monitoring_role_gets_pg_monitor_and_connect_and_nothing_else(monitor):
+    ret = monitor.monitor_role_present("pgcluster_monitor", databases=["app"])
+    assert ret["result"] is True and ret["changes"] == {"pgcluster_monitor": ["created", "granted pg_monitor",
+                                                                               "CONNECT on app"]}  # fmt: skip
+    writes = [s for s in monitor.sent if not s.startswith("SELECT")]
+    assert writes == [
+        'CREATE ROLE "pgcluster_monitor" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD NULL',
+        'GRANT pg_monitor TO "pgcluster_monitor"',
+        'GRANT CONNECT ON DATABASE "app" TO "pgcluster_monitor"',
+    ]
+    # As wanted: nothing changes. A superuser flag or a password set by hand is taken away again.
+    monitor.mon.update(row=("t", "f", "f", "t"), connect={"app"})
+    monitor.sent.clear()
+    assert monitor.monitor_role_present("pgcluster_monitor", databases=["app"])["changes"] == {}
+    assert not [s for s in monitor.sent if not s.startswith("SELECT")]
+    monitor.mon.update(row=("t", "t", "f", "t"))
+    assert monitor.monitor_role_present("pgcluster_monitor", databases=["app"])["changes"] == {
+        "pgcluster_monitor": ["attributes"]}  # fmt: skip
