@@ -16,8 +16,11 @@ LAB = REPO / "test" / "lab" / "lab"
 
 
 def lab(*args: str, check: bool = True, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run the lab CLI (STDIN, if given, is its input); returns the completed process (text output captured)."""
-    res = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout, input=stdin)
+    """Run the lab CLI (STDIN, if given, is its input); returns the completed process (text output
+    captured; bytes that are not UTF-8, e.g. in a host's logs, decoded as U+FFFD)."""
+    res = subprocess.run(
+        [str(LAB), *args], capture_output=True, text=True, errors="replace", timeout=timeout, input=stdin
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"lab {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
     return res

@@ -55,6 +55,23 @@ def test_each_host_receives_exactly_the_secrets_its_roles_need(deployed):
     assert {h: found(p) for h, p in pillars.items()} == EXPECTED
 
 
+# What listens on TCP on each host that is not a member (members run every component): the
+# programs its roles need, nothing else (no PostgreSQL, etcd or PgBouncer where none is wanted).
+LISTENERS = {
+    # The Salt master runs on the lab venv's python: ss shows the interpreter's path, cut short.
+    "salt": {"/opt/pgcluster-", "prometheus-node"},
+    "app1": {"pgbouncer", "pgcluster-pgbou", "prometheus-node"},
+    "backup": {"pgbackrest", "prometheus", "prometheus-aler", "prometheus-node"},
+}
+
+
+@pytest.mark.parametrize("host", sorted(LISTENERS))
+def test_a_host_listens_only_for_its_roles(deployed, host):
+    out = sh(host, "ss -Hltnp").stdout
+    programs = set(re.findall(r'users:\(\("([^"]+)"', out))
+    assert programs == LISTENERS[host], out
+
+
 @pytest.mark.parametrize("host", HOSTS)
 def test_no_secret_in_state_data_or_process_lists(deployed, host):
     shown = lab("salt", host, "state.show_sls", "pgcluster", "--out=json", "--static", check=False).stdout

@@ -42,7 +42,14 @@ PACKAGES = (
 )
 # Units the packages above enable that a lab host must not run unless the formula enables them
 # (every host inherits the machine's unit links): Prometheus on every host would load the lab.
+# Daemons of those packages: lab hosts inherit the machine's unit links through the overlay, so a
+# unit enabled on the machine would run on every host (a stray PostgreSQL, etcd, PgBouncer and
+# HAProxy on each). Nothing runs on a host unless the formula (or a benchmark) starts it.
 DISABLED_UNITS = (
+    "postgresql.service",
+    "etcd.service",
+    "pgbouncer.service",
+    "haproxy.service",
     "prometheus.service",
     "prometheus-alertmanager.service",
     "prometheus-node-exporter.service",
@@ -70,6 +77,7 @@ def install_packages() -> None:
     missing = _missing_packages()
     if not missing:
         say("OS packages: present")
+        _disable_units()
         return
     say(f"OS packages: installing {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -89,7 +97,11 @@ def install_packages() -> None:
     finally:
         if not had_policy:
             POLICY_RC_D.unlink(missing_ok=True)
-    # Offline (--root): the machine may run no systemd at all.
+    _disable_units()
+
+
+def _disable_units() -> None:
+    """Remove the machine's links of DISABLED_UNITS (offline, --root: the machine may run no systemd)."""
     subprocess.run(["systemctl", "--root=/", "disable", "--quiet", *DISABLED_UNITS], check=True)
 
 
