@@ -15,6 +15,7 @@ CLI Example:
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Any
 
@@ -186,3 +187,32 @@ def survey(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: f
         }
     out["size"] = sum(d["size"] for d in out["databases"].values())
     return out
+
+
+ROOM = """
+SELECT current_setting('server_version_num') AS version_num, current_setting('data_directory') AS data_directory,
+       (SELECT string_agg(name, ',' ORDER BY name) FROM pg_available_extensions) AS extensions
+"""
+
+
+def room(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: float = 30) -> dict:
+    """What this host's PostgreSQL on PORT offers a migration into it: its major version, the
+    extensions it could create (their packages are installed), the locales the system has
+    (``locale -a``) and the bytes free on the filesystem of its data directory. Read-only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgsql.room
+    """
+    (row,) = query(ROOM, names=True, port=port, socket_dir=socket_dir, timeout=timeout)
+    fs = os.statvfs(row["data_directory"])
+    locales = __salt__["cmd.run"](["locale", "-a"], python_shell=False, output_loglevel="quiet", cwd="/")
+    return {
+        "major": int(row["version_num"]) // 10000,
+        "extensions": [e for e in row["extensions"].split(",") if e],
+        "locales": locales.split(),
+        "free": fs.f_bavail * fs.f_frsize,
+        "data_directory": row["data_directory"],
+    }

@@ -508,7 +508,8 @@ def pki_files(model: dict) -> dict[str, str]:
 
 def _has_role(model: dict, minion_id: str) -> bool:
     roles = node_roles(model, minion_id)
-    return bool(roles["member"] or roles["etcd"] or roles["pgbouncer"] or roles["backup"] or roles["monitored"])
+    return bool(roles["member"] or roles["etcd"] or roles["pgbouncer"] or roles["backup"] or roles["monitored"]
+                or roles["migrate_source"])  # fmt: skip
 
 
 def signing_policies(model: dict) -> dict[str, list[dict]]:
@@ -560,8 +561,9 @@ def validate(model: dict) -> dict:
 # ---- derive --------------------------------------------------------------------------------
 def node_roles(model: dict, minion_id: str) -> dict:
     """Return what MINION_ID runs: {'member': cluster|None, 'etcd': cluster|None, 'pgbouncer': [clusters],
-    'backup': [clusters], 'monitored': bool (node exporter), 'monitor': bool (Prometheus)}."""
-    roles: dict[str, Any] = {"member": None, "etcd": None, "pgbouncer": [], "backup": []}
+    'backup': [clusters], 'monitored': bool (node exporter), 'monitor': bool (Prometheus),
+    'migrate_source': [clusters whose migrate block names it: it gets a host certificate]}."""
+    roles: dict[str, Any] = {"member": None, "etcd": None, "pgbouncer": [], "backup": [], "migrate_source": []}
     # Monitoring: the node exporter on every host of the model; Prometheus on one of them.
     mon = model.get("monitoring") or {}
     roles["monitored"] = bool(mon.get("enabled")) and minion_id in (model.get("hosts") or {})
@@ -575,6 +577,8 @@ def node_roles(model: dict, minion_id: str) -> dict:
             roles["pgbouncer"].append(name)
         if c.get("backup") == minion_id:
             roles["backup"].append(name)
+        if isinstance(c.get("migrate"), dict) and c["migrate"].get("source") == minion_id:
+            roles["migrate_source"].append(name)
     return roles
 
 

@@ -160,3 +160,9 @@ def run_all(cmd, stdin=None, timeout=None, env=None, cwd=None, **kwargs) -> dict
     res = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                          env={**os.environ, **(env or {})})  # fmt: skip
     return {"retcode": res.returncode, "stdout": res.stdout.strip(), "stderr": res.stderr.strip()}
+
+
+def run(cmd, **kwargs) -> str:
+    """Salt's cmd.run: the command's output (standard output and error, stripped)."""
+    res = run_all(cmd, **{k: v for k, v in kwargs.items() if k in ("stdin", "timeout", "env", "cwd")})
+    return "\n".join(x for x in (res["stdout"], res["stderr"]) if x)

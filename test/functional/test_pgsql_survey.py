@@ -4,7 +4,7 @@ throwaway data directory, a Unix socket only): what a migration's preflight read
 from __future__ import annotations
 
 import pytest
-from pgctest import load_module, run_all
+from pgctest import load_module, run, run_all
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +36,13 @@ def test_a_server_that_does_not_answer_is_one_clear_error(server):
     pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": run_all})
     with pytest.raises(pgsql.CommandExecutionError, match=r"psql on port 55999, database postgres: .*"):
         pgsql.survey(port=55999, socket_dir=server["socket_dir"], timeout=5)
+
+
+def test_room_what_a_member_offers_a_migration(server):
+    pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": run_all, "cmd.run": run})
+    room = pgsql.room(**server)
+    assert room["major"] == 15
+    # Every contrib extension Debian's postgresql-15 ships is available, created or not.
+    assert {"pg_trgm", "pgcrypto", "hstore", "plpgsql"} <= set(room["extensions"])
+    assert "C.utf8" in room["locales"]
+    assert room["data_directory"].startswith("/tmp/pgc-survey-") and room["free"] > 0

@@ -13,7 +13,8 @@ from labtools import LAB, lab, sh, wait_for
 pytestmark = pytest.mark.usefixtures("lab_up")
 
 HOSTS = {"salt": "198.18.0.10", "pg1": "198.18.0.11", "pg2": "198.18.0.12",
-         "pg3": "198.18.0.13", "backup": "198.18.0.20", "app1": "198.18.0.30"}  # fmt: skip
+         "pg3": "198.18.0.13", "backup": "198.18.0.20", "app1": "198.18.0.30",
+         "legacy": "198.18.0.40"}  # fmt: skip
 STATE_DIR = Path("/var/lib/pgcluster-lab")
 
 

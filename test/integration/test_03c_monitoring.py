@@ -17,7 +17,7 @@ PROMETHEUS = "https://198.18.0.20:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"  # loopback of the backup host only
 # job: hosts, from the lab's model (every host runs the node exporter).
 TARGETS = {
-    "node": {"salt", "pg1", "pg2", "pg3", "backup", "app1"},
+    "node": {"salt", "pg1", "pg2", "pg3", "backup", "app1", "legacy"},
     "postgres": set(MEMBERS),
     "patroni": set(MEMBERS),
     "etcd": set(MEMBERS),

@@ -22,7 +22,7 @@ SECRETS = {
 PASSWORDS = {"password:superuser", "password:replication", "password:rewind", "password:restapi"}
 # Who receives which secret: pillar/pillar.example's table.
 EXPECTED = {"pg1": PASSWORDS, "pg2": PASSWORDS, "pg3": PASSWORDS, "app1": {"password:app"},
-            "backup": {"cipher_pass"}, "salt": set()}  # fmt: skip
+            "backup": {"cipher_pass"}, "salt": set(), "legacy": set()}  # fmt: skip
 HOSTS = sorted(EXPECTED)
 HOSTS_DIR = "/var/lib/pgcluster-lab/hosts"
 
@@ -62,6 +62,8 @@ LISTENERS = {
     "salt": {"/opt/pgcluster-", "prometheus-node"},
     "app1": {"pgbouncer", "pgcluster-pgbou", "prometheus-node"},
     "backup": {"pgbackrest", "prometheus", "prometheus-aler", "prometheus-node"},
+    # A standalone PostgreSQL the formula does not manage (a migration source): its own server.
+    "legacy": {"postgres", "prometheus-node"},
 }
 
 

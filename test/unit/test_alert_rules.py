@@ -93,7 +93,7 @@ def test_the_scrape_configuration_passes_promtool_and_covers_every_exporter(tmp_
     assert res.returncode == 0, res.stdout + res.stderr
     jobs = {j["job_name"]: j for j in conf["scrape_configs"]}
     targets = {name: {t["labels"]["host"]: t["targets"][0] for t in j["static_configs"]} for name, j in jobs.items()}
-    assert set(targets["node"]) == {"salt", "pg1", "pg2", "pg3", "backup", "app1"}
+    assert set(targets["node"]) == {"salt", "pg1", "pg2", "pg3", "backup", "app1", "legacy"}
     assert targets["patroni"] == {"pg1": "198.18.0.11:8008", "pg2": "198.18.0.12:8008", "pg3": "198.18.0.13:8008"}
     assert set(targets["postgres"]) == set(targets["etcd"]) == {"pg1", "pg2", "pg3"}
     assert set(targets["pgbouncer"]) == {"pg1", "pg2", "pg3", "app1"}

@@ -6,9 +6,11 @@ import pytest
 from pglab.topology import TopologyError, load
 
 
-def test_default_topology_has_the_six_hosts():
+def test_default_topology_has_the_seven_hosts():
     topo = load()
-    assert [h.name for h in topo.hosts] == ["salt", "pg1", "pg2", "pg3", "backup", "app1"]
+    assert [h.name for h in topo.hosts] == ["salt", "pg1", "pg2", "pg3", "backup", "app1", "legacy"]
+    legacy = topo.host("legacy")
+    assert legacy.services == ("postgresql.service",) and legacy.setup == "legacy-setup.sh"
     assert topo.master.name == "salt"
     assert all(h.address.startswith("198.18.0.") for h in topo.hosts)
 

@@ -35,7 +35,7 @@ def test_lab_pillar_is_valid_and_fills_os_values():
 
 def test_roles_follow_from_the_model():
     m = model()
-    watched = {"monitored": True, "monitor": False}
+    watched = {"monitored": True, "monitor": False, "migrate_source": []}
     assert pgc.node_roles(m, "pg2") == {"member": "main", "etcd": "main", "pgbouncer": ["main"], "backup": [],
                                         **watched}  # fmt: skip
     assert pgc.node_roles(m, "app1") == {"member": None, "etcd": None, "pgbouncer": ["main"], "backup": [], **watched}
@@ -44,7 +44,7 @@ def test_roles_follow_from_the_model():
     assert pgc.node_roles(m, "salt") == {"member": None, "etcd": None, "pgbouncer": [], "backup": [], **watched}
     off = model({**LAB, "monitoring": {"enabled": False}})
     assert pgc.node_roles(off, "salt") == {"member": None, "etcd": None, "pgbouncer": [], "backup": [],
-                                           "monitored": False, "monitor": False}  # fmt: skip
+                                           "monitored": False, "monitor": False, "migrate_source": []}  # fmt: skip
     elsewhere = model({**LAB, "monitoring": {"host": "app1"}})
     assert pgc.node_roles(elsewhere, "app1")["monitor"] and not pgc.node_roles(elsewhere, "backup")["monitor"]
 
@@ -107,7 +107,7 @@ def test_every_problem_is_reported_at_once():
 
 def test_member_that_is_not_a_minion_is_named():
     p = copy.deepcopy(LAB)
-    p["minions"] = ["pg1", "pg2", "pg3", "backup", "salt"]  # app1's key was never accepted
+    p["minions"] = ["pg1", "pg2", "pg3", "backup", "salt", "legacy"]  # app1's key was never accepted
     assert pgc.problems(model(p)) == ["pgcluster:hosts:app1: no minion with id 'app1' is known to the master"]
 
 
@@ -387,10 +387,15 @@ def test_the_ca_minion_gets_one_policy_per_host_that_only_that_host_may_use():
     policies = {
         name: {k: v for d in items for k, v in d.items()} for name, items in ca["x509_signing_policies"].items()
     }
-    hosts = ["app1", "backup", "pg1", "pg2", "pg3", "salt"]  # every host runs the node exporter (TLS)
+    hosts = ["app1", "backup", "legacy", "pg1", "pg2", "pg3", "salt"]  # every host runs the node exporter (TLS)
     assert sorted(policies) == [f"pgcluster-{h}" for h in hosts]
     off = pgc.ca_pillar({**LAB, "monitoring": {"enabled": False}}, DEFAULTS, "salt")
     assert "pgcluster-salt" not in off["x509_signing_policies"]
+    assert "pgcluster-legacy" not in off["x509_signing_policies"]
+    # A migration source needs a certificate (TLS to the members) even without monitoring.
+    main = {**LAB["clusters"]["main"], "migrate": {"source": "legacy", "mode": "logical"}}
+    migrating = pgc.ca_pillar({**LAB, "monitoring": {"enabled": False}, "clusters": {"main": main}}, DEFAULTS, "salt")
+    assert "pgcluster-legacy" in migrating["x509_signing_policies"]
     pg1 = policies["pgcluster-pg1"]
     assert (pg1["minions"], pg1["CN"], pg1["subjectAltName"]) == ("pg1", "pg1", "DNS:pg1, IP:198.18.0.11")
     assert pg1["basicConstraints"] == "critical, CA:false" and pg1["signing_private_key"] == "/etc/pgcluster/pki/ca.key"
@@ -490,7 +495,7 @@ def test_the_default_monitoring_thresholds_are_valid():
 @pytest.mark.parametrize(
     "migrate, message",
     [
-        ({"source": "legacy", "mode": "physical"}, "migrate:source: 'legacy' is not listed in pgcluster:hosts"),
+        ({"source": "nosuch", "mode": "physical"}, "migrate:source: 'nosuch' is not listed in pgcluster:hosts"),
         ({"source": "pg2", "mode": "physical"}, "migrate:source: pg2 is part of the cluster itself"),
         ({"source": "app1", "mode": "copy"}, "migrate:mode: 'copy' is not physical"),
         ({"source": "app1", "mode": "logical", "port": "x"}, "migrate:port: 'x' is not a port number"),

@@ -103,6 +103,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         h.boot()
     base.say("waiting for every minion to answer test.ping")
     waited = wait_minions(topo)
+    for h in hosts:
+        if h.set_up():
+            base.say(f"{h.host.name}: set up ({h.host.setup})")
     base.say(
         f"up: {len(hosts)} hosts, every minion answers "
         f"(base {t_base - t0:.1f} s, hosts {time.monotonic() - t_base:.1f} s, ping wait {waited:.1f} s)"

@@ -97,6 +97,8 @@ class LabHost:
         )
         for unit in MASKED_UNITS:
             self.link(f"/etc/systemd/system/{unit}", "/dev/null")
+        for unit in h.services:
+            self.link(f"/etc/systemd/system/multi-user.target.wants/{unit}", f"/lib/systemd/system/{unit}")
         # The machine's own Salt files (a salt-call run on the machine) must not show through the
         # overlay: opaque directories hide the lower layer's content.
         for d in OPAQUE_DIRS:
@@ -106,6 +108,19 @@ class LabHost:
         for tool in ("salt", "salt-call", "salt-key", "salt-run", "salt-master", "salt-minion"):
             self.link(f"/usr/local/bin/{tool}", str(VENV / "bin" / tool))
         (self.dir / "provisioned").write_text("")
+
+    def set_up(self) -> bool:
+        """Run the host's setup script once (it must be running); True when it ran now."""
+        stamp = self.dir / "set-up"
+        if not self.host.setup or stamp.exists():
+            return False
+        script = (self.topo.path.parent / self.host.setup).read_text()
+        res = subprocess.run(self.nsenter(["bash", "-euo", "pipefail", "-s"]), input=script, text=True,
+                             capture_output=True, timeout=600)  # fmt: skip
+        if res.returncode != 0:
+            raise HostError(f"{self.host.name}: setup {self.host.setup} exited {res.returncode}\n{res.stdout}{res.stderr}")
+        stamp.write_text("")
+        return True
 
     def is_mounted(self) -> bool:
         return _run("mountpoint", "-q", str(self.root), check=False).returncode == 0

@@ -12,6 +12,7 @@ DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "topology.toml"
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/24")
 # Host names become interface names (vb-NAME, at most 15 bytes) and hostnames.
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,10}$")
+UNIT = re.compile(r"^[A-Za-z0-9@_.-]+\.(service|timer|socket)$")
 
 
 class TopologyError(ValueError):
@@ -23,6 +24,11 @@ class Host:
     name: str
     address: str
     master: bool = False
+    # Units of the machine's packages this host runs (enabled on its own disk), e.g. a standalone
+    # PostgreSQL that no formula manages; and a script (next to the topology file) run once inside
+    # the host after its first boot.
+    services: tuple[str, ...] = ()
+    setup: str | None = None
 
     @property
     def veth(self) -> str:
@@ -95,7 +101,14 @@ def load(path: Path | str | None = None) -> Topology:
             raise TopologyError(f"hosts[{i}].address: duplicate address {address} (host {name!r})")
         seen_names.add(name)
         seen_addresses.add(address)
-        hosts.append(Host(name=name, address=address, master=bool(raw.get("master", False))))
+        services = raw.get("services", [])
+        if not isinstance(services, list) or not all(isinstance(u, str) and UNIT.match(u) for u in services):
+            raise TopologyError(f"hosts[{i}].services: {services!r} must be a list of systemd unit names")
+        setup = raw.get("setup")
+        if setup is not None and not (path.parent / str(setup)).is_file():
+            raise TopologyError(f"hosts[{i}].setup: {setup!r} is not a file next to {path.name}")
+        hosts.append(Host(name=name, address=address, master=bool(raw.get("master", False)),
+                          services=tuple(services), setup=setup))  # fmt: skip
     masters = [h.name for h in hosts if h.master]
     if len(masters) != 1:
         raise TopologyError(f"exactly one host must have master = true (found {masters or 'none'})")
