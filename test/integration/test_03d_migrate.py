@@ -25,6 +25,11 @@ def declare(migrate: dict | None) -> None:
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=quiet")
 
 
+def on_legacy(sql: str) -> str:
+    """SQL run on the legacy server as its superuser (peer, over the socket); psql's -At output."""
+    return sh("legacy", "su postgres -c 'psql -X -At -v ON_ERROR_STOP=1'", stdin=sql).stdout
+
+
 def check() -> tuple[int, dict]:
     res = lab("run", "migrate.check", "main", "--out=json", check=False)
     return res.returncode, json.loads(res.stdout)
@@ -75,15 +80,16 @@ def test_check_of_an_unknown_database_names_it(legacy):
 def test_check_of_a_prepared_server_is_ready(legacy):
     """The source prepared the way start needs it (logical WAL, listening on its address):
     nothing stands in the way, and check changed nothing on either side."""
-    sh("legacy", "su postgres -c \"psql -qc \\\"ALTER SYSTEM SET wal_level = 'logical'\\\" "
-                 "-c \\\"ALTER SYSTEM SET listen_addresses = '*'\\\"\" && systemctl restart postgresql@15-main")  # fmt: skip
+    on_legacy("ALTER SYSTEM SET wal_level = 'logical'; ALTER SYSTEM SET listen_addresses = '*';")
+    sh("legacy", "systemctl restart postgresql@15-main")
     declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
-    before = sh("legacy", "su postgres -c 'psql -Atc \"SELECT count(*) FROM pg_replication_slots\"'").stdout
+    slots = "SELECT count(*) FROM pg_replication_slots"
+    before = on_legacy(slots)
     rc, out = check()
     assert (rc, out["problems"], out["ready"]) == (0, [], True)
     assert out["target"]["leader"] in ("pg1", "pg2", "pg3")
     assert set(out["target"]["free_bytes"]) == {"pg1", "pg2", "pg3"}
-    assert sh("legacy", "su postgres -c 'psql -Atc \"SELECT count(*) FROM pg_replication_slots\"'").stdout == before
+    assert on_legacy(slots) == before
 
 
 def test_check_refuses_a_physical_migration_into_a_cluster_that_holds_data(legacy):

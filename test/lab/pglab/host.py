@@ -118,7 +118,8 @@ class LabHost:
         res = subprocess.run(self.nsenter(["bash", "-euo", "pipefail", "-s"]), input=script, text=True,
                              capture_output=True, timeout=600)  # fmt: skip
         if res.returncode != 0:
-            raise HostError(f"{self.host.name}: setup {self.host.setup} exited {res.returncode}\n{res.stdout}{res.stderr}")
+            why = f"{res.stdout}{res.stderr}"
+            raise HostError(f"{self.host.name}: setup {self.host.setup} exited {res.returncode}\n{why}")
         stamp.write_text("")
         return True
 
