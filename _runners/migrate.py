@@ -3,17 +3,27 @@ declared in the cluster's ``migrate`` pillar block (source minion, port, mode, d
 
 ``check`` is the preflight: it changes nothing and reports, one line per problem, everything that
 stands in the way (judged by the ``pgcluster_migrate`` util from what the source says of itself,
-``pgsql.survey``, and what every member offers, ``pgsql.room``).
+``pgsql.survey``, and what every member offers, ``pgsql.room``). In logical mode, ``start`` lets
+the members into the source and subscribes the leader to it (``pgmigrate`` execution module at
+both ends), ``status`` shows the copy and the lag, ``abort`` takes everything back. What a
+started migration created is recorded on the master (``<cachedir>/pgcluster/migrate/<cluster>.json``).
 
 CLI Example:
 
 .. code-block:: bash
 
     salt-run migrate.check main
+    salt-run migrate.start main
+    salt-run migrate.status main
+    salt-run migrate.abort main
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import time
 from typing import Any
 
 from salt.exceptions import CommandExecutionError
@@ -21,13 +31,14 @@ from salt.exceptions import CommandExecutionError
 __virtualname__ = "migrate"
 UTILS = (
     "pgcluster_master.model",
-    "pgcluster_master.guarded",
     "pgcluster_migrate.problems",
     "pgcluster_model.settings",
     "pgcluster_routing.find_leader",
 )
 # How long a minion may take to survey its server (sizes of every database and table).
 SURVEY_WAIT = 120
+# How long the leader may take to create the roles, databases, schemas and subscriptions.
+SUBSCRIBE_WAIT = 900
 
 
 def __virtual__():
@@ -39,6 +50,22 @@ def __virtual__():
 
 class MigrateError(CommandExecutionError):
     """The migration step cannot run; the message says why."""
+
+
+def _clean_errors(func):
+    """A refusal as one message and a non-zero exit code, not a traceback. (Each runner module has
+    its own: a function called through ``__utils__`` runs in the utils loader's context, where the
+    runner's own dunders do not resolve, so the wrapper cannot live in a util.)"""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CommandExecutionError as exc:
+            __context__["retcode"] = 1
+            return {"error": str(exc), "retcode": 1}
+
+    return wrapper
 
 
 def _shared(fun: str, *args: Any, **kwargs: Any) -> Any:
@@ -65,9 +92,9 @@ def _reaches(minion: str, address: str, port: int) -> str | None:
     """None when MINION opens a TCP connection to ADDRESS:PORT, else why not."""
     try:
         ret = _shared("call", __opts__, minion, "network.connect", address, port=port, timeout=5, wait=30)
-    except MigrateError as exc:
-        return str(exc)
-    return None if ret.get("result") else ret.get("comment") or "connection refused"
+    except MigrateError as exc:  # a failed connect is a failed job (retcode 1) too
+        return "no TCP connection" if "Unable to connect" in str(exc) else str(exc)
+    return None if ret.get("result") else "no TCP connection"
 
 
 def _target(model: dict, c: dict, problems: list[str]) -> dict:
@@ -133,11 +160,12 @@ def _check(cluster: Any) -> dict:
         "problems": problems,
         "ready": not problems,
     }
-    if problems:
-        __context__["retcode"] = 1
+    if problems:  # salt-run exits with the retcode the return holds
+        ret["retcode"] = 1
     return ret
 
 
+@_clean_errors
 def check(cluster: str) -> dict:
     """The preflight of migrating CLUSTER's ``migrate`` source into it: changes nothing, reports
     the source (version, system identifier, each database moved with its size, encoding, locale,
@@ -154,4 +182,176 @@ def check(cluster: str) -> dict:
         salt-run migrate.check main
         salt-run migrate.check main --out=json
     """
-    return __utils__["pgcluster_master.guarded"](__context__, _check, cluster)
+    return _check(cluster)
+
+
+# ---- what a started migration created, on the master's disk -------------------------------------
+def _record_path(cluster: str) -> str:
+    return os.path.join(__opts__["cachedir"], "pgcluster", "migrate", f"{cluster}.json")
+
+
+def _record(cluster: str) -> dict | None:
+    try:
+        with open(_record_path(cluster), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _save(cluster: str, record: dict | None) -> None:
+    path = _record_path(cluster)
+    if record is None:
+        if os.path.exists(path):
+            os.unlink(path)
+        return
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _start(cluster: Any) -> dict:
+    model, c, m = _plan(cluster)
+    if m["mode"] != "logical":
+        raise MigrateError(f"mode {m['mode']}: only a logical migration can be started so far")
+    held = _record(cluster)
+    if held:
+        raise MigrateError(f"a migration of {cluster} from {held['source']} was started at "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(held['started']))} UTC: "
+                           f"see migrate.status {cluster}, or migrate.abort {cluster}")  # fmt: skip
+    t0 = time.monotonic()
+    found = _check(cluster)
+    if found["problems"]:
+        return {"error": f"migrate.check {cluster} found problems: nothing was started",
+                "problems": found["problems"], "retcode": 1}  # fmt: skip
+    source, dbs, leader = m["source"], list(found["databases"]), found["target"]["leader"]
+    timings = {"check_s": round(time.monotonic() - t0, 2)}
+    t = time.monotonic()
+    pki = __utils__["pgcluster_model.pki_files"](model)
+    members = {x: model["hosts"][x] for x in c["members"]}
+    opened = _shared("call", __opts__, source, "pgmigrate.source_open", members, dbs, pki["ca"], pki["cert"],
+                     pki["key"], port=m["port"], wait=120)  # fmt: skip
+    timings["source_open_s"] = round(time.monotonic() - t, 2)
+    spec = {"address": model["hosts"][source], "port": m["port"], "certificate": opened["server_certificate"],
+            "ca": pki["ca"], "cert": pki["cert"], "key": pki["key"]}  # fmt: skip
+    t = time.monotonic()
+    try:
+        made = _shared("call", __opts__, leader, "pgmigrate.subscribe", spec, dbs, port=c["port"], wait=SUBSCRIBE_WAIT)
+    except MigrateError:
+        _shared("call", __opts__, source, "pgmigrate.source_close", dbs, pki["ca"], port=m["port"], wait=120)
+        raise
+    timings["subscribe_s"] = round(time.monotonic() - t, 2)
+    record = {"cluster": cluster, "source": source, "port": m["port"], "mode": "logical", "databases": dbs,
+              "leader": leader, "created": made, "started": time.time()}  # fmt: skip
+    _save(cluster, record)
+    return {"started": True, "source": f"{source}:{m['port']}", "leader": leader, "databases": dbs,
+            "created": made, "timings": timings}  # fmt: skip
+
+
+def _leader_name(model: dict, c: dict) -> str:
+    apis = {x: __utils__["pgcluster_model.api_url"](model, x) for x in c["members"]}
+    cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
+    leader = __utils__["pgcluster_routing.find_leader"](apis, timeout=5, cafile=cafile)
+    if not leader:
+        raise MigrateError(f"{c['name']} has no leader that accepts writes")
+    return leader["name"]
+
+
+def _started(cluster: Any, hint: str) -> tuple[dict, dict, dict, str]:
+    """The model, CLUSTER, the record of its started migration and its leader now; MigrateError
+    (ending on HINT) when no migration is started. The record, not the pillar, says what to undo:
+    the migrate block may already be gone."""
+    model = _shared("model", __opts__, __utils__["pgcluster_model.settings"])
+    c = dict(_shared("cluster", model, cluster), name=cluster)
+    rec = _record(cluster)
+    if not rec:
+        raise MigrateError(f"no migration of {cluster} is started{hint}")
+    return model, c, rec, _leader_name(model, c)
+
+
+def _status(cluster: Any) -> dict:
+    model, c, rec, leader = _started(cluster, f" (migrate.start {cluster})")
+    dbs = rec["databases"]
+    there = _shared("call", __opts__, leader, "pgmigrate.progress", dbs, port=c["port"], wait=60)
+    here = _shared("call", __opts__, rec["source"], "pgmigrate.source_progress", dbs, port=rec["port"], wait=60)
+    now, out = time.time(), {}
+    for db in dbs:
+        p, sizes = there[db], here["databases"][db]["tables"]
+        slot = here["databases"][db]["slot"] or {}
+        total = sum(sizes.values()) or 1
+        done = sum(sizes.get(t, 0) for t, state in p["tables"].items() if state in ("synchronized", "ready"))
+        copied = done / total
+        elapsed = now - rec["started"]
+        lag_bytes = slot.get("lag_bytes")
+        caught_up = lag_bytes == 0
+        out[db] = {
+            "tables": p["tables"],
+            "copied_fraction": round(copied, 3),
+            "lag_bytes": lag_bytes,
+            "lag_seconds": 0.0 if caught_up else (round(now - p["applied_at"], 1) if p["applied_at"] else None),
+            "eta_seconds": 0.0 if copied >= 1 else (round(elapsed * (1 - copied) / copied, 0) if copied else None),
+            "streaming": bool(slot.get("active")),
+        }
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec["started"]))
+    return {"cluster": cluster, "source": f"{rec['source']}:{rec['port']}", "mode": rec["mode"], "leader": leader,
+            "started": started, "databases": out}  # fmt: skip
+
+
+def _abort(cluster: Any) -> dict:
+    model, c, rec, leader = _started(cluster, ": nothing to abort")
+    made, dbs = rec["created"], rec["databases"]
+    dropped = _shared("call", __opts__, leader, "pgmigrate.unsubscribe", dbs, made["databases"], made["roles"],
+                      port=c["port"], wait=300)  # fmt: skip
+    ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
+    closed = _shared("call", __opts__, rec["source"], "pgmigrate.source_close", dbs, ca_file, port=rec["port"],
+                     wait=120)  # fmt: skip
+    _save(cluster, None)
+    return {"aborted": True, "source": f"{rec['source']}:{rec['port']}", **dropped, **closed}
+
+
+@_clean_errors
+def start(cluster: str) -> dict:
+    """Start migrating CLUSTER's ``migrate`` source into it while the source keeps serving
+    (logical mode): runs ``check`` and refuses on any problem; lets the members into the source
+    (a role without password, certificate authentication from their addresses, a publication
+    per database); on the leader creates the source's roles (without passwords yet), each
+    database and its schema, and a subscription per database that copies every table and then
+    streams changes. Refuses a second start. Returns what it created and each step's time.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run migrate.start main
+    """
+    return _start(cluster)
+
+
+@_clean_errors
+def status(cluster: str) -> dict:
+    """The started migration of CLUSTER: per database each table's state (copying, ready...), the
+    share of the source's table bytes copied, the lag in bytes (WAL the source has not yet
+    sent or had confirmed) and seconds, an ETA for the copy, and whether it streams.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run migrate.status main
+    """
+    return _status(cluster)
+
+
+@_clean_errors
+def abort(cluster: str) -> dict:
+    """Undo what ``start`` did: the subscriptions, the databases and roles it created on the
+    cluster, and on the source the publications, slots, pg_hba/pg_ident blocks, ssl_ca_file and
+    the migration role. The source keeps serving throughout.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run migrate.abort main
+    """
+    return _abort(cluster)

@@ -31,16 +31,6 @@ class PgclusterError(CommandExecutionError):
     """A runner cannot do what was asked; the message says why."""
 
 
-def guarded(context: dict, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """FUNC(*ARGS, **KWARGS) with a refusal (CommandExecutionError) returned as one message and a
-    non-zero exit code of salt-run (CONTEXT: the runner's ``__context__``), not a traceback."""
-    try:
-        return func(*args, **kwargs)
-    except CommandExecutionError as exc:
-        context["retcode"] = 1
-        return {"error": str(exc), "retcode": 1}
-
-
 def formula_yaml(opts: dict, name: str) -> dict:
     """salt://pgcluster/NAME from the master's own file roots."""
     client = salt.fileclient.FSClient(opts)

@@ -3,6 +3,8 @@ throwaway data directory, a Unix socket only): what a migration's preflight read
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from pgctest import load_module, run, run_all
 
@@ -46,3 +48,42 @@ def test_room_what_a_member_offers_a_migration(server):
     assert {"pg_trgm", "pgcrypto", "hstore", "plpgsql"} <= set(room["extensions"])
     assert "C.utf8" in room["locales"]
     assert room["data_directory"].startswith("/tmp/pgc-survey-") and room["free"] > 0
+
+
+@pytest.fixture()
+def pgmigrate(server):
+    """pgmigrate with the test server's socket directory in place of Debian's."""
+    pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": run_all, "cmd.run": run})
+    salt = {f"pgsql.{f}": getattr(pgsql, f) for f in ("literal", "ident")}
+    salt["pgsql.query"] = functools.partial(pgsql.query, socket_dir=server["socket_dir"])
+    salt["cmd.run_all"] = run_all
+    return load_module("modules", "pgmigrate", salt=salt)
+
+
+def test_a_source_that_checks_client_certificates_with_another_ca_is_left_alone(server, pgmigrate):
+    """pgcluster never replaces a source's own ssl_ca_file (its clients' certificates would fail):
+    refused before anything changes."""
+    query = pgmigrate.__salt__["pgsql.query"]
+    query("ALTER SYSTEM SET ssl_ca_file = '/etc/site/ca.crt'; SELECT pg_reload_conf()", port=server["port"])
+    try:
+        with pytest.raises(pgmigrate.CommandExecutionError, match=r"^ssl_ca_file is already /etc/site/ca.crt"):
+            pgmigrate.source_open({"pg1": "198.18.0.11"}, ["shop"], "/etc/pgcluster/pki/ca.crt", "/x.crt", "/x.key",
+                                  port=server["port"])  # fmt: skip
+        roles = query("SELECT count(*) FROM pg_roles WHERE rolname = 'pgcluster_migrate'", port=server["port"])
+        assert roles == [["0"]]
+    finally:
+        query("ALTER SYSTEM RESET ssl_ca_file; SELECT pg_reload_conf()", port=server["port"])
+
+
+def test_the_access_block_is_put_at_the_top_replaced_and_removed(tmp_path, pgmigrate):
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text("local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    hba.chmod(0o640)
+    pgmigrate._write_block(str(hba), ["hostssl shop pgcluster_migrate 198.18.0.11/32 cert"], top=True)
+    first = hba.read_text().splitlines()
+    assert first[0] == pgmigrate.BEGIN and first[2] == pgmigrate.END and first[3] == "local all postgres peer"
+    pgmigrate._write_block(str(hba), ["hostssl shop pgcluster_migrate 198.18.0.12/32 cert"], top=True)
+    assert hba.read_text().count(pgmigrate.BEGIN) == 1 and "198.18.0.12/32" in hba.read_text()
+    pgmigrate._write_block(str(hba), [], top=True)
+    assert hba.read_text() == "local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n"
+    assert hba.stat().st_mode & 0o777 == 0o640

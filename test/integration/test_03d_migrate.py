@@ -1,5 +1,6 @@
 """Migrating the legacy host's standalone PostgreSQL into the cluster: the preflight
-(``salt-run migrate.check``) against the real source, as Debian left it and then prepared.
+(``salt-run migrate.check``) against the real source, as Debian left it and then prepared; a
+logical migration started, followed and aborted (``migrate.start``, ``status``, ``abort``).
 
 (Before test_07_ports, which takes the shared lab down at its end.)
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from labtools import lab, sh
+from labtools import lab, leader, psql, sh, wait_for
 
 LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 SOURCE = "198.18.0.40"
@@ -22,12 +23,12 @@ def declare(migrate: dict | None) -> None:
     else:
         block = json.dumps({"pgcluster": {"clusters": {"main": {"migrate": migrate}}}})
         sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=block)
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=quiet")
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
 
 
-def on_legacy(sql: str) -> str:
-    """SQL run on the legacy server as its superuser (peer, over the socket); psql's -At output."""
-    return sh("legacy", "su postgres -c 'psql -X -At -v ON_ERROR_STOP=1'", stdin=sql).stdout
+def on_legacy(sql: str, db: str = "postgres") -> str:
+    """SQL run in DB on the legacy server as its superuser (peer, over the socket); psql's -At output."""
+    return sh("legacy", f"su postgres -c 'psql -X -Atq -v ON_ERROR_STOP=1 -d {db}'", stdin=sql).stdout.strip()
 
 
 def check() -> tuple[int, dict]:
@@ -37,8 +38,13 @@ def check() -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def legacy(deployed):
-    """The legacy host's server as Debian installed it; the migrate block removed afterwards."""
+    """The legacy host's server as Debian installed it (settings reset, restarted); afterwards a
+    started migration aborted and the migrate block removed."""
+    on_legacy("ALTER SYSTEM RESET ALL")
+    sh("legacy", "systemctl restart postgresql@15-main")
     yield
+    declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
+    lab("run", "migrate.abort", "main", check=False)
     declare(None)
 
 
@@ -98,3 +104,95 @@ def test_check_refuses_a_physical_migration_into_a_cluster_that_holds_data(legac
     assert rc != 0
     assert [p for p in out["problems"] if "already holds user data" in p] == out["problems"] != []
     assert "migrate into an empty cluster or use mode logical" in out["problems"][0]
+
+
+# ---- a logical migration: start, status, abort ---------------------------------------------------
+CHECKSUM = "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {} t"
+TABLES = ("public.customers", "public.orders")
+SOURCE_FILES = "cat /etc/postgresql/15/main/pg_hba.conf /etc/postgresql/15/main/pg_ident.conf"
+SOURCE_STATE = ("SELECT current_setting('ssl_ca_file'), (SELECT count(*) FROM pg_replication_slots), "
+                "(SELECT count(*) FROM pg_roles WHERE rolname = 'pgcluster_migrate')")  # fmt: skip
+
+
+def on_cluster(sql: str, db: str = "shop") -> str:
+    return psql(leader(), sql, db=db).stdout.strip()
+
+
+def run(step: str) -> tuple[int, dict]:
+    res = lab("run", f"migrate.{step}", "main", "--out=json", check=False, timeout=900)
+    return res.returncode, json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def source_before(legacy):
+    """The source's configuration files and migration-related state before any start."""
+    return sh("legacy", SOURCE_FILES).stdout, on_legacy(SOURCE_STATE)
+
+
+def test_start_refuses_on_a_problem_and_changes_nothing(source_before):
+    declare({"source": "legacy", "mode": "logical", "databases": ["shop", "nosuch"]})
+    rc, out = run("start")
+    assert rc != 0 and "nothing was started" in out["error"]
+    assert "database nosuch does not exist on legacy (it has: postgres, shop)" in out["problems"]
+    assert (sh("legacy", SOURCE_FILES).stdout, on_legacy(SOURCE_STATE)) == source_before
+    assert on_cluster("SELECT count(*) FROM pg_database WHERE datname = 'shop'", db="postgres") == "0"
+
+
+def test_start_copies_the_database_then_streams_its_changes(source_before):
+    declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
+    rc, out = run("start")
+    assert rc == 0, out
+    assert out["created"] == {"roles": ["shop"], "databases": ["shop"], "subscriptions": ["shop"]}
+
+    def ready():
+        rc, st = run("status")
+        db = st["databases"]["shop"]
+        return rc == 0 and set(db["tables"].values()) == {"ready"} and db["lag_bytes"] == 0
+
+    wait_for("the copy of shop ready and caught up", ready, 180, 2)
+    rc, st = run("status")
+    db = st["databases"]["shop"]
+    assert set(db["tables"]) == set(TABLES) and db["copied_fraction"] == 1 and db["streaming"] is True
+    assert (db["lag_seconds"], db["eta_seconds"]) == (0, 0)
+    # Changes made on the source while it keeps serving arrive on the cluster.
+    on_legacy(
+        "INSERT INTO customers (name) SELECT 'late ' || i FROM generate_series(1, 50) i;"
+        "UPDATE orders SET amount = amount + 1 WHERE id % 10 = 0; DELETE FROM orders WHERE id % 7 = 0;",
+        "shop",
+    )
+    for table in TABLES:
+        want = on_legacy(CHECKSUM.format(table), "shop")
+        wait_for(f"{table} equal on the cluster", lambda t=table, w=want: on_cluster(CHECKSUM.format(t)) == w, 60, 1)
+    # The copy belongs to the source's owner, who has no password on the cluster yet.
+    assert on_cluster("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'orders'") == "shop"
+    assert on_cluster("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'shop'") == "t"
+
+
+def test_a_second_start_is_refused(source_before):
+    rc, out = run("start")
+    assert rc != 0 and "a migration of main from legacy was started at" in out["error"]
+
+
+def test_the_members_reach_the_source_by_certificate_only(source_before):
+    """The source lets the migration role in from the members' addresses with their certificates;
+    without one (or from elsewhere) it is refused."""
+    hba = sh("legacy", "cat /etc/postgresql/15/main/pg_hba.conf").stdout
+    assert 'hostssl "postgres","shop" pgcluster_migrate 198.18.0.11/32 cert map=pgcluster-migrate' in hba
+    refused = sh("pg1", "cd / && runuser -u postgres -- psql -X 'host=198.18.0.40 dbname=shop user=pgcluster_migrate "
+                        "sslmode=require connect_timeout=5' -c 'SELECT 1'", check=False)  # fmt: skip
+    assert refused.returncode != 0 and "certificate" in refused.stderr
+    refused = sh("app1", "psql -X 'host=198.18.0.40 dbname=shop user=pgcluster_migrate sslmode=require "
+                         "connect_timeout=5' -c 'SELECT 1'", check=False)  # fmt: skip
+    assert refused.returncode != 0 and "no pg_hba.conf entry" in refused.stderr
+
+
+def test_abort_takes_everything_back_and_the_source_keeps_serving(source_before):
+    rc, out = run("abort")
+    assert rc == 0 and out["aborted"] is True, out
+    assert (sh("legacy", SOURCE_FILES).stdout, on_legacy(SOURCE_STATE)) == source_before
+    assert on_legacy("SELECT count(*) FROM pg_publication", "shop") == "0"
+    assert on_cluster("SELECT count(*) FROM pg_database WHERE datname = 'shop'", db="postgres") == "0"
+    assert on_cluster("SELECT count(*) FROM pg_roles WHERE rolname = 'shop'", db="postgres") == "0"
+    assert on_legacy("INSERT INTO customers (name) VALUES ('after abort') RETURNING 1", "shop") == "1"
+    rc, out = run("status")
+    assert rc != 0 and "no migration of main is started" in out["error"]

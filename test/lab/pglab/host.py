@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .base import VENV
-from .topology import Host, Topology
+from .topology import SETUP_DIR, Host, Topology
 
 STATE_DIR = Path("/var/lib/pgcluster-lab")
 HOSTS_DIR = STATE_DIR / "hosts"
@@ -114,7 +114,7 @@ class LabHost:
         stamp = self.dir / "set-up"
         if not self.host.setup or stamp.exists():
             return False
-        script = (self.topo.path.parent / self.host.setup).read_text()
+        script = (SETUP_DIR / self.host.setup).read_text()
         res = subprocess.run(self.nsenter(["bash", "-euo", "pipefail", "-s"]), input=script, text=True,
                              capture_output=True, timeout=600)  # fmt: skip
         if res.returncode != 0:

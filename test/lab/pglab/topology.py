@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "topology.toml"
+# Where a host's setup script lives (a topology names it relative to test/lab).
+SETUP_DIR = DEFAULT_TOPOLOGY.parent
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/24")
 # Host names become interface names (vb-NAME, at most 15 bytes) and hostnames.
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,10}$")
@@ -25,8 +27,8 @@ class Host:
     address: str
     master: bool = False
     # Units of the machine's packages this host runs (enabled on its own disk), e.g. a standalone
-    # PostgreSQL that no formula manages; and a script (next to the topology file) run once inside
-    # the host after its first boot.
+    # PostgreSQL that no formula manages; and a script (in test/lab, SETUP_DIR) run once inside the
+    # host after its first boot.
     services: tuple[str, ...] = ()
     setup: str | None = None
 
@@ -105,8 +107,8 @@ def load(path: Path | str | None = None) -> Topology:
         if not isinstance(services, list) or not all(isinstance(u, str) and UNIT.match(u) for u in services):
             raise TopologyError(f"hosts[{i}].services: {services!r} must be a list of systemd unit names")
         setup = raw.get("setup")
-        if setup is not None and not (path.parent / str(setup)).is_file():
-            raise TopologyError(f"hosts[{i}].setup: {setup!r} is not a file next to {path.name}")
+        if setup is not None and not (SETUP_DIR / str(setup)).is_file():
+            raise TopologyError(f"hosts[{i}].setup: {setup!r} is not a file in {SETUP_DIR}")
         hosts.append(Host(name=name, address=address, master=bool(raw.get("master", False)),
                           services=tuple(services), setup=setup))  # fmt: skip
     masters = [h.name for h in hosts if h.master]

@@ -1,0 +1,429 @@
+"""Both ends of a logical migration into a pgcluster cluster; ``salt-run migrate.*`` calls these.
+
+On the source (a standalone PostgreSQL on its minion), ``source_open`` lets the cluster's members
+in: a role without a password (``pgcluster_migrate``: LOGIN, REPLICATION, pg_read_all_data),
+certificate authentication from the members' addresses only (a block between markers at the top
+of pg_hba.conf and in pg_ident.conf: a member's certificate, its CN the minion id, maps to the
+role), the cluster's CA to check those certificates, and a publication of every table per moved
+database. ``source_close`` takes all of it back. No password exists anywhere: nothing secret
+travels through Salt.
+
+On the cluster's leader, ``subscribe`` creates the source's roles (without their passwords), the
+databases and their schema (``pg_dump --schema-only`` from the source) and one subscription per
+database, which copies every table and then streams changes; the members check the source's own
+certificate, pinned. ``unsubscribe`` drops what ``subscribe`` created. ``progress`` and
+``source_progress`` read the copy and the lag at each end.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt legacy pgmigrate.source_progress
+    salt pg1 pgmigrate.progress databases='[shop]'
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+import time
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "pgmigrate"
+ROLE = "pgcluster_migrate"
+MAP = "pgcluster-migrate"
+PUBLICATION = "pgcluster_migrate"
+BEGIN = "# BEGIN pgcluster migrate: members of the cluster copying this server (migrate.abort removes it)"
+END = "# END pgcluster migrate"
+# A subscription's state per table (pg_subscription_rel.srsubstate).
+TABLE_STATES = {"i": "initializing", "d": "copying", "f": "copied", "s": "synchronized", "r": "ready"}
+
+
+def __virtual__():
+    if "pgsql.query" not in __salt__:
+        return (False, "pgmigrate: the pgsql execution module is not available (psql missing?)")
+    return __virtualname__
+
+
+def _q(sql: str, port: int, dbname: str = "postgres", names: bool = False) -> list:
+    return __salt__["pgsql.query"](sql, dbname=dbname, port=port, names=names, timeout=60)
+
+
+def _lit(value: Any) -> str:
+    return __salt__["pgsql.literal"](str(value))
+
+
+def _ident(value: Any) -> str:
+    return __salt__["pgsql.ident"](str(value))
+
+
+def subscription(db: str) -> str:
+    """The name of the subscription (and of its slot on the source) that carries database DB.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call pgmigrate.subscription shop
+    """
+    return f"{PUBLICATION}_{db}"[:63]
+
+
+# ---- the source ---------------------------------------------------------------------------------
+def _write_block(path: str, lines: list[str], top: bool) -> None:
+    """Put LINES between the markers in the file at PATH (at its top when TOP, else its end),
+    replacing an earlier block; no LINES: remove the block. Owner and mode are kept."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read().splitlines()
+    kept, inside = [], False
+    for line in text:
+        if line == BEGIN:
+            inside = True
+        elif line == END:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    block = [BEGIN, *lines, END] if lines else []
+    new = "\n".join(block + kept if top else kept + block) + "\n"
+    st = os.stat(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pgcluster-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _reload(port: int) -> None:
+    """Reload the server's configuration; CommandExecutionError naming the first bad pg_hba line."""
+    _q("SELECT pg_reload_conf()", port)
+    bad = _q("SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL LIMIT 1", port)
+    if bad:
+        raise CommandExecutionError(f"pg_hba.conf line {bad[0][0]}: {bad[0][1]}")
+
+
+def _own_tls_files(hba: str) -> tuple[str, str]:
+    """Where this server keeps the host certificate and key that ``source_open`` lends it."""
+    d = os.path.dirname(hba)
+    return os.path.join(d, "pgcluster-migrate.crt"), os.path.join(d, "pgcluster-migrate.key")
+
+
+def _lend_tls(hba: str, cert: str, key: str, port: int) -> None:
+    """Turn TLS on with this host's pgcluster certificate: copies owned by the server's user (it
+    may not read the originals), set by ALTER SYSTEM, reloaded; CommandExecutionError when the
+    server does not take it."""
+    own_cert, own_key = _own_tls_files(hba)
+    st = os.stat(hba)
+    for src, dst, mode in ((cert, own_cert, 0o644), (key, own_key, 0o600)):
+        with open(src, "rb") as f:
+            data = f.read()
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chown(dst, st.st_uid, st.st_gid)
+        os.chmod(dst, mode)
+    _q(f"ALTER SYSTEM SET ssl_cert_file = {_lit(own_cert)}", port)
+    _q(f"ALTER SYSTEM SET ssl_key_file = {_lit(own_key)}", port)
+    _q("ALTER SYSTEM SET ssl = on", port)
+    _q("SELECT pg_reload_conf()", port)
+    for _ in range(50):  # the postmaster applies a reload asynchronously
+        if _q("SELECT current_setting('ssl')", port)[0][0] == "on":
+            return
+        time.sleep(0.1)
+    raise CommandExecutionError("this server did not turn TLS on with its pgcluster certificate (see its log)")
+
+
+def _return_tls(hba: str, port: int) -> None:
+    """Undo ``_lend_tls`` when it was done: the settings reset, the copies removed."""
+    own_cert, own_key = _own_tls_files(hba)
+    if _q("SELECT current_setting('ssl_cert_file')", port)[0][0] == own_cert:
+        for name in ("ssl", "ssl_cert_file", "ssl_key_file"):
+            _q(f"ALTER SYSTEM RESET {name}", port)
+        _q("SELECT pg_reload_conf()", port)
+        time.sleep(0.5)  # the postmaster stops using the files before they go
+    for path in (own_cert, own_key):
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def source_open(members: dict, databases: list, ca_file: str, cert: str, key: str, port: int = 5432) -> dict:
+    """Let MEMBERS ({minion id: address}) copy DATABASES from this server: the migration role,
+    certificate authentication from those addresses (checked against CA_FILE, the cluster's CA),
+    a publication of all tables per database. A server without TLS gets it, with this host's
+    pgcluster certificate CERT and key KEY. Idempotent. Returns how the members check this
+    server: its own certificate (PEM, public: they pin it), or None when it presents the
+    pgcluster one (they check it against the CA).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.source_open '{pg1: 198.18.0.11}' '[shop]' /etc/pgcluster/pki/ca.crt \\
+            /etc/pgcluster/pki/host.crt /etc/pgcluster/pki/host.key
+    """
+    (row,) = _q("SELECT current_setting('ssl'), current_setting('ssl_cert_file'), current_setting('ssl_ca_file'), "
+                "current_setting('hba_file'), current_setting('ident_file')", port)  # fmt: skip
+    ssl, cert_file, current_ca, hba, ident = row
+    if current_ca not in ("", ca_file):
+        raise CommandExecutionError(f"ssl_ca_file is already {current_ca}: pgcluster will not replace it "
+                                    f"(the members' certificates are signed by {ca_file})")  # fmt: skip
+    if not current_ca:
+        _q(f"ALTER SYSTEM SET ssl_ca_file = {_lit(ca_file)}", port)
+    lent = ssl != "on" or cert_file == _own_tls_files(hba)[0]
+    if ssl != "on":
+        _lend_tls(hba, cert, key, port)
+    _q(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_lit(ROLE)}) THEN "
+       f"CREATE ROLE {_ident(ROLE)} LOGIN REPLICATION; END IF; END $$; GRANT pg_read_all_data TO {_ident(ROLE)}",
+       port)  # fmt: skip
+    dbs = ",".join(_ident(d) for d in dict.fromkeys(["postgres", *databases]))
+    hba_lines = [f"hostssl {dbs} {ROLE} {addr}/32 cert map={MAP}" for addr in members.values()]
+    _write_block(hba, hba_lines, top=True)
+    _write_block(ident, [f"{MAP} {name} {ROLE}" for name in members], top=False)
+    for db in databases:
+        _q(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = {_lit(PUBLICATION)}) THEN "
+           f"CREATE PUBLICATION {_ident(PUBLICATION)} FOR ALL TABLES; END IF; END $$", port, dbname=db)  # fmt: skip
+    try:
+        _reload(port)
+    except CommandExecutionError:
+        source_close(databases, ca_file, port)
+        raise
+    if lent:
+        return {"server_certificate": None, "tls": "lent: the pgcluster host certificate"}
+    with open(cert_file, encoding="ascii") as f:
+        return {"server_certificate": f.read(), "tls": f"its own: {cert_file}"}
+
+
+def source_close(databases: list, ca_file: str, port: int = 5432) -> dict:
+    """Take back what ``source_open`` did: the publications, the migration's replication slots
+    (their walsenders ended first), the pg_hba and pg_ident blocks, ssl_ca_file when it is
+    CA_FILE, the role. Idempotent; the server keeps serving throughout.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.source_close '[shop]' /etc/pgcluster/pki/ca.crt
+    """
+    existing = {r[0] for r in _q("SELECT datname FROM pg_database WHERE datallowconn", port)}
+    for db in databases:
+        if db in existing:
+            _q(f"DROP PUBLICATION IF EXISTS {_ident(PUBLICATION)}", port, dbname=db)
+    like = _lit(f"{PUBLICATION}%")
+    _q(f"SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name LIKE {like} "
+       "AND active_pid IS NOT NULL", port)  # fmt: skip
+    dropped = _q(f"SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                 f"WHERE slot_name LIKE {like} AND NOT active", port)  # fmt: skip
+    (row,) = _q("SELECT current_setting('ssl_ca_file'), current_setting('hba_file'), current_setting('ident_file')",
+                port)  # fmt: skip
+    if row[0] == ca_file:
+        _q("ALTER SYSTEM RESET ssl_ca_file", port)
+    _write_block(row[1], [], top=True)
+    _write_block(row[2], [], top=False)
+    _reload(port)
+    _return_tls(row[1], port)
+    _q(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {_lit(ROLE)}", port)
+    _q(f"DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = {_lit(ROLE)}) THEN "
+       f"DROP ROLE {_ident(ROLE)}; END IF; END $$", port)  # fmt: skip
+    return {"slots_dropped": [r[0] for r in dropped]}
+
+
+def source_progress(databases: list, port: int = 5432) -> dict:
+    """The source's side of the copy: its current WAL position, whether it is read-only, and per
+    database of DATABASES its migration slot (active, confirmed position, bytes of WAL not yet
+    confirmed by the subscriber) and the size of every table.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.source_progress '[shop]'
+    """
+    like = _lit(f"{PUBLICATION}%")
+    slots = {s[0]: s for s in _q(f"SELECT slot_name, active, confirmed_flush_lsn, pg_wal_lsn_diff("
+                                 f"pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots "
+                                 f"WHERE slot_name LIKE {like}", port)}  # fmt: skip
+    out: dict[str, Any] = {
+        "lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0],
+        "read_only": _q("SELECT current_setting('default_transaction_read_only')", port)[0][0] == "on",
+        "databases": {},
+    }
+    for db in databases:
+        s = slots.get(subscription(db))
+        rows = _q("SELECT format('%I.%I', schemaname, relname), pg_table_size(relid) FROM pg_stat_user_tables", port,
+                  dbname=db)  # fmt: skip
+        out["databases"][db] = {
+            "slot": {"active": s[1] == "t", "confirmed_flush_lsn": s[2], "lag_bytes": int(float(s[3] or 0))}
+            if s
+            else None,
+            "tables": {name: int(size) for name, size in rows},
+        }
+    return out
+
+
+# ---- the cluster's leader -----------------------------------------------------------------------
+def _conninfo(source: dict, dbname: str) -> str:
+    """libpq connection string to the source as the migration role: TLS both ways, no password."""
+    parts = {"host": source["address"], "port": source["port"], "dbname": dbname, "user": ROLE,
+             "sslmode": source["sslmode"], "sslrootcert": source["root"], "sslcert": source["cert"],
+             "sslkey": source["key"],
+             "connect_timeout": 10, "application_name": ROLE}  # fmt: skip
+    return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def _as_postgres(script: str, timeout: float = 3600) -> str:
+    """Run SCRIPT (a shell pipeline of PostgreSQL client tools, no secret in it) as postgres."""
+    res = __salt__["cmd.run_all"](["runuser", "-u", "postgres", "--", "bash", "-o", "pipefail", "-c", script],
+                                  python_shell=False, output_loglevel="quiet", ignore_retcode=True, cwd="/",
+                                  timeout=timeout)  # fmt: skip
+    if res["retcode"] != 0:
+        raise CommandExecutionError(" ".join((res.get("stderr") or res.get("stdout") or "failed").split())[:600])
+    return res["stdout"]
+
+
+def _remote(source: dict, sql: str, dbname: str = "postgres") -> list[list[str]]:
+    """Rows of SQL run on the source as the migration role."""
+    out = _as_postgres(f"psql -X -At -F '\x02' -v ON_ERROR_STOP=1 -d {shlex.quote(_conninfo(source, dbname))} "
+                       f"-c {shlex.quote(sql)}", timeout=120)  # fmt: skip
+    return [line.split("\x02") for line in out.splitlines() if line]
+
+
+ROLES = """SELECT rolname, rolcanlogin, rolcreatedb, rolcreaterole, rolinherit, rolconnlimit, rolbypassrls
+FROM pg_roles WHERE rolname !~ '^pg_' AND NOT rolsuper AND rolname <> current_user ORDER BY rolname"""
+MEMBERSHIPS = """SELECT r.rolname, m.rolname FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid
+JOIN pg_roles m ON m.oid = a.member WHERE r.rolname !~ '^pg_' AND m.rolname <> current_user"""
+DATABASES = """SELECT datname, pg_get_userbyid(datdba), datcollate, datctype FROM pg_database
+WHERE NOT datistemplate AND datallowconn"""
+
+
+def _create_roles(source: dict, port: int) -> list[str]:
+    """The source's roles (not its superusers) that the cluster lacks, with their attributes and
+    memberships, without passwords; returns the roles created."""
+    have = {r[0] for r in _q("SELECT rolname FROM pg_roles", port)}
+    created = []
+    for name, login, createdb, createrole, inherit, connlimit, bypassrls in _remote(source, ROLES):
+        if name in have:
+            continue
+        attrs = {"LOGIN": login, "CREATEDB": createdb, "CREATEROLE": createrole, "INHERIT": inherit,
+                 "BYPASSRLS": bypassrls}  # fmt: skip
+        flags = [k if v == "t" else f"NO{k}" for k, v in attrs.items()] + [f"CONNECTION LIMIT {int(connlimit)}"]
+        _q(f"CREATE ROLE {_ident(name)} {' '.join(flags)}", port)
+        created.append(name)
+    for role, member in _remote(source, MEMBERSHIPS):
+        if member in created:
+            _q(f"GRANT {_ident(role)} TO {_ident(member)}", port)
+    return created
+
+
+def subscribe(source: dict, databases: list, port: int = 5432) -> dict:
+    """Copy DATABASES from SOURCE ({address, port, certificate: the server's own PEM to pin, or
+    None: it presents a certificate of CA; cert, key: this host's client certificate and key})
+    into this leader: missing roles, each database and its
+    schema, a subscription per database (which copies, then streams). Stops at the first error,
+    returning nothing half-made: what it created is dropped again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.subscribe '{address: 198.18.0.40, port: 5432, certificate: "...", ...}' '[shop]'
+    """
+    if source.get("certificate"):  # the source's own certificate, pinned
+        pin = os.path.join(os.path.dirname(source["cert"]), "migrate-source.crt")
+        with open(pin, "w", encoding="ascii") as f:
+            f.write(source["certificate"])
+        os.chmod(pin, 0o644)
+        source = dict(source, root=pin, sslmode="verify-ca")
+    else:  # the pgcluster certificate lent to the source: its name and address checked
+        source = dict(source, root=source["ca"], sslmode="verify-full")
+    made: dict[str, list] = {"roles": [], "databases": [], "subscriptions": []}
+    try:
+        made["roles"] = _create_roles(source, port)
+        have = {r[0] for r in _q("SELECT datname FROM pg_database", port)}
+        facts = {r[0]: r for r in _remote(source, DATABASES)}
+        for db in databases:
+            if db not in facts:
+                raise CommandExecutionError(f"database {db} does not exist on the source")
+            _, owner, collate, ctype = facts[db]
+            if db not in have:
+                _q(f"CREATE DATABASE {_ident(db)} OWNER {_ident(owner)} TEMPLATE template0 ENCODING 'UTF8' "
+                   f"LC_COLLATE {_lit(collate)} LC_CTYPE {_lit(ctype)}", port)  # fmt: skip
+                made["databases"].append(db)
+            dump = f"pg_dump --schema-only --no-publications --no-subscriptions -d {shlex.quote(_conninfo(source, db))}"
+            load = f"psql -X -q -v ON_ERROR_STOP=1 -p {int(port)} -d {shlex.quote(db)}"
+            _as_postgres(f"{dump} | {load} >/dev/null")
+            name = subscription(db)
+            _q(f"CREATE SUBSCRIPTION {_ident(name)} CONNECTION {_lit(_conninfo(source, db))} "
+               f"PUBLICATION {_ident(PUBLICATION)} WITH (copy_data = true)", port, dbname=db)  # fmt: skip
+            made["subscriptions"].append(db)
+    except CommandExecutionError:
+        unsubscribe(made["subscriptions"], made["databases"], made["roles"], port)
+        raise
+    return made
+
+
+def unsubscribe(databases: list, drop_databases: list = (), drop_roles: list = (), port: int = 5432) -> dict:
+    """Drop the subscriptions of DATABASES (their slots on the source too when it answers; else
+    the slots are left to ``source_close``), then DROP_DATABASES and DROP_ROLES (what
+    ``subscribe`` created). Idempotent.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.unsubscribe '[shop]' drop_databases='[shop]'
+    """
+    existing = {r[0] for r in _q("SELECT datname FROM pg_database", port)}
+    for db in databases:
+        name = subscription(db)
+        if db not in existing or not _q(f"SELECT 1 FROM pg_subscription WHERE subname = {_lit(name)}", port, db):
+            continue
+        try:
+            _q(f"DROP SUBSCRIPTION {_ident(name)}", port, dbname=db)
+        except CommandExecutionError:  # the source does not answer: keep its slot, drop ours
+            _q(f"ALTER SUBSCRIPTION {_ident(name)} DISABLE", port, dbname=db)
+            _q(f"ALTER SUBSCRIPTION {_ident(name)} SET (slot_name = NONE)", port, dbname=db)
+            _q(f"DROP SUBSCRIPTION {_ident(name)}", port, dbname=db)
+    for db in drop_databases:
+        if db in existing:
+            _q(f"DROP DATABASE {_ident(db)} WITH (FORCE)", port)
+    for role in drop_roles:
+        _q(f"DROP ROLE IF EXISTS {_ident(role)}", port)
+    return {"databases_dropped": [d for d in drop_databases if d in existing], "roles_dropped": list(drop_roles)}
+
+
+def progress(databases: list, port: int = 5432) -> dict:
+    """The leader's side of the copy, per database: each table's state (copying, ready...) and
+    the subscription's last received and applied positions with their times.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.progress '[shop]'
+    """
+    out = {}
+    for db in databases:
+        name = subscription(db)
+        tables = _q(f"SELECT format('%I.%I', n.nspname, c.relname), sr.srsubstate FROM pg_subscription_rel sr "
+                    f"JOIN pg_subscription s ON s.oid = sr.srsubid JOIN pg_class c ON c.oid = sr.srrelid "
+                    f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.subname = {_lit(name)}",
+                    port, db)  # fmt: skip
+        stat = _q(f"SELECT received_lsn, latest_end_lsn, extract(epoch FROM latest_end_time), "
+                  f"extract(epoch FROM last_msg_receipt_time) FROM pg_stat_subscription "
+                  f"WHERE subname = {_lit(name)} AND relid IS NULL", port, db, names=False)  # fmt: skip
+        received, applied, applied_at, heard_at = stat[0] if stat else [None] * 4
+        out[db] = {
+            "tables": {t: TABLE_STATES.get(s, s) for t, s in tables},
+            "received_lsn": received or None,
+            "applied_lsn": applied or None,
+            "applied_at": float(applied_at) if applied_at else None,
+            "heard_at": float(heard_at) if heard_at else None,
+        }
+    return out
