@@ -38,6 +38,9 @@ MAP = "pgcluster-migrate"
 PUBLICATION = "pgcluster_migrate"
 BEGIN = "# BEGIN pgcluster migrate: members of the cluster copying this server (migrate.abort removes it)"
 END = "# END pgcluster migrate"
+# Whether the server's new sessions are read-only (the configured value: the migration's own
+# sessions override it, see _q).
+READ_ONLY = "SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'"
 # A subscription's state per table (pg_subscription_rel.srsubstate).
 TABLE_STATES = {"i": "initializing", "d": "copying", "f": "copied", "s": "synchronized", "r": "ready"}
 
@@ -49,6 +52,8 @@ def __virtual__():
 
 
 def _q(sql: str, port: int, dbname: str = "postgres", names: bool = False) -> list:
+    """Rows of SQL in DBNAME; the migration's own sessions write even on a frozen source."""
+    sql = f"SET default_transaction_read_only = off;\n{sql}"
     return __salt__["pgsql.query"](sql, dbname=dbname, port=port, names=names, timeout=60)
 
 
@@ -251,7 +256,7 @@ def source_progress(databases: list, port: int = 5432) -> dict:
                                  f"WHERE slot_name LIKE {like}", port)}  # fmt: skip
     out: dict[str, Any] = {
         "lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0],
-        "read_only": _q("SELECT current_setting('default_transaction_read_only')", port)[0][0] == "on",
+        "read_only": _q(READ_ONLY, port)[0][0] == "on",
         "databases": {},
     }
     for db in databases:
@@ -264,6 +269,80 @@ def source_progress(databases: list, port: int = 5432) -> dict:
             else None,
             "tables": {name: int(size) for name, size in rows},
         }
+    return out
+
+
+def freeze(databases: list, port: int = 5432) -> dict:
+    """Make this server read-only for the cutover: new transactions read-only by default
+    (``default_transaction_read_only``, ALTER SYSTEM and reload), then every client session of
+    DATABASES ended (the migration's own walsenders kept). Returns the WAL position after it,
+    which the cluster must reach, and the sessions ended.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.freeze '[shop]'
+    """
+    _q("ALTER SYSTEM SET default_transaction_read_only = on", port)
+    _q("SELECT pg_reload_conf()", port)
+    for _ in range(50):  # the postmaster applies a reload asynchronously
+        if _q(READ_ONLY, port)[0][0] == "on":
+            break
+        time.sleep(0.1)
+    names = ",".join(_lit(d) for d in databases)
+    ended = _q(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname IN ({names}) "
+               f"AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> {_lit(ROLE)}",
+               port)[0][0]  # fmt: skip
+    return {"lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0], "sessions_ended": int(ended)}
+
+
+def thaw(port: int = 5432) -> bool:
+    """Undo ``freeze``: this server takes writes again. Returns True.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.thaw
+    """
+    _q("ALTER SYSTEM RESET default_transaction_read_only", port)
+    _q("SELECT pg_reload_conf()", port)
+    return True
+
+
+FINGERPRINT_TABLES = """SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND NOT c.relispartition
+AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_' ORDER BY 1"""
+# A table's rows and checksum, in any order and constant memory: the sum of each row's md5 cut to
+# 60 bits (no sort, no aggregate string).
+ROW_SUM = "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {table} t"
+FINGERPRINT_SCHEMA = """SELECT md5(string_agg(format('%s.%s.%s:%s:%s', table_schema, table_name, column_name,
+data_type, is_nullable), ',' ORDER BY table_schema, table_name, ordinal_position))
+FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"""
+
+
+def fingerprint(databases: list, port: int = 5432) -> dict:
+    """What the cutover compares between the source and the cluster, per database: each table's
+    row count and checksum (the sum of its rows' md5, in any order), each sequence's last value, and
+    a checksum of the columns of every table (the schema). Reads everything: run it when no one
+    writes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.fingerprint '[shop]'
+    """
+    out = {}
+    for db in databases:
+        tables = {}
+        for (table,) in _q(FINGERPRINT_TABLES, port, db):
+            count, digest = _q(ROW_SUM.format(table=table), port, db)[0]
+            tables[table] = {"rows": int(count), "md5": digest}
+        seqs = _q("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences", port, db)
+        sequences = {name: int(value or 0) for name, value in seqs}
+        out[db] = {"tables": tables, "sequences": sequences, "schema": _q(FINGERPRINT_SCHEMA, port, db)[0][0]}
     return out
 
 
@@ -427,3 +506,20 @@ def progress(databases: list, port: int = 5432) -> dict:
             "heard_at": float(heard_at) if heard_at else None,
         }
     return out
+
+
+def set_sequences(values: dict, port: int = 5432) -> dict:
+    """Set each sequence of VALUES ({database: {schema.sequence: last value}}) on this leader to
+    its value from the source (logical replication does not carry sequences). Returns them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.set_sequences '{shop: {public.orders_id_seq: 1000}}'
+    """
+    for db, seqs in values.items():
+        for name, value in seqs.items():  # NAME as format('%I.%I') wrote it
+            if int(value) > 0:
+                _q(f"SELECT setval({_lit(name)}::regclass, {int(value)})", port, db)
+    return values

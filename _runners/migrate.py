@@ -15,6 +15,7 @@ CLI Example:
     salt-run migrate.check main
     salt-run migrate.start main
     salt-run migrate.status main
+    salt-run migrate.cutover main confirm=True
     salt-run migrate.abort main
 """
 
@@ -39,6 +40,9 @@ UTILS = (
 SURVEY_WAIT = 120
 # How long the leader may take to create the roles, databases, schemas and subscriptions.
 SUBSCRIBE_WAIT = 900
+# How long the cluster may take to confirm the frozen source's last WAL; to checksum every table.
+CATCH_UP_WAIT = 60
+VERIFY_WAIT = 1800
 
 
 def __virtual__():
@@ -165,6 +169,112 @@ def _check(cluster: Any) -> dict:
     return ret
 
 
+def _lsn(text: str | None) -> int:
+    """A WAL position (X/Y) as a number; -1 for none."""
+    if not text:
+        return -1
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) + int(lo, 16)
+
+
+def _differences(source: dict, cluster: dict) -> list[str]:
+    """What differs between the source's and the cluster's ``pgmigrate.fingerprint``, one line each."""
+    out = []
+    for db, want in sorted(source.items()):
+        got = cluster.get(db) or {"tables": {}, "sequences": {}, "schema": None}
+        where = f"database {db}: table"
+        if want["schema"] != got["schema"]:
+            out.append(f"database {db}: the columns of its tables differ")
+        for table, w in sorted(want["tables"].items()):
+            g = got["tables"].get(table)
+            if g is None:
+                out.append(f"{where} {table} is missing on the cluster")
+            elif g["rows"] != w["rows"]:
+                out.append(f"{where} {table} has {g['rows']} rows on the cluster, {w['rows']} on the source")
+            elif g["md5"] != w["md5"]:
+                out.append(f"{where} {table} has the same {w['rows']} rows on both sides but other content")
+        for seq, value in sorted(want["sequences"].items()):
+            if got["sequences"].get(seq, -1) < value:
+                out.append(f"database {db}: sequence {seq} is at {got['sequences'].get(seq)} on the cluster, "
+                           f"{value} on the source")  # fmt: skip
+    return out
+
+
+def _catch_up(source: str, port: int, dbs: list, lsn: str) -> None:
+    """Wait until every database's subscription has confirmed the source's WAL up to LSN."""
+    deadline = time.monotonic() + CATCH_UP_WAIT
+    while time.monotonic() < deadline:
+        here = _shared("call", __opts__, source, "pgmigrate.source_progress", dbs, port=port, wait=30)
+        slots = [here["databases"][db]["slot"] or {} for db in dbs]
+        if all(_lsn(s.get("confirmed_flush_lsn")) >= _lsn(lsn) for s in slots):
+            return
+        time.sleep(0.2)
+    raise MigrateError(f"the cluster did not confirm {source}'s WAL up to {lsn} within {CATCH_UP_WAIT} s")
+
+
+def _cutover(cluster: Any, confirm: Any) -> dict:
+    model, c, rec, leader = _started(cluster, f": nothing to cut over (migrate.start {cluster})")
+    source, port, dbs = rec["source"], rec["port"], rec["databases"]
+    if rec.get("verified"):  # an earlier cutover verified the copy and stopped while cleaning up
+        return _finish(model, c, rec, leader, {}, rec["verified"])
+    if confirm is not True:
+        raise MigrateError(f"the cutover makes {source} read-only and ends its sessions of {', '.join(dbs)}: "
+                           f"run it with confirm=True")  # fmt: skip
+    there = _shared("call", __opts__, leader, "pgmigrate.progress", dbs, port=c["port"], wait=60)
+    copying = [f"{db}: {t} ({state})" for db in dbs for t, state in there[db]["tables"].items() if state != "ready"]
+    if copying:
+        raise MigrateError(f"the copy is not done ({', '.join(copying)}): see migrate.status {cluster}")
+    timings, t0 = {}, time.monotonic()
+    frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, wait=60)
+    timings["freeze_s"] = round(time.monotonic() - t0, 2)
+    try:
+        t = time.monotonic()
+        _catch_up(source, port, dbs, frozen["lsn"])
+        timings["catch_up_s"] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
+        want = _shared("call", __opts__, source, "pgmigrate.fingerprint", dbs, port=port, wait=VERIFY_WAIT)
+        _shared("call", __opts__, leader, "pgmigrate.set_sequences",
+                {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip
+        got = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], wait=VERIFY_WAIT)
+        timings["verify_s"] = round(time.monotonic() - t, 2)
+        differences = _differences(want, got)
+        if differences:
+            raise MigrateError("verification failed: " + "; ".join(differences))
+    except MigrateError as exc:
+        _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
+        raise MigrateError(f"{exc}. {source} takes writes again; the migration goes on (migrate.status, "
+                           f"migrate.abort)") from None  # fmt: skip
+    # The point of no return: from here the cluster holds the data; abort refuses, a new cutover
+    # only finishes the clean-up.
+    verified = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
+                     "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
+    _save(cluster, dict(rec, verified=verified))
+    timings["source_read_only_s"] = round(time.monotonic() - t0, 2)
+    return _finish(model, c, rec, leader, timings, verified)
+
+
+def _finish(model: dict, c: dict, rec: dict, leader: str, timings: dict, verified: dict) -> dict:
+    """After a verified cutover: the subscriptions and the source's grants removed, the record too."""
+    source, port, dbs = rec["source"], rec["port"], rec["databases"]
+    t = time.monotonic()
+    _shared("call", __opts__, leader, "pgmigrate.unsubscribe", dbs, port=c["port"], wait=300)
+    ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
+    _shared("call", __opts__, source, "pgmigrate.source_close", dbs, ca_file, port=port, wait=120)
+    timings["clean_up_s"] = round(time.monotonic() - t, 2)
+    _save(c["name"], None)
+    return {
+        "cut_over": True,
+        "source": f"{source}:{port} (read-only now)",
+        "leader": leader,
+        "databases": verified,
+        "verified": "row counts, row checksums, sequences and columns equal",
+        "roles_without_password": rec["created"]["roles"],
+        "timings": timings,
+        "next": f"declare the databases (and the roles' passwords) under pgcluster:clusters:{c['name']} and "
+        "remove its migrate block",
+    }
+
+
 @_clean_errors
 def check(cluster: str) -> dict:
     """The preflight of migrating CLUSTER's ``migrate`` source into it: changes nothing, reports
@@ -271,6 +381,9 @@ def _started(cluster: Any, hint: str) -> tuple[dict, dict, dict, str]:
 
 def _status(cluster: Any) -> dict:
     model, c, rec, leader = _started(cluster, f" (migrate.start {cluster})")
+    if rec.get("verified"):
+        return {"cluster": cluster, "cut_over": True, "databases": rec["verified"],
+                "next": f"migrate.cutover {cluster} confirm=True finishes the clean-up"}  # fmt: skip
     dbs = rec["databases"]
     there = _shared("call", __opts__, leader, "pgmigrate.progress", dbs, port=c["port"], wait=60)
     here = _shared("call", __opts__, rec["source"], "pgmigrate.source_progress", dbs, port=rec["port"], wait=60)
@@ -299,6 +412,9 @@ def _status(cluster: Any) -> dict:
 
 def _abort(cluster: Any) -> dict:
     model, c, rec, leader = _started(cluster, ": nothing to abort")
+    if rec.get("verified"):
+        raise MigrateError(f"the cutover of {cluster} verified the copy: the cluster holds the data now, nothing "
+                           f"to abort (migrate.cutover {cluster} confirm=True finishes the clean-up)")  # fmt: skip
     made, dbs = rec["created"], rec["databases"]
     dropped = _shared("call", __opts__, leader, "pgmigrate.unsubscribe", dbs, made["databases"], made["roles"],
                       port=c["port"], wait=300)  # fmt: skip
@@ -355,3 +471,23 @@ def abort(cluster: str) -> dict:
         salt-run migrate.abort main
     """
     return _abort(cluster)
+
+
+@_clean_errors
+def cutover(cluster: str, confirm: bool = False) -> dict:
+    """Move the applications' database from the source to CLUSTER (logical mode), once the copy is
+    ready: the source made read-only (new transactions) and its sessions of the migrated
+    databases ended; a wait until the cluster has confirmed the source's last WAL; sequences set
+    from the source; **verification** of every table (row count and checksum), every sequence
+    (at least the source's) and the columns of every table; then the subscriptions and the
+    source's grants removed. When verification fails the source takes writes again and the
+    migration goes on; the answer says what differs. Needs CONFIRM=True. Returns each step's
+    time and how long the source was read-only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run migrate.cutover main confirm=True
+    """
+    return _cutover(cluster, confirm)

@@ -1,6 +1,7 @@
 """Migrating the legacy host's standalone PostgreSQL into the cluster: the preflight
 (``salt-run migrate.check``) against the real source, as Debian left it and then prepared; a
-logical migration started, followed and aborted (``migrate.start``, ``status``, ``abort``).
+logical migration started, followed and aborted (``migrate.start``, ``status``, ``abort``), then
+cut over with its verification (``migrate.cutover``).
 
 (Before test_07_ports, which takes the shared lab down at its end.)
 """
@@ -46,6 +47,10 @@ def legacy(deployed):
     declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
     lab("run", "migrate.abort", "main", check=False)
     declare(None)
+    # A cutover leaves the source read-only and the copy on the cluster: back as before.
+    on_legacy("ALTER SYSTEM RESET ALL; SELECT pg_reload_conf()")
+    on_cluster("DROP DATABASE IF EXISTS shop WITH (FORCE)", db="postgres")
+    on_cluster("DROP ROLE IF EXISTS shop", db="postgres")
 
 
 def test_check_without_a_migrate_block_names_the_missing_block(legacy):
@@ -196,3 +201,55 @@ def test_abort_takes_everything_back_and_the_source_keeps_serving(source_before)
     assert on_legacy("INSERT INTO customers (name) VALUES ('after abort') RETURNING 1", "shop") == "1"
     rc, out = run("status")
     assert rc != 0 and "no migration of main is started" in out["error"]
+
+
+def wait_ready() -> None:
+    def ready():
+        rc, st = run("status")
+        db = st.get("databases", {}).get("shop", {})
+        return rc == 0 and set(db["tables"].values()) == {"ready"} and db["lag_bytes"] == 0
+
+    wait_for("the copy of shop ready and caught up", ready, 180, 2)
+
+
+def test_cutover_needs_confirm_and_a_finished_copy(source_before):
+    declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
+    assert run("start")[0] == 0
+    rc, out = run("cutover")
+    assert rc != 0 and "makes legacy read-only" in out["error"] and "confirm=True" in out["error"]
+    wait_ready()
+
+
+def test_a_cutover_that_finds_a_difference_gives_the_source_back(source_before):
+    """A row changed on the cluster's copy behind the subscription's back: verification names the
+    table, the source takes writes again, the migration goes on."""
+    on_cluster("UPDATE customers SET name = 'changed behind its back' WHERE id = 1")
+    res = lab("run", "migrate.cutover", "main", "confirm=True", "--out=json", check=False, timeout=900)
+    out = json.loads(res.stdout)
+    assert res.returncode != 0
+    assert "verification failed: database shop: table public.customers has the same" in out["error"]
+    assert "legacy takes writes again" in out["error"]
+    assert on_legacy("INSERT INTO customers (name) VALUES ('after a failed cutover') RETURNING 1", "shop") == "1"
+    on_cluster("UPDATE customers SET name = 'customer 1' WHERE id = 1")
+    wait_ready()
+
+
+def test_cutover_verifies_the_copy_and_leaves_the_source_read_only(source_before):
+    on_legacy("INSERT INTO orders (customer_id, amount) SELECT 1 + i % 100, i FROM generate_series(1, 200) i", "shop")
+    res = lab("run", "migrate.cutover", "main", "confirm=True", "--out=json", check=False, timeout=900)
+    out = json.loads(res.stdout)
+    assert res.returncode == 0, out
+    assert out["cut_over"] is True and out["databases"]["shop"]["tables"] == 2
+    assert out["roles_without_password"] == ["shop"]
+    for table in TABLES:
+        assert on_cluster(CHECKSUM.format(table)) == on_legacy(CHECKSUM.format(table), "shop")
+    # The source takes no more writes; the cluster's sequences continue after the source's ids.
+    refused = sh("legacy", "su postgres -c \"psql -X -d shop -c \\\"INSERT INTO customers (name) VALUES ('x')\\\"\"",
+                 check=False)  # fmt: skip
+    assert refused.returncode != 0 and "read-only transaction" in refused.stderr
+    top = int(on_legacy("SELECT max(id) FROM orders", "shop"))
+    assert int(on_cluster("INSERT INTO orders (customer_id, amount) VALUES (1, 1) RETURNING id")) > top
+    # Nothing of the migration is left: no subscription, no slot or role on the source.
+    assert on_cluster("SELECT count(*) FROM pg_subscription") == "0"
+    assert on_legacy(SOURCE_STATE) == source_before[1]
+    assert run("status")[0] != 0

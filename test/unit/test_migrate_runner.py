@@ -1,0 +1,40 @@
+"""The migrate runner's own judgement at the cutover: WAL positions compared as numbers, and every
+difference between the source's and the cluster's fingerprints named."""
+
+from __future__ import annotations
+
+import pytest
+from pgctest import load_module
+
+migrate = load_module("runners", "migrate")
+
+
+def fingerprint(rows: int = 3, digest: str = "123", seq: int = 10, schema: str = "abc") -> dict:
+    return {"shop": {"tables": {"public.orders": {"rows": rows, "md5": digest}},
+                     "sequences": {"public.orders_id_seq": seq}, "schema": schema}}  # fmt: skip
+
+
+@pytest.mark.parametrize("lsn, number", [("0/0", 0), ("0/16B3748", 0x16B3748), ("1/0", 1 << 32), (None, -1)])
+def test_wal_positions_compare_as_numbers(lsn, number):
+    assert migrate._lsn(lsn) == number
+    assert migrate._lsn("0/FFFFFFFF") < migrate._lsn("1/0")
+
+
+def test_equal_fingerprints_have_no_difference():
+    assert migrate._differences(fingerprint(), fingerprint()) == []
+    # A sequence ahead on the cluster is fine: ids continue without collision.
+    assert migrate._differences(fingerprint(), fingerprint(seq=11)) == []
+
+
+@pytest.mark.parametrize(
+    "cluster, message",
+    [
+        (fingerprint(rows=2), "database shop: table public.orders has 2 rows on the cluster, 3 on the source"),
+        (fingerprint(digest="9"), "table public.orders has the same 3 rows on both sides but other content"),
+        (fingerprint(seq=9), "database shop: sequence public.orders_id_seq is at 9 on the cluster, 10 on the source"),
+        (fingerprint(schema="xyz"), "database shop: the columns of its tables differ"),
+        ({}, "database shop: table public.orders is missing on the cluster"),
+    ],
+)
+def test_each_difference_is_named(cluster, message):
+    assert [d for d in migrate._differences(fingerprint(), cluster) if d.endswith(message)] != []
