@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import statistics
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
+from benchtools import fmt, pgbench  # noqa: E402
 from labtools import CA, sh, wait_healthy  # noqa: E402
 
 PROMETHEUS = "https://198.18.0.20:9090"
@@ -68,15 +68,6 @@ def monitoring(on: bool) -> None:
         sh(host, f"systemctl {'start' if on else 'stop'} {' '.join(units)}")
 
 
-def pgbench(seconds: int) -> float:
-    out = sh("app1", f"pgbench -n -M simple -c 4 -j 2 -T {seconds} service=app </dev/null 2>&1",
-             timeout=seconds + 120).stdout  # fmt: skip
-    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-    if not m:
-        raise SystemExit(f"pgbench gave no TPS:\n{out}")
-    return float(m.group(1))
-
-
 def all_up(timeout: float = 120) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -87,10 +78,6 @@ def all_up(timeout: float = 120) -> bool:
             pass
         time.sleep(3)
     return False
-
-
-def fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):9.1f}  [{min(values):.1f}-{max(values):.1f}]"
 
 
 def main() -> int:

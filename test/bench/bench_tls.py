@@ -21,7 +21,6 @@ Run as root with the lab deployed:  test/bench/bench_tls.py [--runs 5] [--second
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import threading
@@ -30,20 +29,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
+from benchtools import fmt, pgbench  # noqa: E402
 from labtools import ADDRESS, lab, leader, psql, sh, wait_healthy  # noqa: E402
 
 APP1 = "198.18.0.30"
 HBA = "/var/lib/postgresql/15/patroni-main/pg_hba.conf"
 PATRONI_CONF = "/etc/patroni/config.yml"
-
-
-def pgbench(seconds: int) -> float:
-    out = sh("app1", f"pgbench -n -M simple -c 4 -j 2 -T {seconds} service=app </dev/null 2>&1",
-             timeout=seconds + 120).stdout  # fmt: skip
-    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-    if not m:
-        raise SystemExit(f"pgbench gave no TPS:\n{out}")
-    return float(m.group(1))
 
 
 def plaintext(on: bool, lead: str, replicas: list[str]) -> None:
@@ -98,10 +89,6 @@ class LagSampler(threading.Thread):
             out = psql(self.lead, q, check=False).stdout.strip()
             if out:
                 self.samples.append(float(out))
-
-
-def fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):9.1f}  [{min(values):.1f}-{max(values):.1f}]"
 
 
 def main() -> int:

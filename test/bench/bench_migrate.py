@@ -1,0 +1,152 @@
+#!/opt/pgcluster-lab/venv/bin/python
+"""Migrating the legacy host's database into the cluster (prints a table; asserts nothing).
+
+The legacy host's `shop` database filled by `pgbench -i -s SCALE` (scale 70 is about 1 GB), then
+in the same run, RUNS times each:
+- **logical** (`salt-run migrate.start`, `status` until every table is ready, `cutover
+  confirm=True`) while pgbench writes on the source (4 clients, on the legacy host itself: the
+  PgBouncer routing to the source is not built yet): copy time, lag (bytes) just before the
+  cutover, how long the source was read-only (the cutover's own timing), and the writer's
+  clients cut off by the cutover (the source ends their sessions; through PgBouncer they would
+  be paused instead, once that is built);
+- **baseline**, what a user would otherwise do: stop the application, `pg_dump -Fd -j2` from the
+  source (run on the leader, over the lab network) and `pg_restore -j2` into the cluster, start
+  the application again: the downtime is the dump plus the restore.
+Between runs the copy is dropped from the cluster and the source made writable again. For the
+baseline's connection the bench adds a line to the source's pg_hba.conf (trust from the leader
+for postgres, lab only) and removes it at the end.
+
+Run as root with the lab deployed:  test/bench/bench_migrate.py [--scale 70] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "test" / "integration"))
+from benchtools import fmt  # noqa: E402
+from labtools import ADDRESS, LAB, lab, leader, psql, sh  # noqa: E402
+
+LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
+HBA = "/etc/postgresql/15/main/pg_hba.conf"
+MARK = "# pgcluster bench_migrate"
+SOURCE = "198.18.0.40"  # the legacy host
+
+
+def on_legacy(sql: str, db: str = "postgres") -> str:
+    return sh(
+        "legacy", f"su postgres -c 'psql -X -Atq -v ON_ERROR_STOP=1 -d {db}'", stdin=sql, timeout=3600
+    ).stdout.strip()
+
+
+def run(step: str, *args: str) -> dict:
+    res = lab("run", f"migrate.{step}", "main", *args, "--out=json", check=False, timeout=7200)
+    out = json.loads(res.stdout)
+    if res.returncode != 0 and step != "status":
+        raise SystemExit(f"migrate.{step}: {out}")
+    return out
+
+
+def prepare(scale: int) -> None:
+    """The source ready for a logical migration, filled; the migrate block declared."""
+    on_legacy("ALTER SYSTEM SET wal_level = 'logical'; ALTER SYSTEM SET listen_addresses = '*'")
+    sh("legacy", "systemctl restart postgresql@15-main")
+    sh("legacy", f"cd / && runuser -u postgres -- pgbench -i -q -s {scale} shop >/dev/null 2>&1", timeout=3600)
+    on_legacy("ALTER TABLE pgbench_history REPLICA IDENTITY FULL", "shop")
+    block = json.dumps({"pgcluster": {"clusters": {"main": {"migrate": {"source": "legacy", "mode": "logical",
+                                                                        "databases": ["shop"]}}}}})  # fmt: skip
+    sh("salt", f"mkdir -p /srv/lab-pillar/pgcluster && cat > {LOCAL}", stdin=block)
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+
+
+def reset(lead: str) -> None:
+    """The copy gone from the cluster, the source writable, no migration started."""
+    lab("run", "migrate.abort", "main", check=False)
+    on_legacy("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()")
+    for sql in ("DROP DATABASE IF EXISTS shop WITH (FORCE)", "DROP DATABASE IF EXISTS shop_base WITH (FORCE)",
+                "DROP ROLE IF EXISTS shop"):  # fmt: skip
+        psql(lead, sql, db="postgres")
+
+
+def logical(lead: str) -> dict:
+    writer = subprocess.Popen([str(LAB), "exec", "legacy", "--", "bash", "-c",
+                               "cd / && runuser -u postgres -- pgbench -n -c 4 -j 2 -T 3600 shop 2>&1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        time.sleep(3)
+        t0 = time.monotonic()
+        run("start")
+        while True:
+            st = run("status")["databases"]["shop"]
+            if set(st["tables"].values()) == {"ready"} and (st["lag_bytes"] or 0) < 16 * 1024 * 1024:
+                break
+            time.sleep(1)
+        copy_s = time.monotonic() - t0
+        cut = run("cutover", "confirm=True")
+    finally:
+        out, _ = writer.communicate(timeout=120)
+    return {"copy_s": copy_s, "lag_bytes": st["lag_bytes"], "read_only_s": cut["timings"]["source_read_only_s"],
+            "cut_clients": out.count("aborted"), "writer_tail": out.strip().splitlines()[-1:]}  # fmt: skip
+
+
+def baseline(lead: str) -> dict:
+    addr = ADDRESS[lead]
+    sh("legacy", f"grep -q '{MARK}' {HBA} || sed -i '1i host shop postgres {addr}/32 trust {MARK}' {HBA}; "
+                 "su postgres -c \"psql -qc 'SELECT pg_reload_conf()'\" >/dev/null")  # fmt: skip
+    dump = "/var/lib/postgresql/bench-dump"
+    t0 = time.monotonic()
+    sh(lead, f"cd / && rm -rf {dump} && runuser -u postgres -- pg_dump -Fd -j2 -f {dump} -h {SOURCE} "
+             "-U postgres shop", timeout=7200)  # fmt: skip
+    t1 = time.monotonic()
+    psql(lead, "CREATE ROLE shop LOGIN", db="postgres")  # the roles first, as pg_dumpall -r would
+    psql(lead, "CREATE DATABASE shop_base", db="postgres")
+    sh(lead, f"cd / && runuser -u postgres -- pg_restore -j2 -d shop_base {dump} && rm -rf {dump}", timeout=7200)
+    t2 = time.monotonic()
+    return {"dump_s": t1 - t0, "restore_s": t2 - t1, "downtime_s": t2 - t0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=int, default=70)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    lead = leader()
+    prepare(args.scale)
+    size = on_legacy("SELECT pg_size_pretty(pg_database_size('shop'))")
+    res: dict[str, list] = {}
+    try:
+        for i in range(args.runs):
+            reset(lead)
+            for k, v in logical(lead).items():
+                res.setdefault(k, []).append(v)
+            reset(lead)
+            for k, v in baseline(lead).items():
+                res.setdefault(k, []).append(v)
+            print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in res.items()), flush=True)
+    finally:
+        reset(lead)
+        sh("legacy", f"sed -i '/{MARK}/d' {HBA}; su postgres -c \"psql -qc 'SELECT pg_reload_conf()'\" >/dev/null")
+        sh("salt", f"rm -f {LOCAL}")
+        lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    print(f"\nshop on legacy: {size} (pgbench -s {args.scale}), leader {lead}, {args.runs} runs: median [min-max]")
+    print(f"{'':44} {'logical (migrate.*)':>24} {'baseline (dump/restore)':>26}")
+    print(f"{'copy while the source serves (s)':44} {fmt(res['copy_s']):>24} {'-':>26}")
+    print(f"{'lag just before the cutover (bytes)':44} {fmt(res['lag_bytes']):>24} {'-':>26}")
+    print(f"{'source read-only / application down (s)':44} {fmt(res['read_only_s']):>24} {fmt(res['downtime_s']):>26}")
+    print(f"{'  of which pg_dump -Fd -j2 (s)':44} {'-':>24} {fmt(res['dump_s']):>26}")
+    print(f"{'  of which pg_restore -j2 (s)':44} {'-':>24} {fmt(res['restore_s']):>26}")
+    print(f"{'writer clients cut off at the cutover':44} {fmt(res['cut_clients']):>24} {'all (stopped)':>26}")
+    ratio = statistics.median(res["downtime_s"]) / statistics.median(res["read_only_s"])
+    print(f"the baseline's downtime is {ratio:.1f} x the logical cutover's read-only time")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
