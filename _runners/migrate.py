@@ -21,6 +21,8 @@ CLI Example:
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import functools
 import json
 import os
@@ -191,7 +193,7 @@ def _differences(source: dict, cluster: dict) -> list[str]:
                 out.append(f"{where} {table} is missing on the cluster")
             elif g["rows"] != w["rows"]:
                 out.append(f"{where} {table} has {g['rows']} rows on the cluster, {w['rows']} on the source")
-            elif g["md5"] != w["md5"]:
+            elif g["checksum"] != w["checksum"]:
                 out.append(f"{where} {table} has the same {w['rows']} rows on both sides but other content")
         for seq, value in sorted(want["sequences"].items()):
             if got["sequences"].get(seq, -1) < value:
@@ -232,10 +234,18 @@ def _cutover(cluster: Any, confirm: Any) -> dict:
         _catch_up(source, port, dbs, frozen["lsn"])
         timings["catch_up_s"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
-        want = _shared("call", __opts__, source, "pgmigrate.fingerprint", dbs, port=port, wait=VERIFY_WAIT)
+        # Both ends checksum their tables at once (each thread in a copy of this context: Salt's
+        # dunders live in context variables); then the sequences, set from the source's, are read
+        # back with the columns.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
+                                "pgmigrate.fingerprint", dbs, port=p, wait=VERIFY_WAIT)
+                    for host, p in ((source, port), (leader, c["port"]))]  # fmt: skip
+            want, got = (end.result() for end in ends)
         _shared("call", __opts__, leader, "pgmigrate.set_sequences",
                 {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip
-        got = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], wait=VERIFY_WAIT)
+        after = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False, wait=60)
+        got = {db: dict(got[db], sequences=after[db]["sequences"], schema=after[db]["schema"]) for db in got}
         timings["verify_s"] = round(time.monotonic() - t, 2)
         differences = _differences(want, got)
         if differences:

@@ -56,7 +56,10 @@ def run(step: str, *args: str) -> dict:
 
 def prepare(scale: int) -> None:
     """The source ready for a logical migration, filled; the migrate block declared."""
-    on_legacy("ALTER SYSTEM SET wal_level = 'logical'; ALTER SYSTEM SET listen_addresses = '*'")
+    on_legacy(
+        "ALTER SYSTEM SET wal_level = 'logical'; ALTER SYSTEM SET listen_addresses = '*'; "
+        "ALTER SYSTEM RESET default_transaction_read_only"
+    )
     sh("legacy", "systemctl restart postgresql@15-main")
     sh("legacy", f"cd / && runuser -u postgres -- pgbench -i -q -s {scale} shop >/dev/null 2>&1", timeout=3600)
     on_legacy("ALTER TABLE pgbench_history REPLICA IDENTITY FULL", "shop")
@@ -135,6 +138,10 @@ def main() -> int:
         sh("legacy", f"sed -i '/{MARK}/d' {HBA}; su postgres -c \"psql -qc 'SELECT pg_reload_conf()'\" >/dev/null")
         sh("salt", f"rm -f {LOCAL}")
         lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+        # The legacy host as the lab set it up: no pgbench tables, Debian's settings.
+        on_legacy("DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers", "shop")
+        on_legacy("ALTER SYSTEM RESET ALL")
+        sh("legacy", "systemctl restart postgresql@15-main")
     print(f"\nshop on legacy: {size} (pgbench -s {args.scale}), leader {lead}, {args.runs} runs: median [min-max]")
     print(f"{'':44} {'logical (migrate.*)':>24} {'baseline (dump/restore)':>26}")
     print(f"{'copy while the source serves (s)':44} {fmt(res['copy_s']):>24} {'-':>26}")

@@ -10,7 +10,7 @@ migrate = load_module("runners", "migrate")
 
 
 def fingerprint(rows: int = 3, digest: str = "123", seq: int = 10, schema: str = "abc") -> dict:
-    return {"shop": {"tables": {"public.orders": {"rows": rows, "md5": digest}},
+    return {"shop": {"tables": {"public.orders": {"rows": rows, "checksum": digest}},
                      "sequences": {"public.orders_id_seq": seq}, "schema": schema}}  # fmt: skip
 
 
