@@ -30,6 +30,7 @@ import tempfile
 import time
 from typing import Any
 
+import salt.utils.files
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgmigrate"
@@ -81,7 +82,7 @@ def subscription(db: str) -> str:
 def _write_block(path: str, lines: list[str], top: bool) -> None:
     """Put LINES between the markers in the file at PATH (at its top when TOP, else its end),
     replacing an earlier block; no LINES: remove the block. Owner and mode are kept."""
-    with open(path, encoding="utf-8") as f:
+    with salt.utils.files.fopen(path, encoding="utf-8") as f:
         text = f.read().splitlines()
     kept, inside = [], False
     for line in text:
@@ -127,7 +128,7 @@ def _lend_tls(hba: str, cert: str, key: str, port: int) -> None:
     own_cert, own_key = _own_tls_files(hba)
     st = os.stat(hba)
     for src, dst, mode in ((cert, own_cert, 0o644), (key, own_key, 0o600)):
-        with open(src, "rb") as f:
+        with salt.utils.files.fopen(src, "rb") as f:
             data = f.read()
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "wb") as f:
@@ -201,7 +202,7 @@ def source_open(members: dict, databases: list, ca_file: str, cert: str, key: st
         raise
     if lent:
         return {"server_certificate": None, "tls": "lent: the pgcluster host certificate"}
-    with open(cert_file, encoding="ascii") as f:
+    with salt.utils.files.fopen(cert_file, encoding="ascii") as f:
         return {"server_certificate": f.read(), "tls": f"its own: {cert_file}"}
 
 
@@ -418,7 +419,7 @@ def subscribe(source: dict, databases: list, port: int = 5432) -> dict:
     """
     if source.get("certificate"):  # the source's own certificate, pinned
         pin = os.path.join(os.path.dirname(source["cert"]), "migrate-source.crt")
-        with open(pin, "w", encoding="ascii") as f:
+        with salt.utils.files.fopen(pin, "w", encoding="ascii") as f:
             f.write(source["certificate"])
         os.chmod(pin, 0o644)
         source = dict(source, root=pin, sslmode="verify-ca")

@@ -76,7 +76,7 @@ def test_debian_default_cluster_neither_runs_nor_starts(deployed):
 
 
 def test_second_highstate_changes_nothing(deployed):
-    assert changed_states(highstate()) == {m: [] for m in ("salt", "pg1", "pg2", "pg3", "backup", "app1")}
+    assert changed_states(highstate()) == {m: [] for m in ("salt", "pg1", "pg2", "pg3", "backup", "app1", "legacy")}
 
 
 def test_test_mode_changes_nothing(deployed):
