@@ -152,12 +152,15 @@ def repoint(
     resume_paused: bool = False,
     spec: dict | None = None,
     system: str | None = None,
+    cut_over: list | None = None,
 ) -> dict:
-    """Route every database of CLUSTER to LEADER (an address): rewrite, RELOAD, verify with SHOW
-    DATABASES. With RESUME_PAUSED, also RESUME any of CLUSTER's databases left paused (the safety
-    net's use). TIMELINE and SYSTEM (Patroni's timeline and database system identifier the route
-    was computed for) are the fence: a route older than the installed one is refused, and the
-    answer says so (``refused``) with the routes left as they are.
+    """Route CLUSTER's databases to LEADER (an address): rewrite, RELOAD, verify with SHOW
+    DATABASES. A database being migrated in stays routed to its source until CUT_OVER names it
+    (a migration's cutover); once cut over it follows the leader. With RESUME_PAUSED, also RESUME
+    any of CLUSTER's databases left paused (the safety net's use). TIMELINE and SYSTEM (Patroni's
+    timeline and database system identifier the route was computed for) are the fence: a route
+    older than the installed one is refused, and the answer says so (``refused``) with the routes
+    left as they are.
 
     Returns ``{'changed', 'targets', 'seconds', 'resumed'}`` (and ``refused`` when refused).
     Raises CommandExecutionError when PgBouncer does not answer or still routes elsewhere after
@@ -168,41 +171,48 @@ def repoint(
     .. code-block:: bash
 
         salt app1 pgbouncer.repoint main 198.18.0.12
+        salt app1 pgbouncer.repoint main 198.18.0.12 cut_over='[shop]'
     """
     start = time.monotonic()
     s = _spec(cluster, spec)
-    changed, refused = __utils__["pgcluster_routing.install_route"](s, leader, timeline, system)
+    changed, refused = __utils__["pgcluster_routing.install_route"](s, leader, timeline, system,
+                                                                    cut_over=cut_over or ())  # fmt: skip
     if refused:  # this PgBouncer already routes for a newer timeline: nothing to verify here
         now = _targets(s, _databases(_admin("SHOW DATABASES", s)))
         resumed = resume(cluster, spec=s) if resume_paused else []
         return {"changed": False, "refused": refused, "targets": now,
                 "seconds": round(time.monotonic() - start, 4), "resumed": resumed}  # fmt: skip
+    cut = __utils__["pgcluster_routing.routed"](s)["cut"]
+    wanted = {db: host for db, (host, _) in __utils__["pgcluster_routing.destinations"](s, leader, cut).items()}
     # RELOAD is synchronous on the admin console: SHOW DATABASES in the same session verifies it.
     reload_and_show = "RELOAD;\nSHOW DATABASES;"
     now = _targets(s, _databases(_admin(reload_and_show if changed else "SHOW DATABASES", s)))
     deadline = start + timeout
-    while not now or any(h != leader for h in now.values()):
+    while now != wanted:
         if time.monotonic() >= deadline:
-            raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {now} after RELOAD (wanted {leader})")
+            raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {now} after RELOAD (wanted {wanted})")
         time.sleep(0.05)
         now = _targets(s, _databases(_admin(reload_and_show, s)))
     resumed = resume(cluster, spec=s) if resume_paused else []
     return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4), "resumed": resumed}
 
 
-def pause(cluster: str, spec: dict | None = None) -> list[str]:
-    """PAUSE every database of CLUSTER (waits for running queries to finish). Returns the databases.
+def pause(cluster: str, spec: dict | None = None, databases: list | None = None) -> list[str]:
+    """PAUSE every database of CLUSTER, or only DATABASES of it (waits for running queries to
+    finish). Returns the databases paused.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt app1 pgbouncer.pause main
+        salt app1 pgbouncer.pause main databases='[shop]'
     """
     s = _spec(cluster, spec)
-    for db in s["databases"]:
+    dbs = [d for d in s["databases"] if databases is None or d in databases]
+    for db in dbs:
         _admin(f"PAUSE {db}", s, names=False)
-    return list(s["databases"])
+    return dbs
 
 
 def resume(cluster: str, spec: dict | None = None) -> list[str]:

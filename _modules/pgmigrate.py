@@ -37,8 +37,10 @@ __virtualname__ = "pgmigrate"
 ROLE = "pgcluster_migrate"
 MAP = "pgcluster-migrate"
 PUBLICATION = "pgcluster_migrate"
-BEGIN = "# BEGIN pgcluster migrate: members of the cluster copying this server (migrate.abort removes it)"
+BEGIN = ("# BEGIN pgcluster migrate: members of the cluster copying this server, its PgBouncer hosts "
+         "(migrate.abort removes it)")  # fmt: skip
 END = "# END pgcluster migrate"
+SNAKEOIL = "/etc/ssl/certs/ssl-cert-snakeoil.pem"  # Debian's default server certificate (ssl-cert)
 # Whether the server's new sessions are read-only (the configured value: the migration's own
 # sessions override it, see _q).
 READ_ONLY = "SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'"
@@ -140,7 +142,7 @@ def _lend_tls(hba: str, cert: str, key: str, port: int) -> None:
     _q("ALTER SYSTEM SET ssl = on", port)
     _q("SELECT pg_reload_conf()", port)
     for _ in range(50):  # the postmaster applies a reload asynchronously
-        if _q("SELECT current_setting('ssl')", port)[0][0] == "on":
+        if _q("SELECT current_setting('ssl'), current_setting('ssl_cert_file')", port)[0] == ["on", own_cert]:
             return
         time.sleep(0.1)
     raise CommandExecutionError("this server did not turn TLS on with its pgcluster certificate (see its log)")
@@ -159,13 +161,17 @@ def _return_tls(hba: str, port: int) -> None:
             os.unlink(path)
 
 
-def source_open(members: dict, databases: list, ca_file: str, cert: str, key: str, port: int = 5432) -> dict:
+def source_open(
+    members: dict, databases: list, ca_file: str, cert: str, key: str, port: int = 5432, routers: dict | None = None
+) -> dict:
     """Let MEMBERS ({minion id: address}) copy DATABASES from this server: the migration role,
     certificate authentication from those addresses (checked against CA_FILE, the cluster's CA),
-    a publication of all tables per database. A server without TLS gets it, with this host's
-    pgcluster certificate CERT and key KEY. Idempotent. Returns how the members check this
-    server: its own certificate (PEM, public: they pin it), or None when it presents the
-    pgcluster one (they check it against the CA).
+    a publication of all tables per database; let ROUTERS ({minion id: address}: the cluster's
+    PgBouncer hosts, which send DATABASES here until the cutover) log in to DATABASES over TLS
+    with scram-sha-256. A server without TLS gets it, with this host's pgcluster certificate CERT
+    and key KEY. Idempotent. Returns how the members check this server: its own certificate
+    (PEM, public: they pin it), or None when it presents the pgcluster one (they check it
+    against the CA). Debian's self-signed default certificate is replaced with the pgcluster one.
 
     CLI Example:
 
@@ -182,14 +188,20 @@ def source_open(members: dict, databases: list, ca_file: str, cert: str, key: st
                                     f"(the members' certificates are signed by {ca_file})")  # fmt: skip
     if not current_ca:
         _q(f"ALTER SYSTEM SET ssl_ca_file = {_lit(ca_file)}", port)
-    lent = ssl != "on" or cert_file == _own_tls_files(hba)[0]
-    if ssl != "on":
+    # Without TLS, or with Debian's self-signed default (no client can check it against a CA), the
+    # server presents the host's pgcluster certificate until the migration ends (members and
+    # PgBouncer hosts check it against the CA).
+    lend = ssl != "on" or cert_file == SNAKEOIL
+    lent = lend or cert_file == _own_tls_files(hba)[0]
+    if lend:
         _lend_tls(hba, cert, key, port)
     _q(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_lit(ROLE)}) THEN "
        f"CREATE ROLE {_ident(ROLE)} LOGIN REPLICATION; END IF; END $$; GRANT pg_read_all_data TO {_ident(ROLE)}",
        port)  # fmt: skip
     dbs = ",".join(_ident(d) for d in dict.fromkeys(["postgres", *databases]))
     hba_lines = [f"hostssl {dbs} {ROLE} {addr}/32 cert map={MAP}" for addr in members.values()]
+    moved = ",".join(_ident(d) for d in databases)
+    hba_lines += [f"hostssl {moved} all {addr}/32 scram-sha-256" for addr in (routers or {}).values()]
     _write_block(hba, hba_lines, top=True)
     _write_block(ident, [f"{MAP} {name} {ROLE}" for name in members], top=False)
     for db in databases:

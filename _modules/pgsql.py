@@ -117,7 +117,15 @@ SELECT current_setting('server_version_num') AS version_num, current_setting('se
        (SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles
          WHERE rolname !~ '^pg_' AND (rolreplication OR rolsuper)) AS replication_roles,
        (SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname !~ '^pg_' AND rolcanlogin)
-         AS login_roles
+         AS login_roles,
+       current_setting('ssl') AS ssl, current_setting('ssl_cert_file') AS ssl_cert_file
+"""
+# The roles applications log in with (not superusers, not the migration's own): a SHA-256 of each
+# one's stored SCRAM verifier ('' without a password), to compare with pillar's, never the verifier.
+SURVEY_ROLES = """
+SELECT rolname, CASE WHEN rolpassword IS NULL THEN '' ELSE encode(sha256(convert_to(rolpassword, 'UTF8')), 'hex') END
+  FROM pg_authid WHERE rolcanlogin AND NOT rolsuper AND rolname !~ '^pg_' AND rolname <> 'pgcluster_migrate'
+ ORDER BY rolname
 """
 SURVEY_DATABASES = """
 SELECT datname, pg_database_size(oid) AS size, pg_encoding_to_char(encoding) AS encoding, datcollate, datctype
@@ -145,7 +153,8 @@ ORDER BY 1, 2
 
 def survey(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: float = 30) -> dict:
     """What a migration needs to know of the PostgreSQL server on PORT: version, system identifier,
-    WAL and replication settings, roles, and per database its size, encoding, locale, extensions,
+    WAL and replication settings, TLS, roles (with a SHA-256 of each application role's stored
+    verifier, never the verifier), and per database its size, encoding, locale, extensions,
     tables without a primary key or replica identity, unlogged tables, large objects and how many
     tables it holds. Read-only. Raises CommandExecutionError when the server does not answer.
 
@@ -169,6 +178,9 @@ def survey(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: f
         "slots_used": int(inst["slots_used"]),
         "replication_roles": [r for r in inst["replication_roles"].split(",") if r],
         "login_roles": [r for r in inst["login_roles"].split(",") if r],
+        "ssl": inst["ssl"] == "on",
+        "ssl_cert_file": inst["ssl_cert_file"],
+        "role_digests": dict(query(SURVEY_ROLES, **conn)),
         "databases": {},
     }
     for db in query(SURVEY_DATABASES, names=True, **conn):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import functools
+import hashlib
 import json
 import os
 import time
@@ -33,6 +34,7 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "migrate"
 UTILS = (
+    "pgcluster_lock.take",
     "pgcluster_master.model",
     "pgcluster_migrate.problems",
     "pgcluster_model.settings",
@@ -45,6 +47,8 @@ SUBSCRIBE_WAIT = 900
 # How long the cluster may take to confirm the frozen source's last WAL; to checksum every table.
 CATCH_UP_WAIT = 60
 VERIFY_WAIT = 1800
+# The cutover waits this long for a reconcile round or an event's lookup to release the routing lock.
+LOCK_WAIT = 60.0
 
 
 def __virtual__():
@@ -124,7 +128,12 @@ def _target(model: dict, c: dict, problems: list[str]) -> dict:
         found = _shared("call", __opts__, leader["name"], "pgsql.survey", port=c["port"], wait=SURVEY_WAIT)
         user_tables = {d: facts["tables"] for d, facts in found["databases"].items()}
     first = next(iter(rooms.values()))
+    # The verifiers as a PgBouncer host holds them (other hosts' pillar has none: secrets by need).
+    viewer = (c.get("pgbouncer") or c["members"])[0]
+    seen = _shared("model", __opts__, __utils__["pgcluster_model.settings"], viewer)
+    verifiers = __utils__["pgcluster_model.role_verifiers"](seen, c["name"])
     return {
+        "role_digests": {r: hashlib.sha256(v.encode()).hexdigest() for r, v in verifiers.items()},
         "major": first["major"],
         "extensions": sorted(set.intersection(*(set(r["extensions"]) for r in rooms.values()))),
         "locales": sorted(set.intersection(*(set(r["locales"]) for r in rooms.values()))),
@@ -214,60 +223,117 @@ def _catch_up(source: str, port: int, dbs: list, lsn: str) -> None:
     raise MigrateError(f"the cluster did not confirm {source}'s WAL up to {lsn} within {CATCH_UP_WAIT} s")
 
 
+def _routing_lock(cluster: str):
+    """CLUSTER's routing lock (the switchover's, the reconcile's): no other route change while the
+    cutover moves the databases; MigrateError naming the holder when it is busy."""
+    lock, holder = __utils__["pgcluster_lock.take"](_shared("locks_dir", __opts__), cluster, "migrate.cutover",
+                                                    wait_for_short=LOCK_WAIT)  # fmt: skip
+    if lock is None:
+        raise MigrateError(f"{holder} holds the routing lock of {cluster}: nothing done; run again once it is done")
+    return lock
+
+
+def _on_pgbouncers(c: dict, fun: str, dbs: list, **kwarg: Any) -> dict:
+    """FUN for the migrated databases DBS on every PgBouncer of C; MigrateError naming the hosts
+    where it failed."""
+    ret = _shared("on_pgbouncers", __opts__, c, fun, [c["name"]], timeout=30, kwarg=kwarg)
+    failed = _shared("failures", ret, c["pgbouncer"])
+    if failed:
+        raise MigrateError(f"{fun} of {', '.join(dbs)} failed on " + "; ".join(f"{h}: {w}" for h, w in failed.items()))
+    return ret
+
+
+def _verify(c: dict, rec: dict, leader: str) -> dict:
+    """Wait for the frozen source's last WAL on the cluster, set the sequences, compare both ends;
+    the timings. MigrateError naming every difference."""
+    source, port, dbs = rec["source"], rec["port"], rec["databases"]
+    timings = {}
+    frozen = rec["frozen"]
+    t = time.monotonic()
+    _catch_up(source, port, dbs, frozen["lsn"])
+    timings["catch_up_s"] = round(time.monotonic() - t, 2)
+    t = time.monotonic()
+    # Both ends checksum their tables at once (each thread in a copy of this context: Salt's
+    # dunders live in context variables); then the sequences, set from the source's, are read
+    # back with the columns.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
+                            "pgmigrate.fingerprint", dbs, port=p, wait=VERIFY_WAIT)
+                for host, p in ((source, port), (leader, c["port"]))]  # fmt: skip
+        want, got = (end.result() for end in ends)
+    _shared("call", __opts__, leader, "pgmigrate.set_sequences",
+            {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip
+    after = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False, wait=60)
+    got = {db: dict(got[db], sequences=after[db]["sequences"], schema=after[db]["schema"]) for db in got}
+    timings["verify_s"] = round(time.monotonic() - t, 2)
+    differences = _differences(want, got)
+    if differences:
+        raise MigrateError("verification failed: " + "; ".join(differences))
+    timings["verified"] = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
+                                "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
+    return timings
+
+
 def _cutover(cluster: Any, confirm: Any) -> dict:
     model, c, rec, leader = _started(cluster, f": nothing to cut over (migrate.start {cluster})")
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
-    if rec.get("verified"):  # an earlier cutover verified the copy and stopped while cleaning up
-        return _finish(model, c, rec, leader, {}, rec["verified"])
+    if rec.get("verified"):  # an earlier cutover verified the copy and stopped before the end
+        with _routing_lock(cluster):
+            return _finish(model, c, rec, leader, {}, time.monotonic())
     if confirm is not True:
-        raise MigrateError(f"the cutover makes {source} read-only and ends its sessions of {', '.join(dbs)}: "
-                           f"run it with confirm=True")  # fmt: skip
-    there = _shared("call", __opts__, leader, "pgmigrate.progress", dbs, port=c["port"], wait=60)
+        raise MigrateError(f"the cutover pauses {', '.join(dbs)} on every PgBouncer, makes {source} read-only and "
+                           f"ends its sessions of them: run it with confirm=True")  # fmt: skip
+    there = _shared("call", __opts__, leader["name"], "pgmigrate.progress", dbs, port=c["port"], wait=60)
     copying = [f"{db}: {t} ({state})" for db in dbs for t, state in there[db]["tables"].items() if state != "ready"]
     if copying:
         raise MigrateError(f"the copy is not done ({', '.join(copying)}): see migrate.status {cluster}")
-    timings, t0 = {}, time.monotonic()
-    frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, wait=60)
-    timings["freeze_s"] = round(time.monotonic() - t0, 2)
-    try:
+    spec = __utils__["pgcluster_model.routing"](model, cluster)
+    with _routing_lock(cluster):
+        timings, t0 = {}, time.monotonic()
+        # Clients wait in PgBouncer from here (their running transactions end first) until RESUME.
+        try:
+            _on_pgbouncers(c, "pgbouncer.pause", dbs, spec=spec, databases=dbs)
+        except MigrateError:
+            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
+            raise
+        timings["pause_s"] = round(time.monotonic() - t0, 2)
         t = time.monotonic()
-        _catch_up(source, port, dbs, frozen["lsn"])
-        timings["catch_up_s"] = round(time.monotonic() - t, 2)
-        t = time.monotonic()
-        # Both ends checksum their tables at once (each thread in a copy of this context: Salt's
-        # dunders live in context variables); then the sequences, set from the source's, are read
-        # back with the columns.
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
-                                "pgmigrate.fingerprint", dbs, port=p, wait=VERIFY_WAIT)
-                    for host, p in ((source, port), (leader, c["port"]))]  # fmt: skip
-            want, got = (end.result() for end in ends)
-        _shared("call", __opts__, leader, "pgmigrate.set_sequences",
-                {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip
-        after = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False, wait=60)
-        got = {db: dict(got[db], sequences=after[db]["sequences"], schema=after[db]["schema"]) for db in got}
-        timings["verify_s"] = round(time.monotonic() - t, 2)
-        differences = _differences(want, got)
-        if differences:
-            raise MigrateError("verification failed: " + "; ".join(differences))
-    except MigrateError as exc:
-        _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
-        raise MigrateError(f"{exc}. {source} takes writes again; the migration goes on (migrate.status, "
-                           f"migrate.abort)") from None  # fmt: skip
-    # The point of no return: from here the cluster holds the data; abort refuses, a new cutover
-    # only finishes the clean-up.
-    verified = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
-                     "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
-    _save(cluster, dict(rec, verified=verified))
-    timings["source_read_only_s"] = round(time.monotonic() - t0, 2)
-    return _finish(model, c, rec, leader, timings, verified)
+        try:
+            frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, wait=60)
+            timings["freeze_s"] = round(time.monotonic() - t, 2)
+            timings.update(_verify(c, dict(rec, frozen=frozen), leader["name"]))
+        except MigrateError as exc:
+            _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
+            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
+            raise MigrateError(f"{exc}. {source} takes writes again, PgBouncer still sends {', '.join(dbs)} there; "
+                               f"the migration goes on (migrate.status, migrate.abort)") from None  # fmt: skip
+        # The point of no return: from here the cluster holds the data; abort refuses, a new cutover
+        # only finishes (routes the databases to the leader, resumes, cleans up).
+        rec = dict(rec, verified=timings.pop("verified"))
+        _save(cluster, rec)
+        timings["source_read_only_s"] = round(time.monotonic() - t, 2)
+        return _finish(model, c, rec, leader, timings, t0)
 
 
-def _finish(model: dict, c: dict, rec: dict, leader: str, timings: dict, verified: dict) -> dict:
-    """After a verified cutover: the subscriptions and the source's grants removed, the record too."""
+def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: float) -> dict:
+    """After a verified cutover: every PgBouncer routes the databases to the leader and resumes
+    them; the subscriptions and the source's grants removed, the record too."""
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
+    spec = __utils__["pgcluster_model.routing"](model, c["name"])
     t = time.monotonic()
-    _shared("call", __opts__, leader, "pgmigrate.unsubscribe", dbs, port=c["port"], wait=300)
+    kwarg = _shared("repoint_kwarg", spec, leader, cut_over=dbs)
+    ret = _shared("on_pgbouncers", __opts__, c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]],
+                  kwarg=kwarg)  # fmt: skip
+    done = _shared("repointed", c, ret, t, leader["name"])
+    resumed = _shared("on_pgbouncers", __opts__, c, "pgbouncer.resume", [c["name"]], timeout=30, kwarg={"spec": spec})
+    not_resumed = _shared("failures", resumed, c["pgbouncer"])
+    timings["paused_s"] = round(time.monotonic() - t0, 2)
+    if done["failed"] or done["refused"] or not_resumed:
+        raise MigrateError(f"the copy is verified, but PgBouncer hosts did not all follow: repoint failed on "
+                           f"{done['failed'] or done['refused'] or 'none'}, resume failed on {not_resumed or 'none'}; "
+                           f"migrate.cutover {c['name']} confirm=True tries again")  # fmt: skip
+    t = time.monotonic()
+    _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, port=c["port"], wait=300)
     ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
     _shared("call", __opts__, source, "pgmigrate.source_close", dbs, ca_file, port=port, wait=120)
     timings["clean_up_s"] = round(time.monotonic() - t, 2)
@@ -275,13 +341,13 @@ def _finish(model: dict, c: dict, rec: dict, leader: str, timings: dict, verifie
     return {
         "cut_over": True,
         "source": f"{source}:{port} (read-only now)",
-        "leader": leader,
-        "databases": verified,
+        "leader": leader["name"],
+        "databases": rec["verified"],
         "verified": "row counts, row checksums, sequences and columns equal",
-        "roles_without_password": rec["created"]["roles"],
+        "routed": f"every PgBouncer sends {', '.join(dbs)} to the leader",
         "timings": timings,
-        "next": f"declare the databases (and the roles' passwords) under pgcluster:clusters:{c['name']} and "
-        "remove its migrate block",
+        "next": f"move {', '.join(dbs)} from pgcluster:clusters:{c['name']}:migrate:databases to "
+        f"pgcluster:clusters:{c['name']}:databases and remove the migrate block",
     }
 
 
@@ -349,8 +415,9 @@ def _start(cluster: Any) -> dict:
     t = time.monotonic()
     pki = __utils__["pgcluster_model.pki_files"](model)
     members = {x: model["hosts"][x] for x in c["members"]}
+    routers = {x: model["hosts"][x] for x in c["pgbouncer"]}
     opened = _shared("call", __opts__, source, "pgmigrate.source_open", members, dbs, pki["ca"], pki["cert"],
-                     pki["key"], port=m["port"], wait=120)  # fmt: skip
+                     pki["key"], port=m["port"], routers=routers, wait=120)  # fmt: skip
     timings["source_open_s"] = round(time.monotonic() - t, 2)
     spec = {"address": model["hosts"][source], "port": m["port"], "certificate": opened["server_certificate"],
             "ca": pki["ca"], "cert": pki["cert"], "key": pki["key"]}  # fmt: skip
@@ -368,16 +435,17 @@ def _start(cluster: Any) -> dict:
             "created": made, "timings": timings}  # fmt: skip
 
 
-def _leader_name(model: dict, c: dict) -> str:
+def _leader(model: dict, c: dict) -> dict:
+    """CLUSTER's leader now (``find_leader``: name, timeline, system); MigrateError when none."""
     apis = {x: __utils__["pgcluster_model.api_url"](model, x) for x in c["members"]}
     cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
     leader = __utils__["pgcluster_routing.find_leader"](apis, timeout=5, cafile=cafile)
     if not leader:
         raise MigrateError(f"{c['name']} has no leader that accepts writes")
-    return leader["name"]
+    return leader
 
 
-def _started(cluster: Any, hint: str) -> tuple[dict, dict, dict, str]:
+def _started(cluster: Any, hint: str) -> tuple[dict, dict, dict, dict]:
     """The model, CLUSTER, the record of its started migration and its leader now; MigrateError
     (ending on HINT) when no migration is started. The record, not the pillar, says what to undo:
     the migrate block may already be gone."""
@@ -386,7 +454,7 @@ def _started(cluster: Any, hint: str) -> tuple[dict, dict, dict, str]:
     rec = _record(cluster)
     if not rec:
         raise MigrateError(f"no migration of {cluster} is started{hint}")
-    return model, c, rec, _leader_name(model, c)
+    return model, c, rec, _leader(model, c)
 
 
 def _status(cluster: Any) -> dict:
@@ -395,7 +463,7 @@ def _status(cluster: Any) -> dict:
         return {"cluster": cluster, "cut_over": True, "databases": rec["verified"],
                 "next": f"migrate.cutover {cluster} confirm=True finishes the clean-up"}  # fmt: skip
     dbs = rec["databases"]
-    there = _shared("call", __opts__, leader, "pgmigrate.progress", dbs, port=c["port"], wait=60)
+    there = _shared("call", __opts__, leader["name"], "pgmigrate.progress", dbs, port=c["port"], wait=60)
     here = _shared("call", __opts__, rec["source"], "pgmigrate.source_progress", dbs, port=rec["port"], wait=60)
     now, out = time.time(), {}
     for db in dbs:
@@ -416,8 +484,8 @@ def _status(cluster: Any) -> dict:
             "streaming": bool(slot.get("active")),
         }
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec["started"]))
-    return {"cluster": cluster, "source": f"{rec['source']}:{rec['port']}", "mode": rec["mode"], "leader": leader,
-            "started": started, "databases": out}  # fmt: skip
+    return {"cluster": cluster, "source": f"{rec['source']}:{rec['port']}", "mode": rec["mode"],
+            "leader": leader["name"], "started": started, "databases": out}  # fmt: skip
 
 
 def _abort(cluster: Any) -> dict:
@@ -426,7 +494,7 @@ def _abort(cluster: Any) -> dict:
         raise MigrateError(f"the cutover of {cluster} verified the copy: the cluster holds the data now, nothing "
                            f"to abort (migrate.cutover {cluster} confirm=True finishes the clean-up)")  # fmt: skip
     made, dbs = rec["created"], rec["databases"]
-    dropped = _shared("call", __opts__, leader, "pgmigrate.unsubscribe", dbs, made["databases"], made["roles"],
+    dropped = _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, made["databases"], made["roles"],
                       port=c["port"], wait=300)  # fmt: skip
     ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
     closed = _shared("call", __opts__, rec["source"], "pgmigrate.source_close", dbs, ca_file, port=rec["port"],

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from typing import Any
 
@@ -108,24 +107,11 @@ def _get(model: dict, member: str, path: str) -> Any:
 
 # ---- Salt jobs ----------------------------------------------------------------------------------
 def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None) -> dict:
-    hosts = c["pgbouncer"]
-    if not hosts:
-        return {}
-    # A PgBouncer host that is down must not hold the others up: Salt's default 10 s job lookup
-    # on silent minions would come on top of TIMEOUT.
-    with salt.client.LocalClient(mopts=dict(__opts__, gather_job_timeout=2)) as local:
-        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg)
+    return __utils__["pgcluster_master.on_pgbouncers"](__opts__, c, fun, args, timeout=timeout, kwarg=kwarg)
 
 
 def _failures(ret: dict, hosts: list[str]) -> dict[str, str]:
-    bad = {}
-    for host in hosts:
-        r = ret.get(host)
-        if r is None:
-            bad[host] = "no answer"
-        elif r.get("retcode", 0) != 0:
-            bad[host] = str(r.get("ret"))[:300]
-    return bad
+    return __utils__["pgcluster_master.failures"](ret, hosts)
 
 
 def _spec(model: dict, c: dict) -> dict:
@@ -133,22 +119,10 @@ def _spec(model: dict, c: dict) -> dict:
 
 
 def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> dict:
-    address = model["hosts"][leader["name"]]
     t = time.monotonic()
-    kwarg = {"timeline": leader.get("timeline"), "system": leader.get("system"), "resume_paused": resume_paused,
-             "spec": _spec(model, c)}  # fmt: skip
-    ret = _on_pgbouncers(c, "pgbouncer.repoint", [c["name"], address], kwarg=kwarg)
-    done = {h: r["ret"] for h, r in ret.items() if isinstance(r.get("ret"), dict)}
-    refused = {h: r["refused"] for h, r in done.items() if r.get("refused")}
-    if refused:  # a newer route is in place there (the fence): not a failure, but worth a line
-        log.warning("pgcluster: %s: route to %s refused by %s", c["name"], leader["name"], refused)
-    return {
-        "seconds": round(time.monotonic() - t, 3),
-        "changed": sorted(h for h, r in done.items() if r.get("changed")),
-        "resumed": sorted(h for h, r in done.items() if r.get("resumed")),
-        "refused": refused,
-        "failed": _failures(ret, c["pgbouncer"]),
-    }
+    kwarg = __utils__["pgcluster_master.repoint_kwarg"](_spec(model, c), leader, resume_paused)
+    ret = _on_pgbouncers(c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]], kwarg=kwarg)
+    return __utils__["pgcluster_master.repointed"](c, ret, t, leader["name"])
 
 
 def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:
@@ -159,7 +133,7 @@ def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) ->
 
 # ---- the master's cache and event bus -------------------------------------------------------------
 def _locks() -> str:
-    return os.path.join(__opts__["cachedir"], "pgcluster", "locks")
+    return __utils__["pgcluster_master.locks_dir"](__opts__)
 
 
 def _section(name: str, what: str):

@@ -230,7 +230,8 @@ def database_present(name: str, cluster: str, port: int = 5432) -> dict:
 
 
 def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
-    """Ensure this PgBouncer's routing file for cluster NAME points at the current leader.
+    """Ensure this PgBouncer's routing file for cluster NAME points at the current leader (a
+    database being migrated in: at its source, until its cutover).
 
     The leader is read from Patroni (the formula's one leader finder); waits up to TIMEOUT
     seconds for the cluster to have one (on a first deployment the database servers bootstrap
@@ -260,7 +261,9 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     if why:
         ret["comment"] = f"routing of {name} left alone: {why}"
         return ret
-    text = __utils__["pgcluster_routing.routing_text"](spec, address, timeline, system=system)
+    # Databases being migrated in go to their source until their cutover (kept in the file).
+    cut = (current or {}).get("cut") or []
+    text = __utils__["pgcluster_routing.routing_text"](spec, address, timeline, system=system, cut=cut)
     try:
         with salt.utils.files.fopen(spec["path"]) as f:
             if f.read() == text:
@@ -268,6 +271,9 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     except FileNotFoundError:
         pass
     ret["changes"] = {"leader": address}
+    at_source = sorted(set(spec.get("sources") or {}) - set(cut))
+    if at_source:
+        ret["changes"]["to_their_source"] = at_source
     if __opts__.get("test"):
         ret.update(result=None, comment=f"would route {name} to the leader {leader['name']} ({address})")
         return ret

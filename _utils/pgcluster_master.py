@@ -8,6 +8,9 @@ The runners (``_runners/pgcluster.py``, ``_runners/pgcluster_growth.py``) call t
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +22,7 @@ import salt.utils.files
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
+log = logging.getLogger(__name__)
 __virtualname__ = "pgcluster_master"
 FORMULA = "pgcluster"  # the formula's folder in the master's file roots
 
@@ -111,3 +115,56 @@ def prometheus(url: str | None, ca: str, path: str, params: dict, timeout: float
     if body.get("status") != "success":
         raise PgclusterError(f"Prometheus refused {params.get('query')!r}: {body.get('error', resp.status_code)}")
     return body["data"]
+
+
+# ---- every PgBouncer of a cluster at once -------------------------------------------------------
+def on_pgbouncers(opts: dict, c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None) -> dict:
+    """FUN on every PgBouncer host of cluster C at once: Salt's full returns by host."""
+    hosts = c["pgbouncer"]
+    if not hosts:
+        return {}
+    # A PgBouncer host that is down must not hold the others up: Salt's default 10 s job lookup
+    # on silent minions would come on top of TIMEOUT.
+    with salt.client.LocalClient(mopts=dict(opts, gather_job_timeout=2)) as local:
+        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg)
+
+
+def failures(ret: dict, hosts: list[str]) -> dict[str, str]:
+    """{host: why} of the HOSTS whose return in RET (``on_pgbouncers``) is missing or failed."""
+    bad = {}
+    for host in hosts:
+        r = ret.get(host)
+        if r is None:
+            bad[host] = "no answer"
+        elif r.get("retcode", 0) != 0:
+            bad[host] = str(r.get("ret"))[:300]
+    return bad
+
+
+def repoint_kwarg(spec: dict, leader: dict, resume_paused: bool = False, cut_over: list | None = None) -> dict:
+    """The arguments of ``pgbouncer.repoint`` that route a cluster (routing SPEC) to LEADER
+    (``find_leader``'s answer; its timeline and system are the fence); CUT_OVER: migrated
+    databases that follow the leader from now on."""
+    return {"timeline": leader.get("timeline"), "system": leader.get("system"), "resume_paused": resume_paused,
+            "spec": spec, "cut_over": cut_over}  # fmt: skip
+
+
+def repointed(c: dict, ret: dict, started: float, leader: str) -> dict:
+    """What a ``pgbouncer.repoint`` on every PgBouncer of C (RET, begun at STARTED) did: how long
+    it took and which hosts changed, resumed, refused (the fence), failed."""
+    done = {h: r["ret"] for h, r in ret.items() if isinstance(r.get("ret"), dict)}
+    refused = {h: r["refused"] for h, r in done.items() if r.get("refused")}
+    if refused:  # a newer route is in place there (the fence): not a failure, but worth a line
+        log.warning("pgcluster: %s: route to %s refused by %s", c["name"], leader, refused)
+    return {
+        "seconds": round(time.monotonic() - started, 3),
+        "changed": sorted(h for h, r in done.items() if r.get("changed")),
+        "resumed": sorted(h for h, r in done.items() if r.get("resumed")),
+        "refused": refused,
+        "failed": failures(ret, c["pgbouncer"]),
+    }
+
+
+def locks_dir(opts: dict) -> str:
+    """Where the master keeps the clusters' routing locks (``pgcluster_lock``)."""
+    return os.path.join(opts["cachedir"], "pgcluster", "locks")

@@ -13,6 +13,10 @@ MODES = ("physical", "logical")
 # Room a member needs beyond the source's size: WAL, the copy's own overhead.
 DISK_MARGIN = 1.2
 GB = 1024**3
+# Server certificates PgBouncer can check: the one migrate.start lends (pgcluster's, signed by the
+# cluster's CA); Debian's self-signed default, which it replaces while the migration runs.
+LENT_CERT = "pgcluster-migrate.crt"
+SNAKEOIL = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
 
 
 def __virtual__():
@@ -32,7 +36,8 @@ def problems(cluster: str, migrate: dict, survey: dict, target: dict) -> list[st
     """Every problem of migrating MIGRATE's source (SURVEY: ``pgsql.survey``) into CLUSTER, whose
     facts are TARGET: ``major`` (PostgreSQL major version), ``extensions`` (available on every
     member), ``locales`` (``locale -a`` common to the members), ``free`` ({member: bytes free where
-    its data lives}), ``user_tables`` ({database: tables in user schemas} on the leader).
+    its data lives}), ``user_tables`` ({database: tables in user schemas} on the leader),
+    ``role_digests`` ({role: SHA-256 of the verifier pillar declares for it}).
     Empty: nothing stands in the way."""
     mode, source = migrate.get("mode"), migrate.get("source")
     out: list[str] = []
@@ -90,12 +95,45 @@ def problems(cluster: str, migrate: dict, survey: dict, target: dict) -> list[st
             locale = facts[what]
             if locale not in ("C", "POSIX") and _norm(locale) not in {_norm(x) for x in target["locales"]}:
                 out.append(f"database {d} has LC_{what.upper()} {locale}, a locale {cluster}'s members lack")
+    out += _role_problems(cluster, source, survey, target)
+    if (
+        mode == "logical"
+        and survey.get("ssl")
+        and not survey.get("ssl_cert_file", "").endswith(LENT_CERT)
+        and (survey.get("ssl_cert_file") != SNAKEOIL)
+    ):
+        out.append(f"{source} presents its own certificate ({survey['ssl_cert_file']}): the PgBouncer hosts, which "
+                   f"route the databases to {source} until the cutover, check servers against {cluster}'s CA "
+                   "(give the source a certificate from that CA, or Debian's snakeoil one, which migrate.start "
+                   "replaces with the host's pgcluster certificate until the cutover)")  # fmt: skip
     need = sum(f["size"] for f in moved.values()) if mode == "logical" else survey["size"]
     for member, free in sorted(target["free"].items()):
         if free < need * DISK_MARGIN:
             out.append(f"{member}: {_gb(free)} free for data, the migration needs {_gb(need * DISK_MARGIN)} "
                        f"({_gb(need)} and 20 %)")  # fmt: skip
     return list(dict.fromkeys(out))
+
+
+def _role_problems(cluster: str, source: str, survey: dict, target: dict) -> list[str]:
+    """The source's application roles that could not log in through PgBouncer after the move.
+    PgBouncer authenticates a client with the verifier declared in pillar and logs in to the
+    server with the same proof, so the declared verifier must be the source's very own."""
+    key = f"pgcluster:clusters:{cluster}:roles"
+    declared = target.get("role_digests") or {}
+    out = []
+    for role, digest in sorted((survey.get("role_digests") or {}).items()):
+        if not digest:
+            out.append(f"role {role} has no password on {source}: it cannot log in through PgBouncer (give it "
+                       "one there, or make it NOLOGIN)")  # fmt: skip
+        elif role not in declared:
+            out.append(f"role {role} is not declared in {key}: it could not log in through PgBouncer (declare it "
+                       f"with verifier: its rolpassword in {source}'s pg_authid)")  # fmt: skip
+        elif declared[role] != digest:
+            out.append(
+                f"role {role}: the verifier {key}:{role} declares is not {source}'s (PgBouncer logs in with "
+                f"the very same one on both sides: declare verifier: its rolpassword in {source}'s pg_authid)"
+            )
+    return out
 
 
 def _norm(locale: str) -> str:

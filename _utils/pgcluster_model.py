@@ -197,6 +197,14 @@ def _validate_migrate(key: str, c: dict, hosts: dict, problems: list[str]) -> No
         problems.append(f"{key}:databases: must be a list of database names")
     elif dbs and m.get("mode") == "physical":
         problems.append(f"{key}:databases: a physical migration moves the whole instance: leave databases out")
+    elif not dbs and m.get("mode") == "logical":
+        problems.append(f"{key}:databases: list the databases to move (PgBouncer routes them to the source "
+                        "until the cutover)")  # fmt: skip
+    overlap = sorted(set(dbs or []) & set(c.get("databases") or {})) if isinstance(dbs, list) else []
+    if overlap:
+        where = key.removesuffix(":migrate")
+        problems.append(f"{key}:databases: {', '.join(overlap)} also in {where}:databases: declare a migrated "
+                        "database there after its cutover")  # fmt: skip
 
 
 def problems(model: dict) -> list[str]:
@@ -1001,16 +1009,29 @@ def api_url(model: dict, member: str) -> str:
     return f"https://{model['hosts'][member]}:{model['patroni']['restapi_port']}"
 
 
+def migrated_sources(model: dict, c: dict) -> dict[str, dict]:
+    """{database: {"address", "port"}} of the databases cluster C is migrating in (logical mode):
+    PgBouncer routes them to their source until the cutover."""
+    m = c.get("migrate") or {}
+    if m.get("mode") != "logical":
+        return {}
+    source = {"address": model["hosts"][m["source"]], "port": int(m.get("port", 5432))}
+    return {db: dict(source) for db in m.get("databases") or []}
+
+
 def routing(model: dict, name: str) -> dict:
     """What a PgBouncer host needs to route cluster NAME (no secret): the members' addresses and
-    REST APIs, PostgreSQL's port, the databases, and where this PgBouncer keeps its files."""
+    REST APIs, PostgreSQL's port, the databases (those being migrated in too, with their source
+    in ``sources``), and where this PgBouncer keeps its files."""
     c = cluster(model, name)
     b = model["pgbouncer"]
+    sources = migrated_sources(model, c)
     return {
         "cluster": name,
         "members": {m: {"address": model["hosts"][m], "api": api_url(model, m)} for m in c["members"]},
         "port": c["port"],
-        "databases": sorted(c["databases"]),
+        "databases": sorted(set(c["databases"]) | set(sources)),
+        "sources": sources,
         "conf_dir": b["conf_dir"],
         "path": f"{b['conf_dir']}/routing-{name}.ini",
         "admin_port": b["port"],

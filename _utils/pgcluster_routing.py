@@ -28,12 +28,13 @@ __virtualname__ = "pgcluster_routing"
 PRIMARY_ROLES = ("primary", "master")  # Patroni 4.x, 3.x
 LEADER_ROLES = ("leader", "standby_leader")
 # The routing file's format (one per cluster, included by pgbouncer.ini). The header says which
-# leader, Patroni timeline and database system the route was computed for: the fence.
+# leader, Patroni timeline and database system the route was computed for (the fence) and, while
+# databases are being migrated in, which of them were cut over from their source to the leader.
 HEADER = (
     "; Managed by Salt (pgcluster): routing of cluster {cluster}; leader {leader}; timeline {timeline}; "
-    "system {system}.\n[databases]\n"
+    "system {system}{cut}.\n[databases]\n"
 )
-HEADER_FIELD = re.compile(r"; (leader|timeline|system) ([^;\s]+?)\.?(?=;|$)")
+HEADER_FIELD = re.compile(r"; (leader|timeline|system|cut over) ([^;\s]+?)\.?(?=;|$)")
 LINE = "{name} = host={host} port={port} dbname={db}\n"
 NOWHERE = ("127.0.0.1", 1)  # no leader: clients get an error, never a write on a former leader
 
@@ -109,21 +110,32 @@ def find_leader(
     }
 
 
+def destinations(spec: dict, leader: str | None, cut: list[str] | tuple = ()) -> dict[str, tuple[str, int]]:
+    """{database: (host, port)} of SPEC's cluster: a database being migrated in (``sources``) goes
+    to its source until it is CUT over, every other one to LEADER (an address; None: nowhere)."""
+    sources = spec.get("sources") or {}
+    to_leader = (leader, spec["port"]) if leader else NOWHERE
+    return {db: (sources[db]["address"], sources[db]["port"]) if db in sources and db not in cut else to_leader
+            for db in spec["databases"]}  # fmt: skip
+
+
 def routing_text(
     spec: dict,
     leader: str | None,
     timeline: int | None = None,
     replicas: list[str] | None = None,
     system: str | None = None,
+    cut: list[str] | tuple = (),
 ) -> str:
-    """The routing file of SPEC's cluster: every database to LEADER (an address; None: nowhere),
-    ``<db>_ro`` to REPLICAS when given; the header names LEADER, TIMELINE and SYSTEM."""
-    host, port = (leader, spec["port"]) if leader else NOWHERE
+    """The routing file of SPEC's cluster (``destinations``), ``<db>_ro`` to REPLICAS when given;
+    the header names LEADER, TIMELINE, SYSTEM and the migrated databases CUT over."""
+    cut = sorted(set(cut) & set(spec.get("sources") or {}))
     text = HEADER.format(cluster=spec["cluster"], leader=leader or "none", timeline=timeline or "unknown",
-                         system=system or "unknown")  # fmt: skip
-    for db in spec["databases"]:
+                         system=system or "unknown",
+                         cut=f"; cut over {','.join(cut) or 'none'}" if spec.get("sources") else "")  # fmt: skip
+    for db, (host, port) in destinations(spec, leader, cut).items():
         text += LINE.format(name=db, db=db, host=host, port=port)
-        if replicas and leader:
+        if replicas and leader and host == leader:
             text += LINE.format(name=f"{db}_ro", db=db, host=",".join(replicas), port=port)
     return text
 
@@ -147,7 +159,8 @@ def write_routing(spec: dict, text: str) -> bool:
 
 def routed(spec: dict) -> dict | None:
     """What SPEC's routing file was written for, from its header: ``{"leader", "timeline",
-    "system"}`` (None for what it does not say), or None when there is no file."""
+    "system", "cut"}`` (None for what it does not say; ``cut``: the migrated databases cut over),
+    or None when there is no file."""
     try:
         with open(spec["path"]) as f:
             first = f.readline().strip()
@@ -159,6 +172,7 @@ def routed(spec: dict) -> dict | None:
         "leader": fields.get("leader"),
         "timeline": int(timeline) if timeline and timeline.isdigit() else None,
         "system": fields.get("system"),
+        "cut": [d for d in (fields.get("cut over") or "").split(",") if d],
     }
 
 
@@ -192,18 +206,22 @@ def install_route(
     timeline: int | None = None,
     system: str | None = None,
     replicas: list[str] | None = None,
+    cut_over: list[str] | tuple = (),
 ) -> tuple[bool, str | None]:
     """Write the route to LEADER unless the fence refuses it. Returns (changed, why refused).
+    Migrated databases cut over stay so; CUT_OVER adds databases to them (a migration's cutover).
 
     Compare-then-write is atomic among writers that hold SPEC's lock file (``<path>.lock``,
     flock): the master's repoint, highstate and the start-up hook on this host."""
     fd = os.open(f"{spec['path']}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        why = refusal(routed(spec), leader, timeline, system)
+        current = routed(spec)
+        why = refusal(current, leader, timeline, system)
         if why:
             return False, why
-        return write_routing(spec, routing_text(spec, leader, timeline, replicas, system)), None
+        cut = [*(current or {}).get("cut", []), *cut_over]
+        return write_routing(spec, routing_text(spec, leader, timeline, replicas, system, cut)), None
     finally:
         os.close(fd)
 

@@ -67,3 +67,37 @@ def test_missing_extensions_locales_and_disk_are_named_per_member():
 @pytest.mark.parametrize("mode", [None, "copy"])
 def test_a_mode_that_is_no_mode_is_named(mode):
     assert f"mode {mode!r}: must be physical or logical" in problems({"mode": mode})
+
+
+def with_roles(survey: dict, **facts) -> dict:
+    return {**copy.deepcopy(survey), **facts}
+
+
+def test_application_roles_must_be_declared_with_the_sources_own_verifier():
+    survey = with_roles(SURVEY, role_digests={"shop": "ab" * 32, "reports": "cd" * 32, "batch": ""})
+    found = problems({"mode": "logical", "databases": ["shop"]}, survey, role_digests={"shop": "ff" * 32})
+    roles = [p for p in found if p.startswith("role ")]
+    assert roles == [
+        "role batch has no password on legacy: it cannot log in through PgBouncer (give it one there, or make it "
+        "NOLOGIN)",
+        "role reports is not declared in pgcluster:clusters:main:roles: it could not log in through PgBouncer "
+        "(declare it with verifier: its rolpassword in legacy's pg_authid)",
+        "role shop: the verifier pgcluster:clusters:main:roles:shop declares is not legacy's (PgBouncer logs in "
+        "with the very same one on both sides: declare verifier: its rolpassword in legacy's pg_authid)",
+    ]
+    declared = problems({"mode": "physical"}, with_roles(SURVEY, role_digests={"shop": "ab" * 32}),
+                        role_digests={"shop": "ab" * 32})  # fmt: skip
+    assert declared == []
+
+
+@pytest.mark.parametrize(
+    "ssl, cert, refused",
+    [(False, "", False), (True, "/etc/ssl/certs/ssl-cert-snakeoil.pem", False),
+     (True, "/etc/postgresql/15/main/pgcluster-migrate.crt", False), (True, "/etc/ssl/private/db.example.crt", True)],
+)  # fmt: skip
+def test_pgbouncer_must_be_able_to_check_the_sources_certificate(ssl, cert, refused):
+    survey = with_roles(SURVEY, ssl=ssl, ssl_cert_file=cert)
+    found = [p for p in problems({"mode": "logical", "databases": ["shop"]}, survey) if "certificate" in p]
+    assert bool(found) is refused
+    if refused:
+        assert found[0].startswith("legacy presents its own certificate (/etc/ssl/private/db.example.crt)")

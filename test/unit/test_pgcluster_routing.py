@@ -77,9 +77,9 @@ def test_the_header_says_leader_timeline_and_system_and_reads_back(tmp_path):
     spec = spec_in(tmp_path)
     assert routing.routed(spec) is None
     assert routing.install_route(spec, "198.18.0.12", 7, SYSTEM) == (True, None)
-    assert routing.routed(spec) == {"leader": "198.18.0.12", "timeline": 7, "system": SYSTEM}
+    assert routing.routed(spec) == {"leader": "198.18.0.12", "timeline": 7, "system": SYSTEM, "cut": []}
     routing.install_route(spec, None)
-    assert routing.routed(spec) == {"leader": None, "timeline": None, "system": None}
+    assert routing.routed(spec) == {"leader": None, "timeline": None, "system": None, "cut": []}
 
 
 def test_a_header_written_before_the_system_was_recorded_still_reads(tmp_path):
@@ -87,7 +87,7 @@ def test_a_header_written_before_the_system_was_recorded_still_reads(tmp_path):
     (tmp_path / "routing-main.ini").write_text(
         "; Managed by Salt (pgcluster): routing of cluster main; leader 198.18.0.12; timeline 7.\n[databases]\n"
     )
-    assert routing.routed(spec) == {"leader": "198.18.0.12", "timeline": 7, "system": None}
+    assert routing.routed(spec) == {"leader": "198.18.0.12", "timeline": 7, "system": None, "cut": []}
     assert routing.install_route(spec, "198.18.0.11", 6, SYSTEM)[1] is not None  # older: refused
 
 
@@ -133,3 +133,44 @@ def test_the_fence_holds_whatever_type_the_command_line_gave(tmp_path):
     spec = spec_in(tmp_path)
     routing.install_route(spec, "198.18.0.12", 8, SYSTEM)
     assert routing.install_route(spec, "198.18.0.11", "7", int(SYSTEM))[1].startswith("route for timeline 7 is older")
+
+
+def migrating(tmp_path) -> dict:
+    """app served by the cluster, shop and stock being migrated in from the legacy host."""
+    source = {"address": "198.18.0.40", "port": 5432}
+    return dict(spec_in(tmp_path), databases=["app", "shop", "stock"], sources={"shop": source, "stock": source})
+
+
+def test_a_database_being_migrated_goes_to_its_source_until_cut_over(tmp_path):
+    spec = migrating(tmp_path)
+    text = routing.routing_text(spec, "198.18.0.12", 3, replicas=["198.18.0.11"])
+    assert "app = host=198.18.0.12 port=5432 dbname=app" in text
+    assert "shop = host=198.18.0.40 port=5432 dbname=shop" in text and "shop_ro" not in text
+    assert "; cut over none." in text.splitlines()[0]
+    # The source serves its databases whatever the cluster does: no leader sends only app nowhere.
+    assert routing.destinations(spec, None)["shop"] == ("198.18.0.40", 5432)
+    assert routing.destinations(spec, None)["app"] == routing.NOWHERE
+
+
+def test_a_cutover_is_kept_by_every_later_route(tmp_path):
+    spec = migrating(tmp_path)
+    routing.install_route(spec, "198.18.0.12", 3, SYSTEM)
+    assert routing.install_route(spec, "198.18.0.12", 3, SYSTEM, cut_over=["shop"]) == (True, None)
+    assert routing.routed(spec)["cut"] == ["shop"]
+    # A reconcile, a failover, the start-up hook: none of them passes cut_over, shop stays cut over.
+    routing.install_route(spec, "198.18.0.13", 4, SYSTEM)
+    routing.install_route(spec, None)
+    routing.install_route(spec, "198.18.0.11", 5, SYSTEM)
+    text = (tmp_path / "routing-main.ini").read_text()
+    assert "shop = host=198.18.0.11 port=5432" in text and "stock = host=198.18.0.40" in text
+    assert routing.routed(spec)["cut"] == ["shop"]
+
+
+def test_the_cutover_mark_goes_with_the_migrate_block(tmp_path):
+    spec = migrating(tmp_path)
+    routing.install_route(spec, "198.18.0.12", 3, SYSTEM, cut_over=["shop", "stock"])
+    # The operator moves the databases to the cluster's own and removes the migrate block.
+    done = dict(spec, sources={})
+    assert routing.install_route(done, "198.18.0.12", 3, SYSTEM) == (True, None)
+    assert "cut over" not in (tmp_path / "routing-main.ini").read_text()
+    assert routing.routed(done)["cut"] == []
