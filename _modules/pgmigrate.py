@@ -201,7 +201,10 @@ def source_open(
     dbs = ",".join(_ident(d) for d in dict.fromkeys(["postgres", *databases]))
     hba_lines = [f"hostssl {dbs} {ROLE} {addr}/32 cert map={MAP}" for addr in members.values()]
     moved = ",".join(_ident(d) for d in databases)
-    hba_lines += [f"hostssl {moved} all {addr}/32 scram-sha-256" for addr in (routers or {}).values()]
+    routers = routers or {}
+    if routers:  # the migration role only ever by certificate from a member
+        hba_lines.append(f"host all {ROLE} all reject")
+    hba_lines += [f"hostssl {moved} all {addr}/32 scram-sha-256" for addr in routers.values()]
     _write_block(hba, hba_lines, top=True)
     _write_block(ident, [f"{MAP} {name} {ROLE}" for name in members], top=False)
     for db in databases:
@@ -399,7 +402,8 @@ WHERE NOT datistemplate AND datallowconn"""
 
 def _create_roles(source: dict, port: int) -> list[str]:
     """The source's roles (not its superusers) that the cluster lacks, with their attributes and
-    memberships, without passwords; returns the roles created."""
+    memberships, without passwords (its login roles are declared in pillar, and the members'
+    highstate has created them with their verifiers); returns the roles created."""
     have = {r[0] for r in _q("SELECT rolname FROM pg_roles", port)}
     created = []
     for name, login, createdb, createrole, inherit, connlimit, bypassrls in _remote(source, ROLES):

@@ -47,6 +47,9 @@ SUBSCRIBE_WAIT = 900
 # How long the cluster may take to confirm the frozen source's last WAL; to checksum every table.
 CATCH_UP_WAIT = 60
 VERIFY_WAIT = 1800
+# The databases the pg_hba in force admits clients to over TLS with a password.
+HBA_DATABASES = ("SELECT DISTINCT unnest(database) FROM pg_hba_file_rules WHERE type = 'hostssl' "
+                 "AND auth_method = 'scram-sha-256'")  # fmt: skip
 # The cutover waits this long for a reconcile round or an event's lookup to release the routing lock.
 LOCK_WAIT = 60.0
 
@@ -143,6 +146,16 @@ def _target(model: dict, c: dict, problems: list[str]) -> dict:
     }
 
 
+def _unadmitted(c: dict, leader: str, dbs: list) -> list[str]:
+    """A problem per database the leader's pg_hba does not yet admit PgBouncer to (the pillar
+    declares it once migrate lists it; a highstate of the members applies it)."""
+    rows = _shared("call", __opts__, leader, "pgsql.query", HBA_DATABASES, port=c["port"], wait=60)
+    admitted = {r[0] for r in rows}
+    return [f"{leader}'s pg_hba does not admit the PgBouncer hosts to database {db} yet: run a highstate on "
+            f"{c['name']}'s members (and its PgBouncer hosts) with the migrate block declared" for db in dbs
+            if db not in admitted]  # fmt: skip
+
+
 def _check(cluster: Any) -> dict:
     model, c, m = _plan(cluster)
     source, port = m["source"], m["port"]
@@ -163,6 +176,8 @@ def _check(cluster: Any) -> dict:
             problems.append(f"{host} cannot reach {source}'s PostgreSQL at {address}:{port} ({why}): set "
                             "listen_addresses there (a restart) and open the port to the cluster's hosts")  # fmt: skip
     dbs = m["databases"] or sorted(survey["databases"])
+    if m["mode"] == "logical" and target["leader"]:
+        problems += _unadmitted(c, target["leader"], dbs)
     ret = {
         "cluster": cluster,
         "source": f"{source}:{port}",
@@ -345,6 +360,7 @@ def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: fl
         "databases": rec["verified"],
         "verified": "row counts, row checksums, sequences and columns equal",
         "routed": f"every PgBouncer sends {', '.join(dbs)} to the leader",
+        "roles_created": rec["created"]["roles"],
         "timings": timings,
         "next": f"move {', '.join(dbs)} from pgcluster:clusters:{c['name']}:migrate:databases to "
         f"pgcluster:clusters:{c['name']}:databases and remove the migrate block",

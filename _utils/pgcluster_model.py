@@ -748,7 +748,8 @@ def pg_hba(model: dict, name: str) -> list[str]:
     rules += [f"hostssl postgres {p['rewind_user']} {n} scram-sha-256" for n in member_nets]
     clients = [f"{model['hosts'][h]}/32" for h in c["pgbouncer"]] + [str(n) for n in c["client_networks"]]
     client_roles = ",".join(sorted(c["roles"])) or "nobody"
-    for db in sorted(c["databases"]):
+    # The databases being migrated in too: PgBouncer reaches them here from their cutover on.
+    for db in sorted(set(c["databases"]) | set(migrated_sources(model, c))):
         for net in dict.fromkeys(clients):
             rules.append(f"hostssl {db} {client_roles} {net} scram-sha-256")
     # Anything else, TLS or not, is refused: a plaintext connection matches no hostssl line above.

@@ -4,11 +4,12 @@
 The legacy host's `shop` database filled by `pgbench -i -s SCALE` (scale 70 is about 1 GB), then
 in the same run, RUNS times each:
 - **logical** (`salt-run migrate.start`, `status` until every table is ready, `cutover
-  confirm=True`) while pgbench writes on the source (4 clients, on the legacy host itself: the
-  PgBouncer routing to the source is not built yet): copy time, lag (bytes) just before the
-  cutover, how long the source was read-only (the cutover's own timing), and the writer's
-  clients cut off by the cutover (the source ends their sessions; through PgBouncer they would
-  be paused instead, once that is built);
+  confirm=True`) while the application writes through app1's PgBouncer as role shop (which
+  sends shop to the source until the cutover, then to the leader): pgbench (4 clients) and an
+  insert-only writer that logs acknowledged ids (test/integration/ackwriter.py). Copy time, lag
+  (bytes) just before the cutover, how long the source was read-only and clients paused (the
+  cutover's own timings), the longest INSERT the writer saw, failed transactions (writer
+  errors, pgbench clients aborted) and acknowledged ids missing on the cluster;
 - **baseline**, what a user would otherwise do: stop the application, `pg_dump -Fd -j2` from the
   source (run on the leader, over the lab network) and `pg_restore -j2` into the cluster, start
   the application again: the downtime is the dump plus the restore.
@@ -32,12 +33,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
 from benchtools import fmt  # noqa: E402
-from labtools import ADDRESS, LAB, lab, leader, psql, sh  # noqa: E402
+from labtools import ADDRESS, LAB, PGBOUNCERS, AckWriter, lab, leader, psql, sh  # noqa: E402
 
 LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
 MARK = "# pgcluster bench_migrate"
 SOURCE = "198.18.0.40"  # the legacy host
+SHOP_PASSWORD = "lab-shop-pw-2b7d"  # the legacy host's role shop (test/lab/legacy-setup.sh)
+VIA_PGBOUNCER = "host=127.0.0.1 port=6432 dbname=shop user=shop"
 
 
 def on_legacy(sql: str, db: str = "postgres") -> str:
@@ -54,34 +57,58 @@ def run(step: str, *args: str) -> dict:
     return out
 
 
+def declare(migrating: bool) -> None:
+    """The pillar: role shop with the source's verifier, and the migrate block when MIGRATING
+    (without it, PgBouncer forgets an earlier cutover of shop)."""
+    verifier = on_legacy("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'")
+    main: dict = {"roles": {"shop": {"verifier": verifier}}}
+    if migrating:
+        main["migrate"] = {"source": "legacy", "mode": "logical", "databases": ["shop"]}
+    sh("salt", f"mkdir -p /srv/lab-pillar/pgcluster && cat > {LOCAL}",
+       stdin=json.dumps({"pgcluster": {"clusters": {"main": main}}}))  # fmt: skip
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+
+
 def prepare(scale: int) -> None:
-    """The source ready for a logical migration, filled; the migrate block declared."""
+    """The source ready for a logical migration, filled, its tables the application's; the
+    migrate block declared, the PgBouncer hosts configured for shop."""
     on_legacy(
         "ALTER SYSTEM SET wal_level = 'logical'; ALTER SYSTEM SET listen_addresses = '*'; "
         "ALTER SYSTEM RESET default_transaction_read_only"
     )
     sh("legacy", "systemctl restart postgresql@15-main")
     sh("legacy", f"cd / && runuser -u postgres -- pgbench -i -q -s {scale} shop >/dev/null 2>&1", timeout=3600)
-    on_legacy("ALTER TABLE pgbench_history REPLICA IDENTITY FULL", "shop")
-    block = json.dumps({"pgcluster": {"clusters": {"main": {"migrate": {"source": "legacy", "mode": "logical",
-                                                                        "databases": ["shop"]}}}}})  # fmt: skip
-    sh("salt", f"mkdir -p /srv/lab-pillar/pgcluster && cat > {LOCAL}", stdin=block)
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    on_legacy("ALTER TABLE pgbench_history REPLICA IDENTITY FULL; CREATE TABLE acks (id bigint PRIMARY KEY); "
+              "DO $$ DECLARE t text; BEGIN FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+              "LOOP EXECUTE format('ALTER TABLE %I OWNER TO shop', t); END LOOP; END $$", "shop")  # fmt: skip
+    declare(True)
+    lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "-t", "900", timeout=1200)
 
 
 def reset(lead: str) -> None:
-    """The copy gone from the cluster, the source writable, no migration started."""
+    """The copy gone from the cluster, the source writable, no migration started, PgBouncer
+    sending shop to the source again."""
     lab("run", "migrate.abort", "main", check=False)
     on_legacy("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()")
     for sql in ("DROP DATABASE IF EXISTS shop WITH (FORCE)", "DROP DATABASE IF EXISTS shop_base WITH (FORCE)",
                 "DROP ROLE IF EXISTS shop"):  # fmt: skip
         psql(lead, sql, db="postgres")
+    declare(False)
+    lab("run", "pgcluster.reconcile", "--out=json")
+    declare(True)
+    lab("run", "pgcluster.reconcile", "--out=json")
+    on_legacy("TRUNCATE acks", "shop")
 
 
 def logical(lead: str) -> dict:
-    writer = subprocess.Popen([str(LAB), "exec", "legacy", "--", "bash", "-c",
-                               "cd / && runuser -u postgres -- pgbench -n -c 4 -j 2 -T 3600 shop 2>&1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    load = subprocess.Popen([str(LAB), "exec", "app1", "--", "bash", "-c",
+                             "read -r PGPASSWORD; export PGPASSWORD; "
+                             f"exec pgbench -n -c 4 -j 2 -T 3600 '{VIA_PGBOUNCER}' 2>&1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    load.stdin.write(SHOP_PASSWORD + "\n")
+    load.stdin.close()
+    writer = AckWriter("app1", VIA_PGBOUNCER, "acks", password=SHOP_PASSWORD, seconds=7200)
     try:
         time.sleep(3)
         t0 = time.monotonic()
@@ -93,10 +120,16 @@ def logical(lead: str) -> dict:
             time.sleep(1)
         copy_s = time.monotonic() - t0
         cut = run("cutover", "confirm=True")
+        time.sleep(3)
     finally:
-        out, _ = writer.communicate(timeout=120)
+        report = writer.stop()
+        sh("app1", "pkill -INT -x pgbench || true")
+        out = load.stdout.read()
+        load.wait(timeout=120)
     return {"copy_s": copy_s, "lag_bytes": st["lag_bytes"], "read_only_s": cut["timings"]["source_read_only_s"],
-            "cut_clients": out.count("aborted"), "writer_tail": out.strip().splitlines()[-1:]}  # fmt: skip
+            "paused_s": cut["timings"]["paused_s"], "longest_insert_s": report["longest_s"],
+            "failed": len(report["failed"]) + out.count("aborted"),
+            "missing": len(writer.missing_on(lead, "shop")), "acked": len(report["acked"])}  # fmt: skip
 
 
 def baseline(lead: str) -> dict:
@@ -139,7 +172,9 @@ def main() -> int:
         sh("salt", f"rm -f {LOCAL}")
         lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
         # The legacy host as the lab set it up: no pgbench tables, Debian's settings.
-        on_legacy("DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers", "shop")
+        lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "-t", "900", timeout=1200)
+        on_legacy("DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers, acks",
+                  "shop")  # fmt: skip
         on_legacy("ALTER SYSTEM RESET ALL")
         sh("legacy", "systemctl restart postgresql@15-main")
     print(f"\nshop on legacy: {size} (pgbench -s {args.scale}), leader {lead}, {args.runs} runs: median [min-max]")
@@ -149,7 +184,11 @@ def main() -> int:
     print(f"{'source read-only / application down (s)':44} {fmt(res['read_only_s']):>24} {fmt(res['downtime_s']):>26}")
     print(f"{'  of which pg_dump -Fd -j2 (s)':44} {'-':>24} {fmt(res['dump_s']):>26}")
     print(f"{'  of which pg_restore -j2 (s)':44} {'-':>24} {fmt(res['restore_s']):>26}")
-    print(f"{'writer clients cut off at the cutover':44} {fmt(res['cut_clients']):>24} {'all (stopped)':>26}")
+    print(f"{'clients paused in PgBouncer (s)':44} {fmt(res['paused_s']):>24} {'-':>26}")
+    print(f"{'longest acknowledged INSERT (s)':44} {fmt(res['longest_insert_s']):>24} {'-':>26}")
+    print(f"{'failed transactions (writer + pgbench)':44} {fmt(res['failed']):>24} {'all (stopped)':>26}")
+    print(f"{'acknowledged ids (missing on the cluster)':44} {fmt(res['acked']):>24} {'-':>26}")
+    print(f"{'  missing':44} {fmt(res['missing']):>24} {'-':>26}")
     ratio = statistics.median(res["downtime_s"]) / statistics.median(res["read_only_s"])
     print(f"the baseline's downtime is {ratio:.1f} x the logical cutover's read-only time")
     return 0

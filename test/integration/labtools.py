@@ -179,3 +179,40 @@ def events(seconds: int) -> subprocess.Popen:
          "tagmatch=pgcluster/*", "--out=quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+
+
+# ---- a writer that logs acknowledged commits -------------------------------------------------------
+class AckWriter:
+    """ackwriter.py running in a lab host (its source passed on the command line, PASSWORD on its
+    input, never in a process list): inserts ids into TABLE through DSN until ``stop()``, which
+    returns its report (``acked``, ``failed``, ``longest_s``); ``missing_on`` checks a server."""
+
+    def __init__(self, host: str, dsn: str, table: str, password: str = "", seconds: int = 600, start: int = 1):
+        self.host, self.table = host, table
+        self.stop_file = f"/run/ackwriter-{table}-{start}.stop"
+        sh(host, f"rm -f {self.stop_file}")
+        code = (REPO / "test" / "integration" / "ackwriter.py").read_text()
+        run = 'read -r PGPASSWORD; export PGPASSWORD; exec python3 -c "$0" "$@"'
+        self.proc = subprocess.Popen(
+            [str(LAB), "exec", host, "--", "bash", "-c", run, code, dsn, table, str(seconds), str(start),
+             self.stop_file],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.proc.stdin.write(password + "\n")
+        self.proc.stdin.close()
+        self.result: dict = {}
+
+    def stop(self, timeout: float = 120) -> dict:
+        sh(self.host, f"touch {self.stop_file}")
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
+        self.proc.wait(timeout=timeout)
+        sh(self.host, f"rm -f {self.stop_file}")
+        if self.proc.returncode != 0:
+            raise AssertionError(f"ackwriter on {self.host} exited {self.proc.returncode}: {err[-2000:]}")
+        self.result = json.loads(out.strip().splitlines()[-1])
+        return self.result
+
+    def missing_on(self, host: str, db: str, user_sql: str | None = None) -> list[int]:
+        """The acknowledged ids that the server on HOST does not hold in DB."""
+        got = psql(host, user_sql or f"SELECT id FROM {self.table}", db=db).stdout.split()
+        return sorted(set(self.result["acked"]) - {int(x) for x in got})

@@ -9,22 +9,46 @@ cut over with its verification (``migrate.cutover``).
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
-from labtools import lab, leader, psql, sh, wait_for
+from labtools import ADDRESS, PGBOUNCERS, AckWriter, lab, leader, psql, salt_json, sh, wait_for
 
 LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 SOURCE = "198.18.0.40"
+SHOP_PASSWORD = "lab-shop-pw-2b7d"  # the legacy host's role shop (test/lab/legacy-setup.sh)
 
 
 def declare(migrate: dict | None) -> None:
-    """Put MIGRATE under the main cluster's pillar (None: no migrate block) and refresh pillars."""
+    """Put MIGRATE under the main cluster's pillar with the source's role shop (its own verifier,
+    as the README says to declare it; None: neither) and refresh pillars."""
     if migrate is None:
         sh("salt", f"rm -f {LOCAL}")
     else:
-        block = json.dumps({"pgcluster": {"clusters": {"main": {"migrate": migrate}}}})
+        verifier = on_legacy("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'")
+        main = {"migrate": migrate, "roles": {"shop": {"verifier": verifier}}}
+        block = json.dumps({"pgcluster": {"clusters": {"main": main}}})
         sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=block)
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+
+
+def shop_routes() -> dict[str, str | None]:
+    """{PgBouncer host: address it sends database shop to}."""
+    ret = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.targets", "main", check=False)
+    return {h: (r or {}).get("shop") if isinstance(r, dict) else None for h, r in ret.items()}
+
+
+def apply_states() -> None:
+    """The members' pg_hba and the PgBouncer hosts' configuration (databases, roles) as the
+    pillar says now: a highstate of those hosts."""
+    lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
+
+
+def via_pgbouncer(sql: str) -> str:
+    """SQL run in database shop as role shop through app1's PgBouncer (password on stdin)."""
+    script = ("read -r PGPASSWORD; export PGPASSWORD; psql -XAtq -v ON_ERROR_STOP=1 "
+              f"'host=127.0.0.1 port=6432 dbname=shop user=shop' -c {json.dumps(sql)}")  # fmt: skip
+    return sh("app1", script, stdin=SHOP_PASSWORD + "\n").stdout.strip()
 
 
 def on_legacy(sql: str, db: str = "postgres") -> str:
@@ -43,12 +67,18 @@ def legacy(deployed):
     started migration aborted and the migrate block removed."""
     on_legacy("ALTER SYSTEM RESET ALL")
     sh("legacy", "systemctl restart postgresql@15-main")
+    on_legacy("DROP TABLE IF EXISTS acks", "shop")  # the writer's, of an earlier run
+    # Declared once with its highstate (the members admit PgBouncer to shop, PgBouncer serves it).
+    declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
+    apply_states()
     yield
     declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
     lab("run", "migrate.abort", "main", check=False)
     declare(None)
+    apply_states()
     # A cutover leaves the source read-only and the copy on the cluster: back as before.
     on_legacy("ALTER SYSTEM RESET ALL; SELECT pg_reload_conf()")
+    on_legacy("DROP TABLE IF EXISTS acks", "shop")
     on_cluster("DROP DATABASE IF EXISTS shop WITH (FORCE)", db="postgres")
     on_cluster("DROP ROLE IF EXISTS shop", db="postgres")
 
@@ -147,7 +177,8 @@ def test_start_copies_the_database_then_streams_its_changes(source_before):
     declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
     rc, out = run("start")
     assert rc == 0, out
-    assert out["created"] == {"roles": ["shop"], "databases": ["shop"], "subscriptions": ["shop"]}
+    # Role shop is declared in pillar: the members' highstate made it, with the source's verifier.
+    assert out["created"] == {"roles": [], "databases": ["shop"], "subscriptions": ["shop"]}
 
     def ready():
         rc, st = run("status")
@@ -168,9 +199,10 @@ def test_start_copies_the_database_then_streams_its_changes(source_before):
     for table in TABLES:
         want = on_legacy(CHECKSUM.format(table), "shop")
         wait_for(f"{table} equal on the cluster", lambda t=table, w=want: on_cluster(CHECKSUM.format(t)) == w, 60, 1)
-    # The copy belongs to the source's owner, who has no password on the cluster yet.
+    # The copy belongs to the source's owner, whose verifier on the cluster is the source's.
     assert on_cluster("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'orders'") == "shop"
-    assert on_cluster("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'shop'") == "t"
+    verifier = "SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'"
+    assert on_cluster(verifier, db="postgres") == on_legacy(verifier) != ""
 
 
 def test_a_second_start_is_refused(source_before):
@@ -186,9 +218,11 @@ def test_the_members_reach_the_source_by_certificate_only(source_before):
     refused = sh("pg1", "cd / && runuser -u postgres -- psql -X 'host=198.18.0.40 dbname=shop user=pgcluster_migrate "
                         "sslmode=require connect_timeout=5' -c 'SELECT 1'", check=False)  # fmt: skip
     assert refused.returncode != 0 and "certificate" in refused.stderr
+    # A PgBouncer host (admitted for shop's own roles, by password) cannot use the migration role.
+    assert 'hostssl "shop" all 198.18.0.30/32 scram-sha-256' in hba
     refused = sh("app1", "psql -X 'host=198.18.0.40 dbname=shop user=pgcluster_migrate sslmode=require "
                          "connect_timeout=5' -c 'SELECT 1'", check=False)  # fmt: skip
-    assert refused.returncode != 0 and "no pg_hba.conf entry" in refused.stderr
+    assert refused.returncode != 0 and "pg_hba.conf rejects connection" in refused.stderr
 
 
 def test_abort_takes_everything_back_and_the_source_keeps_serving(source_before):
@@ -197,7 +231,7 @@ def test_abort_takes_everything_back_and_the_source_keeps_serving(source_before)
     assert (sh("legacy", SOURCE_FILES).stdout, on_legacy(SOURCE_STATE)) == source_before
     assert on_legacy("SELECT count(*) FROM pg_publication", "shop") == "0"
     assert on_cluster("SELECT count(*) FROM pg_database WHERE datname = 'shop'", db="postgres") == "0"
-    assert on_cluster("SELECT count(*) FROM pg_roles WHERE rolname = 'shop'", db="postgres") == "0"
+    assert on_cluster("SELECT count(*) FROM pg_roles WHERE rolname = 'shop'", db="postgres") == "1"  # pillar's
     assert on_legacy("INSERT INTO customers (name) VALUES ('after abort') RETURNING 1", "shop") == "1"
     rc, out = run("status")
     assert rc != 0 and "no migration of main is started" in out["error"]
@@ -214,15 +248,29 @@ def wait_ready() -> None:
 
 def test_cutover_needs_confirm_and_a_finished_copy(source_before):
     declare({"source": "legacy", "mode": "logical", "databases": ["shop"]})
+    # The table the writer inserts into, owned by the application's role.
+    on_legacy("CREATE TABLE IF NOT EXISTS acks (id bigint PRIMARY KEY, at timestamptz DEFAULT now());"
+              "ALTER TABLE acks OWNER TO shop", "shop")  # fmt: skip
     assert run("start")[0] == 0
     rc, out = run("cutover")
     assert rc != 0 and "makes legacy read-only" in out["error"] and "confirm=True" in out["error"]
     wait_ready()
 
 
+def test_pgbouncer_sends_the_migrated_database_to_its_source(source_before):
+    """While shop is declared under migrate, every PgBouncer sends it to the legacy host, and role
+    shop logs in there with its own password (the verifier declared is the source's)."""
+    assert set(shop_routes().values()) == {SOURCE}
+    assert via_pgbouncer("SELECT inet_server_addr()") == SOURCE
+    # The routing file says so; the cluster's own databases still go to the leader.
+    routing = sh("app1", "cat /etc/pgbouncer/routing-main.ini").stdout
+    assert "; cut over none." in routing.splitlines()[0]
+    assert f"app = host={ADDRESS[leader()]}" in routing
+
+
 def test_a_cutover_that_finds_a_difference_gives_the_source_back(source_before):
     """A row changed on the cluster's copy behind the subscription's back: verification names the
-    table, the source takes writes again, the migration goes on."""
+    table, the source takes writes again, PgBouncer still sends shop there, the migration goes on."""
     on_cluster("UPDATE customers SET name = 'changed behind its back' WHERE id = 1")
     res = lab("run", "migrate.cutover", "main", "confirm=True", "--out=json", check=False, timeout=900)
     out = json.loads(res.stdout)
@@ -230,17 +278,41 @@ def test_a_cutover_that_finds_a_difference_gives_the_source_back(source_before):
     assert "verification failed: database shop: table public.customers has the same" in out["error"]
     assert "legacy takes writes again" in out["error"]
     assert on_legacy("INSERT INTO customers (name) VALUES ('after a failed cutover') RETURNING 1", "shop") == "1"
+    # Resumed and still routed to the source: a client through PgBouncer writes there.
+    assert set(shop_routes().values()) == {SOURCE}
+    assert via_pgbouncer("INSERT INTO acks (id) VALUES (-1) RETURNING inet_server_addr()") == SOURCE
     on_cluster("UPDATE customers SET name = 'customer 1' WHERE id = 1")
     wait_ready()
 
 
-def test_cutover_verifies_the_copy_and_leaves_the_source_read_only(source_before):
+def test_cutover_under_a_writer_loses_nothing_and_moves_pgbouncer(source_before):
+    """A writer inserts through app1's PgBouncer all along: the cutover pauses it (no failed
+    transaction), every acknowledged id is on the cluster, PgBouncer sends shop to the leader;
+    the copy is verified, the source left read-only, the sequences continue after its ids."""
     on_legacy("INSERT INTO orders (customer_id, amount) SELECT 1 + i % 100, i FROM generate_series(1, 200) i", "shop")
+    writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=shop user=shop", "acks", password=SHOP_PASSWORD)
+    time.sleep(3)
     res = lab("run", "migrate.cutover", "main", "confirm=True", "--out=json", check=False, timeout=900)
+    time.sleep(3)
+    report = writer.stop()
     out = json.loads(res.stdout)
     assert res.returncode == 0, out
-    assert out["cut_over"] is True and out["databases"]["shop"]["tables"] == 2
-    assert out["roles_without_password"] == ["shop"]
+    assert out["cut_over"] is True and out["databases"]["shop"]["tables"] == 3
+    assert report["failed"] == [] and len(report["acked"]) > 20, report["failed"][:5]
+    lead = leader()
+    assert writer.missing_on(lead, "shop") == []
+    # Written on both sides: before the cutover on the source, after it on the cluster only.
+    on_source = int(on_legacy("SELECT count(*) FROM acks WHERE id > 0", "shop"))
+    assert 0 < on_source < len(report["acked"])
+    # The writer waited in PgBouncer for about as long as the cutover kept it paused.
+    assert report["longest_s"] <= out["timings"]["paused_s"] + 1, (report["longest_s"], out["timings"])
+    assert set(shop_routes().values()) == {ADDRESS[lead]}
+    assert via_pgbouncer("SELECT inet_server_addr()") == ADDRESS[lead]
+    assert "; cut over shop." in sh("app1", "cat /etc/pgbouncer/routing-main.ini").stdout.splitlines()[0]
+    # The role came over with the source's own verifier: its password works on the cluster itself.
+    assert on_cluster("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'", db="postgres") == on_legacy(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'"
+    )
     for table in TABLES:
         assert on_cluster(CHECKSUM.format(table)) == on_legacy(CHECKSUM.format(table), "shop")
     # The source takes no more writes; the cluster's sequences continue after the source's ids.
@@ -253,3 +325,19 @@ def test_cutover_verifies_the_copy_and_leaves_the_source_read_only(source_before
     assert on_cluster("SELECT count(*) FROM pg_subscription") == "0"
     assert on_legacy(SOURCE_STATE) == source_before[1]
     assert run("status")[0] != 0
+
+
+def test_the_cutover_holds_until_the_migrate_block_goes(source_before):
+    """A reconcile or a highstate after the cutover keeps shop on the leader; once the operator
+    moves shop to the cluster's databases and drops the migrate block, it stays there."""
+    lab("run", "pgcluster.reconcile", "--out=json")
+    apply_states()
+    assert set(shop_routes().values()) == {ADDRESS[leader()]}
+    verifier = on_legacy("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'")
+    main = {"roles": {"shop": {"verifier": verifier}}, "databases": {"shop": {"owner": "shop"}}}
+    sh("salt", f"cat > {LOCAL}", stdin=json.dumps({"pgcluster": {"clusters": {"main": main}}}))
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    apply_states()
+    assert set(shop_routes().values()) == {ADDRESS[leader()]}
+    assert "cut over" not in sh("app1", "cat /etc/pgbouncer/routing-main.ini").stdout
+    assert via_pgbouncer("SELECT count(*) > 0 FROM acks") == "t"
