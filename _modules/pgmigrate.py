@@ -327,9 +327,14 @@ def thaw(port: int = 5432) -> bool:
     return True
 
 
-FINGERPRINT_TABLES = """SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND NOT c.relispartition
-AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_' ORDER BY 1"""
+# The relations compared, by kind: tables (a partitioned one as a whole, through its parent) and
+# the materialized views that hold data (logical replication does not carry them: the cutover
+# refreshes them on the cluster first).
+RELATIONS = """SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ({kinds}) AND NOT c.relispartition
+AND (c.relkind <> 'm' OR c.relispopulated)
+AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_' ORDER BY c.oid"""
+KINDS = {"tables": "'r', 'p'", "views": "'m'"}
 # A table's rows and checksum, in any order and constant memory: the sum of each row's 64-bit hash
 # (no sort, no aggregate string; 3.5 times faster than md5), each row written as text the same
 # way at both ends whatever their settings (time zone, date, interval and float styles).
@@ -341,11 +346,21 @@ data_type, is_nullable), ',' ORDER BY table_schema, table_name, ordinal_position
 FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"""
 
 
-def fingerprint(databases: list, port: int = 5432, tables: bool = True) -> dict:
+def _checksums(db: str, kind: str, port: int) -> dict:
+    """{relation: {"rows", "checksum"}} of DB's relations of KIND (``KINDS``), in creation order."""
+    out = {}
+    for (name,) in _q(RELATIONS.format(kinds=KINDS[kind]), port, db):
+        count, digest = _q(ROW_SUM.format(table=name), port, db)[0]
+        out[name] = {"rows": int(count), "checksum": digest}
+    return out
+
+
+def fingerprint(databases: list, port: int = 5432, tables: bool = True, views: bool = True) -> dict:
     """What the cutover compares between the source and the cluster, per database: each table's
-    row count and checksum (the sum of its rows' hashes, in any order), each sequence's last value, and
-    a checksum of the columns of every table (the schema). Reads everything (without TABLES,
-    only the sequences and the schema): run it when no one writes.
+    row count and checksum (the sum of its rows' hashes, in any order; a partitioned table as a
+    whole), the same of each populated materialized view (VIEWS), each sequence's last value,
+    and a checksum of the columns of every table (the schema). Reads everything (without
+    TABLES, not the tables): run it when no one writes.
 
     CLI Example:
 
@@ -355,14 +370,30 @@ def fingerprint(databases: list, port: int = 5432, tables: bool = True) -> dict:
     """
     out = {}
     for db in databases:
-        rows = {}
-        for (table,) in _q(FINGERPRINT_TABLES, port, db) if tables else []:
-            count, digest = _q(ROW_SUM.format(table=table), port, db)[0]
-            rows[table] = {"rows": int(count), "checksum": digest}
         seqs = _q("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences", port, db)
-        sequences = {name: int(value or 0) for name, value in seqs}
-        out[db] = {"tables": rows, "sequences": sequences, "schema": _q(FINGERPRINT_SCHEMA, port, db)[0][0]}
+        out[db] = {
+            "tables": _checksums(db, "tables", port) if tables else {},
+            "views": _checksums(db, "views", port) if views else {},
+            "sequences": {name: int(value or 0) for name, value in seqs},
+            "schema": _q(FINGERPRINT_SCHEMA, port, db)[0][0],
+        }
     return out
+
+
+def refresh_views(views: dict, port: int = 5432) -> dict:
+    """REFRESH each materialized view of VIEWS ({database: [schema.view, ...]}, in creation
+    order) on this leader: logical replication carries no view data. Returns VIEWS.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.refresh_views '{shop: [public.daily_totals]}'
+    """
+    for db, names in views.items():
+        for name in names:  # NAME as format('%I.%I') wrote it
+            _q(f"REFRESH MATERIALIZED VIEW {name}", port, db)
+    return views
 
 
 # ---- the cluster's leader -----------------------------------------------------------------------

@@ -180,7 +180,7 @@ def survey(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: f
         "login_roles": [r for r in inst["login_roles"].split(",") if r],
         "ssl": inst["ssl"] == "on",
         "ssl_cert_file": inst["ssl_cert_file"],
-        "role_digests": dict(query(SURVEY_ROLES, **conn)),
+        "role_digests": role_digests(port, socket_dir, timeout),
         "databases": {},
     }
     for db in query(SURVEY_DATABASES, names=True, **conn):
@@ -199,6 +199,20 @@ def survey(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: f
         }
     out["size"] = sum(d["size"] for d in out["databases"].values())
     return out
+
+
+def role_digests(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: float = 30) -> dict:
+    """{role: SHA-256 of its stored SCRAM verifier ('' without a password)} of the login roles
+    applications use on the server on PORT (not superusers): to compare verifiers between
+    servers and pillar without ever showing one. Read-only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgsql.role_digests
+    """
+    return dict(query(SURVEY_ROLES, port=port, socket_dir=socket_dir, timeout=timeout))
 
 
 ROOM = """

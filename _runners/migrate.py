@@ -131,12 +131,8 @@ def _target(model: dict, c: dict, problems: list[str]) -> dict:
         found = _shared("call", __opts__, leader["name"], "pgsql.survey", port=c["port"], wait=SURVEY_WAIT)
         user_tables = {d: facts["tables"] for d, facts in found["databases"].items()}
     first = next(iter(rooms.values()))
-    # The verifiers as a PgBouncer host holds them (other hosts' pillar has none: secrets by need).
-    viewer = (c.get("pgbouncer") or c["members"])[0]
-    seen = _shared("model", __opts__, __utils__["pgcluster_model.settings"], viewer)
-    verifiers = __utils__["pgcluster_model.role_verifiers"](seen, c["name"])
     return {
-        "role_digests": {r: hashlib.sha256(v.encode()).hexdigest() for r, v in verifiers.items()},
+        "role_digests": _declared_digests(model, c),
         "major": first["major"],
         "extensions": sorted(set.intersection(*(set(r["extensions"]) for r in rooms.values()))),
         "locales": sorted(set.intersection(*(set(r["locales"]) for r in rooms.values()))),
@@ -178,6 +174,10 @@ def _check(cluster: Any) -> dict:
     dbs = m["databases"] or sorted(survey["databases"])
     if m["mode"] == "logical" and target["leader"]:
         problems += _unadmitted(c, target["leader"], dbs)
+        try:
+            _roles_in_place(model, c, target["leader"])
+        except MigrateError as exc:
+            problems.append(str(exc).removesuffix(" (nothing was done)"))
     ret = {
         "cluster": cluster,
         "source": f"{source}:{port}",
@@ -207,18 +207,19 @@ def _differences(source: dict, cluster: dict) -> list[str]:
     """What differs between the source's and the cluster's ``pgmigrate.fingerprint``, one line each."""
     out = []
     for db, want in sorted(source.items()):
-        got = cluster.get(db) or {"tables": {}, "sequences": {}, "schema": None}
-        where = f"database {db}: table"
+        got = cluster.get(db) or {"tables": {}, "views": {}, "sequences": {}, "schema": None}
         if want["schema"] != got["schema"]:
             out.append(f"database {db}: the columns of its tables differ")
-        for table, w in sorted(want["tables"].items()):
-            g = got["tables"].get(table)
-            if g is None:
-                out.append(f"{where} {table} is missing on the cluster")
-            elif g["rows"] != w["rows"]:
-                out.append(f"{where} {table} has {g['rows']} rows on the cluster, {w['rows']} on the source")
-            elif g["checksum"] != w["checksum"]:
-                out.append(f"{where} {table} has the same {w['rows']} rows on both sides but other content")
+        for kind, what in (("tables", "table"), ("views", "materialized view")):
+            where = f"database {db}: {what}"
+            for table, w in sorted(want.get(kind, {}).items()):
+                g = got.get(kind, {}).get(table)
+                if g is None:
+                    out.append(f"{where} {table} is missing on the cluster")
+                elif g["rows"] != w["rows"]:
+                    out.append(f"{where} {table} has {g['rows']} rows on the cluster, {w['rows']} on the source")
+                elif g["checksum"] != w["checksum"]:
+                    out.append(f"{where} {table} has the same {w['rows']} rows on both sides but other content")
         for seq, value in sorted(want["sequences"].items()):
             if got["sequences"].get(seq, -1) < value:
                 out.append(f"database {db}: sequence {seq} is at {got['sequences'].get(seq)} on the cluster, "
@@ -273,13 +274,17 @@ def _verify(c: dict, rec: dict, leader: str) -> dict:
     # back with the columns.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
-                            "pgmigrate.fingerprint", dbs, port=p, wait=VERIFY_WAIT)
-                for host, p in ((source, port), (leader, c["port"]))]  # fmt: skip
+                            "pgmigrate.fingerprint", dbs, port=p, views=views, wait=VERIFY_WAIT)
+                for host, p, views in ((source, port, True), (leader, c["port"], False))]  # fmt: skip
         want, got = (end.result() for end in ends)
+    # What logical replication does not carry: sequences, materialized views' data.
     _shared("call", __opts__, leader, "pgmigrate.set_sequences",
             {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip
-    after = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False, wait=60)
-    got = {db: dict(got[db], sequences=after[db]["sequences"], schema=after[db]["schema"]) for db in got}
+    _shared("call", __opts__, leader, "pgmigrate.refresh_views", {db: list(f["views"]) for db, f in want.items()},
+            port=c["port"], wait=VERIFY_WAIT)  # fmt: skip
+    after = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False,
+                    wait=VERIFY_WAIT)  # fmt: skip
+    got = {db: dict(got[db], **{k: after[db][k] for k in ("views", "sequences", "schema")}) for db in got}
     timings["verify_s"] = round(time.monotonic() - t, 2)
     differences = _differences(want, got)
     if differences:
@@ -287,6 +292,26 @@ def _verify(c: dict, rec: dict, leader: str) -> dict:
     timings["verified"] = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
                                 "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
     return timings
+
+
+def _declared_digests(model: dict, c: dict) -> dict[str, str]:
+    """{role: SHA-256 of its verifier} as pillar declares the roles of C (as a PgBouncer host
+    sees them: other hosts' pillar holds no verifier, secrets by need)."""
+    viewer = (c.get("pgbouncer") or c["members"])[0]
+    seen = _shared("model", __opts__, __utils__["pgcluster_model.settings"], viewer)
+    verifiers = __utils__["pgcluster_model.role_verifiers"](seen, c["name"])
+    return {r: hashlib.sha256(v.encode()).hexdigest() for r, v in verifiers.items()}
+
+
+def _roles_in_place(model: dict, c: dict, leader: str) -> None:
+    """MigrateError unless every role pillar declares logs in on the leader with that verifier:
+    after the cutover PgBouncer logs in there with it."""
+    have = _shared("call", __opts__, leader, "pgsql.role_digests", port=c["port"], wait=60)
+    wrong = sorted(r for r, d in _declared_digests(model, c).items() if have.get(r) != d)
+    if wrong:
+        raise MigrateError(f"role {', '.join(wrong)} on {leader} has not the verifier pillar declares: PgBouncer could "
+                           f"not log in after the cutover; run a highstate on {c['name']}'s members first (nothing "
+                           "was done)")  # fmt: skip
 
 
 def _cutover(cluster: Any, confirm: Any) -> dict:
@@ -302,6 +327,7 @@ def _cutover(cluster: Any, confirm: Any) -> dict:
     copying = [f"{db}: {t} ({state})" for db in dbs for t, state in there[db]["tables"].items() if state != "ready"]
     if copying:
         raise MigrateError(f"the copy is not done ({', '.join(copying)}): see migrate.status {cluster}")
+    _roles_in_place(model, c, leader["name"])
     spec = __utils__["pgcluster_model.routing"](model, cluster)
     with _routing_lock(cluster):
         timings, t0 = {}, time.monotonic()

@@ -90,9 +90,8 @@ def reset(lead: str) -> None:
     sending shop to the source again."""
     lab("run", "migrate.abort", "main", check=False)
     on_legacy("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()")
-    for sql in ("DROP DATABASE IF EXISTS shop WITH (FORCE)", "DROP DATABASE IF EXISTS shop_base WITH (FORCE)",
-                "DROP ROLE IF EXISTS shop"):  # fmt: skip
-        psql(lead, sql, db="postgres")
+    for sql in ("DROP DATABASE IF EXISTS shop WITH (FORCE)", "DROP DATABASE IF EXISTS shop_base WITH (FORCE)"):
+        psql(lead, sql, db="postgres")  # role shop stays: pillar declares it (the highstate made it)
     declare(False)
     lab("run", "pgcluster.reconcile", "--out=json")
     declare(True)
@@ -128,7 +127,7 @@ def logical(lead: str) -> dict:
         load.wait(timeout=120)
     return {"copy_s": copy_s, "lag_bytes": st["lag_bytes"], "read_only_s": cut["timings"]["source_read_only_s"],
             "paused_s": cut["timings"]["paused_s"], "longest_insert_s": report["longest_s"],
-            "failed": len(report["failed"]) + out.count("aborted"),
+            "failed": len(report["failed"]) + out.count("aborted") + report["stuck"],
             "missing": len(writer.missing_on(lead, "shop")), "acked": len(report["acked"])}  # fmt: skip
 
 
@@ -141,7 +140,6 @@ def baseline(lead: str) -> dict:
     sh(lead, f"cd / && rm -rf {dump} && runuser -u postgres -- pg_dump -Fd -j2 -f {dump} -h {SOURCE} "
              "-U postgres shop", timeout=7200)  # fmt: skip
     t1 = time.monotonic()
-    psql(lead, "CREATE ROLE shop LOGIN", db="postgres")  # the roles first, as pg_dumpall -r would
     psql(lead, "CREATE DATABASE shop_base", db="postgres")
     sh(lead, f"cd / && runuser -u postgres -- pg_restore -j2 -d shop_base {dump} && rm -rf {dump}", timeout=7200)
     t2 = time.monotonic()
@@ -173,6 +171,7 @@ def main() -> int:
         lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
         # The legacy host as the lab set it up: no pgbench tables, Debian's settings.
         lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "-t", "900", timeout=1200)
+        psql(lead, "DROP ROLE IF EXISTS shop", db="postgres")
         on_legacy("DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers, acks",
                   "shop")  # fmt: skip
         on_legacy("ALTER SYSTEM RESET ALL")

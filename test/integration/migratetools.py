@@ -1,0 +1,68 @@
+"""What the migration tests share: the pillar's migrate block, SQL at both ends, the runner's steps."""
+
+from __future__ import annotations
+
+import json
+
+from labtools import PGBOUNCERS, lab, leader, psql, sh, wait_for
+
+LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
+SOURCE = "198.18.0.40"
+SHOP_PASSWORD = "lab-shop-pw-2b7d"  # the legacy host's role shop (test/lab/legacy-setup.sh)
+
+
+def declare(migrate: dict | None) -> None:
+    """Put MIGRATE under the main cluster's pillar with the source's role shop (its own verifier,
+    as the README says to declare it; None: neither) and refresh pillars."""
+    if migrate is None:
+        sh("salt", f"rm -f {LOCAL}")
+    else:
+        verifier = on_legacy("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'")
+        main = {"migrate": migrate, "roles": {"shop": {"verifier": verifier}}}
+        block = json.dumps({"pgcluster": {"clusters": {"main": main}}})
+        sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=block)
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+
+
+def apply_states() -> None:
+    """The members' pg_hba and the PgBouncer hosts' configuration (databases, roles) as the
+    pillar says now: a highstate of those hosts."""
+    lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
+
+
+def via_pgbouncer(sql: str) -> str:
+    """SQL run in database shop as role shop through app1's PgBouncer (password on stdin)."""
+    script = ("read -r PGPASSWORD; export PGPASSWORD; psql -XAtq -v ON_ERROR_STOP=1 "
+              f"'host=127.0.0.1 port=6432 dbname=shop user=shop' -c {json.dumps(sql)}")  # fmt: skip
+    return sh("app1", script, stdin=SHOP_PASSWORD + "\n").stdout.strip()
+
+
+def on_legacy(sql: str, db: str = "postgres") -> str:
+    """SQL run in DB on the legacy server as its superuser (peer, over the socket); psql's -At output."""
+    return sh("legacy", f"su postgres -c 'psql -X -Atq -v ON_ERROR_STOP=1 -d {db}'", stdin=sql).stdout.strip()
+
+
+def check() -> tuple[int, dict]:
+    res = lab("run", "migrate.check", "main", "--out=json", check=False)
+    return res.returncode, json.loads(res.stdout)
+
+
+def on_cluster(sql: str, db: str = "shop") -> str:
+    return psql(leader(), sql, db=db).stdout.strip()
+
+
+def run(step: str, *args: str) -> tuple[int, dict]:
+    """salt-run migrate.STEP main ARGS: its exit code and answer."""
+    res = lab("run", f"migrate.{step}", "main", *args, "--out=json", check=False, timeout=900)
+    return res.returncode, json.loads(res.stdout)
+
+
+def wait_ready(db: str = "shop") -> None:
+    """Until every table of DB is copied and the subscription has caught up."""
+
+    def ready():
+        rc, st = run("status")
+        got = st.get("databases", {}).get(db, {})
+        return rc == 0 and set(got.get("tables", {}).values()) == {"ready"} and got.get("lag_bytes") == 0
+
+    wait_for(f"the copy of {db} ready and caught up", ready, 180, 2)
