@@ -9,8 +9,9 @@ from pgctest import load_module
 migrate = load_module("runners", "migrate")
 
 
-def fingerprint(rows: int = 3, digest: str = "123", seq: int = 10, schema: str = "abc") -> dict:
+def fingerprint(rows: int = 3, digest: str = "123", seq: int = 10, schema: str = "abc", view_rows: int = 2) -> dict:
     return {"shop": {"tables": {"public.orders": {"rows": rows, "checksum": digest}},
+                     "views": {"public.daily": {"rows": view_rows, "checksum": "7"}} if view_rows else {},
                      "sequences": {"public.orders_id_seq": seq}, "schema": schema}}  # fmt: skip
 
 
@@ -34,6 +35,12 @@ def test_equal_fingerprints_have_no_difference():
         (fingerprint(seq=9), "database shop: sequence public.orders_id_seq is at 9 on the cluster, 10 on the source"),
         (fingerprint(schema="xyz"), "database shop: the columns of its tables differ"),
         ({}, "database shop: table public.orders is missing on the cluster"),
+        (
+            fingerprint(view_rows=1),
+            "database shop: materialized view public.daily has 1 rows on the cluster, 2 on the source",
+        ),
+        # Not refreshed on the cluster: not populated, so not fingerprinted there.
+        (fingerprint(view_rows=0), "database shop: materialized view public.daily is missing on the cluster"),
     ],
 )
 def test_each_difference_is_named(cluster, message):

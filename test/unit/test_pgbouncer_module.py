@@ -76,3 +76,30 @@ def test_repoint_with_an_older_timeline_is_refused_and_touches_nothing(pgb, tmp_
     assert [r["sql"] for r in pgb.ran] == ["SHOW DATABASES"]  # no RELOAD
     with pytest.raises(pgb.CommandExecutionError, match="timeline 7 is older.*route left as it is"):
         pgb.write_routing("main", "198.18.0.11", 7, spec=spec, system="7712164727101477447")
+
+
+def show(rows: dict[str, str]) -> str:
+    """A SHOW DATABASES answer (PgBouncer 1.18's columns) routing each database to its host."""
+    head = SHOW_1_18.splitlines()[0]
+    cols = head.split("\x02")
+    lines = [head]
+    for db, host in rows.items():
+        values = {"name": db, "host": host, "port": "5433", "database": db, "paused": "0", "disabled": "0"}
+        lines.append("\x02".join(values.get(c, "0") for c in cols))
+    return "\n".join(lines) + "\n"
+
+
+def test_repoint_keeps_a_database_being_migrated_at_its_source_until_it_is_cut_over(pgb, tmp_path):
+    spec = {**SPEC, "path": str(tmp_path / "routing-main.ini"), "databases": ["app", "shop"],
+            "sources": {"shop": {"address": "198.18.0.40", "port": 5432}}}  # fmt: skip
+    # PgBouncer already shows the wanted routes: the repoint verifies them per database.
+    pgb.answer = show({"app": "198.18.0.12", "shop": "198.18.0.40"})
+    assert pgb.repoint("main", "198.18.0.12", timeline=3, spec=spec)["targets"] == {
+        "app": "198.18.0.12", "shop": "198.18.0.40"}  # fmt: skip
+    pgb.answer = show({"app": "198.18.0.12", "shop": "198.18.0.12"})
+    ret = pgb.repoint("main", "198.18.0.12", timeline=3, spec=spec, cut_over=["shop"])
+    assert ret["changed"] is True and ret["targets"] == {"app": "198.18.0.12", "shop": "198.18.0.12"}
+    # PgBouncer still sending shop to the source after the RELOAD: the repoint says so.
+    pgb.answer = show({"app": "198.18.0.12", "shop": "198.18.0.40"})
+    with pytest.raises(pgb.CommandExecutionError, match="still routes to"):
+        pgb.repoint("main", "198.18.0.13", timeline=4, spec=spec, timeout=0.2)
