@@ -153,10 +153,12 @@ def repoint(
     spec: dict | None = None,
     system: str | None = None,
     cut_over: list | None = None,
+    replicas: list | None = None,
 ) -> dict:
-    """Route CLUSTER's databases to LEADER (an address): rewrite, RELOAD, verify with SHOW
-    DATABASES. A database being migrated in stays routed to its source until CUT_OVER names it
-    (a migration's cutover); once cut over it follows the leader. With RESUME_PAUSED, also RESUME
+    """Route CLUSTER's databases to LEADER (an address) and their ``<db>_ro`` twins to REPLICAS
+    (addresses; none: the leader): rewrite, RELOAD, verify with SHOW DATABASES. A database being
+    migrated in stays routed to its source until CUT_OVER names it (a migration's cutover); once
+    cut over it follows the leader. With RESUME_PAUSED, also RESUME
     any of CLUSTER's databases left paused (the safety net's use). TIMELINE and SYSTEM (Patroni's
     timeline and database system identifier the route was computed for) are the fence: a route
     older than the installed one is refused, and the answer says so (``refused``) with the routes
@@ -175,7 +177,7 @@ def repoint(
     """
     start = time.monotonic()
     s = _spec(cluster, spec)
-    changed, refused = __utils__["pgcluster_routing.install_route"](s, leader, timeline, system,
+    changed, refused = __utils__["pgcluster_routing.install_route"](s, leader, timeline, system, replicas,
                                                                     cut_over=cut_over or ())  # fmt: skip
     if refused:  # this PgBouncer already routes for a newer timeline: nothing to verify here
         now = _targets(s, _databases(_admin("SHOW DATABASES", s)))

@@ -362,7 +362,8 @@ def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: fl
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
     spec = __utils__["pgcluster_model.routing"](model, c["name"])
     t = time.monotonic()
-    kwarg = _shared("repoint_kwarg", spec, leader, cut_over=dbs)
+    replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
+    kwarg = _shared("repoint_kwarg", spec, leader, replicas, cut_over=dbs)
     ret = _shared("on_pgbouncers", __opts__, c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]],
                   kwarg=kwarg)  # fmt: skip
     done = _shared("repointed", c, ret, t, leader["name"])

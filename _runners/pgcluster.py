@@ -120,7 +120,9 @@ def _spec(model: dict, c: dict) -> dict:
 
 def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> dict:
     t = time.monotonic()
-    kwarg = __utils__["pgcluster_master.repoint_kwarg"](_spec(model, c), leader, resume_paused)
+    spec = _spec(model, c)
+    replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
+    kwarg = __utils__["pgcluster_master.repoint_kwarg"](spec, leader, replicas, resume_paused)
     ret = _on_pgbouncers(c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]], kwarg=kwarg)
     return __utils__["pgcluster_master.repointed"](c, ret, t, leader["name"])
 

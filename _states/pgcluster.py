@@ -263,7 +263,8 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
         return ret
     # Databases being migrated in go to their source until their cutover (kept in the file).
     cut = (current or {}).get("cut") or []
-    text = __utils__["pgcluster_routing.routing_text"](spec, address, timeline, system=system, cut=cut)
+    replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
+    text = __utils__["pgcluster_routing.routing_text"](spec, address, timeline, replicas, system, cut)
     try:
         with salt.utils.files.fopen(spec["path"]) as f:
             if f.read() == text:
@@ -277,7 +278,7 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     if __opts__.get("test"):
         ret.update(result=None, comment=f"would route {name} to the leader {leader['name']} ({address})")
         return ret
-    changed, why = __utils__["pgcluster_routing.install_route"](spec, address, timeline, system)
+    changed, why = __utils__["pgcluster_routing.install_route"](spec, address, timeline, system, replicas)
     if why:
         ret.update(changes={}, comment=f"routing of {name} left alone: {why}")
     elif not changed:

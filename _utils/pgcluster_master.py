@@ -141,12 +141,15 @@ def failures(ret: dict, hosts: list[str]) -> dict[str, str]:
     return bad
 
 
-def repoint_kwarg(spec: dict, leader: dict, resume_paused: bool = False, cut_over: list | None = None) -> dict:
+def repoint_kwarg(
+    spec: dict, leader: dict, replicas: list, resume_paused: bool = False, cut_over: list | None = None
+) -> dict:
     """The arguments of ``pgbouncer.repoint`` that route a cluster (routing SPEC) to LEADER
-    (``find_leader``'s answer; its timeline and system are the fence); CUT_OVER: migrated
-    databases that follow the leader from now on."""
+    (``find_leader``'s answer; its timeline and system are the fence) and the ``<db>_ro`` reads
+    to REPLICAS (``pgcluster_routing.replica_addresses``); CUT_OVER: migrated databases that
+    follow the leader from now on."""
     return {"timeline": leader.get("timeline"), "system": leader.get("system"), "resume_paused": resume_paused,
-            "spec": spec, "cut_over": cut_over}  # fmt: skip
+            "spec": spec, "cut_over": cut_over, "replicas": replicas}  # fmt: skip
 
 
 def repointed(c: dict, ret: dict, started: float, leader: str) -> dict:

@@ -36,6 +36,8 @@ HEADER = (
 )
 HEADER_FIELD = re.compile(r"; (leader|timeline|system|cut over) ([^;\s]+?)\.?(?=;|$)")
 LINE = "{name} = host={host} port={port} dbname={db}\n"
+# A replica further behind than this (bytes of WAL, Patroni's lag) serves no reads.
+REPLICA_MAX_LAG = 16 * 1024 * 1024
 NOWHERE = ("127.0.0.1", 1)  # no leader: clients get an error, never a write on a former leader
 
 
@@ -83,8 +85,8 @@ def find_leader(
 
     Every member is asked GET /cluster at once (a crashed member costs no more than TIMEOUT); each
     member named leader is asked GET /primary; exactly one must accept writes. Returns
-    ``{"name", "api", "timeline", "system"}`` (timeline and database system identifier from the
-    leader's own PostgreSQL).
+    ``{"name", "api", "timeline", "system", "replicas"}`` (timeline and database system
+    identifier from the leader's own PostgreSQL; the members that may serve reads, ``readable``).
     """
     ctx = _context(cafile, certfile, keyfile)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(apis), 1)) as pool:
@@ -102,12 +104,22 @@ def find_leader(
     if len(leaders) != 1:
         return None
     name, body = leaders[0]
+    own = dict(zip(apis, views, strict=True)).get(name)  # the leader's own view of its replicas
     return {
         "name": name,
         "api": apis[name],
         "timeline": body.get("timeline"),
         "system": body.get("database_system_identifier"),
+        "replicas": readable(own if isinstance(own, dict) else next((v for v in views if isinstance(v, dict)), {})),
     }
+
+
+def readable(view: dict) -> list[str]:
+    """The members of a GET /cluster VIEW that may serve reads: replicas streaming at most
+    REPLICA_MAX_LAG bytes behind (sorted names)."""
+    return sorted(m["name"] for m in view.get("members") or [] if m.get("name") and m.get("role") not in LEADER_ROLES
+                  and m.get("state") == "streaming" and isinstance(m.get("lag"), int)
+                  and m["lag"] <= REPLICA_MAX_LAG)  # fmt: skip
 
 
 def destinations(spec: dict, leader: str | None, cut: list[str] | tuple = ()) -> dict[str, tuple[str, int]]:
@@ -127,16 +139,19 @@ def routing_text(
     system: str | None = None,
     cut: list[str] | tuple = (),
 ) -> str:
-    """The routing file of SPEC's cluster (``destinations``), ``<db>_ro`` to REPLICAS when given;
-    the header names LEADER, TIMELINE, SYSTEM and the migrated databases CUT over."""
+    """The routing file of SPEC's cluster (``destinations``); with a leader, ``<db>_ro`` of each
+    database the leader serves to one of REPLICAS (addresses; the lowest: every PgBouncer picks
+    the same, and PgBouncer 1.18 cannot check TLS with a list of hosts), or to the leader when
+    there is none; the header names LEADER, TIMELINE, SYSTEM and the migrated
+    databases CUT over."""
     cut = sorted(set(cut) & set(spec.get("sources") or {}))
     text = HEADER.format(cluster=spec["cluster"], leader=leader or "none", timeline=timeline or "unknown",
                          system=system or "unknown",
                          cut=f"; cut over {','.join(cut) or 'none'}" if spec.get("sources") else "")  # fmt: skip
     for db, (host, port) in destinations(spec, leader, cut).items():
         text += LINE.format(name=db, db=db, host=host, port=port)
-        if replicas and leader and host == leader:
-            text += LINE.format(name=f"{db}_ro", db=db, host=",".join(replicas), port=port)
+        if leader and host == leader:  # reads: a replica, else the leader itself
+            text += LINE.format(name=f"{db}_ro", db=db, host=min(replicas or [leader]), port=port)
     return text
 
 
@@ -234,5 +249,10 @@ def route_to_leader(spec: dict, timeout: float = 2.0) -> str | None:
         install_route(spec, None)
         return None
     address = spec["members"][leader["name"]]["address"]
-    install_route(spec, address, leader["timeline"], leader["system"])
+    install_route(spec, address, leader["timeline"], leader["system"], replica_addresses(spec, leader))
     return address
+
+
+def replica_addresses(spec: dict, leader: dict) -> list[str]:
+    """The addresses of LEADER's (``find_leader``) readable replicas among SPEC's members."""
+    return [spec["members"][n]["address"] for n in leader.get("replicas") or [] if n in spec["members"]]

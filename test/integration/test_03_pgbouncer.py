@@ -54,6 +54,27 @@ def test_patronictl_switchover_by_hand_is_followed(deployed):
     wait_healthy(2, timeout=120)
 
 
+def read_only_server() -> str:
+    """Where app1's PgBouncer sends a read through app_ro: 'address|in recovery'."""
+    return sh("app1", "psql service=app_ro -XAtc 'select inet_server_addr(), pg_is_in_recovery()' </dev/null"
+              ).stdout.strip()  # fmt: skip
+
+
+def test_reads_through_app_ro_go_to_a_replica_and_follow_the_leader(deployed):
+    """app_ro serves reads from a streaming replica (the leader only when there is none) and
+    follows a switchover like app does."""
+    wait_healthy(2, timeout=120)
+    lab("run", "pgcluster.reconcile", "--out=json")
+    address, recovering = read_only_server().split("|")
+    assert recovering == "t" and address != ADDRESS[leader()]
+    replica = next(m for m, a in ADDRESS.items() if a == address)
+    sh(replica, f"patronictl switchover main --leader {leader()} --candidate {replica} --force")
+    wait_for(f"every PgBouncer to route to {replica}", lambda: all_route_to(replica), 60, interval=0.2)
+    wait_for("app_ro on a replica again", lambda: read_only_server().endswith("|t"), 60, interval=1)
+    assert read_only_server().split("|")[0] != ADDRESS[replica]
+    wait_healthy(2, timeout=120)
+
+
 def test_runner_switchover_under_pgbench_has_zero_failed_transactions(deployed):
     old = leader()
     res, out = runner_switchover_under_pgbench()

@@ -15,7 +15,17 @@ REPLICA = {"/cluster": "cluster", "/primary": "primary_on_replica"}
 def test_the_leader_is_the_one_patroni_names_and_that_accepts_writes():
     with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}) as apis:
         found = routing.find_leader(apis)
-    assert found == {"name": "pg2", "api": apis["pg2"], "timeline": 1, "system": "7712164727101477447"}
+    assert found == {"name": "pg2", "api": apis["pg2"], "timeline": 1, "system": "7712164727101477447",
+                     "replicas": ["pg1", "pg3"]}  # fmt: skip
+
+
+def test_only_streaming_replicas_close_behind_serve_reads():
+    member = {"role": "replica", "state": "streaming", "lag": 0}
+    view = {"members": [{**member, "name": "pg1"}, {"name": "pg2", "role": "leader", "state": "running"},
+                        {**member, "name": "pg3", "lag": routing.REPLICA_MAX_LAG + 1},
+                        {**member, "name": "pg4", "state": "starting", "lag": None},
+                        {**member, "name": "pg5", "role": "quorum_standby", "lag": 100}]}  # fmt: skip
+    assert routing.readable(view) == ["pg1", "pg5"]
 
 
 def test_a_leader_whose_postgresql_still_promotes_is_not_the_leader_yet():
@@ -49,7 +59,6 @@ def test_the_routing_file_carries_the_leader_and_its_timeline(tmp_path):
     }
     text = routing.routing_text(spec, "198.18.0.12", 7)
     assert "app = host=198.18.0.12 port=5433 dbname=app" in text and "billing = host=198.18.0.12" in text
-    assert "_ro" not in text
     assert routing.write_routing(spec, text) is True and routing.write_routing(spec, text) is False
     assert routing.routed_timeline(spec) == 7
     assert (tmp_path / "routing-main.ini").stat().st_mode & 0o777 == 0o644
@@ -60,10 +69,12 @@ def test_no_leader_routes_nowhere_never_to_a_former_leader():
     assert "app = host=127.0.0.1 port=1 dbname=app" in routing.routing_text(spec, None)
 
 
-def test_read_only_entries_go_to_the_replicas():
+def test_read_only_entries_go_to_the_replicas_else_to_the_leader():
     spec = {"cluster": "main", "port": 5432, "databases": ["app"], "path": "/nonexistent"}
-    text = routing.routing_text(spec, "198.18.0.12", 3, replicas=["198.18.0.11", "198.18.0.13"])
-    assert "app_ro = host=198.18.0.11,198.18.0.13 port=5432 dbname=app" in text
+    text = routing.routing_text(spec, "198.18.0.12", 3, replicas=["198.18.0.13", "198.18.0.11"])
+    assert "app_ro = host=198.18.0.11 port=5432 dbname=app" in text
+    assert "app_ro = host=198.18.0.12 port=5432 dbname=app" in routing.routing_text(spec, "198.18.0.12", 3)
+    assert "_ro" not in routing.routing_text(spec, None)  # no leader: no reads either
 
 
 SYSTEM = "7712164727101477447"

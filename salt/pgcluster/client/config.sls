@@ -1,5 +1,5 @@
 {#- Application hosts (PgBouncer hosts that are no database server): a libpq service per
-    database, through the local PgBouncer, and credentials (~/.pgpass, 0600) for root and
+    database, through the local PgBouncer (and <db>_ro: its reads, on a replica), and credentials (~/.pgpass, 0600) for root and
     for an OS account named after each database's owner role - the account the application
     runs as. `psql service=<db>` works for both; `PGSERVICE=<db> pgbench` for the account
     (pgbench names the database after the OS user when none is given). #}
@@ -16,11 +16,13 @@ pgclient-service-file-managed:
 {%- for name in pgcluster.node.pgbouncer %}
 {%- set c = pgcluster.clusters[name] %}
 {%- for db, spec in c.databases | dictsort %}
-        [{{ db }}]
+{%- for suffix in ["", "_ro"] %}
+        [{{ db }}{{ suffix }}]
         host=127.0.0.1
         port={{ pgcluster.pgbouncer.port }}
-        dbname={{ db }}
+        dbname={{ db }}{{ suffix }}
         user={{ spec.owner }}
+{%- endfor %}
 {%- endfor %}
 {%- endfor %}
 
