@@ -4,8 +4,9 @@
 The legacy host's `shop` database filled by `pgbench -i -s SCALE` (scale 70 is about 1 GB), then
 in the same run, RUNS times each:
 - **logical** (`salt-run migrate.start`, `status` until every table is ready, `cutover
-  confirm=True`) while the application writes through app1's PgBouncer as role shop (which
-  sends shop to the source until the cutover, then to the leader): pgbench (4 clients) and an
+  confirm=True`) while the application writes through app1's PgBouncer as role shop from the
+  end of `start` on (which sends shop to the source until the cutover, then to the leader):
+  pgbench (4 clients) and an
   insert-only writer that logs acknowledged ids (test/integration/ackwriter.py). Copy time, lag
   (bytes) just before the cutover, how long the source was read-only and clients paused (the
   cutover's own timings), the longest INSERT the writer saw, failed transactions (writer
@@ -100,6 +101,10 @@ def reset(lead: str) -> None:
 
 
 def logical(lead: str) -> dict:
+    # The application goes through PgBouncer from the start on (start admits the PgBouncer hosts
+    # on the source): it writes all through the copy and the cutover.
+    t0 = time.monotonic()
+    run("start")
     load = subprocess.Popen([str(LAB), "exec", "app1", "--", "bash", "-c",
                              "read -r PGPASSWORD; export PGPASSWORD; "
                              f"exec pgbench -n -c 4 -j 2 -T 3600 '{VIA_PGBOUNCER}' 2>&1"],
@@ -109,9 +114,6 @@ def logical(lead: str) -> dict:
     load.stdin.close()
     writer = AckWriter("app1", VIA_PGBOUNCER, "acks", password=SHOP_PASSWORD, seconds=7200)
     try:
-        time.sleep(3)
-        t0 = time.monotonic()
-        run("start")
         while True:
             st = run("status")["databases"]["shop"]
             if set(st["tables"].values()) == {"ready"} and (st["lag_bytes"] or 0) < 16 * 1024 * 1024:
@@ -125,6 +127,9 @@ def logical(lead: str) -> dict:
         sh("app1", "pkill -INT -x pgbench || true")
         out = load.stdout.read()
         load.wait(timeout=120)
+    why = report["failed"][:3] + [line for line in out.splitlines() if "aborted" in line][:3]
+    if why or report["stuck"]:
+        print(f"failures: {why}, writer stuck after the stop: {report['stuck']}", flush=True)
     return {"copy_s": copy_s, "lag_bytes": st["lag_bytes"], "read_only_s": cut["timings"]["source_read_only_s"],
             "paused_s": cut["timings"]["paused_s"], "longest_insert_s": report["longest_s"],
             "failed": len(report["failed"]) + out.count("aborted") + report["stuck"],
