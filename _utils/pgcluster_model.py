@@ -481,6 +481,8 @@ def pillar_for(pillar: dict, minion_id: str) -> dict:
             password = spec.pop("password", None)
             if password and "verifiers" in need:
                 spec["verifier"] = role_verifier(name, role, password)
+            elif "verifiers" not in need:  # a role declared by its verifier (e.g. a migrated one)
+                spec.pop("verifier", None)
             if password and "own_role_passwords" in need and role in owners:
                 spec["password"] = password
         if "cipher_pass" not in need and isinstance(c.get("pgbackrest"), dict):

@@ -447,6 +447,16 @@ def test_each_minion_receives_only_the_secrets_its_roles_need(minion):
         assert m["node"]["verifiers"]["main"]["app"] == pgc.role_verifier("main", "app", SECRETS["app"])
 
 
+def test_a_role_declared_by_its_verifier_reaches_only_the_hosts_that_check_passwords():
+    """A migrated role comes with its source's verifier: the database servers and PgBouncer hosts
+    get it, the backup host, the master's minion and the legacy host do not."""
+    verifier = pgc.role_verifier("main", "shop", "lab-shop-pw-2b7d")
+    p = copy.deepcopy(LAB)
+    p["clusters"]["main"]["roles"]["shop"] = {"verifier": verifier}
+    got = {h: verifier in json.dumps(pgc.pillar_for(p, h)) for h in p["hosts"]}
+    assert got == {h: h in ("pg1", "pg2", "pg3", "app1") for h in p["hosts"]}
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
