@@ -138,3 +138,30 @@ def test_monitoring_role_gets_pg_monitor_and_connect_and_nothing_else(monitor):
     monitor.mon.update(row=("t", "t", "f", "t"))
     assert monitor.monitor_role_present("pgcluster_monitor", databases=["app"])["changes"] == {
         "pgcluster_monitor": ["attributes"]}  # fmt: skip
+
+
+def routed_state(tmp_path, leader: dict):
+    """pgcluster.pgbouncer_routed with a routing spec in TMP_PATH and find_leader answering LEADER."""
+    members = {n: {"address": a, "api": f"https://{a}:8008"}
+               for n, a in (("pg1", "198.18.0.11"), ("pg2", "198.18.0.12"), ("pg3", "198.18.0.13"))}  # fmt: skip
+    spec = {"cluster": "main", "members": members, "port": 5432, "databases": ["app"], "sources": {},
+            "path": str(tmp_path / "routing-main.ini")}  # fmt: skip
+    settings = {"node": {"routing": {"main": spec}}}
+    utils = load_module("states", "pgcluster").__utils__
+    utils["pgcluster_routing.find_leader"] = lambda apis, **_: leader
+    return load_module("states", "pgcluster", salt={"pgcluster.settings": lambda: settings}, utils=utils,
+                       opts={"test": False}), spec  # fmt: skip
+
+
+def test_routing_state_owns_the_writes_not_which_replica_takes_the_reads(tmp_path):
+    leader = {"name": "pg2", "timeline": 3, "system": "7712164727101477447", "replicas": ["pg1"]}
+    mod, spec = routed_state(tmp_path, leader)
+    assert mod.pgbouncer_routed("main")["changes"] == {"leader": "198.18.0.12"}
+    assert "app_ro = host=198.18.0.11" in (tmp_path / "routing-main.ini").read_text()
+    # Replication moved on (pg1 behind, pg3 streaming): a second run changes nothing...
+    leader["replicas"] = ["pg3"]
+    assert mod.pgbouncer_routed("main")["changes"] == {}
+    # ...while a new leader is written, its reads with it.
+    leader.update(name="pg3", timeline=4, replicas=["pg2"])
+    assert mod.pgbouncer_routed("main")["changes"] == {"leader": "198.18.0.13"}
+    assert "app_ro = host=198.18.0.12" in (tmp_path / "routing-main.ini").read_text()
