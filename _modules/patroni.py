@@ -85,22 +85,25 @@ def _settings(url: str | None, username: str | None, password: str | None, verif
     return s
 
 
-def _request(method: str, path: str, conn: dict, body: dict | None = None, ok: tuple = (200,)) -> requests.Response:
-    """Send one request; return the response when its status is in OK; raise PatroniError otherwise."""
+def _request(
+    method: str, path: str, conn: dict, body: dict | None = None, ok: tuple = (200,), timeout: float = TIMEOUT
+) -> requests.Response:
+    """Send one request, answered within TIMEOUT seconds; return the response when its status is
+    in OK; raise PatroniError otherwise."""
     auth = None
     if method != "GET" and conn.get("username"):
         auth = (conn["username"], conn.get("password") or "")
     where = f"{method} {conn['url']}{path}"
     try:
         resp = requests.request(
-            method, conn["url"] + path, json=body, auth=auth, timeout=TIMEOUT, verify=conn.get("verify", True)
+            method, conn["url"] + path, json=body, auth=auth, timeout=timeout, verify=conn.get("verify", True)
         )
     except requests.exceptions.SSLError as exc:
         raise PatroniError(f"Patroni REST API {where}: TLS error: {exc}") from None
     except requests.exceptions.ConnectionError:
         raise PatroniError(f"Patroni REST API {where}: cannot connect (is Patroni running?)") from None
     except requests.exceptions.Timeout:
-        raise PatroniError(f"Patroni REST API {where}: no answer within {TIMEOUT} s") from None
+        raise PatroniError(f"Patroni REST API {where}: no answer within {timeout:.0f} s") from None
     if resp.status_code not in ok:
         detail = resp.text.strip()[:500] or resp.reason
         if resp.status_code == 401:
@@ -292,8 +295,9 @@ def failover(candidate: str, **kwargs: Any) -> dict:
     return {"from": c["leader"], "to": candidate, "message": resp.text.strip()}
 
 
-def restart(member: str | None = None, pending_only: bool = False, **kwargs: Any) -> str:
-    """Restart PostgreSQL on MEMBER (default: this node); with PENDING_ONLY only if a restart is pending.
+def restart(member: str | None = None, pending_only: bool = False, timeout: float = 120, **kwargs: Any) -> str:
+    """Restart PostgreSQL on MEMBER (default: this node); with PENDING_ONLY only if a restart is
+    pending. Patroni answers once PostgreSQL is up again: waited for up to TIMEOUT seconds.
 
     Returns Patroni's message. Raises CommandExecutionError on refusal.
 
@@ -305,7 +309,7 @@ def restart(member: str | None = None, pending_only: bool = False, **kwargs: Any
     """
     conn, m = _member_conn(kwargs, member)
     body = {"restart_pending": True} if pending_only else {}
-    resp = _request("POST", "/restart", conn, body, ok=(200, 202, 503))
+    resp = _request("POST", "/restart", conn, body, ok=(200, 202, 503), timeout=timeout)
     if resp.status_code == 503:
         # Patroni answers 503 both for "nothing pending" and for a failed restart.
         if pending_only and "conditions are not satisfied" in resp.text:
@@ -400,10 +404,11 @@ def wait_healthy(
     replicas: int, max_lag: int = 1048576, timeout: float = 120, sync_standbys: int = 0, **kwargs: Any
 ) -> dict:
     """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes,
-    SYNC_STANDBYS of them synchronous (Patroni's /sync key names them: role ``sync_standby`` or
-    ``quorum_standby``). A synchronous profile is kept only from that moment: right after
-    bootstrap the replicas stream while /sync still names none, and a failover then finds no
-    eligible replica.
+    SYNC_STANDBYS of them synchronous: Patroni's /sync key names them (role ``sync_standby`` or
+    ``quorum_standby``) *and* the leader's PostgreSQL waits for them (its pg_stat_replication, as
+    GET /patroni on the leader reports it, says ``sync`` or ``quorum``). A synchronous profile is
+    kept only from that moment: right after bootstrap the replicas stream while /sync still names
+    none, and a failover then finds no eligible replica.
 
     Returns the cluster. Raises CommandExecutionError with the last seen state on timeout.
 
@@ -426,14 +431,31 @@ def wait_healthy(
             ]
             sync = [m for m in streaming if m["role"] in SYNC_ROLES]
             if c["leader"] and len(streaming) >= replicas and len(sync) >= sync_standbys:
-                return c
-            last = f"leader={c['leader']}, " + ", ".join(f"{m['name']}:{m['role']}/{m['state']}" for m in c["members"])
+                waited_for = _waited_for(c, kwargs) if sync_standbys else []
+                if len(waited_for) >= sync_standbys:
+                    return c
+                last = f"the leader's PostgreSQL waits for {len(waited_for)} synchronous standbys, {sync_standbys} "
+                last += "wanted"
+            else:
+                last = f"leader={c['leader']}, " + ", ".join(
+                    f"{m['name']}:{m['role']}/{m['state']}" for m in c["members"]
+                )
         except CommandExecutionError as exc:
             last = str(exc)
         if time.monotonic() >= deadline:
             wanted = f"{replicas} replicas" + (f", {sync_standbys} synchronous" if sync_standbys else "")
             raise PatroniError(f"cluster not healthy after {timeout:.0f} s ({wanted} wanted): {last}")
         time.sleep(1)
+
+
+def _waited_for(c: dict, kwargs: dict) -> list[str]:
+    """The standbys the leader of cluster C waits for at commit (its pg_stat_replication's
+    sync_state ``sync`` or ``quorum``, from GET /patroni on the leader)."""
+    lead = _member(c, c["leader"])
+    conn = dict(_conn(kwargs), url=lead["api_url"].rsplit("/patroni", 1)[0])
+    body = _json(_request("GET", "/patroni", conn, ok=(200, 503)))
+    return sorted(r.get("application_name") for r in body.get("replication") or []
+                  if r.get("state") == "streaming" and r.get("sync_state") in ("sync", "quorum"))  # fmt: skip
 
 
 # ---- this member's files (restore of a whole cluster) ---------------------------------------------

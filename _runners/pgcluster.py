@@ -293,12 +293,19 @@ def status(cluster: str) -> dict:
         "leader": leader["name"] if leader else None,
         "timeline": leader["timeline"] if leader else None,
         "members": _members(model, c),
+        "writes": _commits(model, c, leader["name"] if leader else None),
         "pgbouncer": {h: (r or {}).get("ret") for h, r in ret.items()},
         "misrouted": sorted(
             h for h, r in ret.items() if isinstance(r.get("ret"), dict) and set(r["ret"].values()) != {address}
         ),
         "watch": _watch(model, c),
     }
+
+
+def _commits(model: dict, c: dict, leader: str | None) -> str:
+    """Whether the cluster confirms commits now (e.g. blocked for lack of a synchronous standby)."""
+    commits = __utils__["pgcluster_restore.commits"]
+    return getattr(commits, "func", commits)(_Master(model), c, leader)
 
 
 def _members(model: dict, c: dict) -> list[dict]:
@@ -421,11 +428,12 @@ class _Master:
         return (_get(self.model, member, "/patroni") or {}).get("timeline") if member else None
 
     def members_state(self, c: dict) -> dict[str, dict]:
-        """{member: {role, state, timeline}} from the first member that answers GET /cluster."""
+        """{member: {role, state, timeline, lag, pending_restart}} from the first member that
+        answers GET /cluster."""
         for m in c["members"]:
             view = _get(self.model, m, "/cluster")
             if isinstance(view, dict):
-                keys = ("role", "state", "timeline")
+                keys = ("role", "state", "timeline", "lag", "pending_restart")
                 return {x["name"]: {k: x.get(k) for k in keys} for x in view.get("members", [])}
         return {}
 
@@ -435,6 +443,10 @@ class _Master:
     def wait_streaming(self, leader: str, count: int, timeout: float) -> list[str]:
         found = _call(leader, "patroni.wait_healthy", count, timeout=timeout, wait=timeout + 60)
         return sorted(m["name"] for m in found["members"] if m["name"] != found["leader"] and m["state"] == "streaming")
+
+    def apply_profile(self, c: dict, leader: str) -> dict:
+        """The profile's dynamic configuration (timing, durability) PATCHed in through LEADER."""
+        return _call(leader, "patroni.config_patch", c["profile_settings"]["dcs"])
 
     def pending(self, name: str) -> dict:
         return _shared("cached", __opts__, RESTORE_BANK, name)

@@ -779,6 +779,14 @@ def dynamic_config(model: dict, name: str) -> dict:
     }
 
 
+def bootstrap_dcs(model: dict, name: str) -> dict:
+    """The dynamic configuration cluster NAME is created with: the profile's, but never strict
+    synchronous mode. Patroni 4.1.5 bootstraps a strict quorum cluster with the invalid
+    ``synchronous_standby_names = 'ANY None (*)'``; the profile's strictness is PATCHed in once the
+    replicas stream (``patroni-dynamic-config-applied``), before highstate reports ready."""
+    return {**dynamic_config(model, name), "synchronous_mode_strict": False}
+
+
 def data_dir(model: dict, name: str) -> str:
     """PostgreSQL's data directory for cluster NAME: never the distribution's own (Debian: 15/main)."""
     pg = model["postgresql"]
@@ -818,7 +826,7 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
         },  # fmt: skip
         "ctl": {"cacert": f["ca"]},
         "bootstrap": {
-            "dcs": dynamic_config(model, name),
+            "dcs": bootstrap_dcs(model, name),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
         },
         "postgresql": {

@@ -108,15 +108,20 @@ def cluster_now(master: Any, c: dict, leader: str | None) -> str:
     for m in c["members"]:
         s = state.get(m)
         parts.append(f"{m} {s['role']} {s['state']} on timeline {s['timeline']}" if s else f"{m} Patroni stopped")
+    return f"{'; '.join(parts)}; {commits(master, c, leader, state)}"
+
+
+def commits(master: Any, c: dict, leader: str | None, state: dict | None = None) -> str:
+    """Whether cluster C confirms commits now, in a few words: no leader, writes blocked for lack
+    of a streaming replica (strict synchronous mode, the durable profile), or accepted."""
+    state = master.members_state(c) if state is None else state
     dcs = master.dynamic_config(c, leader) if leader else {}  # the durability in force, not pillar's wish
     streaming = [m for m, s in state.items() if m != leader and s.get("state") == "streaming"]
     if not leader:
-        commits = "no leader accepts writes"
-    elif dcs.get("synchronous_mode") and dcs.get("synchronous_mode_strict") and not streaming:
-        commits = f"{leader} confirms no commit until a replica streams (strict synchronous mode)"
-    else:
-        commits = f"{leader} accepts writes"
-    return f"{'; '.join(parts)}; {commits}"
+        return "no leader accepts writes"
+    if dcs.get("synchronous_mode") and dcs.get("synchronous_mode_strict") and not streaming:
+        return f"writes blocked: {leader} confirms no commit until a replica streams (strict synchronous mode)"
+    return f"{leader} accepts writes"
 
 
 def stopped(master: Any, c: dict, steps: dict, step: str, exc: Exception, leader: str | None, how: str) -> RestoreError:
@@ -188,6 +193,10 @@ def start(
         step = f"start {primary} as the leader"
         master.call(primary, "service.start", "patroni")
         steps["leader"] = master.wait_leader(c, 300)
+        # Created anew (empty DCS), the cluster runs the bootstrap configuration: the profile's
+        # promise (strict synchronous mode: no commit confirmed until a replica streams) from now.
+        step = "apply the profile"
+        master.apply_profile(c, steps["leader"])
     except CommandExecutionError as exc:
         raise stopped(master, c, steps, step, exc, None, "The replicas keep their data.") from None
     rec = {"target": steps["target"], "primary": primary, "leader": steps["leader"],

@@ -183,13 +183,26 @@ def before_sync() -> requests.Response:
     return resp
 
 
-def answering(patroni, monkeypatch, answers: list) -> list:
-    """GET /cluster answered by ANSWERS in turn (the last one again when they run out)."""
+def leader_waiting_for(*names: str) -> requests.Response:
+    """The recorded GET /patroni of the leader, its PostgreSQL waiting at commit for NAMES only."""
+    resp = recorded("patroni_leader")
+    body = json.loads(resp.text)
+    for r in body["replication"]:
+        r["sync_state"] = "quorum" if r["application_name"] in names else "async"
+    resp._content = json.dumps(body).encode()
+    return resp
+
+
+def answering(patroni, monkeypatch, answers: list, leader: list | None = None) -> list:
+    """GET /cluster answered by ANSWERS in turn, GET /patroni (the leader's) by LEADER in turn
+    (the last one again when they run out); returns the URLs asked, in order."""
     calls = []
+    leader = leader or [recorded("patroni_leader")]
 
     def request(method, url, **kwargs):
         calls.append(url)
-        return answers.pop(0) if len(answers) > 1 else answers[0]
+        queue = leader if url.endswith("/patroni") else answers
+        return queue.pop(0) if len(queue) > 1 else queue[0]
 
     monkeypatch.setattr(patroni.requests, "request", request)
     monkeypatch.setattr(patroni.time, "sleep", lambda s: None)
@@ -202,7 +215,18 @@ def test_wait_healthy_waits_for_synchronous_standbys_only_when_asked(patroni, mo
     assert len(calls) == 1
     calls = answering(patroni, monkeypatch, [before_sync(), before_sync(), recorded("cluster")])
     assert patroni.wait_healthy(2, timeout=30, sync_standbys=1, **patroni.conn)["leader"] == "pg2"
-    assert len(calls) == 3
+    assert len(calls) == 4 and calls[-1] == "http://198.18.0.12:8008/patroni"  # then asks the leader itself
+
+
+def test_wait_healthy_waits_until_the_leaders_postgresql_waits_for_the_standbys(patroni, monkeypatch):
+    """/sync may name a standby before the leader's synchronous_standby_names does."""
+    waiting = [leader_waiting_for(), leader_waiting_for(), leader_waiting_for("pg1", "pg3")]
+    calls = answering(patroni, monkeypatch, [recorded("cluster")], leader=waiting)
+    assert patroni.wait_healthy(2, timeout=30, sync_standbys=2, **patroni.conn)["leader"] == "pg2"
+    assert len(calls) == 6
+    answering(patroni, monkeypatch, [recorded("cluster")], leader=[leader_waiting_for("pg3")])
+    with pytest.raises(patroni.PatroniError, match="leader's PostgreSQL waits for 1 synchronous standbys, 2 wanted"):
+        patroni.wait_healthy(2, timeout=0, sync_standbys=2, **patroni.conn)
 
 
 def test_wait_healthy_says_it_waited_for_synchronous_standbys(patroni, monkeypatch):

@@ -177,13 +177,20 @@ def test_a_minion_is_member_of_one_cluster_only():
 
 
 def test_durable_profile_is_patronis_zero_loss_setup():
-    conf = pgc.patroni_config(model(), "main", "pg1")
-    dcs = conf["bootstrap"]["dcs"]
+    dcs = pgc.dynamic_config(model(), "main")
     assert dcs["synchronous_mode"] == "quorum" and dcs["synchronous_mode_strict"] is True
     assert dcs["failsafe_mode"] is True and dcs["check_timeline"] is True
     assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"] and dcs["ttl"] >= 20
     assert dcs["postgresql"]["use_pg_rewind"] is True
     assert dcs["postgresql"]["parameters"]["synchronous_commit"] == "on"
+
+
+def test_a_cluster_is_bootstrapped_without_strict_mode_and_otherwise_as_its_profile_says():
+    """Patroni 4.1.5 bootstraps a strict quorum cluster with synchronous_standby_names = 'ANY None
+    (*)', which PostgreSQL rejects; strictness is PATCHed in once replicas stream."""
+    boot, wanted = pgc.patroni_config(model(), "main", "pg1")["bootstrap"]["dcs"], pgc.dynamic_config(model(), "main")
+    assert boot["synchronous_mode_strict"] is False and wanted["synchronous_mode_strict"] is True
+    assert {**boot, "synchronous_mode_strict": True} == wanted
 
 
 def test_fast_profile_is_asynchronous():

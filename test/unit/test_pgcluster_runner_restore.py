@@ -93,6 +93,9 @@ class FakeMaster:
     def members_state(self, c):
         return self.members
 
+    def apply_profile(self, c, leader):
+        self.call(leader, "apply_profile")
+
     def dynamic_config(self, c, leader):
         return DURABLE
 
@@ -149,6 +152,7 @@ def test_steps_run_in_an_order_that_never_loses_the_only_good_copy(master):
         ("pg2", "patroni.remove_cluster"),
         ("pg2", "pgbackrest.restore_primary"),
         ("pg2", "service.start"),
+        ("pg2", "apply_profile"),  # created anew with the bootstrap configuration: strict mode back
         ("backup", "pgbackrest.backup"),  # the new timeline is in the repository...
         ("pg1", "patroni.stop"), ("pg1", "patroni.clear_data_dir"), ("pg1", "service.start"),  # ...before
         ("pg3", "patroni.stop"), ("pg3", "patroni.clear_data_dir"), ("pg3", "service.start"),  # a replica is emptied
@@ -189,7 +193,8 @@ def test_a_restore_that_stops_after_its_leader_is_up_says_the_state_and_is_finis
     master.fail = ("backup", "pgbackrest.backup")
     ret = restore(master, "2025-06-01T00:00:00+00:00")
     assert ("Cluster now: pg1 Patroni stopped; pg2 leader running on timeline 9; pg3 Patroni stopped; "
-            "pg2 confirms no commit until a replica streams (strict synchronous mode)") in ret["error"]  # fmt: skip
+            "writes blocked: pg2 confirms no commit until a replica streams (strict synchronous mode)"
+            ) in ret["error"]  # fmt: skip
     assert "It resumes at 'full backup of the new timeline'." in ret["error"]
     assert ret["error"].endswith("To finish: salt-run pgcluster.restore main confirm=True")
     assert master.records["main"]["leader"] == "pg2" and master.records["main"]["timeline"] == 9
