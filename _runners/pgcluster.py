@@ -400,9 +400,11 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
     return steps
 
 
-# ---- point-in-time restore: the procedure is the pgcluster_restore util; this is its plumbing ------
+# ---- restore and rolling restart: the procedures are utils (pgcluster_restore, pgcluster_rolling);
+# this is their plumbing ------------------------------------------------------------------------------
 class _Master:
-    """What the restore procedure does to the cluster, through Salt and Patroni's REST API."""
+    """What the restore and rolling restart procedures do to the cluster, through Salt and
+    Patroni's REST API."""
 
     def __init__(self, model: dict):
         self.model = model
@@ -447,6 +449,17 @@ class _Master:
     def apply_profile(self, c: dict, leader: str) -> dict:
         """The profile's dynamic configuration (timing, durability) PATCHed in through LEADER."""
         return _call(leader, "patroni.config_patch", c["profile_settings"]["dcs"])
+
+    def wait_healthy(self, c: dict, leader: str, timeout: float) -> dict:
+        """Every other member streaming to LEADER, and as many synchronous as the profile wants."""
+        count, sync = len(c["members"]) - 1, c.get("sync_standbys", 0)
+        return _call(leader, "patroni.wait_healthy", count, sync_standbys=sync, timeout=timeout, wait=timeout + 60)
+
+    def restart(self, member: str, timeout: float) -> str:
+        return _call(member, "patroni.restart", timeout=timeout, wait=timeout + 30)
+
+    def switchover(self, c: dict, candidate: str | None, timeout: float) -> dict:
+        return switchover.__wrapped__(c["name"], candidate=candidate, timeout=timeout)
 
     def pending(self, name: str) -> dict:
         return _shared("cached", __opts__, RESTORE_BANK, name)
@@ -517,3 +530,34 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
     run = __utils__["pgcluster_restore.run"]
     with _section(cluster, f"restore to {when.isoformat() if when else 'latest'}"):
         return getattr(run, "func", run)(_Master(model), c, target, timeout, source)
+
+
+@_clean_errors
+def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> dict:
+    """Restart the members of CLUSTER that have a restart pending (a parameter that needs one, a
+    new PostgreSQL minor version installed), with no client error: the replicas first, one at a
+    time, each waited for until it streams again (and until the profile's synchronous standbys
+    are back); then a switchover with no client error (``pgcluster.switchover``) moves the leader
+    away, which restarts the former leader as a replica. EVERY restarts every member, pending or
+    not. Refused when a member is not up or another long operation runs on the cluster. Each step
+    waits up to TIMEOUT seconds. Returns the steps with their timings and the clients' pause.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pgcluster.rolling_restart main
+        salt-run pgcluster.rolling_restart main every=True
+    """
+    model = _model()
+    c = _cluster(model, cluster)
+    if not isinstance(every, bool):
+        raise PgclusterError(f"every={every!r}: give True or False")
+    lock, holder = __utils__["pgcluster_lock.operation"](_locks(), cluster, "rolling restart")
+    if lock is None:
+        raise PgclusterError(f"cluster {cluster}: {holder} is running: nothing done; run again once it has finished")
+    run = __utils__["pgcluster_rolling.run"]
+    with lock:
+        steps = getattr(run, "func", run)(_Master(model), c, every, timeout)
+    _fire("rolling_restart", steps)
+    return steps

@@ -60,7 +60,7 @@ def valid_name(name: object) -> bool:
 
 class Lock:
     """An exclusive lock on DIRECTORY/NAME.KIND (KIND: ``lock`` for the critical section,
-    ``queue`` for the one waiting lookup)."""
+    ``queue`` for the one waiting lookup, ``operation`` for one long operation at a time)."""
 
     def __init__(self, directory: str, name: str, kind: str = "lock"):
         if not valid_name(name):
@@ -135,6 +135,16 @@ def take(
             return lock, ""
         if time.monotonic() >= deadline:
             return None, describe(lock.holder())
+
+
+def operation(directory: str, name: str, what: str) -> tuple[Lock | None, str]:
+    """Cluster NAME's lock for one long operation at a time (a rolling restart: minutes, taking
+    the routing lock itself for its switchover): (the lock, "") or (None, who holds it). Not
+    waited for."""
+    lock = Lock(directory, name, "operation")
+    if lock.acquire(what):
+        return lock, ""
+    return None, describe(lock.holder())
 
 
 def coalesced(directory: str, name: str, what: str, wait: float) -> tuple[Lock | None, str]:

@@ -1,0 +1,118 @@
+"""Rolling restart of a cluster's members (``salt-run pgcluster.rolling_restart``): the procedure,
+step by step.
+
+A parameter that needs a restart (``shared_buffers``, ``max_connections``...) or a new
+PostgreSQL minor version installed by highstate leaves members with ``pending_restart``. The
+replicas are restarted first, one at a time, each waited for until it streams again (and, with a
+synchronous profile, until enough replicas are synchronous again, so the promise holds between
+steps); then the leader hands over by a switchover with no client error (PAUSE, switchover,
+repoint, RESUME), which restarts its PostgreSQL as a replica; it is restarted once more only if
+that did not clear its pending restart. Clients through PgBouncer see a pause of the switchover's
+length and no error.
+
+Everything it does to the cluster goes through ``master``, the runner's plumbing (Salt jobs on
+minions, Patroni's REST API), so that the order of the steps can be read here and tested without
+Salt. Standard library only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "pgcluster_rolling"
+# Patroni computes pending_restart in its loop: after a restart the flag may stay up for a loop.
+SETTLE = 30.0
+UP = ("running", "streaming")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class RollingError(CommandExecutionError):
+    """The rolling restart cannot go on; the message says why and what was done already."""
+
+
+def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tuple[list[str], bool]:
+    """(the replicas to restart, in order; whether the leader must hand over) for cluster C whose
+    members are in STATE ({member: {role, state, pending_restart}}). Raises RollingError when the
+    cluster is not fit for it: no leader, or a member not up (restarting another one then could
+    leave no failover candidate, or no synchronous standby)."""
+    if not leader:
+        raise RollingError(f"cluster {c['name']} has no leader accepting writes: nothing done")
+    down = [f"{m} {state[m]['state']}" if m in state else f"{m} not in Patroni's cluster" for m in c["members"]
+            if state.get(m, {}).get("state") not in UP]  # fmt: skip
+    if down:
+        raise RollingError(f"cluster {c['name']}: {', '.join(down)}: a rolling restart needs every member up: "
+                           "nothing done")  # fmt: skip
+    due = [m for m in c["members"] if every or state[m].get("pending_restart")]
+    return [m for m in due if m != leader], leader in due
+
+
+def candidate(state: dict[str, dict], leader: str) -> str | None:
+    """The replica to hand over to: a synchronous one if any (it holds every confirmed commit),
+    the least lagging first; None lets Patroni choose."""
+    replicas = [(s.get("role") not in ("sync_standby", "quorum_standby"), s.get("lag") or 0, m)
+                for m, s in state.items() if m != leader and s.get("state") == "streaming"]  # fmt: skip
+    return min(replicas)[2] if replicas else None
+
+
+def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict:
+    """Restart the members of cluster C (from the model, defaults filled in) that have a restart
+    pending (EVERY: all of them), clients noticing a switchover's pause at most. Each step waits
+    up to TIMEOUT seconds. Returns the steps with their timings; raises RollingError."""
+    t0 = time.monotonic()
+    leader = master.find_leader(c)
+    state = master.members_state(c)
+    replicas, leader_due = plan(c, state, leader, every)
+    steps: dict[str, Any] = {"leader_before": leader, "restarted": []}
+    if not replicas and not leader_due:
+        steps.update(result=True, comment=f"no member of {c['name']} has a restart pending: nothing done")
+        return steps
+
+    def step(what: str, func, *args) -> Any:
+        try:
+            return func(*args)
+        except CommandExecutionError as exc:
+            done = ", ".join(r["member"] for r in steps["restarted"]) or "none"
+            raise RollingError(f"rolling restart of {c['name']} stopped at '{what}': {exc} (restarted so far: "
+                               f"{done}); run it again once the cause is fixed") from None  # fmt: skip
+
+    for member in replicas:
+        t = time.monotonic()
+        step(f"restart {member}", master.restart, member, timeout)
+        step(f"wait for {member} to stream", master.wait_healthy, c, leader, timeout)
+        steps["restarted"].append({"member": member, "seconds": round(time.monotonic() - t, 3)})
+    if leader_due:
+        t = time.monotonic()
+        switched = step(f"switchover from {leader}", master.switchover, c, candidate(master.members_state(c), leader),
+                        timeout)  # fmt: skip
+        new = switched["to"]
+        steps["switchover"] = {k: switched.get(k) for k in ("from", "to", "paused_seconds")}
+        step(f"wait for {leader} to stream", master.wait_healthy, c, new, timeout)
+        if master.members_state(c).get(leader, {}).get("pending_restart"):
+            # The demotion restarted its PostgreSQL; a restart is still due only if that did not apply it.
+            step(f"restart {leader}", master.restart, leader, timeout)
+            step(f"wait for {leader} to stream", master.wait_healthy, c, new, timeout)
+        steps["restarted"].append({"member": leader, "seconds": round(time.monotonic() - t, 3)})
+        steps["leader_after"] = new
+    steps["pending_after"] = settled(master, c)
+    steps["seconds"] = round(time.monotonic() - t0, 3)
+    steps["result"] = not steps["pending_after"]
+    if steps["pending_after"]:
+        raise RollingError(f"rolling restart of {c['name']}: {', '.join(steps['pending_after'])} still have a "
+                           f"restart pending after being restarted: {steps}")  # fmt: skip
+    return steps
+
+
+def settled(master: Any, c: dict) -> list[str]:
+    """The members of C still flagged pending_restart once Patroni has looked again (up to SETTLE s)."""
+    deadline = time.monotonic() + SETTLE
+    while True:
+        pending = sorted(m for m, s in master.members_state(c).items() if s.get("pending_restart"))
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(1)

@@ -1,0 +1,110 @@
+"""Rolling restart (issue 15): a parameter that needs a restart, set in pillar and applied by
+highstate, reaches every member through ``salt-run pgcluster.rolling_restart`` with clients
+noticing nothing: under pgbench and an insert-only writer through app1's PgBouncer, 0 failed
+transactions, every acknowledged write on the new leader, the parameter in force everywhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from labtools import APP_PASSWORD, LAB, MEMBERS, AckWriter, cluster, lab, leader, psql, sh, wait_for, wait_healthy
+
+LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
+PARAM = "max_files_per_process"  # postmaster context: a restart applies it; harmless to change
+DEFAULT = 1000
+
+
+def set_parameter(value: int) -> None:
+    """The main cluster's PARAM = VALUE in pillar, applied by a highstate of the members."""
+    block = json.dumps({"pgcluster": {"clusters": {"main": {"parameters": {PARAM: value}}}}})
+    sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=block)
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    lab("salt", ",".join(MEMBERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
+
+
+def pending() -> set[str]:
+    return {m["name"] for m in cluster()["members"] if m["pending_restart"]}
+
+
+def in_force(member: str) -> int:
+    return int(psql(member, f"SHOW {PARAM}").stdout)
+
+
+def rolling_restart(*args: str, name: str = "main") -> tuple[int, dict]:
+    res = lab("run", "pgcluster.rolling_restart", name, *args, "--out=json", check=False, timeout=900)
+    return res.returncode, json.loads(res.stdout or "{}")
+
+
+@pytest.fixture(scope="module")
+def pending_everywhere(deployed):
+    """Every member with a restart pending for PARAM; afterwards the default back in force."""
+    wait_healthy(2, timeout=180)
+    value = max(in_force(m) for m in MEMBERS) + 100  # one no member runs yet
+    set_parameter(value)
+    wait_for("a restart pending on every member", lambda: pending() == set(MEMBERS), 60, interval=2)
+    yield value
+    set_parameter(DEFAULT)
+    rolling_restart()
+    sh("salt", f"rm -f {LOCAL}")
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    wait_healthy(2, timeout=180)
+
+
+def test_rolling_restart_applies_a_restart_parameter_with_no_failed_transaction(pending_everywhere):
+    before = leader()
+    psql(before, "DROP TABLE IF EXISTS rolling_acks; CREATE TABLE rolling_acks(id bigint PRIMARY KEY); "
+               "GRANT INSERT, SELECT ON rolling_acks TO app")  # fmt: skip
+    sh("app1", "pgbench -i -s 1 -q service=app </dev/null")
+    bench = subprocess.Popen(
+        [str(LAB), "exec", "app1", "--", "bash", "-c", "pgbench -n -T 75 -c 4 -j 2 service=app </dev/null"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "rolling_acks", password=APP_PASSWORD)
+    time.sleep(3)
+    code, out = rolling_restart()
+    time.sleep(2)
+    report = writer.stop()
+    bench_out, _ = bench.communicate(timeout=180)
+    assert code == 0 and out["result"] is True, out
+    assert sorted(r["member"] for r in out["restarted"]) == sorted(MEMBERS), out
+    # Replicas first, the leader last, by a switchover that paused clients for seconds.
+    assert out["restarted"][-1]["member"] == before and out["switchover"]["from"] == before, out
+    assert out["leader_after"] != before and out["switchover"]["paused_seconds"] < 15, out
+    assert bench.returncode == 0 and "number of failed transactions: 0 " in bench_out, bench_out
+    assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
+    assert writer.missing_on(leader(), "app") == []
+    assert pending() == set()
+    assert {m: in_force(m) for m in MEMBERS} == {m: pending_everywhere for m in MEMBERS}
+
+
+def test_nothing_pending_does_nothing(pending_everywhere):
+    before = leader()
+    code, out = rolling_restart()
+    assert code == 0 and out["restarted"] == [] and "no member of main has a restart pending" in out["comment"], out
+    assert leader() == before
+
+
+def test_a_member_down_refuses_with_nothing_done(pending_everywhere):
+    replica = next(m for m in MEMBERS if m != leader())
+    sh(replica, "systemctl stop patroni")
+    try:
+        wait_for(f"{replica} stopped in Patroni's view", lambda: replica not in _up(), 60, interval=2)
+        code, out = rolling_restart("every=True")
+    finally:
+        sh(replica, "systemctl start patroni")
+    assert code != 0 and f"{replica} " in out["error"] and "needs every member up: nothing done" in out["error"], out
+    wait_healthy(2, timeout=180)
+
+
+def _up() -> set[str]:
+    return {m["name"] for m in cluster()["members"] if m["state"] in ("running", "streaming")}
+
+
+def test_bad_arguments_are_one_clear_message(pending_everywhere):
+    code, out = rolling_restart("every=sometimes")  # (salt-run reads every=yes as True, YAML)
+    assert code != 0 and out["error"] == "every='sometimes': give True or False", out
+    code, out = rolling_restart(name="nope")
+    assert code != 0 and "unknown cluster 'nope'" in out["error"], out

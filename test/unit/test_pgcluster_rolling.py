@@ -1,0 +1,139 @@
+"""The rolling restart: the runner's refusals, and the procedure (the pgcluster_rolling util) step
+by step against a fake master that plays Patroni's pending_restart flags."""
+
+from __future__ import annotations
+
+import pytest
+from pgctest import load_module
+
+MAIN = {"name": "main", "members": ["pg1", "pg2", "pg3"], "sync_standbys": 1, "pgbouncer": []}
+rolling = load_module("utils", "pgcluster_rolling")
+
+
+class FakeMaster:
+    """pg2 leads; PENDING members have a restart pending. A restart clears the member's flag; a
+    switchover demotes the leader (its PostgreSQL restarts: flag cleared unless STICKY)."""
+
+    def __init__(self, pending=(), down=(), sticky=False, fail=None):
+        self.leader, self.calls, self.sticky, self.fail = "pg2", [], sticky, fail
+        self.members = {
+            m: {"role": "leader" if m == "pg2" else "quorum_standby", "state": "running" if m == "pg2" else "streaming",
+                "lag": 0, "pending_restart": m in pending}
+            for m in MAIN["members"]
+        }  # fmt: skip
+        for m in down:
+            self.members[m]["state"] = "stopped"
+
+    def find_leader(self, c):
+        return self.leader
+
+    def members_state(self, c):
+        return {m: dict(s) for m, s in self.members.items()}
+
+    def restart(self, member, timeout):
+        self.calls.append(("restart", member))
+        if self.fail == member:
+            raise rolling.CommandExecutionError(f"restart of {member} failed: it broke")
+        self.members[member]["pending_restart"] = False
+
+    def wait_healthy(self, c, leader, timeout):
+        self.calls.append(("wait_healthy", leader))
+
+    def switchover(self, c, candidate, timeout):
+        self.calls.append(("switchover", candidate))
+        old, self.leader = self.leader, candidate
+        self.members[old].update(role="quorum_standby", state="streaming")
+        self.members[old]["pending_restart"] = self.members[old]["pending_restart"] and self.sticky
+        self.members[candidate].update(role="leader", state="running")
+        return {"from": old, "to": candidate, "paused_seconds": 1.5}
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setattr(rolling, "SETTLE", 0)
+
+
+def test_replicas_first_one_at_a_time_then_the_leader_hands_over():
+    master = FakeMaster(pending=("pg1", "pg2", "pg3"))
+    steps = rolling.run(master, MAIN)
+    assert master.calls == [
+        ("restart", "pg1"), ("wait_healthy", "pg2"),
+        ("restart", "pg3"), ("wait_healthy", "pg2"),
+        ("switchover", "pg1"), ("wait_healthy", "pg1"),
+    ]  # fmt: skip
+    assert [r["member"] for r in steps["restarted"]] == ["pg1", "pg3", "pg2"]
+    assert steps["switchover"] == {"from": "pg2", "to": "pg1", "paused_seconds": 1.5}
+    assert steps["leader_after"] == "pg1" and steps["pending_after"] == [] and steps["result"] is True
+
+
+def test_the_former_leader_is_restarted_again_only_when_the_demotion_did_not_apply_the_change():
+    master = FakeMaster(pending=("pg2",), sticky=True)
+    steps = rolling.run(master, MAIN)
+    assert master.calls == [("switchover", "pg1"), ("wait_healthy", "pg1"), ("restart", "pg2"), ("wait_healthy", "pg1")]
+    assert steps["result"] is True
+
+
+def test_only_pending_members_are_restarted_and_nothing_pending_does_nothing():
+    master = FakeMaster(pending=("pg3",))
+    rolling.run(master, MAIN)
+    assert master.calls == [("restart", "pg3"), ("wait_healthy", "pg2")]
+    idle = FakeMaster()
+    steps = rolling.run(idle, MAIN)
+    assert idle.calls == [] and "no member of main has a restart pending" in steps["comment"]
+    every = FakeMaster()
+    rolling.run(every, MAIN, every=True)
+    assert [c for c in every.calls if c[0] != "wait_healthy"] == [("restart", "pg1"), ("restart", "pg3"),
+                                                                   ("switchover", "pg1")]  # fmt: skip
+
+
+def test_a_synchronous_replica_is_preferred_for_the_handover():
+    master = FakeMaster(pending=("pg2",))
+    master.members["pg1"].update(role="replica", lag=0)
+    master.members["pg3"].update(role="quorum_standby", lag=100)
+    rolling.run(master, MAIN)
+    assert ("switchover", "pg3") in master.calls
+
+
+def test_a_member_down_or_no_leader_refuses_with_nothing_done():
+    master = FakeMaster(pending=("pg1",), down=("pg3",))
+    with pytest.raises(rolling.RollingError, match="pg3 stopped: a rolling restart needs every member up"):
+        rolling.run(master, MAIN)
+    master.leader = None
+    with pytest.raises(rolling.RollingError, match="has no leader accepting writes: nothing done"):
+        rolling.run(master, MAIN)
+    assert master.calls == []
+
+
+def test_a_failed_step_says_where_it_stopped_and_what_was_done():
+    master = FakeMaster(pending=("pg1", "pg2", "pg3"), fail="pg3")
+    with pytest.raises(rolling.RollingError) as exc:
+        rolling.run(master, MAIN)
+    assert "stopped at 'restart pg3': restart of pg3 failed: it broke (restarted so far: pg1)" in str(exc.value)
+    assert ("switchover", "pg1") not in master.calls  # the leader is not moved after a failure
+
+
+def test_a_flag_that_stays_up_fails_the_run():
+    master = FakeMaster(pending=("pg3",))
+    master.restart = lambda member, timeout: None  # restarted, but Patroni still flags it
+    with pytest.raises(rolling.RollingError, match="pg3 still have a restart pending"):
+        rolling.run(master, MAIN)
+
+
+@pytest.fixture
+def runner(monkeypatch, tmp_path):
+    mod = load_module("runners", "pgcluster", opts={"cachedir": str(tmp_path)})
+    mod.__context__ = {}
+    monkeypatch.setattr(mod, "_model", lambda minion=None: {"clusters": {"main": MAIN}, "hosts": {}})
+    monkeypatch.setattr(mod, "_cluster", lambda model, name: MAIN)
+    return mod
+
+
+def test_the_runner_refuses_bad_arguments_and_a_second_operation(runner):
+    ret = runner.rolling_restart("main", every="yes")
+    assert ret == {"error": "every='yes': give True or False", "retcode": 1}
+    lock, _ = runner.__utils__["pgcluster_lock.operation"](runner._locks(), "main", "rolling restart")
+    try:
+        ret = runner.rolling_restart("main")
+    finally:
+        lock.release()
+    assert "cluster main: rolling restart (pid" in ret["error"] and "is running: nothing done" in ret["error"]
