@@ -28,6 +28,8 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "patroni"
 CONN_ARGS = ("url", "username", "password", "verify")
+# Members PATCH the same dynamic configuration at once (one highstate): a conflict is read again.
+PATCH_ATTEMPTS = 5
 
 
 def __virtual__():
@@ -88,25 +90,33 @@ def dynamic_config(name: str, config: dict, **kwargs: Any) -> dict:
         ret.update(result=False, comment="config must be a mapping")
         return ret
     conn = _conn(kwargs)
-    try:
-        current = __salt__["patroni.config_get"](**conn)
-    except CommandExecutionError as exc:
-        ret.update(result=False, comment=str(exc))
+    for attempt in range(PATCH_ATTEMPTS):
+        try:
+            current = __salt__["patroni.config_get"](**conn)
+        except CommandExecutionError as exc:
+            ret.update(result=False, comment=str(exc))
+            return ret
+        patch = config_diff(current, config)
+        if not patch:
+            # (every member applies the same highstate: another one may have just patched it)
+            ret["comment"] = "dynamic configuration already as wanted"
+            return ret
+        ret["changes"] = {"patch": patch}
+        if __opts__.get("test"):
+            ret.update(result=None, comment="dynamic configuration would be patched")
+            return ret
+        try:
+            __salt__["patroni.config_patch"](patch, **conn)
+        except CommandExecutionError as exc:
+            # HTTP 409: another member patched it between our read and our write: read again.
+            if "HTTP 409" in str(exc) and attempt + 1 < PATCH_ATTEMPTS:
+                ret["changes"] = {}
+                time.sleep(0.5)
+                continue
+            ret.update(result=False, changes={}, comment=str(exc))
+            return ret
+        ret["comment"] = "dynamic configuration patched"
         return ret
-    patch = config_diff(current, config)
-    if not patch:
-        ret["comment"] = "dynamic configuration already as wanted"
-        return ret
-    ret["changes"] = {"patch": patch}
-    if __opts__.get("test"):
-        ret.update(result=None, comment="dynamic configuration would be patched")
-        return ret
-    try:
-        __salt__["patroni.config_patch"](patch, **conn)
-    except CommandExecutionError as exc:
-        ret.update(result=False, changes={}, comment=str(exc))
-        return ret
-    ret["comment"] = "dynamic configuration patched"
     return ret
 
 

@@ -47,6 +47,22 @@ def test_dynamic_config_patches_only_the_difference(state):
     assert state.calls == [{"ttl": 30}]
 
 
+def test_dynamic_config_reads_again_after_another_member_patched_it_first(state, monkeypatch):
+    """Every member runs the same highstate: a PATCH between our read and our write is HTTP 409."""
+    monkeypatch.setattr(state.time, "sleep", lambda s: None)
+    seen = [CONFIG, dict(CONFIG, ttl=30)]
+
+    def conflict(patch, **k):
+        raise state.CommandExecutionError("Patroni REST API PATCH https://pg1:8008/config: HTTP 409: Conflict")
+
+    state.__salt__.update({"patroni.config_get": lambda **k: seen.pop(0), "patroni.config_patch": conflict})
+    ret = state.dynamic_config("c", {"ttl": 30})
+    assert ret["result"] is True and ret["changes"] == {} and "already as wanted" in ret["comment"]
+    state.__salt__["patroni.config_get"] = lambda **k: CONFIG  # a conflict every time: the error in the end
+    ret = state.dynamic_config("c", {"ttl": 30})
+    assert ret["result"] is False and "HTTP 409" in ret["comment"] and ret["changes"] == {}
+
+
 def test_dynamic_config_test_mode_changes_nothing(state):
     state.__opts__["test"] = True
     ret = state.dynamic_config("c", {"ttl": 30})
