@@ -11,6 +11,7 @@ import yaml
 from labtools import (
     MEMBERS,
     REPO,
+    AckWriter,
     changed_states,
     cluster,
     ensure_probe_table,
@@ -40,13 +41,46 @@ def first_highstate(lab_up) -> dict:
     lab("up")
     start = time.monotonic()
     ret = highstate()
-    return {"ret": ret, "seconds": time.monotonic() - start}
+    return {"ret": ret, "seconds": time.monotonic() - start, "ended": time.monotonic()}
 
 
 @pytest.fixture
 def deployed(first_highstate) -> dict:
     """A healthy cluster (waits for it: a previous test may have just failed over)."""
     return wait_healthy(2, timeout=180)
+
+
+def test_a_leader_crash_right_after_the_first_highstate_fails_over_and_loses_no_acknowledged_write(first_highstate):
+    """Ready means the durable promise holds: the leader the highstate reports dies seconds after
+    it returned, under a writer through app1's PgBouncer; a replica takes over within the profile's
+    bound and holds every acknowledged commit (Patroni's /sync named it when highstate returned)."""
+    ret = first_highstate["ret"]
+    said = [s["comment"] for st in ret.values() if isinstance(st, dict) for s in st.values()
+            if s.get("__id__") == "patroni-cluster-synchronous" and s.get("result")]  # fmt: skip
+    assert said and said[0].startswith("leader "), said
+    old = said[0].split()[1]  # "leader pg2 with 2+ streaming replicas, 1+ synchronous"
+    psql(old, "CREATE TABLE crash_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON crash_acks TO app")
+    writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "crash_acks", password=APP_PW)
+    wait_for("a first acknowledged write", lambda: psql(old, "SELECT count(*) FROM crash_acks").stdout.strip() != "0",
+             10, interval=0.2)  # fmt: skip
+    after = time.monotonic() - first_highstate["ended"]
+    lab("crash", old)
+    try:
+        wait_for("a new leader", lambda: leader() not in (None, old), FAILOVER_BOUND + 30, interval=1)
+        new = leader()
+
+        def rows() -> int:
+            return int(psql(new, "SELECT count(*) FROM crash_acks").stdout)
+
+        first = rows()
+        wait_for("writes acknowledged by the new leader through PgBouncer", lambda: rows() > first + 5, 60, 1)
+        report = writer.stop()
+    finally:
+        lab("boot", old)
+    assert after < 10, f"the crash came {after:.1f} s after highstate returned"
+    assert len(report["acked"]) > 5 and not report["stuck"], report
+    assert writer.missing_on(new, "app") == [], f"acknowledged writes lost after a crash {after:.1f} s in"
+    wait_healthy(2, timeout=240)
 
 
 def test_first_highstate_from_bare_hosts_gives_a_healthy_cluster(first_highstate):
