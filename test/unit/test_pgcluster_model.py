@@ -74,7 +74,7 @@ def test_monitoring_needs_a_host_and_sane_settings():
         ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number, at least 3"),
         ({"etcd": ["pg1"]}, "pgcluster:clusters:main:etcd: 1 members; etcd needs an odd number, at least 3"),
         ({"members": ["pg1"]}, "pgcluster:clusters:main:members: a cluster needs at least 2 database servers, got 1"),
-        ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo' (known: durable, fast)"),
+        ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo' (known: durable, fast, pair)"),
         ({"port": "5432x"}, "pgcluster:clusters:main:port: '5432x' is not a port number (1-65535)"),
         ({"port": 70000}, "pgcluster:clusters:main:port: 70000 is not a port number"),
         ({"passwords": {"superuser": "x" * 12, "replication": "x" * 12, "rewind": "x" * 12, "restapi": "short"}},
@@ -193,6 +193,12 @@ def test_a_cluster_is_bootstrapped_without_strict_mode_and_otherwise_as_its_prof
     assert {**boot, "synchronous_mode_strict": True} == wanted
 
 
+def test_pair_profile_is_synchronous_but_lets_one_server_go_on_alone():
+    dcs = pgc.dynamic_config(model(lab_with(profile="pair", members=["pg1", "pg2"])), "main")
+    assert dcs["synchronous_mode"] == "quorum" and dcs["synchronous_mode_strict"] is False
+    assert dcs["postgresql"]["parameters"]["synchronous_commit"] == "on"
+
+
 def test_fast_profile_is_asynchronous():
     conf = pgc.patroni_config(model(lab_with(profile="fast")), "main", "pg1")
     assert conf["bootstrap"]["dcs"]["synchronous_mode"] is False
@@ -201,7 +207,12 @@ def test_fast_profile_is_asynchronous():
 
 @pytest.mark.parametrize(
     "changes, wanted",
-    [({}, 1), ({"profile": "fast"}, 0), ({"members": ["pg1"], "etcd": ["pg1", "pg2", "pg3"]}, 0)],
+    [
+        ({}, 1),
+        ({"profile": "fast"}, 0),
+        ({"members": ["pg1"], "etcd": ["pg1", "pg2", "pg3"]}, 0),
+        ({"profile": "pair", "members": ["pg1", "pg2"]}, 1),
+    ],
 )
 def test_highstate_waits_for_as_many_synchronous_standbys_as_the_profile_promises(changes, wanted):
     # durable (quorum, 1 synchronous) -> 1; fast (asynchronous) -> 0; one member: none to wait for.
