@@ -232,12 +232,13 @@ def _member(c: dict, name: str) -> dict:
     raise PatroniError(f"no member {name!r} in cluster {c['scope']!r} (members: {known})")
 
 
-def _member_conn(kwargs: dict, member: str | None) -> tuple[dict, dict]:
-    """Connection to MEMBER's own REST API (writes like restart act on the node they are sent to)."""
+def _member_conn(kwargs: dict, member: str | None, c: dict | None = None) -> tuple[dict, dict]:
+    """Connection to MEMBER's own REST API (writes like restart act on the node they are sent to),
+    found in cluster C (default: GET /cluster asked now)."""
     conn = _conn(kwargs)
     if member is None:
         return conn, {}
-    c = _normalize_cluster(_json(_request("GET", "/cluster", conn)))
+    c = c or _normalize_cluster(_json(_request("GET", "/cluster", conn)))
     m = _member(c, member)
     return dict(conn, url=m["api_url"].rsplit("/patroni", 1)[0]), m
 
@@ -401,14 +402,21 @@ def resume(**kwargs: Any) -> dict:
 
 
 def wait_healthy(
-    replicas: int, max_lag: int = 1048576, timeout: float = 120, sync_standbys: int = 0, **kwargs: Any
+    replicas: int,
+    max_lag: int = 1048576,
+    timeout: float = 120,
+    sync_standbys: int = 0,
+    member: str | None = None,
+    **kwargs: Any,
 ) -> dict:
     """Wait until the cluster has a leader and REPLICAS streaming replicas within MAX_LAG bytes,
     SYNC_STANDBYS of them synchronous: Patroni's /sync key names them (role ``sync_standby`` or
     ``quorum_standby``) *and* the leader's PostgreSQL waits for them (its pg_stat_replication, as
     GET /patroni on the leader reports it, says ``sync`` or ``quorum``). A synchronous profile is
     kept only from that moment: right after bootstrap the replicas stream while /sync still names
-    none, and a failover then finds no eligible replica.
+    none, and a failover then finds no eligible replica. With MEMBER, that member too must stream
+    from the leader as the leader's PostgreSQL sees it (the DCS may still show a member just
+    restarted as it was a loop ago).
 
     Returns the cluster. Raises CommandExecutionError with the last seen state on timeout.
 
@@ -431,11 +439,15 @@ def wait_healthy(
             ]
             sync = [m for m in streaming if m["role"] in SYNC_ROLES]
             if c["leader"] and len(streaming) >= replicas and len(sync) >= sync_standbys:
-                waited_for = _waited_for(c, kwargs) if sync_standbys else []
-                if len(waited_for) >= sync_standbys:
+                seen = _replication(c, kwargs) if sync_standbys or member else []
+                waited_for = [r["application_name"] for r in seen if r.get("sync_state") in ("sync", "quorum")]
+                if len(waited_for) >= sync_standbys and (
+                    member is None or member in {r["application_name"] for r in seen}
+                ):
                     return c
-                last = f"the leader's PostgreSQL waits for {len(waited_for)} synchronous standbys, {sync_standbys} "
-                last += "wanted"
+                names = ", ".join(sorted(r["application_name"] for r in seen)) or "none"
+                last = (f"the leader's PostgreSQL sees {names} streaming, {', '.join(sorted(waited_for)) or 'none'} "
+                        "synchronous")  # fmt: skip
             else:
                 last = f"leader={c['leader']}, " + ", ".join(
                     f"{m['name']}:{m['role']}/{m['state']}" for m in c["members"]
@@ -448,14 +460,12 @@ def wait_healthy(
         time.sleep(1)
 
 
-def _waited_for(c: dict, kwargs: dict) -> list[str]:
-    """The standbys the leader of cluster C waits for at commit (its pg_stat_replication's
-    sync_state ``sync`` or ``quorum``, from GET /patroni on the leader)."""
-    lead = _member(c, c["leader"])
-    conn = dict(_conn(kwargs), url=lead["api_url"].rsplit("/patroni", 1)[0])
+def _replication(c: dict, kwargs: dict) -> list[dict]:
+    """The standbys streaming from the leader of cluster C as its PostgreSQL sees them
+    (pg_stat_replication, from GET /patroni on the leader): application_name, sync_state..."""
+    conn, _ = _member_conn(kwargs, c["leader"], c)
     body = _json(_request("GET", "/patroni", conn, ok=(200, 503)))
-    return sorted(r.get("application_name") for r in body.get("replication") or []
-                  if r.get("state") == "streaming" and r.get("sync_state") in ("sync", "quorum"))  # fmt: skip
+    return [r for r in body.get("replication") or [] if r.get("state") == "streaming" and r.get("application_name")]
 
 
 # ---- this member's files (restore of a whole cluster) ---------------------------------------------

@@ -446,14 +446,18 @@ class _Master:
         found = _call(leader, "patroni.wait_healthy", count, timeout=timeout, wait=timeout + 60)
         return sorted(m["name"] for m in found["members"] if m["name"] != found["leader"] and m["state"] == "streaming")
 
-    def apply_profile(self, c: dict, leader: str) -> dict:
-        """The profile's dynamic configuration (timing, durability) PATCHed in through LEADER."""
-        return _call(leader, "patroni.config_patch", c["profile_settings"]["dcs"])
+    def apply_configuration(self, c: dict, leader: str) -> dict:
+        """The cluster's dynamic configuration as pillar wants it (the one highstate keeps: the
+        profile and the shared parameters) PATCHed in through LEADER."""
+        wanted = __utils__["pgcluster_model.dynamic_config"](self.model, c["name"])
+        return _call(leader, "patroni.config_patch", wanted)
 
-    def wait_healthy(self, c: dict, leader: str, timeout: float) -> dict:
-        """Every other member streaming to LEADER, and as many synchronous as the profile wants."""
+    def wait_healthy(self, c: dict, leader: str, member: str, timeout: float) -> dict:
+        """Every other member streaming to LEADER (MEMBER as LEADER's PostgreSQL sees it), and as
+        many synchronous as the profile wants."""
         count, sync = len(c["members"]) - 1, c.get("sync_standbys", 0)
-        return _call(leader, "patroni.wait_healthy", count, sync_standbys=sync, timeout=timeout, wait=timeout + 60)
+        return _call(leader, "patroni.wait_healthy", count, sync_standbys=sync, member=member, timeout=timeout,
+                     wait=timeout + 60)  # fmt: skip
 
     def restart(self, member: str, timeout: float) -> str:
         return _call(member, "patroni.restart", timeout=timeout, wait=timeout + 30)
@@ -534,12 +538,13 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
 
 @_clean_errors
 def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> dict:
-    """Restart the members of CLUSTER that have a restart pending (a parameter that needs one, a
-    new PostgreSQL minor version installed), with no client error: the replicas first, one at a
-    time, each waited for until it streams again (and until the profile's synchronous standbys
-    are back); then a switchover with no client error (``pgcluster.switchover``) moves the leader
-    away, which restarts the former leader as a replica. EVERY restarts every member, pending or
-    not. Refused when a member is not up or another long operation runs on the cluster. Each step
+    """Restart the members of CLUSTER that have a restart pending (a parameter that needs one),
+    with no client error: the replicas first, one at a time, each waited for until the leader's
+    PostgreSQL sees it stream again (and until the profile's synchronous standbys are back); then
+    a switchover with no client error (``pgcluster.switchover``) moves the leader away, which
+    restarts the former leader as a replica. EVERY restarts every member, pending or not (e.g.
+    after a new PostgreSQL minor version was installed: Patroni flags no restart for it).
+    Refused when a member is not up or another rolling restart runs on the cluster. Each step
     waits up to TIMEOUT seconds. Returns the steps with their timings and the clients' pause.
 
     CLI Example:

@@ -21,7 +21,8 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgcluster_restore"
 # With a leader of the restored data up, the steps that remain, in order.
-AFTER_LEADER = ("full backup of the new timeline", "rebuild the replicas", "check archiving")
+AFTER_LEADER = ("apply the cluster's configuration", "full backup of the new timeline", "rebuild the replicas",
+                "check archiving")  # fmt: skip
 # A commit that does not wait for a synchronous standby: the marker must commit when the replicas
 # are stopped too (strict synchronous mode), e.g. when an unfinished restore is run again.
 MARKER_SQL = "BEGIN;\nSET LOCAL synchronous_commit TO local;\nSELECT pg_current_xact_id();\nCOMMIT;\n"
@@ -119,6 +120,8 @@ def commits(master: Any, c: dict, leader: str | None, state: dict | None = None)
     streaming = [m for m, s in state.items() if m != leader and s.get("state") == "streaming"]
     if not leader:
         return "no leader accepts writes"
+    if not dcs:
+        return f"unknown: {leader} leads but its dynamic configuration (GET /config) cannot be read"
     if dcs.get("synchronous_mode") and dcs.get("synchronous_mode_strict") and not streaming:
         return f"writes blocked: {leader} confirms no commit until a replica streams (strict synchronous mode)"
     return f"{leader} accepts writes"
@@ -193,10 +196,6 @@ def start(
         step = f"start {primary} as the leader"
         master.call(primary, "service.start", "patroni")
         steps["leader"] = master.wait_leader(c, 300)
-        # Created anew (empty DCS), the cluster runs the bootstrap configuration: the profile's
-        # promise (strict synchronous mode: no commit confirmed until a replica streams) from now.
-        step = "apply the profile"
-        master.apply_profile(c, steps["leader"])
     except CommandExecutionError as exc:
         raise stopped(master, c, steps, step, exc, None, "The replicas keep their data.") from None
     rec = {"target": steps["target"], "primary": primary, "leader": steps["leader"],
@@ -213,6 +212,11 @@ def finish(master: Any, c: dict, rec: dict, t0: float, timeout: float, steps: di
     replicas = [m for m in c["members"] if m != leader]
     step = AFTER_LEADER[0]
     try:
+        # Created anew (empty DCS), the cluster took the dynamic configuration of the restored data
+        # directory (patroni.dynamic.json from backup time) or the bootstrap one (not strict): the
+        # pillar's (the profile's promise: no commit confirmed until a replica streams) from now.
+        master.apply_configuration(c, leader)
+        step = AFTER_LEADER[1]
         if not rec.get("backup"):
             new = master.call(repo, "pgbackrest.backup", scope, kind="full", expire_auto=False, timeout=timeout,
                               wait=timeout + 120)  # fmt: skip
@@ -220,7 +224,7 @@ def finish(master: Any, c: dict, rec: dict, t0: float, timeout: float, steps: di
             master.record(name, rec)
         steps["backup"] = rec["backup"]
         steps["backup_after"] = round(time.monotonic() - t0, 1)
-        step = AFTER_LEADER[1]
+        step = AFTER_LEADER[2]
         state = master.members_state(c)
         for m in replicas:
             s = state.get(m) or {}
@@ -231,7 +235,7 @@ def finish(master: Any, c: dict, rec: dict, t0: float, timeout: float, steps: di
             master.call(m, "service.start", "patroni")
         steps["streaming"] = master.wait_streaming(leader, len(replicas), timeout)
         steps["replicas_after"] = round(time.monotonic() - t0, 1)
-        step = AFTER_LEADER[2]
+        step = AFTER_LEADER[3]
         master.call(repo, "pgbackrest.check", scope, wait=360)
     except CommandExecutionError as exc:
         raise stopped(master, c, steps, step, exc, leader, f"It resumes at '{step}'.") from None

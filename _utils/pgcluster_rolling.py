@@ -1,8 +1,9 @@
 """Rolling restart of a cluster's members (``salt-run pgcluster.rolling_restart``): the procedure,
 step by step.
 
-A parameter that needs a restart (``shared_buffers``, ``max_connections``...) or a new
-PostgreSQL minor version installed by highstate leaves members with ``pending_restart``. The
+A parameter that needs a restart (``shared_buffers``, ``wal_buffers``...) leaves members with
+``pending_restart``; after a new PostgreSQL minor version is installed, ``every=True`` restarts
+every member (Patroni flags no restart for new binaries). The
 replicas are restarted first, one at a time, each waited for until it streams again (and, with a
 synchronous profile, until enough replicas are synchronous again, so the promise holds between
 steps); then the leader hands over by a switchover with no client error (PAUSE, switchover,
@@ -25,7 +26,11 @@ from salt.exceptions import CommandExecutionError
 __virtualname__ = "pgcluster_rolling"
 # Patroni computes pending_restart in its loop: after a restart the flag may stay up for a loop.
 SETTLE = 30.0
-UP = ("running", "streaming")
+SYNC_ROLES = ("sync_standby", "quorum_standby")
+# A replica keeps the primary's value of these when it is higher (it could not replay otherwise):
+# lowering one needs the primary restarted first, which this procedure does not do.
+PRIMARY_FIRST = ("max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions",
+                 "max_locks_per_transaction")  # fmt: skip
 
 
 def __virtual__():
@@ -43,8 +48,9 @@ def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tu
     leave no failover candidate, or no synchronous standby)."""
     if not leader:
         raise RollingError(f"cluster {c['name']} has no leader accepting writes: nothing done")
+    # The leader runs; a replica is up only while it streams (plain "running": not replicating).
     down = [f"{m} {state[m]['state']}" if m in state else f"{m} not in Patroni's cluster" for m in c["members"]
-            if state.get(m, {}).get("state") not in UP]  # fmt: skip
+            if state.get(m, {}).get("state") != ("running" if m == leader else "streaming")]  # fmt: skip
     if down:
         raise RollingError(f"cluster {c['name']}: {', '.join(down)}: a rolling restart needs every member up: "
                            "nothing done")  # fmt: skip
@@ -55,7 +61,7 @@ def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tu
 def candidate(state: dict[str, dict], leader: str) -> str | None:
     """The replica to hand over to: a synchronous one if any (it holds every confirmed commit),
     the least lagging first; None lets Patroni choose."""
-    replicas = [(s.get("role") not in ("sync_standby", "quorum_standby"), s.get("lag") or 0, m)
+    replicas = [(s.get("role") not in SYNC_ROLES, s["lag"] if isinstance(s.get("lag"), int) else float("inf"), m)
                 for m, s in state.items() if m != leader and s.get("state") == "streaming"]  # fmt: skip
     return min(replicas)[2] if replicas else None
 
@@ -84,7 +90,7 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
     for member in replicas:
         t = time.monotonic()
         step(f"restart {member}", master.restart, member, timeout)
-        step(f"wait for {member} to stream", master.wait_healthy, c, leader, timeout)
+        step(f"wait for {member} to stream", master.wait_healthy, c, leader, member, timeout)
         steps["restarted"].append({"member": member, "seconds": round(time.monotonic() - t, 3)})
     if leader_due:
         t = time.monotonic()
@@ -92,11 +98,11 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
                         timeout)  # fmt: skip
         new = switched["to"]
         steps["switchover"] = {k: switched.get(k) for k in ("from", "to", "paused_seconds")}
-        step(f"wait for {leader} to stream", master.wait_healthy, c, new, timeout)
+        step(f"wait for {leader} to stream", master.wait_healthy, c, new, leader, timeout)
         if master.members_state(c).get(leader, {}).get("pending_restart"):
             # The demotion restarted its PostgreSQL; a restart is still due only if that did not apply it.
             step(f"restart {leader}", master.restart, leader, timeout)
-            step(f"wait for {leader} to stream", master.wait_healthy, c, new, timeout)
+            step(f"wait for {leader} to stream", master.wait_healthy, c, new, leader, timeout)
         steps["restarted"].append({"member": leader, "seconds": round(time.monotonic() - t, 3)})
         steps["leader_after"] = new
     steps["pending_after"] = settled(master, c)
@@ -104,7 +110,9 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
     steps["result"] = not steps["pending_after"]
     if steps["pending_after"]:
         raise RollingError(f"rolling restart of {c['name']}: {', '.join(steps['pending_after'])} still have a "
-                           f"restart pending after being restarted: {steps}")  # fmt: skip
+                           "restart pending after being restarted (lowering one of "
+                           f"{', '.join(PRIMARY_FIRST)} needs the primary restarted first, which the rolling "
+                           f"restart does not do yet): {steps}")  # fmt: skip
     return steps
 
 

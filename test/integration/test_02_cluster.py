@@ -57,7 +57,8 @@ def test_a_leader_crash_right_after_the_first_highstate_fails_over_and_loses_no_
     ret = first_highstate["ret"]
     said = [s["comment"] for st in ret.values() if isinstance(st, dict) for s in st.values()
             if s.get("__id__") == "patroni-cluster-synchronous" and s.get("result")]  # fmt: skip
-    assert said and said[0].startswith("leader "), said
+    # "1+ synchronous": /sync named a standby and the leader's PostgreSQL waited for it (sync_state).
+    assert said and said[0].startswith("leader ") and said[0].endswith(", 1+ synchronous"), said
     old = said[0].split()[1]  # "leader pg2 with 2+ streaming replicas, 1+ synchronous"
     psql(old, "CREATE TABLE crash_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON crash_acks TO app")
     writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "crash_acks", password=APP_PW)

@@ -47,7 +47,8 @@ def pending_everywhere(deployed):
     wait_for("a restart pending on every member", lambda: pending() == set(MEMBERS), 60, interval=2)
     yield value
     set_parameter(DEFAULT)
-    rolling_restart()
+    code, out = rolling_restart()
+    assert code == 0 and out["result"] is True, out
     sh("salt", f"rm -f {LOCAL}")
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
     wait_healthy(2, timeout=180)

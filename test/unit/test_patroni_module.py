@@ -225,8 +225,23 @@ def test_wait_healthy_waits_until_the_leaders_postgresql_waits_for_the_standbys(
     assert patroni.wait_healthy(2, timeout=30, sync_standbys=2, **patroni.conn)["leader"] == "pg2"
     assert len(calls) == 6
     answering(patroni, monkeypatch, [recorded("cluster")], leader=[leader_waiting_for("pg3")])
-    with pytest.raises(patroni.PatroniError, match="leader's PostgreSQL waits for 1 synchronous standbys, 2 wanted"):
+    with pytest.raises(patroni.PatroniError, match=r"2 synchronous wanted\): the leader's PostgreSQL sees pg1, pg3 "
+                                                    "streaming, pg3 synchronous"):  # fmt: skip
         patroni.wait_healthy(2, timeout=0, sync_standbys=2, **patroni.conn)
+
+
+def test_wait_healthy_for_a_member_waits_until_the_leaders_postgresql_sees_it_stream(patroni, monkeypatch):
+    """Right after its restart the DCS still shows a member as streaming (a loop old)."""
+    only_pg3 = leader_waiting_for("pg3")
+    body = json.loads(only_pg3.text)
+    body["replication"] = [r for r in body["replication"] if r["application_name"] == "pg3"]
+    only_pg3._content = json.dumps(body).encode()
+    calls = answering(patroni, monkeypatch, [recorded("cluster")], leader=[only_pg3, leader_waiting_for("pg1", "pg3")])
+    assert patroni.wait_healthy(2, timeout=30, sync_standbys=1, member="pg1", **patroni.conn)["leader"] == "pg2"
+    assert len([u for u in calls if u.endswith("/patroni")]) == 2
+    answering(patroni, monkeypatch, [recorded("cluster")], leader=[only_pg3])
+    with pytest.raises(patroni.PatroniError, match="sees pg3 streaming"):
+        patroni.wait_healthy(2, timeout=0, member="pg1", **patroni.conn)
 
 
 def test_wait_healthy_says_it_waited_for_synchronous_standbys(patroni, monkeypatch):

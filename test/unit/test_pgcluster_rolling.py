@@ -36,8 +36,8 @@ class FakeMaster:
             raise rolling.CommandExecutionError(f"restart of {member} failed: it broke")
         self.members[member]["pending_restart"] = False
 
-    def wait_healthy(self, c, leader, timeout):
-        self.calls.append(("wait_healthy", leader))
+    def wait_healthy(self, c, leader, member, timeout):
+        self.calls.append(("wait_healthy", leader, member))
 
     def switchover(self, c, candidate, timeout):
         self.calls.append(("switchover", candidate))
@@ -57,9 +57,9 @@ def test_replicas_first_one_at_a_time_then_the_leader_hands_over():
     master = FakeMaster(pending=("pg1", "pg2", "pg3"))
     steps = rolling.run(master, MAIN)
     assert master.calls == [
-        ("restart", "pg1"), ("wait_healthy", "pg2"),
-        ("restart", "pg3"), ("wait_healthy", "pg2"),
-        ("switchover", "pg1"), ("wait_healthy", "pg1"),
+        ("restart", "pg1"), ("wait_healthy", "pg2", "pg1"),
+        ("restart", "pg3"), ("wait_healthy", "pg2", "pg3"),
+        ("switchover", "pg1"), ("wait_healthy", "pg1", "pg2"),
     ]  # fmt: skip
     assert [r["member"] for r in steps["restarted"]] == ["pg1", "pg3", "pg2"]
     assert steps["switchover"] == {"from": "pg2", "to": "pg1", "paused_seconds": 1.5}
@@ -69,14 +69,15 @@ def test_replicas_first_one_at_a_time_then_the_leader_hands_over():
 def test_the_former_leader_is_restarted_again_only_when_the_demotion_did_not_apply_the_change():
     master = FakeMaster(pending=("pg2",), sticky=True)
     steps = rolling.run(master, MAIN)
-    assert master.calls == [("switchover", "pg1"), ("wait_healthy", "pg1"), ("restart", "pg2"), ("wait_healthy", "pg1")]
+    assert master.calls == [("switchover", "pg1"), ("wait_healthy", "pg1", "pg2"), ("restart", "pg2"),
+                            ("wait_healthy", "pg1", "pg2")]  # fmt: skip
     assert steps["result"] is True
 
 
 def test_only_pending_members_are_restarted_and_nothing_pending_does_nothing():
     master = FakeMaster(pending=("pg3",))
     rolling.run(master, MAIN)
-    assert master.calls == [("restart", "pg3"), ("wait_healthy", "pg2")]
+    assert master.calls == [("restart", "pg3"), ("wait_healthy", "pg2", "pg3")]
     idle = FakeMaster()
     steps = rolling.run(idle, MAIN)
     assert idle.calls == [] and "no member of main has a restart pending" in steps["comment"]
@@ -92,6 +93,15 @@ def test_a_synchronous_replica_is_preferred_for_the_handover():
     master.members["pg3"].update(role="quorum_standby", lag=100)
     rolling.run(master, MAIN)
     assert ("switchover", "pg3") in master.calls
+
+
+def test_a_replica_not_streaming_counts_as_down_and_an_unknown_lag_is_no_crash():
+    master = FakeMaster(pending=("pg1",))
+    master.members["pg3"]["state"] = "running"  # Patroni up, not replicating
+    with pytest.raises(rolling.RollingError, match="pg3 running: a rolling restart needs every member up"):
+        rolling.run(master, MAIN)
+    assert rolling.candidate({"pg1": {"state": "streaming", "lag": "unknown"}, "pg3": {"state": "streaming", "lag": 5}},
+                             "pg2") == "pg3"  # fmt: skip
 
 
 def test_a_member_down_or_no_leader_refuses_with_nothing_done():
@@ -115,7 +125,8 @@ def test_a_failed_step_says_where_it_stopped_and_what_was_done():
 def test_a_flag_that_stays_up_fails_the_run():
     master = FakeMaster(pending=("pg3",))
     master.restart = lambda member, timeout: None  # restarted, but Patroni still flags it
-    with pytest.raises(rolling.RollingError, match="pg3 still have a restart pending"):
+    with pytest.raises(rolling.RollingError, match="pg3 still have a restart pending after being restarted "
+                                                   r"\(lowering one of max_connections"):  # fmt: skip
         rolling.run(master, MAIN)
 
 

@@ -93,8 +93,8 @@ class FakeMaster:
     def members_state(self, c):
         return self.members
 
-    def apply_profile(self, c, leader):
-        self.call(leader, "apply_profile")
+    def apply_configuration(self, c, leader):
+        self.call(leader, "apply_configuration")
 
     def dynamic_config(self, c, leader):
         return DURABLE
@@ -152,7 +152,7 @@ def test_steps_run_in_an_order_that_never_loses_the_only_good_copy(master):
         ("pg2", "patroni.remove_cluster"),
         ("pg2", "pgbackrest.restore_primary"),
         ("pg2", "service.start"),
-        ("pg2", "apply_profile"),  # created anew with the bootstrap configuration: strict mode back
+        ("pg2", "apply_configuration"),  # created anew with another configuration: pillar's back
         ("backup", "pgbackrest.backup"),  # the new timeline is in the repository...
         ("pg1", "patroni.stop"), ("pg1", "patroni.clear_data_dir"), ("pg1", "service.start"),  # ...before
         ("pg3", "patroni.stop"), ("pg3", "patroni.clear_data_dir"), ("pg3", "service.start"),  # a replica is emptied
@@ -207,6 +207,7 @@ def test_a_restore_that_stops_after_its_leader_is_up_says_the_state_and_is_finis
     ret = restore(master)
     assert "error" not in ret and ret["resumed"] and ret["backup"] == "F2"
     assert master.calls == [
+        ("pg2", "apply_configuration"),  # idempotent: applied on every run once the leader is up
         ("backup", "pgbackrest.backup"),
         ("pg1", "patroni.stop"), ("pg1", "patroni.clear_data_dir"), ("pg1", "service.start"),
         ("pg3", "patroni.stop"), ("pg3", "patroni.clear_data_dir"), ("pg3", "service.start"),
@@ -223,7 +224,7 @@ def test_a_resumed_restore_keeps_the_replicas_already_rebuilt(master):
     master.fail, master.calls = (), []
     ret = restore(master)
     assert "error" not in ret, ret
-    assert master.calls == [("backup", "pgbackrest.check")]
+    assert master.calls == [("pg2", "apply_configuration"), ("backup", "pgbackrest.check")]
 
 
 def test_a_record_the_cluster_no_longer_matches_is_not_resumed(master):
@@ -297,3 +298,15 @@ def test_without_a_leader_the_member_to_restore_from_must_be_named(master):
 def test_a_source_that_does_not_fit_is_refused_and_changes_nothing(master, source, message):
     assert message in restore(master, source=source)["error"]
     assert {fun for _, fun in master.calls} <= READ_ONLY and master.records == {}
+
+
+def test_commits_says_blocked_accepted_or_unknown(master):
+    """What status's 'writes' says: strict synchronous mode with no streaming replica blocks every
+    commit; an unreadable /config is no reason to claim writes are accepted."""
+    assert restore_util.commits(master, MAIN, "pg2") == "pg2 accepts writes"
+    master.members = {"pg2": {"role": "leader", "state": "running", "timeline": 7},
+                      "pg1": {"role": "replica", "state": "stopped", "timeline": 7}}  # fmt: skip
+    assert restore_util.commits(master, MAIN, "pg2").startswith("writes blocked: pg2 confirms no commit")
+    master.dynamic_config = lambda c, leader: {}
+    assert restore_util.commits(master, MAIN, "pg2").startswith("unknown: pg2 leads but its dynamic configuration")
+    assert restore_util.commits(master, MAIN, None) == "no leader accepts writes"
