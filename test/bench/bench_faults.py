@@ -10,8 +10,8 @@ For each fault, repeated N times on the deployed lab (test/lab/lab deploy; its p
 - failed: INSERTs that returned an error (allowed: only acknowledged commits are promised);
 - lost: acknowledged ids missing on the final leader (durable, pair: must be 0), and on any
   member once healed;
-- leaders: the most members answering 200 on /primary at once, polled from the lab's host every
-  0.2 s (an isolated member cannot be seen: its count is a lower bound);
+- leaders: the most members answering 200 on /primary at once, polled from app1 every 0.2 s
+  (an isolated member cannot be seen: its count is a lower bound);
 - heal: t0 -> a leader and every replica streaming again, the fault undone.
 
 Prints a table (median [min-max] per fault); asserts nothing. The baseline is the
@@ -24,18 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-
-import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
 from labtools import (  # noqa: E402
     ADDRESS,
     APP_PASSWORD,
+    LAB,
     MEMBERS,
     AckWriter,
     lab,
@@ -45,7 +44,6 @@ from labtools import (  # noqa: E402
     wait_healthy,
 )
 
-LAB_CA = "/var/lib/pgcluster-lab/hosts/salt/upper/etc/pgcluster/pki/ca.crt"
 LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 DSN = "host=127.0.0.1 port=6432 dbname=app user=app"
 WINDOW = 45  # seconds the writer runs after the fault, before the fault is undone
@@ -89,24 +87,24 @@ FAULTS = {
 }
 
 
-class LeaderPoll(threading.Thread):
-    """The most members answering 200 on /primary at once, from the lab's host."""
+class LeaderPoll:
+    """The most members answering 200 on /primary at once, polled every 0.2 s from app1 (the
+    REST API answers only members, PgBouncer hosts and the master, not the lab's host)."""
 
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.most, self.stop = 0, threading.Event()
+    SCRIPT = (
+        "end=$((SECONDS + {seconds})); while [ $SECONDS -lt $end ]; do n=0; for a in {addresses}; do "
+        "c=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 0.3 --cacert /etc/pgcluster/pki/ca.crt "
+        'https://$a:8008/primary); [ "$c" = 200 ] && n=$((n + 1)); done; echo $n; sleep 0.2; done'
+    )
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            up = 0
-            for m in MEMBERS:
-                try:
-                    r = requests.get(f"https://{ADDRESS[m]}:8008/primary", timeout=0.3, verify=LAB_CA)
-                    up += r.status_code == 200
-                except requests.RequestException:
-                    pass
-            self.most = max(self.most, up)
-            time.sleep(0.2)
+    def __init__(self, seconds: int):
+        script = self.SCRIPT.format(seconds=seconds, addresses=" ".join(ADDRESS[m] for m in MEMBERS))
+        self.proc = subprocess.Popen([str(LAB), "exec", "app1", "--", "bash", "-c", script],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+
+    def most(self) -> int:
+        out, _ = self.proc.communicate(timeout=600)
+        return max((int(x) for x in out.split() if x.isdigit()), default=0)
 
 
 def outage(lead: str, table: str, t0_epoch: float) -> float:
@@ -123,8 +121,7 @@ def one(name: str, run: int) -> dict:
     psql(lead, f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(id bigint PRIMARY KEY, at timestamptz "
                f"NOT NULL DEFAULT clock_timestamp()); GRANT INSERT, SELECT ON {table} TO app")  # fmt: skip
     writer = AckWriter("app1", DSN, table, password=APP_PASSWORD)
-    poll = LeaderPoll()
-    poll.start()
+    poll = LeaderPoll(WINDOW + 10)
     time.sleep(5)
     do, undo = FAULTS[name]
     t0, t0_epoch = time.monotonic(), time.time()
@@ -134,7 +131,6 @@ def one(name: str, run: int) -> dict:
     undo(lead)
     wait_healthy(2, timeout=600)
     heal = time.monotonic() - t0
-    poll.stop.set()
     final = leader()
     time.sleep(3)  # the replicas replay the last commits
     lost_members = {m: len(writer.missing_on(m, "app")) for m in MEMBERS}
@@ -144,7 +140,7 @@ def one(name: str, run: int) -> dict:
         "acked": len(report["acked"]),
         "lost": lost_members[final],
         "lost_any_member": max(lost_members.values()),
-        "leaders": poll.most,
+        "leaders": poll.most(),
         "heal": heal,
         "leader_changed": final != lead,
     }
