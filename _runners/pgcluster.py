@@ -149,6 +149,15 @@ def _section(name: str, what: str):
     return lock
 
 
+def _operation(name: str, what: str):
+    """Cluster NAME's lock for WHAT, one long operation at a time (a rolling restart, a restore),
+    or PgclusterError naming the operation that holds it."""
+    lock, holder = __utils__["pgcluster_lock.operation"](_locks(), name, what)
+    if lock is None:
+        raise PgclusterError(f"cluster {name}: {holder} is running: nothing done; run again once it has finished")
+    return lock
+
+
 def _fire(tag: str, data: dict, prefix: str = TAG) -> None:
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
         bus.fire_event(dict(data), f"{prefix}/{tag}")  # a copy: fire_event adds its _stamp
@@ -532,7 +541,8 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
     # The procedure calls back into _Master, whose helpers need the runner's loaders (__utils__):
     # run the util's own function in the runner's loader context, not in the utils loader's.
     run = __utils__["pgcluster_restore.run"]
-    with _section(cluster, f"restore to {when.isoformat() if when else 'latest'}"):
+    what = f"restore to {when.isoformat() if when else 'latest'}"
+    with _operation(cluster, what), _section(cluster, what):
         return getattr(run, "func", run)(_Master(model), c, target, timeout, source)
 
 
@@ -544,7 +554,7 @@ def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> 
     a switchover with no client error (``pgcluster.switchover``) moves the leader away, which
     restarts the former leader as a replica. EVERY restarts every member, pending or not (e.g.
     after a new PostgreSQL minor version was installed: Patroni flags no restart for it).
-    Refused when a member is not up or another rolling restart runs on the cluster. Each step
+    Refused when a member is not up or a restore or another rolling restart runs. Each step
     waits up to TIMEOUT seconds. Returns the steps with their timings and the clients' pause.
 
     CLI Example:
@@ -558,11 +568,8 @@ def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> 
     c = _cluster(model, cluster)
     if not isinstance(every, bool):
         raise PgclusterError(f"every={every!r}: give True or False")
-    lock, holder = __utils__["pgcluster_lock.operation"](_locks(), cluster, "rolling restart")
-    if lock is None:
-        raise PgclusterError(f"cluster {cluster}: {holder} is running: nothing done; run again once it has finished")
     run = __utils__["pgcluster_rolling.run"]
-    with lock:
+    with _operation(cluster, "rolling restart"):
         steps = getattr(run, "func", run)(_Master(model), c, every, timeout)
     _fire("rolling_restart", steps)
     return steps

@@ -138,8 +138,8 @@ def take(
 
 
 def operation(directory: str, name: str, what: str) -> tuple[Lock | None, str]:
-    """Cluster NAME's lock for one long operation at a time (a rolling restart: minutes, taking
-    the routing lock itself for its switchover): (the lock, "") or (None, who holds it). Not
+    """Cluster NAME's lock for one long operation at a time (a rolling restart, a restore: minutes;
+    they take the routing lock too, when they reroute): (the lock, "") or (None, who holds it). Not
     waited for."""
     lock = Lock(directory, name, "operation")
     if lock.acquire(what):

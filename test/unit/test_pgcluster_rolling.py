@@ -148,3 +148,14 @@ def test_the_runner_refuses_bad_arguments_and_a_second_operation(runner):
     finally:
         lock.release()
     assert "cluster main: rolling restart (pid" in ret["error"] and "is running: nothing done" in ret["error"]
+
+
+def test_a_restore_is_refused_while_a_rolling_restart_runs(runner):
+    MAIN["backup"] = "backup"
+    lock, _ = runner.__utils__["pgcluster_lock.operation"](runner._locks(), "main", "rolling restart")
+    try:
+        ret = runner.restore("main", confirm=True)
+    finally:
+        lock.release()
+        del MAIN["backup"]
+    assert "cluster main: rolling restart (pid" in ret["error"] and ret["retcode"] == 1
