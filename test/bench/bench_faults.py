@@ -12,7 +12,8 @@ For each fault, repeated N times on the deployed lab (test/lab/lab deploy; its p
   member once healed;
 - leaders: the most members answering 200 on /primary at once, polled from app1 every 0.2 s
   (an isolated member cannot be seen: its count is a lower bound);
-- heal: t0 -> a leader and every replica streaming again, the fault undone.
+- heal: t0 -> a leader and every replica streaming again; the fault lasts WINDOW (45) seconds
+  before it is undone, so heal - 45 is the recovery after the undo.
 
 Prints a table (median [min-max] per fault); asserts nothing. The baseline is the
 promise: durable loses no acknowledged commit and never has two leaders. Run as root:
@@ -28,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
@@ -46,6 +49,9 @@ from labtools import (  # noqa: E402
 
 LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 DSN = "host=127.0.0.1 port=6432 dbname=app user=app"
+LAB_PROFILE = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]["clusters"]["main"][
+    "profile"
+]
 WINDOW = 45  # seconds the writer runs after the fault, before the fault is undone
 ETCD_CUT = ("nft add table inet faultcut; nft add chain inet faultcut out '{ type filter hook output priority 0; }'; "
             "nft add chain inet faultcut in '{ type filter hook input priority 0; }'; "
@@ -107,10 +113,12 @@ class LeaderPoll:
         return max((int(x) for x in out.split() if x.isdigit()), default=0)
 
 
-def outage(lead: str, table: str, t0_epoch: float) -> float:
-    """The longest gap between consecutive committed rows from 5 s before the fault on."""
-    sql = (f"SELECT coalesce(max(gap), 0) FROM (SELECT extract(epoch FROM at - lag(at) OVER (ORDER BY at)) gap "
-           f"FROM {table} WHERE at >= to_timestamp({t0_epoch - 5})) g")  # fmt: skip
+def outage(lead: str, table: str, t0_epoch: float, stop_epoch: float) -> float:
+    """The longest time without a commit, from 5 s before the fault to the writer's stop: the
+    longest gap between consecutive committed rows, or from the last row to the stop."""
+    sql = (f"SELECT greatest(coalesce(max(gap), 0), {stop_epoch} - extract(epoch FROM max(at))) FROM "
+           f"(SELECT at, extract(epoch FROM at - lag(at) OVER (ORDER BY at)) gap FROM {table} "
+           f"WHERE at >= to_timestamp({t0_epoch - 5})) g")  # fmt: skip
     return float(psql(lead, sql).stdout.strip() or 0)
 
 
@@ -128,6 +136,7 @@ def one(name: str, run: int) -> dict:
     do(lead)
     time.sleep(WINDOW)
     report = writer.stop()
+    stop_epoch = time.time()
     undo(lead)
     wait_healthy(2, timeout=600)
     heal = time.monotonic() - t0
@@ -135,7 +144,7 @@ def one(name: str, run: int) -> dict:
     time.sleep(3)  # the replicas replay the last commits
     lost_members = {m: len(writer.missing_on(m, "app")) for m in MEMBERS}
     return {
-        "outage": outage(final, table, t0_epoch),
+        "outage": outage(final, table, t0_epoch, stop_epoch),
         "failed": len(report["failed"]),
         "acked": len(report["acked"]),
         "lost": lost_members[final],
@@ -172,7 +181,7 @@ def main() -> int:
         print(f"unknown fault(s): {', '.join(unknown)} (known: {', '.join(FAULTS)})", file=sys.stderr)
         return 2
     set_profile(args.profile)
-    profile = json.loads(lab("salt", "pg1", "pillar.get", "pgcluster:clusters:main:profile", "--out=json").stdout)
+    profile = args.profile or LAB_PROFILE
     results: dict[str, list[dict]] = {}
     try:
         for name in names:
@@ -183,7 +192,7 @@ def main() -> int:
     finally:
         if args.profile:
             sh("salt", f"rm -f {LOCAL}")
-    print(f"\nFault matrix, profile {profile.get('pg1')}, {args.runs} run(s) each, writer through app1's PgBouncer "
+    print(f"\nFault matrix, profile {profile}, {args.runs} run(s) each, writer through app1's PgBouncer "
           f"({WINDOW} s after the fault)")  # fmt: skip
     head = f"{'fault':32} {'outage s':>18} {'failed':>14} {'lost':>6} {'lost any':>9} {'leaders':>8} {'heal s':>18}"
     print(head)
@@ -194,7 +203,8 @@ def main() -> int:
               f"{max(r['leaders'] for r in rs):>8} {cell([r['heal'] for r in rs]):>18}")  # fmt: skip
     print(
         "\nlost: acknowledged ids missing on the final leader (max over runs); lost any: on any member once "
-        "healed; leaders: most members answering 200 on /primary at once (max; an isolated one unseen)"
+        "healed; leaders: most members answering 200 on /primary at once (max; an isolated one unseen); heal: "
+        f"fault -> healthy again, the fault lasting {WINDOW} s"
     )
     return 0
 
