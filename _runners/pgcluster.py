@@ -459,7 +459,15 @@ class _Master:
         """The cluster's dynamic configuration as pillar wants it (the one highstate keeps: the
         profile and the shared parameters) PATCHed in through LEADER."""
         wanted = __utils__["pgcluster_model.dynamic_config"](self.model, c["name"])
-        return _call(leader, "patroni.config_patch", wanted)
+        # Just started on an empty DCS, Patroni writes its own /config meanwhile (a conflict).
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return _call(leader, "patroni.config_patch", wanted)
+            except CommandExecutionError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(2)
 
     def wait_healthy(self, c: dict, leader: str, member: str, timeout: float) -> dict:
         """Every other member streaming to LEADER (MEMBER as LEADER's PostgreSQL sees it), and as

@@ -48,10 +48,10 @@ def pending_everywhere(deployed):
     yield value
     set_parameter(DEFAULT)
     code, out = rolling_restart()
-    assert code == 0 and out["result"] is True, out
     sh("salt", f"rm -f {LOCAL}")
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
     wait_healthy(2, timeout=180)
+    assert code == 0 and out["result"] is True, out
 
 
 def test_rolling_restart_applies_a_restart_parameter_with_no_failed_transaction(pending_everywhere):

@@ -122,6 +122,16 @@ def test_a_failed_step_says_where_it_stopped_and_what_was_done():
     assert ("switchover", "pg1") not in master.calls  # the leader is not moved after a failure
 
 
+def test_a_replica_whose_flag_comes_back_is_restarted_once_more():
+    master = FakeMaster(pending=("pg3",))
+    real = master.restart
+    master.restart = lambda member, timeout: (real(member, timeout), master.members["pg3"].update(pending_restart=
+                                              master.calls.count(("restart", "pg3")) < 2))  # fmt: skip
+    steps = rolling.run(master, MAIN)
+    assert master.calls.count(("restart", "pg3")) == 2 and steps["restarted_again"] == ["pg3"]
+    assert steps["result"] is True
+
+
 def test_a_flag_that_stays_up_fails_the_run():
     master = FakeMaster(pending=("pg3",))
     master.restart = lambda member, timeout: None  # restarted, but Patroni still flags it
