@@ -47,6 +47,8 @@ def pending_everywhere(deployed):
     wait_for("a restart pending on every member", lambda: pending() == set(MEMBERS), 60, interval=2)
     yield value
     set_parameter(DEFAULT)
+    # Each member's Patroni flags the restart at its own loop: all of them before the run.
+    wait_for("a restart pending on every member", lambda: pending() == set(MEMBERS), 60, interval=2)
     code, out = rolling_restart()
     sh("salt", f"rm -f {LOCAL}")
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
