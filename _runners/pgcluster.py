@@ -22,6 +22,8 @@ CLI Example:
     salt-run pgcluster.switchover main candidate=pg2
     salt-run pgcluster.reconcile
     salt-run pgcluster.restore main target=2026-11-26T01:40:00+00:00 confirm=True
+    salt-run pgcluster.rolling_restart main
+    salt-run pgcluster.remove_member main pg3
 """
 
 from __future__ import annotations
@@ -283,9 +285,10 @@ def reconcile() -> dict:
 @_clean_errors
 def status(cluster: str) -> dict:
     """The one screen an operator opens first about CLUSTER: its members as Patroni sees them
-    (role, state, timeline, lag), the leader, where each PgBouncer routes (and which do not route
-    to the leader), and from Prometheus (the monitoring component) the alerts firing, the age of
-    the last backup of each type, each database's size and its growth over the last day.
+    (role, state, timeline, lag; and those Patroni still runs that the pillar no longer names),
+    the leader, where each PgBouncer routes (and which do not route to the leader), and from
+    Prometheus (the monitoring component) the alerts firing, the age of the last backup of each
+    type, each database's size and its growth over the last day.
 
     CLI Example:
 
@@ -298,10 +301,13 @@ def status(cluster: str) -> dict:
     leader = _leader(model, c)
     ret = _on_pgbouncers(c, "pgbouncer.targets", [cluster], kwarg={"spec": _spec(model, c)})
     address = model["hosts"][leader["name"]] if leader else None
+    members = _members(model, c)
     return {
         "leader": leader["name"] if leader else None,
         "timeline": leader["timeline"] if leader else None,
-        "members": _members(model, c),
+        "members": members,
+        # Taken out of pillar but still running Patroni: salt-run pgcluster.remove_member stops it.
+        "not_in_model": sorted(m["name"] for m in members if m["name"] not in c["members"]),
         "writes": _commits(model, c, leader["name"] if leader else None),
         "pgbouncer": {h: (r or {}).get("ret") for h, r in ret.items()},
         "misrouted": sorted(
@@ -479,6 +485,12 @@ class _Master:
     def restart(self, member: str, timeout: float) -> str:
         return _call(member, "patroni.restart", timeout=timeout, wait=timeout + 30)
 
+    def stop_patroni(self, member: str) -> None:
+        """Stop Patroni on MEMBER (its PostgreSQL stops with it) and keep it from starting at boot."""
+        for fun in ("service.stop", "service.disable"):
+            if _call(member, fun, "patroni", wait=120) is not True:
+                raise PgclusterError(f"{fun} patroni on {member} failed")
+
     def switchover(self, c: dict, candidate: str | None, timeout: float) -> dict:
         return switchover.__wrapped__(c["name"], candidate=candidate, timeout=timeout)
 
@@ -580,4 +592,33 @@ def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> 
     with _operation(cluster, "rolling restart"):
         steps = getattr(run, "func", run)(_Master(model), c, every, timeout)
     _fire("rolling_restart", steps)
+    return steps
+
+
+@_clean_errors
+def remove_member(cluster: str, member: str, timeout: float = 120) -> dict:
+    """Take MEMBER out of CLUSTER, clients noticing nothing: first take it out of the cluster's
+    ``members`` in pillar, then run this. Refused with nothing done while the pillar still names
+    it, while it is the leader (switch over first), without a leader, or when the remaining
+    replicas could not keep the profile's synchronous standbys. Then Patroni is stopped and
+    disabled on it (its PostgreSQL with it; its data directory stays), its member key expires
+    from the DCS, and the remaining members are waited for (up to TIMEOUT seconds) until they are
+    healthy. A highstate of the cluster's hosts then closes firewalls and pg_hba to it. Adding a
+    member needs no runner: name it in ``members`` and run highstate. Returns the steps with
+    their timings.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pgcluster.remove_member main pg3
+    """
+    model = _model()
+    c = _cluster(model, cluster)
+    if not isinstance(member, str) or member not in model["hosts"]:
+        raise PgclusterError(f"member={member!r}: not a host of the model ({', '.join(sorted(model['hosts']))})")
+    remove = __utils__["pgcluster_members.remove"]
+    with _operation(cluster, f"removal of {member}"):
+        steps = getattr(remove, "func", remove)(_Master(model), c, member, timeout)
+    _fire("removed", steps, prefix="pgcluster/member")
     return steps

@@ -1,0 +1,109 @@
+"""Taking a member out of a cluster (``salt-run pgcluster.remove_member``): the procedure.
+
+Adding a member needs no procedure: name the host in ``clusters:<name>:members`` and run
+highstate on the cluster's hosts. The new host installs PostgreSQL and Patroni, whose replica is
+created from the pgBackRest repository (``create_replica_methods``: pgbackrest, then
+basebackup) and then streams from the leader; the other members' firewalls and pg_hba, the
+PgBouncer hosts and the backup host learn it in the same highstate.
+
+Removing one cannot be left to highstate: a host missing from the model may just as well be a
+typo in pillar, and a highstate must not stop a database server on a typo. So the operator takes
+the host out of the model first, then names it to the runner, which checks that the cluster
+keeps its promise without it (it is not the leader; enough replicas stream for the profile's
+synchronous standbys), stops and disables Patroni on it (its PostgreSQL stops with it), waits
+until its member key has expired from the DCS (Patroni keeps a stopped member's key until its
+ttl runs out) and until the remaining members are healthy, and leaves its data directory in
+place. A highstate of the cluster's hosts then closes the firewalls and pg_hba to it.
+
+Everything it does to the cluster goes through ``master``, the runner's plumbing (Salt jobs on
+minions, Patroni's REST API), so that the order of the steps can be read here and tested without
+Salt. Standard library only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "pgcluster_members"
+LEADER_ROLES = ("leader", "primary", "standby_leader", "master")
+# After Patroni stops, its member key lives until the ttl runs out; a loop or two on top.
+EXPIRY_MARGIN = 15.0
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class MembersError(CommandExecutionError):
+    """The member cannot be removed; the message says why and what was done already."""
+
+
+def refusal(c: dict, member: str, state: dict[str, dict], leader: str | None) -> str | None:
+    """Why MEMBER cannot be taken out of cluster C now (None: it can). STATE: {member: {role,
+    state}} as Patroni lists them; LEADER: the member that accepts writes, if any."""
+    name = c["name"]
+    if member in c["members"]:
+        return (f"{member} is still in clusters:{name}:members in pillar: take it out there (and refresh the "
+                "pillar) first, then run this again")  # fmt: skip
+    if member == leader or state[member].get("role") in LEADER_ROLES:
+        return f"{member} is the leader of cluster {name}: switch over first (salt-run pgcluster.switchover {name})"
+    if not leader:
+        return f"cluster {name} has no leader accepting writes"
+    streaming = sorted(m for m, s in state.items() if m not in (member, leader) and s.get("state") == "streaming")
+    want = c.get("sync_standbys", 0)
+    if len(streaming) < want:
+        return (f"without {member}, cluster {name} has {len(streaming)} streaming replica(s) "
+                f"({', '.join(streaming) or 'none'}) while its profile {c.get('profile')} wants {want} synchronous: "
+                "commits would block")  # fmt: skip
+    return None
+
+
+def remove(master: Any, c: dict, member: str, timeout: float = 120) -> dict:
+    """Take MEMBER out of cluster C (from the model, defaults filled in, MEMBER no longer in its
+    members): refused with nothing done when it cannot be; then Patroni stopped and disabled on
+    it, its member key expired, the remaining members healthy (each wait up to TIMEOUT seconds).
+    Returns the steps with their timings; raises MembersError."""
+    t0 = time.monotonic()
+    name = c["name"]
+    if member in c["members"]:
+        raise MembersError(f"{refusal(c, member, {member: {}}, None)}: nothing done")
+    state = master.members_state(c)
+    if not state:
+        raise MembersError(f"no member of cluster {name} answers: nothing done")
+    if member not in state:
+        return {"result": True, "member": member,
+                "comment": f"{member} is not in Patroni's cluster {name}: nothing to do"}  # fmt: skip
+    leader = master.find_leader(c)
+    why = refusal(c, member, state, leader)
+    if why:
+        raise MembersError(f"{why}: nothing done")
+    steps: dict[str, Any] = {"member": member, "leader": leader, "was": state[member].get("state")}
+    try:
+        master.stop_patroni(member)
+        steps["patroni"] = "stopped and disabled"
+    except CommandExecutionError as exc:
+        # A dead host: its key expires all the same; said, since its Patroni would rejoin on boot.
+        steps["patroni"] = f"not stopped ({exc}): stop and disable it there before the host comes back"
+    steps["stopped_seconds"] = round(time.monotonic() - t0, 3)
+    deadline = time.monotonic() + float(c["profile_settings"]["dcs"].get("ttl", 30)) + EXPIRY_MARGIN
+    while member in master.members_state(c):
+        if time.monotonic() >= deadline:
+            raise MembersError(f"{member}: {steps['patroni']}, but Patroni still lists it in cluster {name}: "
+                               "run this again once its member key has expired")  # fmt: skip
+        time.sleep(1)
+    steps["gone_seconds"] = round(time.monotonic() - t0, 3)
+    current = master.find_leader(c) or leader
+    try:
+        master.wait_healthy(c, current, None, timeout)
+    except CommandExecutionError as exc:
+        raise MembersError(f"{member} left cluster {name}, but the remaining members are not healthy: {exc}") from None
+    steps.update(
+        result=True,
+        seconds=round(time.monotonic() - t0, 3),
+        data_directory=f"kept on {member}: delete it by hand when it is no longer wanted",
+        next=f"highstate the hosts of cluster {name}: their firewalls and pg_hba still admit {member}",
+    )
+    return steps
