@@ -485,6 +485,25 @@ class _Master:
     def restart(self, member: str, timeout: float) -> str:
         return _call(member, "patroni.restart", timeout=timeout, wait=timeout + 30)
 
+    def restart_patroni(self, member: str, timeout: float) -> None:
+        """Restart Patroni itself on MEMBER (its PostgreSQL with it), e.g. to run a new version."""
+        if _call(member, "service.restart", "patroni", wait=timeout) is not True:
+            raise PgclusterError(f"service.restart patroni on {member} failed")
+
+    def patroni_wanted(self) -> str | None:
+        """The Patroni version pillar wants (None when Debian's package provides it)."""
+        p = self.model["patroni"]
+        return str(p["version"]) if p.get("install_from", "pip") == "pip" else None
+
+    def patroni_running(self, c: dict) -> dict[str, str | None]:
+        """{member: the Patroni version it runs (GET /patroni), None when it does not answer}."""
+        return {m: ((_get(self.model, m, "/patroni") or {}).get("patroni") or {}).get("version") for m in c["members"]}
+
+    def patroni_installed(self, c: dict) -> dict[str, str | None]:
+        """{member: the Patroni version installed in its virtualenv}."""
+        venv = self.model["patroni"]["venv"]
+        return {m: (_call(m, "pip.list", "patroni", bin_env=venv, wait=60) or {}).get("patroni") for m in c["members"]}
+
     def stop_patroni(self, member: str) -> None:
         """Stop Patroni on MEMBER (its PostgreSQL stops with it) and keep it from starting at boot."""
         for fun in ("service.stop", "service.disable"):
@@ -568,8 +587,9 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
 
 @_clean_errors
 def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> dict:
-    """Restart the members of CLUSTER that have a restart pending (a parameter that needs one),
-    with no client error: the replicas first, one at a time, each waited for until the leader's
+    """Restart the members of CLUSTER that have a restart pending (a parameter that needs one) or
+    run another Patroni version than pillar's (installed by highstate first), with no client
+    error: the replicas first, one at a time, each waited for until the leader's
     PostgreSQL sees it stream again (and until the profile's synchronous standbys are back); then
     a switchover with no client error (``pgcluster.switchover``) moves the leader away, which
     restarts the former leader as a replica. EVERY restarts every member, pending or not (e.g.

@@ -3,7 +3,9 @@ step by step.
 
 A parameter that needs a restart (``shared_buffers``, ``wal_buffers``...) leaves members with
 ``pending_restart``; after a new PostgreSQL minor version is installed, ``every=True`` restarts
-every member (Patroni flags no restart for new binaries). The
+every member (Patroni flags no restart for new binaries). A new Patroni version in pillar is
+installed by highstate (running members keep the old one until their Patroni restarts); the
+members that still run another version have their Patroni restarted here, in the same order. The
 replicas are restarted first, one at a time, each waited for until it streams again (and, with a
 synchronous profile, until enough replicas are synchronous again, so the promise holds between
 steps); then the leader hands over by a switchover with no client error (PAUSE, switchover,
@@ -43,9 +45,9 @@ class RollingError(CommandExecutionError):
 
 def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tuple[list[str], bool]:
     """(the replicas to restart, in order; whether the leader must hand over) for cluster C whose
-    members are in STATE ({member: {role, state, pending_restart}}). Raises RollingError when the
-    cluster is not fit for it: no leader, or a member not up (restarting another one then could
-    leave no failover candidate, or no synchronous standby)."""
+    members are in STATE ({member: {role, state, pending_restart, patroni_due}}). Raises
+    RollingError when the cluster is not fit for it: no leader, or a member not up (restarting
+    another one then could leave no failover candidate, or no synchronous standby)."""
     if not leader:
         raise RollingError(f"cluster {c['name']} has no leader accepting writes: nothing done")
     # The leader runs; a replica is up only while it streams (plain "running": not replicating).
@@ -54,7 +56,7 @@ def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tu
     if down:
         raise RollingError(f"cluster {c['name']}: {', '.join(down)}: a rolling restart needs every member up: "
                            "nothing done")  # fmt: skip
-    due = [m for m in c["members"] if every or state[m].get("pending_restart")]
+    due = [m for m in c["members"] if every or state[m].get("pending_restart") or state[m].get("patroni_due")]
     return [m for m in due if m != leader], leader in due
 
 
@@ -66,18 +68,44 @@ def candidate(state: dict[str, dict], leader: str) -> str | None:
     return min(replicas)[2] if replicas else None
 
 
+def versions(c: dict, running: dict[str, str | None], installed: dict[str, str | None], wanted: str | None) -> set:
+    """The members of C whose Patroni must be restarted to run WANTED (the pillar's version; None:
+    not managed by version). Raises RollingError, nothing done, when a member has another version
+    installed (highstate installs it) or its running version is unknown."""
+    if not wanted:
+        return set()
+    other = [f"{m} has {installed.get(m) or 'no Patroni'} installed" for m in c["members"]
+             if installed.get(m) != wanted]  # fmt: skip
+    if other:
+        raise RollingError(f"cluster {c['name']}: {', '.join(other)} while pillar wants Patroni {wanted}: run "
+                           "highstate on the members first (it installs it, running members keep theirs): "
+                           "nothing done")  # fmt: skip
+    return {m for m in c["members"] if running.get(m) != wanted}
+
+
 def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict:
     """Restart the members of cluster C (from the model, defaults filled in) that have a restart
-    pending (EVERY: all of them), clients noticing a switchover's pause at most. Each step waits
-    up to TIMEOUT seconds. Returns the steps with their timings; raises RollingError."""
+    pending or run another Patroni version than the pillar's (EVERY: all of them), clients
+    noticing a switchover's pause at most. A member due for a new Patroni has its Patroni
+    restarted (its PostgreSQL with it), the others only their PostgreSQL. Each step waits up to
+    TIMEOUT seconds. Returns the steps with their timings; raises RollingError."""
     t0 = time.monotonic()
     leader = master.find_leader(c)
     state = master.members_state(c)
+    wanted = master.patroni_wanted()
+    daemon = versions(c, master.patroni_running(c), master.patroni_installed(c) if wanted else {}, wanted)
+    for m in daemon & set(state):
+        state[m]["patroni_due"] = True
     replicas, leader_due = plan(c, state, leader, every)
     steps: dict[str, Any] = {"leader_before": leader, "restarted": []}
+    if daemon:
+        steps["patroni_version"] = {"to": wanted, "members": sorted(daemon)}
     if not replicas and not leader_due:
         steps.update(result=True, comment=f"no member of {c['name']} has a restart pending: nothing done")
         return steps
+
+    def restart(member: str) -> Any:
+        return master.restart_patroni(member, timeout) if member in daemon else master.restart(member, timeout)
 
     def step(what: str, func, *args) -> Any:
         try:
@@ -89,7 +117,7 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
 
     for member in replicas:
         t = time.monotonic()
-        step(f"restart {member}", master.restart, member, timeout)
+        step(f"restart {member}", restart, member)
         step(f"wait for {member} to stream", master.wait_healthy, c, leader, member, timeout)
         steps["restarted"].append({"member": member, "seconds": round(time.monotonic() - t, 3)})
     if leader_due:
@@ -99,9 +127,10 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
         new = switched["to"]
         steps["switchover"] = {k: switched.get(k) for k in ("from", "to", "paused_seconds")}
         step(f"wait for {leader} to stream", master.wait_healthy, c, new, leader, timeout)
-        if master.members_state(c).get(leader, {}).get("pending_restart"):
-            # The demotion restarted its PostgreSQL; a restart is still due only if that did not apply it.
-            step(f"restart {leader}", master.restart, leader, timeout)
+        if leader in daemon or master.members_state(c).get(leader, {}).get("pending_restart"):
+            # The demotion restarted its PostgreSQL (not its Patroni); a restart is still due only
+            # if that did not apply it.
+            step(f"restart {leader}", restart, leader)
             step(f"wait for {leader} to stream", master.wait_healthy, c, new, leader, timeout)
         steps["restarted"].append({"member": leader, "seconds": round(time.monotonic() - t, 3)})
         steps["leader_after"] = new
@@ -116,6 +145,11 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
         steps["restarted_again"] = again
     steps["pending_after"] = settled(master, c)
     steps["seconds"] = round(time.monotonic() - t0, 3)
+    if daemon:
+        stale = {m: v for m, v in master.patroni_running(c).items() if m in c["members"] and v != wanted}
+        if stale:
+            raise RollingError(f"rolling restart of {c['name']}: Patroni restarted, but {stale} still run another "
+                               f"version than {wanted}: {steps}")  # fmt: skip
     steps["result"] = not steps["pending_after"]
     if steps["pending_after"]:
         raise RollingError(f"rolling restart of {c['name']}: {', '.join(steps['pending_after'])} still have a "

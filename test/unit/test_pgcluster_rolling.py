@@ -14,8 +14,12 @@ class FakeMaster:
     """pg2 leads; PENDING members have a restart pending. A restart clears the member's flag; a
     switchover demotes the leader (its PostgreSQL restarts: flag cleared unless STICKY)."""
 
-    def __init__(self, pending=(), down=(), sticky=False, fail=None):
+    def __init__(self, pending=(), down=(), sticky=False, fail=None, wanted=None, running=None, installed=None):
         self.leader, self.calls, self.sticky, self.fail = "pg2", [], sticky, fail
+        # Patroni versions: pillar's, and each member's running and installed one (default: pillar's).
+        self.wanted = wanted
+        self.running = {m: (running or {}).get(m, wanted) for m in MAIN["members"]}
+        self.installed = {m: (installed or {}).get(m, wanted) for m in MAIN["members"]}
         self.members = {
             m: {"role": "leader" if m == "pg2" else "quorum_standby", "state": "running" if m == "pg2" else "streaming",
                 "lag": 0, "pending_restart": m in pending}
@@ -35,6 +39,20 @@ class FakeMaster:
         if self.fail == member:
             raise rolling.CommandExecutionError(f"restart of {member} failed: it broke")
         self.members[member]["pending_restart"] = False
+
+    def restart_patroni(self, member, timeout):
+        self.calls.append(("restart_patroni", member))
+        self.running[member] = self.installed[member]
+        self.members[member]["pending_restart"] = False
+
+    def patroni_wanted(self):
+        return self.wanted
+
+    def patroni_running(self, c):
+        return dict(self.running)
+
+    def patroni_installed(self, c):
+        return dict(self.installed)
 
     def wait_healthy(self, c, leader, member, timeout):
         self.calls.append(("wait_healthy", leader, member))
@@ -137,6 +155,41 @@ def test_a_flag_that_stays_up_fails_the_run():
     master.restart = lambda member, timeout: None  # restarted, but Patroni still flags it
     with pytest.raises(rolling.RollingError, match="pg3 still have a restart pending after being restarted "
                                                    r"\(lowering one of max_connections"):  # fmt: skip
+        rolling.run(master, MAIN)
+
+
+def test_a_new_patroni_version_restarts_patroni_itself_replicas_first_the_leader_after_its_handover():
+    old = {m: "4.1.5" for m in MAIN["members"]}
+    master = FakeMaster(pending=("pg1",), wanted="4.1.4", running=old)
+    steps = rolling.run(master, MAIN)
+    assert master.calls == [
+        ("restart_patroni", "pg1"), ("wait_healthy", "pg2", "pg1"),
+        ("restart_patroni", "pg3"), ("wait_healthy", "pg2", "pg3"),
+        ("switchover", "pg1"), ("wait_healthy", "pg1", "pg2"),
+        ("restart_patroni", "pg2"), ("wait_healthy", "pg1", "pg2"),
+    ]  # fmt: skip
+    assert steps["patroni_version"] == {"to": "4.1.4", "members": ["pg1", "pg2", "pg3"]} and steps["result"] is True
+    assert set(master.running.values()) == {"4.1.4"}
+
+
+def test_only_members_running_another_version_are_restarted_for_it():
+    master = FakeMaster(wanted="4.1.4", running={"pg3": "4.1.5"})
+    rolling.run(master, MAIN)
+    assert master.calls == [("restart_patroni", "pg3"), ("wait_healthy", "pg2", "pg3")]
+
+
+def test_a_version_not_installed_yet_refuses_with_nothing_done():
+    master = FakeMaster(wanted="4.1.4", running={"pg3": "4.1.5"}, installed={"pg1": "4.1.5", "pg3": None})
+    with pytest.raises(rolling.RollingError, match="pg1 has 4.1.5 installed, pg3 has no Patroni installed while "
+                                                   "pillar wants Patroni 4.1.4: run highstate"):  # fmt: skip
+        rolling.run(master, MAIN)
+    assert master.calls == []
+
+
+def test_a_member_still_running_the_old_version_after_its_restart_fails_the_run():
+    master = FakeMaster(wanted="4.1.4", running={"pg3": "4.1.5"})
+    master.restart_patroni = lambda member, timeout: None  # restarted, still the old one
+    with pytest.raises(rolling.RollingError, match=r"\{'pg3': '4.1.5'\} still run another version than 4.1.4"):
         rolling.run(master, MAIN)
 
 

@@ -135,6 +135,9 @@ def build_wheelhouse() -> None:
     """Download/build the wheels the hosts install from (they reach no package index)."""
     WHEELS.mkdir(parents=True, exist_ok=True)
     _pip_once(f"wheelhouse {WHEELS}", "wheels.txt", WHEELS / ".pgcluster-lab-wheels", "wheel", "-q", "-w", str(WHEELS))
+    # A second Patroni version beside it (one pip run cannot resolve two): the rolling version change.
+    stamp = WHEELS / ".pgcluster-lab-wheels-previous"
+    _pip_once(f"wheelhouse {WHEELS} (previous Patroni)", "wheels-previous.txt", stamp, "wheel", "-q", "-w", str(WHEELS))
 
 
 TOOLS_DIR = BASE_DIR / "bin"
