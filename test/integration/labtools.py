@@ -172,6 +172,34 @@ def runner_switchover_under_pgbench(seconds: int = 30, settle: float = 8) -> tup
     return res, out
 
 
+class PgbenchLoop:
+    """pgbench through app1's PgBouncer (``service=app``) in 10 s runs, from now until ``stop()``
+    (at most 15 minutes), for operations of unknown length; ``stop()`` returns (exit code, output)
+    and ``failed()`` says what went wrong (None: every run committed with 0 failed)."""
+
+    def __init__(self) -> None:
+        sh("app1", "rm -f /tmp/stop-bench && pgbench -i -s 1 -q service=app </dev/null")
+        self.proc = subprocess.Popen(
+            [str(LAB), "exec", "app1", "--", "bash", "-c",
+             "for i in $(seq 90); do pgbench -n -T 10 -c 4 -j 2 service=app </dev/null || exit 1; "
+             "[ -e /tmp/stop-bench ] && exit 0; done; exit 2"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.out = ""
+
+    def stop(self) -> tuple[int, str]:
+        sh("app1", "touch /tmp/stop-bench")
+        self.out, _ = self.proc.communicate(timeout=120)
+        return self.proc.returncode, self.out
+
+    def failed(self) -> str | None:
+        runs = self.out.count("number of transactions actually processed")
+        clean = self.out.count("number of failed transactions: 0 (0.000%)")
+        if self.proc.returncode != 0 or runs < 2 or clean != runs:
+            return f"pgbench exit {self.proc.returncode}, {runs} runs, {clean} with 0 failed: {self.out[-3000:]}"
+        return None
+
+
 def events(seconds: int) -> subprocess.Popen:
     """pgcluster events on the master's bus for SECONDS, one line each (bounded inside the host)."""
     return subprocess.Popen(

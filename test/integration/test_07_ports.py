@@ -19,6 +19,7 @@ from labtools import (
     APP_PASSWORD,
     CA,
     AckWriter,
+    PgbenchLoop,
     all_route_to,
     cluster,
     ensure_probe_table,
@@ -194,3 +195,57 @@ def test_status_says_when_writes_are_blocked_for_lack_of_a_standby(ported):
         salt_json(lead, "patroni.config_patch", '{"synchronous_mode_strict": false}')
     wait_healthy(1, timeout=180)
     assert status()["writes"] == f"{lead} accepts writes"
+
+
+def _members(members: tuple[str, ...]) -> None:
+    """The override's members of main set to MEMBERS, every minion's pillar refreshed."""
+    override = OVERRIDE.replace(f"members: [{', '.join(PAIR)}]", f"members: [{', '.join(members)}]")
+    sh("salt", "cat > /srv/lab-pillar/pgcluster/local.sls", stdin=override)
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=quiet")
+
+
+def _no_failed_state() -> None:
+    ret = highstate()
+    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    assert failed == {m: [] for m in ret}, failed
+
+
+def test_a_third_server_joins_and_leaves_under_load_with_no_failed_transaction(ported):
+    """Adding a member is a pillar edit and a highstate: pg3 (until now only the etcd witness)
+    gets its replica from the pgBackRest repository and streams. Taking it out is a pillar edit,
+    ``pgcluster.remove_member`` and a highstate. pgbench (in 10 s runs) and the ack writer go
+    through app1's PgBouncer the whole time: no failed transaction, nothing acknowledged lost."""
+    lead = leader()
+    psql(lead, "CREATE TABLE grow_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON grow_acks TO app")
+    dsn = f"host=127.0.0.1 port={PORTS['pgbouncer']} dbname=app user=app"
+    bench = PgbenchLoop()
+    writer = AckWriter("app1", dsn, "grow_acks", password=APP_PASSWORD)
+    try:
+        _members((*PAIR, "pg3"))
+        _no_failed_state()
+        wait_healthy(2, timeout=180)
+        joined = {m["name"]: m for m in cluster()["members"]}
+        assert joined["pg3"]["state"] == "streaming", joined
+        total = int(psql(lead, "SELECT count(*) FROM grow_acks").stdout)
+        on_pg3 = "SELECT count(*) FROM grow_acks"
+        wait_for("pg3 holding the writes made before it joined", lambda: int(psql("pg3", on_pg3).stdout) >= total, 30)
+        restored = sh("pg3", "cat /var/log/pgbackrest/main-restore.log", check=False).stdout
+        assert "restore command end: completed successfully" in restored, restored
+        refused = lab("run", "pgcluster.remove_member", "main", "pg3", check=False)
+        assert refused.returncode != 0 and "still in clusters:main:members" in refused.stdout, refused.stdout
+        _members(PAIR)
+        res = lab("run", "pgcluster.remove_member", "main", "pg3", "--out=json", check=False)
+        removed = json.loads(res.stdout)
+        assert res.returncode == 0 and removed["patroni"] == "stopped and disabled", res.stdout
+        assert sorted(m["name"] for m in cluster()["members"]) == sorted(PAIR)
+        _no_failed_state()
+        assert sh("pg3", "systemctl is-enabled patroni", check=False).stdout.strip() == "disabled"
+        after = status()
+        assert after["not_in_model"] == [] and after["writes"].endswith("accepts writes"), after
+    finally:
+        bench.stop()
+        report = writer.stop()
+        _members(PAIR)
+    assert bench.failed() is None, bench.failed()
+    assert report["failed"] == [] and len(report["acked"]) > 50 and not report["stuck"], report
+    assert writer.missing_on(leader(), "app") == []
