@@ -1,7 +1,8 @@
-"""Rolling restart (issue 15): a parameter that needs a restart, set in pillar and applied by
-highstate, reaches every member through ``salt-run pgcluster.rolling_restart`` with clients
-noticing nothing: under pgbench and an insert-only writer through app1's PgBouncer, 0 failed
-transactions, every acknowledged write on the new leader, the parameter in force everywhere."""
+"""Rolling restart (issue 15): a parameter that needs a restart, or another Patroni version, set
+in pillar and applied by highstate, reaches every member through ``salt-run
+pgcluster.rolling_restart`` with clients noticing nothing: under pgbench and an insert-only
+writer through app1's PgBouncer, 0 failed transactions, every acknowledged write on the new
+leader, the parameter (or version) in force everywhere."""
 
 from __future__ import annotations
 
@@ -10,19 +11,46 @@ import subprocess
 import time
 
 import pytest
-from labtools import APP_PASSWORD, LAB, MEMBERS, AckWriter, cluster, lab, leader, psql, sh, wait_for, wait_healthy
+import yaml
+from labtools import (
+    ADDRESS,
+    APP_PASSWORD,
+    CA,
+    LAB,
+    MEMBERS,
+    REPO,
+    AckWriter,
+    PgbenchLoop,
+    cluster,
+    lab,
+    leader,
+    psql,
+    sh,
+    wait_for,
+    wait_healthy,
+)
 
 LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 PARAM = "max_files_per_process"  # postmaster context: a restart applies it; harmless to change
 DEFAULT = 1000
+DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())["pgcluster"]
+# The Patroni release before the formula's default, in the lab's wheelhouse (test/lab/wheels-previous.txt).
+PREVIOUS_PATRONI = "4.1.4"
+
+
+def set_pillar(block: dict) -> None:
+    """BLOCK (under pgcluster) as the lab's local pillar, applied by a highstate of the members."""
+    sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=json.dumps({"pgcluster": block}))
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    res = lab("salt", ",".join(MEMBERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
+    ret = json.loads(res.stdout)
+    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    assert failed == {m: [] for m in MEMBERS}, failed
 
 
 def set_parameter(value: int) -> None:
     """The main cluster's PARAM = VALUE in pillar, applied by a highstate of the members."""
-    block = json.dumps({"pgcluster": {"clusters": {"main": {"parameters": {PARAM: value}}}}})
-    sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=block)
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
-    lab("salt", ",".join(MEMBERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
+    set_pillar({"clusters": {"main": {"parameters": {PARAM: value}}}})
 
 
 def pending() -> set[str]:
@@ -54,6 +82,45 @@ def pending_everywhere(deployed):
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
     wait_healthy(2, timeout=180)
     assert code == 0 and out["result"] is True, out
+
+
+def running_patroni() -> dict[str, str]:
+    """{member: the Patroni version it runs}, from its REST API."""
+    return {m: json.loads(sh(m, f"curl -s --cacert {CA} https://{ADDRESS[m]}:8008/patroni").stdout)["patroni"]["version"]
+            for m in MEMBERS}  # fmt: skip
+
+
+def test_a_patroni_version_change_rolls_through_with_no_failed_transaction(deployed):
+    """A Patroni version in pillar: highstate installs it (running members keep theirs), the
+    rolling restart restarts Patroni member by member, replicas first, the leader after its
+    handover; and back to the formula's default the same way. Under pgbench and the ack writer
+    through app1's PgBouncer: 0 failed transactions, no acknowledged write lost."""
+    default = DEFAULTS["patroni"]["version"]
+    assert set(running_patroni().values()) == {default}
+    psql(leader(), "DROP TABLE IF EXISTS version_acks; CREATE TABLE version_acks(id bigint PRIMARY KEY); "
+                   "GRANT INSERT, SELECT ON version_acks TO app")  # fmt: skip
+    try:
+        for version in (PREVIOUS_PATRONI, default):
+            set_pillar({"patroni": {"version": version}})
+            assert set(running_patroni().values()) == {default if version != default else PREVIOUS_PATRONI}
+            bench = PgbenchLoop()
+            writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "version_acks",
+                               password=APP_PASSWORD, start=1 if version != default else 10_000_000)  # fmt: skip
+            try:
+                code, out = rolling_restart()
+            finally:
+                bench.stop()
+                report = writer.stop()
+            assert code == 0 and out["result"] is True, out
+            assert out["patroni_version"] == {"to": version, "members": sorted(MEMBERS)}, out
+            assert running_patroni() == {m: version for m in MEMBERS}
+            assert bench.failed() is None, bench.failed()
+            assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
+            assert writer.missing_on(leader(), "app") == []
+    finally:
+        sh("salt", f"rm -f {LOCAL}")
+        lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    wait_healthy(2, timeout=180)
 
 
 def test_rolling_restart_applies_a_restart_parameter_with_no_failed_transaction(pending_everywhere):

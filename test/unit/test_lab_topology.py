@@ -37,3 +37,12 @@ def test_bad_topologies_name_the_problem(tmp_path, body, message):
 def test_unknown_host_lists_the_known_ones():
     with pytest.raises(TopologyError, match="unknown host 'x' .*salt, pg1"):
         load().host("x")
+
+
+def test_kitchen_suites_on_hosts_of_their_own_run_in_one_batch():
+    from pglab import kitchen
+
+    chosen = kitchen.groups(kitchen.load(kitchen.Path(__file__).resolve().parents[2] / "kitchen.yml"), None)
+    names = [[s.name for s in b] for b in kitchen.batches(chosen)]
+    assert names == [["member", "pgbouncer", "backup"],
+                     ["cluster-pg1", "cluster-pg2", "cluster-pg3", "cluster-backup", "cluster-app1"]]  # fmt: skip

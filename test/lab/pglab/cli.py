@@ -227,7 +227,7 @@ def cmd_kitchen(args: argparse.Namespace) -> int:
     """kitchen.yml's suites on fresh hosts (see pglab.kitchen); the lab must be down."""
     _require_root()
     suites = kitchen.load(REPO / "kitchen.yml")
-    chosen = kitchen.groups(suites, args.suite)
+    chosen = kitchen.batches(kitchen.groups(suites, args.suite))
     if TOPOLOGY_LINK.exists():
         raise LabError("kitchen converges fresh hosts: run 'lab down' first")
     topo = load(None)

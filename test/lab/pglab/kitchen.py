@@ -7,7 +7,8 @@ kitchen-salt lays out: ``srv/salt`` (the formula, the custom modules, a ``top.sl
 configuration. It is converged masterless (``salt-call --local state.highstate``), converged
 again (that second run must change nothing), then the suite's testinfra tests run on the host
 (``--hosts=local://``). Suites named ``NAME-*`` form one group, converged together (the
-``cluster-*`` suites need each other). The hosts are removed afterwards.
+``cluster-*`` suites need each other); groups on hosts of their own run at the same time. The
+hosts are removed afterwards.
 """
 
 from __future__ import annotations
@@ -86,6 +87,20 @@ def groups(suites: list[Suite], wanted: str | None) -> list[list[Suite]]:
     return chosen
 
 
+def batches(chosen: list[list[Suite]]) -> list[list[Suite]]:
+    """CHOSEN groups packed into batches run at once: groups whose hosts do not overlap share a
+    batch (each suite is masterless on a host of its own), in kitchen.yml's order."""
+    out: list[list[Suite]] = []
+    for group in chosen:
+        hosts = {s.minion for s in group}
+        batch = next((b for b in out if not hosts & {s.minion for s in b}), None)
+        if batch is None:
+            out.append(list(group))
+        else:
+            batch.extend(group)
+    return out
+
+
 def _minion_conf(suite: Suite) -> str:
     root = KITCHEN_DIR
     return yaml.safe_dump({
@@ -160,24 +175,22 @@ def run_group(topo: Topology, group: list[Suite], make_host, repo: Path) -> bool
     for s in group:
         base.say(f"kitchen {s.name}: booting {s.minion}")
         hosts[s.name].boot(extra_binds=[f"{repo}:{REPO_IN_HOST}"])
-    ok = True
+    alive = list(group)  # a suite that failed a round goes no further; the others go on
     for round_ in ("converge", "idempotence"):
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(group)) as pool:
-            done = dict(zip([s.name for s in group], pool.map(lambda s: converge(hosts[s.name], s), group),
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(alive) or 1) as pool:
+            done = dict(zip([s.name for s in alive], pool.map(lambda s: converge(hosts[s.name], s), alive),
                             strict=True))  # fmt: skip
-        for s in group:
+        for s in list(alive):
             r = s.results[round_] = done[s.name]
             bad = r["failed"] or (round_ == "idempotence" and r["changed"])
-            ok = ok and not bad
             detail = f": {(r['failed'] or r['changed'])[:5]}" if bad else ""
             base.say(f"kitchen {s.name}: {round_} {r['seconds']} s, {len(r['changed'])} changed, "
                      f"{len(r['failed'])} failed{detail}")  # fmt: skip
-        if not ok:
-            return False
-    for s in group:
+            if bad:
+                alive.remove(s)
+    for s in alive:
         r = s.results["verify"] = verify(hosts[s.name], s)
-        ok = ok and r["passed"]
         base.say(f"kitchen {s.name}: verify {r['summary']} ({r['seconds']} s)")
         if not r["passed"]:
             print(r["output"], flush=True)
-    return ok
+    return all(s.results.get("verify", {}).get("passed") for s in group)
