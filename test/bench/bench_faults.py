@@ -52,6 +52,7 @@ DSN = "host=127.0.0.1 port=6432 dbname=app user=app"
 LAB_PROFILE = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]["clusters"]["main"][
     "profile"
 ]
+DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())["pgcluster"]
 WINDOW = 45  # seconds the writer runs after the fault, before the fault is undone
 ETCD_CUT = ("nft add table inet faultcut; nft add chain inet faultcut out '{ type filter hook output priority 0; }'; "
             "nft add chain inet faultcut in '{ type filter hook input priority 0; }'; "
@@ -192,8 +193,10 @@ def main() -> int:
     finally:
         if args.profile:
             sh("salt", f"rm -f {LOCAL}")
+    ttl = DEFAULTS["profiles"][profile]["dcs"]["ttl"]
     print(f"\nFault matrix, profile {profile}, {args.runs} run(s) each, writer through app1's PgBouncer "
-          f"({WINDOW} s after the fault)")  # fmt: skip
+          f"({WINDOW} s after the fault); floor of a leader crash's outage: Patroni's ttl, {ttl} s (the "
+          "leader key must expire before a replica may take over)")  # fmt: skip
     head = f"{'fault':32} {'outage s':>18} {'failed':>14} {'lost':>6} {'lost any':>9} {'leaders':>8} {'heal s':>18}"
     print(head)
     print("-" * len(head))
