@@ -114,30 +114,6 @@ def wait_healthy(replicas: int = 2, timeout: float = 180, via: str | None = None
     return found
 
 
-# A writer on app1: tries every member with target_session_attrs=read-write until one insert works.
-WRITE_LOOP = """
-deadline=$((SECONDS + {timeout}))
-while [ $SECONDS -lt $deadline ]; do
-  if PGPASSWORD={pw} PGCONNECT_TIMEOUT=1 psql -XAtq \
-      "host=pg1,pg2,pg3 dbname=app user=app target_session_attrs=read-write" \
-      -c "INSERT INTO failover_probe(note) VALUES ('{note}')" 2>/dev/null; then
-    exit 0
-  fi
-  sleep 0.2
-done
-exit 1
-"""
-
-
-def write_until_ok(note: str, timeout: int = 90) -> float:
-    """Seconds until an INSERT through any member succeeds (run from app1); fails after TIMEOUT."""
-    start = time.monotonic()
-    res = sh("app1", WRITE_LOOP.format(timeout=timeout, pw=APP_PASSWORD, note=note), check=False, timeout=timeout + 30)
-    if res.returncode != 0:
-        pytest.fail(f"no write succeeded within {timeout} s")
-    return time.monotonic() - start
-
-
 def ensure_probe_table() -> None:
     """The table the writers of the failover tests and benchmarks insert into, writable by role app."""
     psql(leader(), "CREATE TABLE IF NOT EXISTS failover_probe(id bigserial, note text, at timestamptz DEFAULT now());"

@@ -23,7 +23,6 @@ from labtools import (
     sh,
     wait_for,
     wait_healthy,
-    write_until_ok,
 )
 
 LAB_PILLAR = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]
@@ -50,10 +49,13 @@ def deployed(first_highstate) -> dict:
     return wait_healthy(2, timeout=180)
 
 
-def test_a_leader_crash_right_after_the_first_highstate_fails_over_and_loses_no_acknowledged_write(first_highstate):
+def test_a_leader_crash_right_after_the_first_highstate_fails_over_loses_nothing_and_the_old_leader_rejoins(
+    first_highstate,
+):
     """Ready means the durable promise holds: the leader the highstate reports dies seconds after
     it returned, under a writer through app1's PgBouncer; a replica takes over within the profile's
-    bound and holds every acknowledged commit (Patroni's /sync named it when highstate returned)."""
+    bound and holds every acknowledged commit (Patroni's /sync named it when highstate returned).
+    Booted again, the old leader rejoins as a streaming replica on the new timeline."""
     ret = first_highstate["ret"]
     said = [s["comment"] for st in ret.values() if isinstance(st, dict) for s in st.values()
             if s.get("__id__") == "patroni-cluster-synchronous" and s.get("result")]  # fmt: skip
@@ -65,9 +67,10 @@ def test_a_leader_crash_right_after_the_first_highstate_fails_over_and_loses_no_
     wait_for("a first acknowledged write", lambda: psql(old, "SELECT count(*) FROM crash_acks").stdout.strip() != "0",
              10, interval=0.2)  # fmt: skip
     after = time.monotonic() - first_highstate["ended"]
+    old_tl = next(m["timeline"] for m in cluster()["members"] if m["name"] == old)
     lab("crash", old)
     try:
-        wait_for("a new leader", lambda: leader() not in (None, old), FAILOVER_BOUND + 30, interval=1)
+        took = wait_for("a new leader", lambda: leader() not in (None, old), FAILOVER_BOUND + 30, interval=1)
         new = leader()
 
         def rows() -> int:
@@ -79,9 +82,17 @@ def test_a_leader_crash_right_after_the_first_highstate_fails_over_and_loses_no_
     finally:
         lab("boot", old)
     assert after < 10, f"the crash came {after:.1f} s after highstate returned"
+    assert took <= FAILOVER_BOUND, f"a new leader after {took:.1f} s"
     assert len(report["acked"]) > 5 and not report["stuck"], report
     assert writer.missing_on(new, "app") == [], f"acknowledged writes lost after a crash {after:.1f} s in"
-    wait_healthy(2, timeout=240)
+    c = wait_healthy(2, timeout=240)
+    roles = {m["name"]: (m["role"], m["state"], m["timeline"]) for m in c["members"]}
+    assert roles[old][0] != "leader" and roles[old][1] == "streaming" and roles[old][2] > old_tl, roles
+    token = str(uuid.uuid4())
+    ensure_probe_table()
+    psql(c["leader"], f"INSERT INTO failover_probe(note) VALUES ('{token}')")
+    wait_for("row on the old leader", lambda: psql(old, f"SELECT count(*) FROM failover_probe WHERE note = '{token}'")
+             .stdout.strip() == "1", 15)  # fmt: skip
 
 
 def test_first_highstate_from_bare_hosts_gives_a_healthy_cluster(first_highstate):
@@ -208,30 +219,6 @@ def test_state_leader_and_dynamic_config(deployed):
     ].values()
     assert r["result"] is None and r["changes"] == {"patch": {"postgresql": {"parameters": {"work_mem": "8MB"}}}}
     assert "work_mem" not in salt_json("pg2", "patroni.config_get")["pg2"]["postgresql"]["parameters"]
-
-
-def test_crash_of_the_leader_host_fails_over_and_old_leader_rejoins(deployed):
-    old = deployed["leader"]
-    ensure_probe_table()
-    old_tl = next(m["timeline"] for m in deployed["members"] if m["name"] == old)
-    start = time.monotonic()
-    lab("crash", old)
-    try:
-        seconds = write_until_ok("after-crash", timeout=FAILOVER_BOUND + 30)
-        assert seconds <= FAILOVER_BOUND, f"new leader accepted writes after {seconds:.1f} s"
-        new = leader()
-        assert new and new != old
-    finally:
-        lab("boot", old)
-    c = wait_healthy(2, timeout=240)
-    roles = {m["name"]: (m["role"], m["state"], m["timeline"]) for m in c["members"]}
-    assert roles[old][0] != "leader" and roles[old][1] == "streaming"
-    assert roles[old][2] > old_tl
-    token = str(uuid.uuid4())
-    psql(c["leader"], f"INSERT INTO failover_probe(note) VALUES ('{token}')")
-    wait_for("row on the old leader", lambda: psql(old, f"SELECT count(*) FROM failover_probe WHERE note = '{token}'")
-             .stdout.strip() == "1", 15)  # fmt: skip
-    assert time.monotonic() - start < 600
 
 
 def test_stopping_patroni_stops_every_postgres_process(deployed):
