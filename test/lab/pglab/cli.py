@@ -103,6 +103,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         h.boot()
     base.say("waiting for every minion to answer test.ping")
     waited = wait_minions(topo)
+    # The minions do not sync custom modules at each highstate (saltcfg.MINION_CONF): now, once.
+    sync = _salt(topo, ["salt", "*", "saltutil.sync_all", "--out=json", "--static", "-t", "120"], capture=True)
+    if sync.returncode != 0:
+        raise LabError(f"saltutil.sync_all failed: {(sync.stdout + sync.stderr)[-2000:]}")
     for h in hosts:
         if h.set_up():
             base.say(f"{h.host.name}: set up ({h.host.setup})")
