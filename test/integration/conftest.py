@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from labtools import ensure_probe_table, highstate, lab, wait_healthy
+from labtools import ensure_probe_table, failed_states, highstate, lab, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def deployed(lab_up) -> None:
     """The cluster deployed by a highstate with no failed state, healthy, with the probe table
     (once per module; earlier modules may have left it so already)."""
     ret = highstate()
-    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    failed = failed_states(ret)
     assert failed == {m: [] for m in ret}, failed
     wait_healthy(2, timeout=180)
     ensure_probe_table()

@@ -69,6 +69,12 @@ def highstate(*extra: str) -> dict:
     return json.loads(res.stdout)
 
 
+def failed_states(ret: dict) -> dict[str, list[str]]:
+    """{minion: ["state id: comment" of each state that failed]} of a highstate return."""
+    return {m: [f"{s['__id__']}: {s['comment']}" for s in states.values() if s["result"] is False]
+            for m, states in ret.items()}  # fmt: skip
+
+
 def changed_states(ret: dict) -> dict[str, list[str]]:
     """{minion: [ids of states that reported changes]} of a highstate return."""
     return {m: [s["__id__"] for s in states.values() if s.get("changes")] for m, states in ret.items()}

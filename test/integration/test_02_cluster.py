@@ -15,6 +15,7 @@ from labtools import (
     changed_states,
     cluster,
     ensure_probe_table,
+    failed_states,
     highstate,
     lab,
     leader,
@@ -97,7 +98,7 @@ def test_a_leader_crash_right_after_the_first_highstate_fails_over_loses_nothing
 
 def test_first_highstate_from_bare_hosts_gives_a_healthy_cluster(first_highstate):
     ret = first_highstate["ret"]
-    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    failed = failed_states(ret)
     assert failed == {m: [] for m in ret}, failed
     c = cluster()
     assert c["leader"] in MEMBERS

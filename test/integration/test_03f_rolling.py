@@ -22,6 +22,7 @@ from labtools import (
     AckWriter,
     PgbenchLoop,
     cluster,
+    failed_states,
     lab,
     leader,
     psql,
@@ -44,7 +45,7 @@ def set_pillar(block: dict) -> None:
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
     res = lab("salt", ",".join(MEMBERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
     ret = json.loads(res.stdout)
-    failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+    failed = failed_states(ret)
     assert failed == {m: [] for m in MEMBERS}, failed
 
 

@@ -24,6 +24,7 @@ from labtools import (
     all_route_to,
     cluster,
     ensure_probe_table,
+    failed_states,
     highstate,
     lab,
     leader,
@@ -62,7 +63,7 @@ def ported(lab_up):
     lab("salt", "*", "saltutil.refresh_pillar", "--out=quiet")
     try:
         ret = highstate()
-        failed = {m: [s["__id__"] for s in st.values() if s["result"] is False] for m, st in ret.items()}
+        failed = failed_states(ret)
         assert failed == {m: [] for m in ret}, failed
         wait_healthy(1, timeout=180)
         ensure_probe_table()
@@ -195,8 +196,7 @@ def _members(members: tuple[str, ...]) -> None:
 
 def _no_failed_state() -> None:
     ret = highstate()
-    failed = {m: [f"{s['__id__']}: {s['comment']}" for s in st.values() if s["result"] is False]
-              for m, st in ret.items()}  # fmt: skip
+    failed = failed_states(ret)
     assert failed == {m: [] for m in ret}, failed
 
 
