@@ -42,12 +42,10 @@ class MembersError(CommandExecutionError):
 
 
 def refusal(c: dict, member: str, state: dict[str, dict], leader: str | None) -> str | None:
-    """Why MEMBER cannot be taken out of cluster C now (None: it can). STATE: {member: {role,
-    state}} as Patroni lists them; LEADER: the member that accepts writes, if any."""
+    """Why MEMBER, no longer in the model's members, cannot be taken out of cluster C now (None:
+    it can). STATE: {member: {role, state}} as Patroni lists them; LEADER: the member that accepts
+    writes, if any."""
     name = c["name"]
-    if member in c["members"]:
-        return (f"{member} is still in clusters:{name}:members in pillar: take it out there (and refresh the "
-                "pillar) first, then run this again")  # fmt: skip
     if member == leader or state[member].get("role") in LEADER_ROLES:
         return f"{member} is the leader of cluster {name}: switch over first (salt-run pgcluster.switchover {name})"
     if not leader:
@@ -69,7 +67,8 @@ def remove(master: Any, c: dict, member: str, timeout: float = 120) -> dict:
     t0 = time.monotonic()
     name = c["name"]
     if member in c["members"]:
-        raise MembersError(f"{refusal(c, member, {member: {}}, None)}: nothing done")
+        raise MembersError(f"{member} is still in clusters:{name}:members in pillar: take it out there (and refresh "
+                           "the pillar) first, then run this again: nothing done")  # fmt: skip
     state = master.members_state(c)
     if not state:
         raise MembersError(f"no member of cluster {name} answers: nothing done")
