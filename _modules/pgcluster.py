@@ -9,9 +9,14 @@ CLI Example:
 
     salt pg1 pgcluster.roles
     salt '*' pgcluster.check
+    salt pg1 pgcluster.etcd_members
 """
 
 from __future__ import annotations
+
+import json
+import os
+import time
 
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
@@ -157,3 +162,102 @@ def alertmanager_config() -> str:
         salt backup pgcluster.alertmanager_config
     """
     return _yaml(__utils__["pgcluster_monitoring.alertmanager_config"](settings()))
+
+
+# ---- etcd membership (the cluster's etcd hosts answer; TLS with this host's certificate) ----------
+def _etcd_access(endpoints: list[str] | None, tls: dict | None) -> tuple[list[str], dict]:
+    if endpoints and tls:
+        return endpoints, tls
+    node = settings()["node"]
+    if not node.get("etcd_endpoints"):
+        raise CommandExecutionError(f"pgcluster: {node['id']} runs no etcd of a cluster: name the endpoints")
+    return endpoints or node["etcd_endpoints"], tls or node["pki"]["files"]
+
+
+def _etcdctl(args: list[str], endpoints: list[str] | None, tls: dict | None, timeout: int = 5) -> dict:
+    """etcdctl ARGS (JSON output) against ENDPOINTS (host:port; default: this host's cluster's)."""
+    endpoints, tls = _etcd_access(endpoints, tls)
+    cmd = ["etcdctl", "--endpoints", ",".join(f"https://{e}" for e in endpoints), "--dial-timeout=2s",
+           f"--command-timeout={timeout}s", f"--cacert={tls['ca']}", f"--cert={tls['cert']}", f"--key={tls['key']}",
+           "-w", "json", *args]  # fmt: skip
+    res = __salt__["cmd.run_all"](cmd, env={"ETCDCTL_API": "3"}, python_shell=False, ignore_retcode=True)
+    if res["retcode"] != 0:
+        why = (res["stderr"] or res["stdout"]).strip().splitlines()
+        raise CommandExecutionError(f"etcdctl {' '.join(args)}: {why[-1] if why else 'failed'}")
+    return json.loads(res["stdout"] or "{}")
+
+
+def _member(m: dict) -> dict:
+    # A member added but never started has no name yet (and no client URLs).
+    return {"id": format(int(m["ID"]), "x"), "name": m.get("name", ""), "peer_urls": m.get("peerURLs", []),
+            "started": bool(m.get("name"))}  # fmt: skip
+
+
+def etcd_members(endpoints: list[str] | None = None, tls: dict | None = None) -> list[dict]:
+    """The etcd cluster's members as ENDPOINTS (host:port; default: the etcd hosts of this host's
+    cluster) list them: ``[{id (hex), name, peer_urls, started}]``. TLS: the ``ca``, ``cert`` and
+    ``key`` files (default: this host's).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgcluster.etcd_members
+    """
+    return [_member(m) for m in _etcdctl(["member", "list"], endpoints, tls).get("members", [])]
+
+
+def etcd_member_add(name: str, peer_url: str, endpoints: list[str] | None = None, tls: dict | None = None) -> list:
+    """Add NAME (its etcd not started yet, its data directory empty) with PEER_URL to the running
+    etcd cluster that ENDPOINTS reach; returns the members afterwards. NAME's etcd then starts with
+    ``initial-cluster-state=existing``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgcluster.etcd_member_add app1 https://198.18.0.30:2380
+    """
+    _etcdctl(["member", "add", name, f"--peer-urls={peer_url}"], endpoints, tls)
+    return etcd_members(endpoints, tls)
+
+
+def etcd_member_remove(member_id: str, endpoints: list[str] | None = None, tls: dict | None = None) -> list[dict]:
+    """Remove the member with MEMBER_ID (hex, as ``etcd_members`` shows it) from the etcd cluster
+    that ENDPOINTS reach; returns the members afterwards.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgcluster.etcd_member_remove 8e9e05c52164694d
+    """
+    if not isinstance(member_id, str) or not member_id.isalnum():
+        raise CommandExecutionError(f"member_id={member_id!r}: not an etcd member id (hex, from etcd_members)")
+    _etcdctl(["member", "remove", member_id], endpoints, tls)
+    return etcd_members(endpoints, tls)
+
+
+def etcd_retire(data_dir: str) -> dict:
+    """After this host was removed from its cluster's etcd: stop and disable etcd, and move its
+    data directory DATA_DIR aside (a removed member must never start on it again; a host that
+    joins later starts from an empty one). Returns what was done.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg3 pgcluster.etcd_retire /var/lib/etcd/main
+    """
+    if not os.path.isabs(data_dir) or os.path.normpath(data_dir).count("/") < 2:
+        raise CommandExecutionError(f"data_dir={data_dir!r}: not an etcd data directory (absolute, below a folder)")
+    service = __salt__["pillar.get"]("pgcluster:etcd:service", "etcd")
+    for fun in ("service.stop", "service.disable"):
+        if __salt__[fun](service) is not True:
+            raise CommandExecutionError(f"{fun} {service} failed")
+    done = {"etcd": "stopped and disabled"}
+    if os.path.isdir(data_dir):
+        aside = f"{data_dir.rstrip('/')}.removed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        os.rename(data_dir, aside)
+        done["data_directory"] = f"moved to {aside}"
+    return done

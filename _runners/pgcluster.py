@@ -510,6 +510,32 @@ class _Master:
             if _call(member, fun, "patroni", wait=120) is not True:
                 raise PgclusterError(f"{fun} patroni on {member} failed")
 
+    def _on_etcd(self, c: dict, fun: str, *args: Any) -> Any:
+        """FUN on the first of the model's etcd hosts of C that answers."""
+        why = []
+        for host in c["etcd"]:
+            try:
+                return _call(host, fun, *args, wait=30)
+            except CommandExecutionError as exc:
+                why.append(str(exc))
+        raise PgclusterError(f"no etcd host of cluster {c['name']} could: {'; '.join(why)}")
+
+    def etcd_members(self, c: dict) -> list[dict]:
+        """etcd's members, each with ``host``: the model's host at its peer URL's address."""
+        by_address = {a: h for h, a in self.model["hosts"].items()}
+        found = self._on_etcd(c, "pgcluster.etcd_members")
+        for m in found:
+            urls = [u.split("//", 1)[-1].rsplit(":", 1)[0] for u in m["peer_urls"]]
+            m["host"] = next((by_address[a] for a in urls if a in by_address), None)
+        return found
+
+    def etcd_remove(self, c: dict, member_id: str) -> list[dict]:
+        return self._on_etcd(c, "pgcluster.etcd_member_remove", member_id)
+
+    def etcd_retire(self, host: str, cluster: str) -> dict:
+        """Stop and disable etcd on HOST, its data directory for CLUSTER moved aside."""
+        return _call(host, "pgcluster.etcd_retire", f"{self.model['etcd']['data_root']}/{cluster}", wait=120)
+
     def switchover(self, c: dict, candidate: str | None, timeout: float) -> dict:
         return switchover.__wrapped__(c["name"], candidate=candidate, timeout=timeout)
 
@@ -618,13 +644,21 @@ def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> 
 @_clean_errors
 def remove_member(cluster: str, member: str, timeout: float = 120) -> dict:
     """Take MEMBER out of CLUSTER, clients noticing nothing: first take it out of the cluster's
-    ``members`` in pillar, then run this. Refused with nothing done while the pillar still names
-    it, while it is the leader (switch over first), without a leader, or when the remaining
-    replicas could not keep the profile's synchronous standbys. Then Patroni is stopped and
-    disabled on it (its PostgreSQL with it; its data directory stays), its member key expires
-    from the DCS, and the remaining members are waited for (up to TIMEOUT seconds) until they are
-    healthy. A highstate of the cluster's hosts then closes firewalls and pg_hba to it. Adding a
-    member needs no runner: name it in ``members`` and run highstate. Returns the steps with
+    ``members`` (a database server) or ``etcd`` (an etcd host) in pillar, then run this.
+
+    Out of Patroni's cluster: refused with nothing done while it is the leader (switch over
+    first), without a leader, or when the remaining replicas could not keep the profile's
+    synchronous standbys. Then Patroni is stopped and disabled on it (its PostgreSQL with it; its
+    data directory stays), its member key expires from the DCS, and the remaining members are
+    waited for (up to TIMEOUT seconds) until they are healthy.
+
+    Out of etcd: refused with nothing done until every etcd host pillar names is a started etcd
+    member (replace a host by adding the new one first: highstate). Then etcd is stopped and
+    disabled on it, it is removed from etcd's membership, and its etcd data directory is moved
+    aside.
+
+    A highstate of the cluster's hosts then closes firewalls and pg_hba to it. Adding a member
+    or an etcd host needs no runner: name it in pillar and run highstate. Returns the steps with
     their timings.
 
     CLI Example:

@@ -1,4 +1,4 @@
-"""States of the pgcluster formula that need more than Salt's own: etcd health, roles
+"""States of the pgcluster formula that need more than Salt's own: etcd membership and health, roles
 and databases created through the cluster's leader, PgBouncer's routing, the CA certificate.
 
 Role verifiers (or passwords) are read from pillar by the state itself
@@ -9,8 +9,11 @@ in job data or in state output.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import ssl
 import time
+import urllib.parse
 import urllib.request
 
 import salt.utils.files
@@ -59,6 +62,115 @@ def etcd_healthy(name: str, endpoints: list[str], tls: dict | None = None, timeo
             ret.update(result=False, comment=f"etcd not healthy after {timeout:.0f} s: {last}")
             return ret
         time.sleep(1)
+
+
+def _answers(endpoint: str) -> bool:
+    """Whether ENDPOINT (host:port) answers a TCP connection, taking or refusing it (False: no
+    answer at all: a host down, or a firewall that drops this host's packets)."""
+    host, port = endpoint.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _etcd_running(name: str, others: list[str], tls: dict, timeout: float) -> tuple[bool, list[dict]]:
+    """(whether OTHERS, the other etcd hosts, run the cluster already, its members). New only when
+    every one of them answers or refuses and none has a started member; a silent one is waited
+    for up to TIMEOUT seconds (a firewall not yet admitting NAME must not make it found a cluster
+    of its own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            members = __salt__["pgcluster.etcd_members"](endpoints=others, tls=tls) if others else []
+        except CommandExecutionError:
+            members = []
+        if any(m["started"] for m in members):  # a name is published only with a quorum behind it
+            return True, members
+        silent = [e for e in others if not _answers(e)]
+        if not silent:
+            return False, members
+        if time.monotonic() >= deadline:
+            raise CommandExecutionError(
+                f"cannot tell whether the etcd cluster runs: {', '.join(silent)} do not answer on etcd's client "
+                f"port (down, or their firewall does not admit {name} yet: run highstate on them)"
+            )
+        time.sleep(2)
+
+
+def etcd_joined(
+    name: str,
+    peers: dict,
+    endpoints: list[str],
+    token: str,
+    data_dir: str,
+    env_file: str,
+    tls: dict,
+    timeout: float = 120,
+) -> dict:
+    """Prepare etcd member NAME (this host) to start: the ``ETCD_INITIAL_*`` settings in ENV_FILE.
+    With its data in DATA_DIR it is a member already and nothing is done (etcd reads those settings
+    on its first start only). Otherwise, when the other hosts of ENDPOINTS (host:port) run the
+    cluster, NAME is added to it (``member add``, unless listed already) and starts with
+    ``existing`` and the cluster's actual members; when none does, the cluster is new and starts
+    from PEERS ({host: peer URL}, the model's etcd hosts) and TOKEN. A host that etcd lists as a
+    started member but whose data directory is empty is refused (its identity is lost: take it out
+    of etcd first). TLS: the ``ca``, ``cert`` and ``key`` files."""
+    ret = _ret(name)
+    if os.path.isdir(os.path.join(data_dir, "member")):
+        ret["comment"] = f"etcd member {name} has its data in {data_dir}"
+        return ret
+    mine = peers[name]
+    host = urllib.parse.urlsplit(mine).hostname
+    others = [e for e in endpoints if e.rsplit(":", 1)[0] != host]
+    try:
+        running, members = _etcd_running(name, others, tls, 0 if __opts__.get("test") else timeout)
+    except CommandExecutionError as exc:
+        ret.update(result=None if __opts__.get("test") else False, comment=str(exc))
+        return ret
+    listed = next((m for m in members if mine in m["peer_urls"]), None)
+    if running and listed and listed["started"]:
+        ret.update(
+            result=False,
+            comment=(
+                f"etcd lists {name} (id {listed['id']}) as a started member, but its data directory {data_dir} is "
+                f"empty: take it out of etcd (etcdctl member remove {listed['id']}), then run highstate again"
+            ),
+        )
+        return ret
+    if running and not listed:
+        if __opts__.get("test"):
+            ret.update(result=None, changes={"member": "would be added to the running etcd cluster"})
+            return ret
+        members = __salt__["pgcluster.etcd_member_add"](name, mine, endpoints=others, tls=tls)
+        ret["changes"]["member"] = f"added to the running etcd cluster ({len(members)} members)"
+    by_url = {url: host for host, url in peers.items()}
+    if running:
+        initial = {m["name"] or by_url.get(m["peer_urls"][0], m["id"]): m["peer_urls"][0] for m in members}
+    else:
+        initial = dict(peers)
+    text = ("# Managed by Salt (pgcluster formula): read by etcd on its first start only.\n"
+            f'ETCD_INITIAL_CLUSTER="{",".join(f"{h}={u}" for h, u in initial.items())}"\n'
+            f'ETCD_INITIAL_CLUSTER_STATE="{"existing" if running else "new"}"\n'
+            f'ETCD_INITIAL_CLUSTER_TOKEN="{token}"\n')  # fmt: skip
+    try:
+        with salt.utils.files.fopen(env_file) as f:
+            current = f.read()
+    except OSError:
+        current = None
+    if current != text:
+        if __opts__.get("test"):
+            ret.update(result=None, changes={**ret["changes"], "env_file": f"{env_file} would be written"})
+            return ret
+        with salt.utils.files.fopen(env_file, "w") as f:
+            f.write(text)
+        os.chmod(env_file, 0o644)
+        ret["changes"]["env_file"] = f"{'existing' if running else 'new'} cluster: {', '.join(initial)}"
+    ret["comment"] = f"etcd member {name} starts into the {'running' if running else 'new'} cluster"
+    return ret
 
 
 def https_ready(name: str, ca_file: str, timeout: float = 120) -> dict:

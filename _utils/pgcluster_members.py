@@ -60,26 +60,85 @@ def refusal(c: dict, member: str, state: dict[str, dict], leader: str | None) ->
 
 
 def remove(master: Any, c: dict, member: str, timeout: float = 120) -> dict:
-    """Take MEMBER out of cluster C (from the model, defaults filled in, MEMBER no longer in its
-    members): refused with nothing done when it cannot be; then Patroni stopped and disabled on
-    it, its member key expired, the remaining members healthy (each wait up to TIMEOUT seconds).
-    Returns the steps with their timings; raises MembersError."""
+    """Take MEMBER out of cluster C (from the model, defaults filled in): out of Patroni's cluster
+    when the model's members no longer name it, out of etcd when the model's etcd hosts no longer
+    do. Refused with nothing done when it cannot be. Returns the steps with their timings; raises
+    MembersError."""
     t0 = time.monotonic()
     name = c["name"]
-    if member in c["members"]:
+    in_members, in_etcd = member in c["members"], member in c["etcd"]
+    if in_members and in_etcd:
         raise MembersError(f"{member} is still in clusters:{name}:members in pillar: take it out there (and refresh "
                            "the pillar) first, then run this again: nothing done")  # fmt: skip
+    etcd = [] if in_etcd else [m for m in master.etcd_members(c) if member in (m["name"], m["host"])]
+    if in_members and not etcd:
+        raise MembersError(f"{member} is still in clusters:{name}:members in pillar: take it out there (and refresh "
+                           "the pillar) first, then run this again: nothing done")  # fmt: skip
+    if etcd:
+        etcd_refusal(master, c, member)
+    steps: dict[str, Any] = {"member": member}
+    if not in_members:
+        steps.update(_leave_patroni(master, c, member, timeout, t0))
+    if steps.get("patroni") == "not a member" and not etcd:
+        why = f"{member} is neither in Patroni's cluster {name} nor in its etcd: nothing to do"
+        return {"result": True, "member": member, "comment": why}
+    if etcd:
+        steps["etcd"] = _leave_etcd(master, c, member, etcd[0])
+    steps.update(result=True, seconds=round(time.monotonic() - t0, 3))
+    if not in_members and steps.get("patroni") != "not a member":
+        steps["data_directory"] = f"kept on {member}: delete it by hand when it is no longer wanted"
+    steps["next"] = f"highstate the hosts of cluster {name}: their firewalls (and pg_hba) still admit {member}"
+    return steps
+
+
+def etcd_refusal(master: Any, c: dict, member: str) -> None:
+    """Raise when MEMBER cannot leave cluster C's etcd now: every host the model names as etcd
+    host must be a started member first (the replacement joins before the old one leaves: the
+    cluster never runs on fewer hosts than the model asks for)."""
+    started = {m["name"] for m in master.etcd_members(c) if m["started"]}
+    missing = [h for h in c["etcd"] if h not in started]
+    if missing:
+        raise MembersError(f"{', '.join(missing)} of clusters:{c['name']}:etcd {'is' if len(missing) == 1 else 'are'} "
+                           f"not a started etcd member yet: run highstate on {'it' if len(missing) == 1 else 'them'} "
+                           f"first, then take {member} out of etcd: nothing done")  # fmt: skip
+
+
+def _leave_etcd(master: Any, c: dict, member: str, entry: dict) -> str:
+    """MEMBER's etcd stopped (so that it does not start again as a removed member), its
+    membership removed, its data directory moved aside."""
+    try:
+        retired = master.etcd_retire(member, c["name"])
+    except CommandExecutionError as exc:
+        retired = None
+        why = str(exc)
+    try:
+        master.etcd_remove(c, entry["id"])
+    except CommandExecutionError as exc:
+        raise MembersError(f"{member}: its etcd is {'stopped' if retired else 'not stopped'}, but its removal from "
+                           f"etcd failed ({exc}): run this again") from None  # fmt: skip
+    if retired is None:
+        return (f"removed from etcd (id {entry['id']}); its etcd was not stopped ({why}): stop and disable it there, "
+                "and move its data directory aside, before the host comes back")  # fmt: skip
+    return f"removed from etcd (id {entry['id']}); etcd {retired['etcd']} on {member}" + (
+        f", its data directory {retired['data_directory']}" if "data_directory" in retired else ""
+    )
+
+
+def _leave_patroni(master: Any, c: dict, member: str, timeout: float, t0: float) -> dict:
+    """MEMBER out of Patroni's cluster: refused with nothing done when it cannot be; then Patroni
+    stopped and disabled on it, its member key expired, the remaining members healthy (each wait
+    up to TIMEOUT seconds)."""
+    name = c["name"]
     state = master.members_state(c)
     if not state:
         raise MembersError(f"no member of cluster {name} answers: nothing done")
     if member not in state:
-        return {"result": True, "member": member,
-                "comment": f"{member} is not in Patroni's cluster {name}: nothing to do"}  # fmt: skip
+        return {"patroni": "not a member"}
     leader = master.find_leader(c)
     why = refusal(c, member, state, leader)
     if why:
         raise MembersError(f"{why}: nothing done")
-    steps: dict[str, Any] = {"member": member, "leader": leader, "was": state[member].get("state")}
+    steps: dict[str, Any] = {"leader": leader, "was": state[member].get("state")}
     try:
         master.stop_patroni(member)
         steps["patroni"] = "stopped and disabled"
@@ -99,10 +158,4 @@ def remove(master: Any, c: dict, member: str, timeout: float = 120) -> dict:
         master.wait_healthy(c, current, None, timeout)
     except CommandExecutionError as exc:
         raise MembersError(f"{member} left cluster {name}, but the remaining members are not healthy: {exc}") from None
-    steps.update(
-        result=True,
-        seconds=round(time.monotonic() - t0, 3),
-        data_directory=f"kept on {member}: delete it by hand when it is no longer wanted",
-        next=f"highstate the hosts of cluster {name}: their firewalls and pg_hba still admit {member}",
-    )
     return steps

@@ -122,8 +122,10 @@ def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> No
     if isinstance(c.get("members"), list) and len(members) < 2:
         problems.append(f"{key}:members: a cluster needs at least 2 database servers, got {len(members)}")
     etcd = _hostlist(c.get("etcd"), f"{key}:etcd", hosts, problems)
-    if isinstance(c.get("etcd"), list) and (len(etcd) < 3 or len(etcd) % 2 == 0):
-        problems.append(f"{key}:etcd: {len(etcd)} members; etcd needs an odd number, at least 3")
+    # An even count tolerates no more failures than the odd count below it: it is the step
+    # between two odd ones while a member is replaced (one etcd membership change at a time).
+    if isinstance(c.get("etcd"), list) and len(etcd) < 3:
+        problems.append(f"{key}:etcd: {len(etcd)} members; etcd needs at least 3")
     if "pgbouncer" in c:
         _hostlist(c.get("pgbouncer"), f"{key}:pgbouncer", hosts, problems)
     profile = c.get("profile")
@@ -643,6 +645,12 @@ def etcd_endpoints(model: dict, name: str) -> list[str]:
     return [f"{model['hosts'][m]}:{port}" for m in model["clusters"][name]["etcd"]]
 
 
+def etcd_peers(model: dict, name: str) -> dict[str, str]:
+    """{host: peer URL} of every etcd member of cluster NAME."""
+    port = model["etcd"]["peer_port"]
+    return {m: f"https://{model['hosts'][m]}:{port}" for m in model["clusters"][name]["etcd"]}
+
+
 def firewall(model: dict, minion_id: str) -> list[dict]:
     """Ports of MINION_ID that only some hosts may reach: [{'name', 'ports', 'sources'}].
 
@@ -1061,6 +1069,7 @@ def derive(model: dict, minion_id: str) -> dict:
         node["dynamic_config"] = dynamic_config(model, node["member"])
     if node["etcd"]:
         node["etcd_endpoints"] = etcd_endpoints(model, node["etcd"])
+        node["etcd_peers"] = etcd_peers(model, node["etcd"])
     node["pki"] = {
         "ca": minion_id == model["pki"]["ca_minion"],
         "host": _has_role(model, minion_id),

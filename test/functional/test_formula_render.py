@@ -134,7 +134,7 @@ def test_secret_file_is_0600_and_not_diffed(confdir):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number, at least 3"),
+        ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs at least 3"),
         ({"members": ["pg1", "pg2", "db7"]}, "pgcluster:clusters:main:members[2]: 'db7' has no address"),
         ({"passwords": {"superuser": "short"}}, "pgcluster:clusters:main:passwords:superuser: shorter than 12"),
         ({"port": "fivefourthreetwo"}, "pgcluster:clusters:main:port: 'fivefourthreetwo' is not a port number"),

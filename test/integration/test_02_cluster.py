@@ -255,7 +255,7 @@ def test_bad_pillar_stops_highstate_before_any_change(deployed):
     ret = highstate(f"pillar={pillar}")
     for host in MEMBERS:
         assert isinstance(ret[host], list), ret[host]
-        assert any("pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number" in e for e in ret[host])
+        assert any("pgcluster:clusters:main:etcd: 2 members; etcd needs at least 3" in e for e in ret[host])
     assert sh("pg1", "stat -c %Y /etc/patroni/config.yml /etc/default/etcd").stdout == before
 
 

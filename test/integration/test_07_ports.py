@@ -187,9 +187,12 @@ def test_status_says_when_writes_are_blocked_for_lack_of_a_standby(ported):
     assert status()["writes"] == f"{lead} accepts writes"
 
 
-def _members(members: tuple[str, ...]) -> None:
-    """The override's members of main set to MEMBERS, every minion's pillar refreshed."""
+def _members(members: tuple[str, ...], etcd: tuple[str, ...] | None = None) -> None:
+    """The override's members of main set to MEMBERS (and its etcd hosts to ETCD), every minion's
+    pillar refreshed."""
     override = OVERRIDE.replace(f"members: [{', '.join(PAIR)}]", f"members: [{', '.join(members)}]")
+    if etcd:
+        override += f"      etcd: [{', '.join(etcd)}]\n"
     sh("salt", "cat > /srv/lab-pillar/pgcluster/local.sls", stdin=override)
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=quiet")
 
@@ -200,10 +203,17 @@ def _no_failed_state() -> None:
     assert failed == {m: [] for m in ret}, failed
 
 
+def _etcd_members() -> dict[str, bool]:
+    """{name or id: started} of etcd's members as pg1 sees them."""
+    return {m["name"] or m["id"]: m["started"] for m in salt_json("pg1", "pgcluster.etcd_members")}
+
+
 def test_a_third_server_joins_and_leaves_under_load_with_no_failed_transaction(ported):
     """Adding a member is a pillar edit and a highstate: pg3 (until now only the etcd witness)
     gets its replica from the pgBackRest repository and streams. Taking it out is a pillar edit,
-    ``pgcluster.remove_member`` and a highstate. pgbench (in 10 s runs) and the ack writer go
+    ``pgcluster.remove_member`` and a highstate. The etcd witness moves from pg3 to app1 in the
+    same steps: app1 joins the running etcd in the first highstate (etcd then has four members),
+    the runner takes pg3 out of etcd as well. pgbench (in 10 s runs) and the ack writer go
     through app1's PgBouncer the whole time: no failed transaction, nothing acknowledged lost."""
     lead = leader()
     psql(lead, "CREATE TABLE grow_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON grow_acks TO app")
@@ -211,8 +221,9 @@ def test_a_third_server_joins_and_leaves_under_load_with_no_failed_transaction(p
     bench = PgbenchLoop()
     writer = AckWriter("app1", dsn, "grow_acks", password=APP_PASSWORD)
     try:
-        _members((*PAIR, "pg3"))
+        _members((*PAIR, "pg3"), etcd=("pg1", "pg2", "pg3", "app1"))
         _no_failed_state()
+        assert _etcd_members() == {"pg1": True, "pg2": True, "pg3": True, "app1": True}
         wait_healthy(2, timeout=180)
         joined = {m["name"]: m for m in cluster()["members"]}
         assert joined["pg3"]["state"] == "streaming", joined
@@ -223,13 +234,19 @@ def test_a_third_server_joins_and_leaves_under_load_with_no_failed_transaction(p
         assert "restore command end: completed successfully" in restored, restored
         refused = lab("run", "pgcluster.remove_member", "main", "pg3", check=False)
         assert refused.returncode != 0 and "still in clusters:main:members" in refused.stdout, refused.stdout
-        _members(PAIR)
+        _members(PAIR, etcd=("pg1", "pg2", "app1"))
         res = lab("run", "pgcluster.remove_member", "main", "pg3", "--out=json", check=False)
         removed = json.loads(res.stdout)
         assert res.returncode == 0 and removed["patroni"] == "stopped and disabled", res.stdout
+        assert removed["etcd"].startswith("removed from etcd"), removed
         assert sorted(m["name"] for m in cluster()["members"]) == sorted(PAIR)
+        assert _etcd_members() == {"pg1": True, "pg2": True, "app1": True}
         _no_failed_state()
-        assert sh("pg3", "systemctl is-enabled patroni", check=False).stdout.strip() == "disabled"
+        for service in ("patroni", "etcd"):
+            assert sh("pg3", f"systemctl is-enabled {service}", check=False).stdout.strip() == "disabled", service
+        assert sh("pg3", "systemctl is-active etcd", check=False).stdout.strip() != "active"
+        moved = sh("pg3", "test ! -e /var/lib/etcd/main && ls -d /var/lib/etcd/main.removed-*", check=False)
+        assert moved.returncode == 0, "pg3's etcd data directory was not moved aside"
         after = status()
         assert after["not_in_model"] == [] and after["writes"].endswith("accepts writes"), after
     finally:

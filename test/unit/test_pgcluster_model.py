@@ -71,8 +71,8 @@ def test_monitoring_needs_a_host_and_sane_settings():
     "change, message",
     [
         ({"members": ["pg1", "pg2", "pg9"]}, "main:members[2]: 'pg9' has no address in pgcluster:hosts"),
-        ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs an odd number, at least 3"),
-        ({"etcd": ["pg1"]}, "pgcluster:clusters:main:etcd: 1 members; etcd needs an odd number, at least 3"),
+        ({"etcd": ["pg1", "pg2"]}, "pgcluster:clusters:main:etcd: 2 members; etcd needs at least 3"),
+        ({"etcd": ["pg1"]}, "pgcluster:clusters:main:etcd: 1 members; etcd needs at least 3"),
         ({"members": ["pg1"]}, "pgcluster:clusters:main:members: a cluster needs at least 2 database servers, got 1"),
         ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo' (known: durable, fast, pair)"),
         ({"port": "5432x"}, "pgcluster:clusters:main:port: '5432x' is not a port number (1-65535)"),

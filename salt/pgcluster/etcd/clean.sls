@@ -15,7 +15,10 @@ etcd-clean-packages-removed:
 
 etcd-clean-config-absent:
   file.absent:
-    - name: /etc/default/etcd
+    - names:
+      - /etc/default/etcd
+      - {{ e.initial_env_file }}
+      - /etc/systemd/system/{{ e.service }}.service.d/pgcluster.conf
     - require:
       - pkg: etcd-clean-packages-removed
 {%- if pgcluster.clean.data %}

@@ -38,3 +38,40 @@ etcd-environment-configured:
     - mode: '0644'
     - require:
       - pkg: etcd-packages-installed
+
+{#- The first start's ETCD_INITIAL_* come from a file of their own, read by the service through
+    a drop-in: changing the cluster's etcd hosts must not restart every running member at once. #}
+etcd-initial-environment-read-by-service:
+  file.managed:
+    - name: /etc/systemd/system/{{ pgcluster.etcd.service }}.service.d/pgcluster.conf
+    - makedirs: True
+    - contents: |
+        # Managed by Salt (pgcluster formula).
+        [Service]
+        EnvironmentFile=-{{ pgcluster.etcd.initial_env_file }}
+    - user: root
+    - group: root
+    - mode: '0644'
+
+{#- systemd reads the drop-in only after a reload: before, etcd would start without the initial
+    cluster (and found a cluster of its own). #}
+etcd-initial-environment-loaded:
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: etcd-initial-environment-read-by-service
+
+{#- A host with no etcd data yet: added to the running cluster (etcdctl member add) or, when
+    there is none yet, one of the new cluster's founders. A member with its data: nothing. #}
+etcd-member-joined:
+  pgcluster.etcd_joined:
+    - name: {{ grains.id }}
+    - peers: {{ pgcluster.node.etcd_peers | json }}
+    - endpoints: {{ pgcluster.node.etcd_endpoints | json }}
+    - token: pgcluster-{{ cluster }}
+    - data_dir: {{ pgcluster.etcd.data_root }}/{{ cluster }}
+    - env_file: {{ pgcluster.etcd.initial_env_file }}
+    - tls: {{ pgcluster.node.pki.files | json }}
+    - require:
+      - file: etcd-data-dir-present
+      - sls: {{ tplroot }}.pki

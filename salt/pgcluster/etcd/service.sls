@@ -8,8 +8,12 @@ etcd-service-running:
   service.running:
     - name: {{ pgcluster.etcd.service }}
     - enable: True
+    - require:
+      - module: etcd-initial-environment-loaded
     - watch:
       - file: etcd-environment-configured
+      - file: etcd-initial-environment-read-by-service
+      - pgcluster: etcd-member-joined
       - file: etcd-data-dir-present
       - group: etcd-reads-the-host-key
       - sls: {{ tplroot }}.pki
