@@ -188,9 +188,11 @@ def _etcdctl(args: list[str], endpoints: list[str] | None, tls: dict | None, tim
 
 
 def _member(m: dict) -> dict:
-    # A member added but never started has no name yet (and no client URLs).
+    # A member publishes its client URLs when it starts (a raft write: a quorum was behind it).
+    # Never started: no client URLs, and no name either when it was added (a founder of a new
+    # cluster has its name from the initial cluster).
     return {"id": format(int(m["ID"]), "x"), "name": m.get("name", ""), "peer_urls": m.get("peerURLs", []),
-            "started": bool(m.get("name"))}  # fmt: skip
+            "started": bool(m.get("clientURLs"))}  # fmt: skip
 
 
 def etcd_members(endpoints: list[str] | None = None, tls: dict | None = None) -> list[dict]:

@@ -286,7 +286,8 @@ def reconcile() -> dict:
 def status(cluster: str) -> dict:
     """The one screen an operator opens first about CLUSTER: its members as Patroni sees them
     (role, state, timeline, lag; and those Patroni still runs that the pillar no longer names),
-    the leader, where each PgBouncer routes (and which do not route to the leader), and from
+    the leader, etcd's members (and those the pillar no longer names, or names but etcd does not
+    have started), where each PgBouncer routes (and which do not route to the leader), and from
     Prometheus (the monitoring component) the alerts firing, the age of the last backup of each
     type, each database's size and its growth over the last day.
 
@@ -309,11 +310,27 @@ def status(cluster: str) -> dict:
         # Taken out of pillar but still running Patroni: salt-run pgcluster.remove_member stops it.
         "not_in_model": sorted(m["name"] for m in members if m["name"] not in c["members"]),
         "writes": _commits(model, c, leader["name"] if leader else None),
+        "etcd": _etcd(model, c),
         "pgbouncer": {h: (r or {}).get("ret") for h, r in ret.items()},
         "misrouted": sorted(
             h for h, r in ret.items() if isinstance(r.get("ret"), dict) and set(r["ret"].values()) != {address}
         ),
         "watch": _watch(model, c),
+    }
+
+
+def _etcd(model: dict, c: dict) -> dict:
+    """etcd's members by host (started or only added); those pillar no longer names (salt-run
+    pgcluster.remove_member takes them out) and those it names that are no started member."""
+    try:
+        found = _Master(model).etcd_members(c)
+    except CommandExecutionError as exc:
+        return {"error": str(exc)}
+    started = {m["host"] or m["name"] or m["id"]: m["started"] for m in found}
+    return {
+        "members": started,
+        "not_in_model": sorted(h for h in started if h not in c["etcd"]),
+        "not_started": sorted(h for h in c["etcd"] if not started.get(h)),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import ssl
 import time
@@ -40,11 +41,7 @@ def etcd_healthy(name: str, endpoints: list[str], tls: dict | None = None, timeo
     if __opts__.get("test"):
         ret["comment"] = "health is checked on a real run only"
         return ret
-    scheme = "https" if tls else "http"
-    cmd = ["etcdctl", "--endpoints", ",".join(f"{scheme}://{e}" for e in endpoints), "--dial-timeout=2s",
-           "--command-timeout=3s", "endpoint", "health", "-w", "json"]  # fmt: skip
-    if tls:
-        cmd += [f"--cacert={tls['ca']}", f"--cert={tls['cert']}", f"--key={tls['key']}"]
+    cmd = [*_etcdctl_cmd(endpoints, tls), "endpoint", "health", "-w", "json"]
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -88,7 +85,7 @@ def _etcd_running(name: str, others: list[str], tls: dict, timeout: float) -> tu
             members = __salt__["pgcluster.etcd_members"](endpoints=others, tls=tls) if others else []
         except CommandExecutionError:
             members = []
-        if any(m["started"] for m in members):  # a name is published only with a quorum behind it
+        if any(m["started"] for m in members):  # published only with a quorum behind it
             return True, members
         silent = [e for e in others if not _answers(e)]
         if not silent:
@@ -116,7 +113,8 @@ def etcd_joined(
     on its first start only). Otherwise, when the other hosts of ENDPOINTS (host:port) run the
     cluster, NAME is added to it (``member add``, unless listed already) and starts with
     ``existing`` and the cluster's actual members; when none does, the cluster is new and starts
-    from PEERS ({host: peer URL}, the model's etcd hosts) and TOKEN. A host that etcd lists as a
+    from PEERS ({host: peer URL}, the model's etcd hosts) and TOKEN, as does a founder of a new
+    cluster that the others started without (named, never started). A host that etcd lists as a
     started member but whose data directory is empty is refused (its identity is lost: take it out
     of etcd first). TLS: the ``ca``, ``cert`` and ``key`` files."""
     ret = _ret(name)
@@ -141,6 +139,10 @@ def etcd_joined(
             ),
         )
         return ret
+    if listed and listed["name"] == name:
+        # A founder, named by the new cluster's initial cluster and not started yet: it starts as
+        # the other founders did, however far they got.
+        running = False
     if running and not listed:
         if __opts__.get("test"):
             ret.update(result=None, changes={"member": "would be added to the running etcd cluster"})
@@ -170,6 +172,76 @@ def etcd_joined(
         os.chmod(env_file, 0o644)
         ret["changes"]["env_file"] = f"{'existing' if running else 'new'} cluster: {', '.join(initial)}"
     ret["comment"] = f"etcd member {name} starts into the {'running' if running else 'new'} cluster"
+    return ret
+
+
+def _started_at(service: str) -> float | None:
+    """When SERVICE's main process started (epoch seconds; None when it does not run)."""
+    out = __salt__["cmd.run"](["systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "-p", "MainPID",
+                               service], python_shell=False)  # fmt: skip
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    if props.get("MainPID", "0") == "0":
+        return None
+    # systemd's monotonic clock is CLOCK_MONOTONIC, as Python's: no wall-clock rounding.
+    return time.time() - (time.monotonic() - int(props["ExecMainStartTimestampMonotonic"]) / 1e6)
+
+
+def _etcdctl_cmd(endpoints: list[str], tls: dict | None) -> list[str]:
+    """etcdctl's command line to ENDPOINTS (host:port): https with TLS's ca, cert and key files."""
+    scheme = "https" if tls else "http"
+    cmd = ["etcdctl", "--endpoints", ",".join(f"{scheme}://{e}" for e in endpoints), "--dial-timeout=2s",
+           "--command-timeout=3s"]  # fmt: skip
+    return cmd + ([f"--cacert={tls['ca']}", f"--cert={tls['cert']}", f"--key={tls['key']}"] if tls else [])
+
+
+def etcd_restarted(name: str, service: str, endpoints: list[str], local: str, tls: dict, files: list[str],
+                   timeout: float = 180) -> dict:  # fmt: skip
+    """etcd on this host (NAME) running with its configuration: restarted when one of FILES (its
+    environment, drop-ins, certificate and key) is newer than its process, one etcd host of the
+    cluster at a time. The restart runs under an etcd lock taken through the other hosts of
+    ENDPOINTS (host:port; LOCAL is this host's), only while every one of them is healthy (a
+    restart then never costs the quorum), and holds the lock until this etcd is healthy again.
+    When none of the others is healthy there is no quorum to keep: restarted directly. TLS: the
+    ``ca``, ``cert`` and ``key`` files. Waits up to TIMEOUT seconds for the lock."""
+    ret = _ret(name)
+    started = _started_at(service)
+    newest = max((os.stat(f).st_mtime for f in files if os.path.exists(f)), default=0.0)
+    if started is None or started >= newest:
+        ret["comment"] = f"{service} runs with its current configuration" if started else f"{service} does not run"
+        return ret
+    if __opts__.get("test"):
+        ret.update(result=None, changes={"restarted": "would be restarted, one etcd host at a time"})
+        return ret
+    others = [e for e in endpoints if e != local]
+    health = " ".join(shlex.quote(a) for a in _etcdctl_cmd(others, tls)) + " endpoint health"
+    mine = " ".join(shlex.quote(a) for a in _etcdctl_cmd([local], tls)) + " endpoint health"
+    script = (f"echo pgcluster-locked; {health} >/dev/null 2>&1 || {{ echo pgcluster-others-unhealthy; exit 3; }}; "
+              f"date +%s.%N; systemctl restart {shlex.quote(service)} || exit 4; i=0; "
+              f"until {mine} >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 120 ] && exit 5; sleep 0.5; done; "
+              "date +%s.%N; echo pgcluster-restarted")  # fmt: skip
+    t0 = time.time()
+    cmd = [*_etcdctl_cmd(others, tls), "lock", "pgcluster-etcd-restart", "/bin/sh", "-c", script]
+    res = __salt__["cmd.run_all"](cmd, env={"ETCDCTL_API": "3"}, python_shell=False, ignore_retcode=True,
+                                  timeout=timeout, output_loglevel="quiet")  # fmt: skip
+    out = res["stdout"].splitlines()
+    if "pgcluster-restarted" in out:
+        began, ended = (float(x) for x in out if x.replace(".", "", 1).isdigit())
+        ret["changes"]["restarted"] = {"lock_wait_seconds": round(began - t0, 3), "from": began, "to": ended}
+        ret["comment"] = f"{service} restarted under the cluster's restart lock, down {ended - began:.1f} s"
+        return ret
+    if "pgcluster-others-unhealthy" in out:
+        why = "another etcd host is not healthy (a restart now could cost the quorum)"
+        ret.update(result=False, comment=f"{service} not restarted: {why}: run highstate again once every one is")
+        return ret
+    if "pgcluster-locked" not in out:
+        probe = __salt__["cmd.run_all"]([*_etcdctl_cmd(others, tls), "endpoint", "health"], env={"ETCDCTL_API": "3"},
+                                        python_shell=False, ignore_retcode=True)  # fmt: skip
+        if "is healthy" not in probe["stdout"] + probe["stderr"]:
+            __salt__["service.restart"](service)
+            ret["changes"]["restarted"] = "directly: no other etcd host is healthy (no quorum to keep)"
+            return ret
+    why = (res["stderr"] or res["stdout"]).strip().splitlines()
+    ret.update(result=False, comment=f"{service} not restarted: {why[-1] if why else 'the restart lock failed'}")
     return ret
 
 

@@ -230,6 +230,12 @@ def problems(model: dict) -> list[str]:
     _port(model["patroni"].get("restapi_port"), "pgcluster:patroni:restapi_port", found)
     _port(model["etcd"].get("client_port"), "pgcluster:etcd:client_port", found)
     _port(model["etcd"].get("peer_port"), "pgcluster:etcd:peer_port", found)
+    beat, election = model["etcd"].get("heartbeat_interval"), model["etcd"].get("election_timeout")
+    for key, value in (("heartbeat_interval", beat), ("election_timeout", election)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            found.append(f"pgcluster:etcd:{key}: {value!r} is not a number of milliseconds")
+    if isinstance(beat, int) and isinstance(election, int) and beat > 0 and election < 5 * beat:
+        found.append(f"pgcluster:etcd:election_timeout: {election} ms; etcd wants at least 5 heartbeats ({5 * beat})")
     pki = model["pki"]
     ca = pki.get("ca_minion")
     if pki.get("mode") not in ("salt", "pillar"):

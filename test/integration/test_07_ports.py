@@ -3,14 +3,16 @@
 and pg2; pg3 only the third etcd member, a witness, and a PgBouncer host) with the ``pair``
 profile. PgBouncer follows the leader on a switchover by hand and after a crash, the runner's
 zero-error switchover works, and each server crashed in turn leaves the other taking writes with
-no acknowledged write lost; pg3 joins as a third member and leaves again under load. Every port
-comes from the one model.
+no acknowledged write lost; pg3 joins as a third member and leaves again under load while the
+etcd witness moves from pg3 to app1; a changed etcd setting restarts etcd one host at a time.
+Every port comes from the one model.
 
 This module takes the shared lab down and deploys its own (last in the suite)."""
 
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import labtools
 import pytest
@@ -187,12 +189,16 @@ def test_status_says_when_writes_are_blocked_for_lack_of_a_standby(ported):
     assert status()["writes"] == f"{lead} accepts writes"
 
 
-def _members(members: tuple[str, ...], etcd: tuple[str, ...] | None = None) -> None:
-    """The override's members of main set to MEMBERS (and its etcd hosts to ETCD), every minion's
-    pillar refreshed."""
+def _members(members: tuple[str, ...], etcd: tuple[str, ...] | None = None, election_timeout: int = 0) -> None:
+    """The override's members of main set to MEMBERS (and its etcd hosts to ETCD, etcd's
+    election timeout to ELECTION_TIMEOUT ms), every minion's pillar refreshed."""
     override = OVERRIDE.replace(f"members: [{', '.join(PAIR)}]", f"members: [{', '.join(members)}]")
     if etcd:
         override += f"      etcd: [{', '.join(etcd)}]\n"
+    if election_timeout:
+        override = override.replace(
+            "pgcluster:\n", f"pgcluster:\n  etcd:\n    election_timeout: {election_timeout}\n", 1
+        )
     sh("salt", "cat > /srv/lab-pillar/pgcluster/local.sls", stdin=override)
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=quiet")
 
@@ -205,7 +211,7 @@ def _no_failed_state() -> None:
 
 def _etcd_members() -> dict[str, bool]:
     """{name or id: started} of etcd's members as pg1 sees them."""
-    return {m["name"] or m["id"]: m["started"] for m in salt_json("pg1", "pgcluster.etcd_members")}
+    return {m["name"] or m["id"]: m["started"] for m in salt_json("pg1", "pgcluster.etcd_members")["pg1"]}
 
 
 def test_a_third_server_joins_and_leaves_under_load_with_no_failed_transaction(ported):
@@ -235,6 +241,7 @@ def test_a_third_server_joins_and_leaves_under_load_with_no_failed_transaction(p
         refused = lab("run", "pgcluster.remove_member", "main", "pg3", check=False)
         assert refused.returncode != 0 and "still in clusters:main:members" in refused.stdout, refused.stdout
         _members(PAIR, etcd=("pg1", "pg2", "app1"))
+        assert status()["etcd"]["not_in_model"] == ["pg3"]
         res = lab("run", "pgcluster.remove_member", "main", "pg3", "--out=json", check=False)
         removed = json.loads(res.stdout)
         assert res.returncode == 0 and removed["patroni"] == "stopped and disabled", res.stdout
@@ -249,10 +256,45 @@ def test_a_third_server_joins_and_leaves_under_load_with_no_failed_transaction(p
         assert moved.returncode == 0, "pg3's etcd data directory was not moved aside"
         after = status()
         assert after["not_in_model"] == [] and after["writes"].endswith("accepts writes"), after
+        etcd = {"members": {"pg1": True, "pg2": True, "app1": True}, "not_in_model": [], "not_started": []}
+        assert after["etcd"] == etcd, after["etcd"]
     finally:
         bench.stop()
         report = writer.stop()
-        _members(PAIR)
+        _members(PAIR, etcd=tuple(h for h, started in _etcd_members().items() if started))
     assert bench.failed() is None, bench.failed()
     assert report["failed"] == [] and len(report["acked"]) > 50 and not report["stuck"], report
     assert writer.missing_on(leader(), "app") == []
+
+
+def test_a_changed_etcd_setting_restarts_one_etcd_host_at_a_time_with_no_failed_write(ported):
+    """A changed etcd setting (the election timeout) is read on restart: highstate restarts etcd on
+    every etcd host, one at a time under the cluster's restart lock (the windows from stop to
+    healthy never overlap: the quorum holds), while the ack writer goes through app1's PgBouncer:
+    no failed insert, the leader stays."""
+    etcd = tuple(h for h, started in _etcd_members().items() if started)
+    lead = leader()
+    psql(lead, "CREATE TABLE etcd_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON etcd_acks TO app")
+    dsn = f"host=127.0.0.1 port={PORTS['pgbouncer']} dbname=app user=app"
+    writer = AckWriter("app1", dsn, "etcd_acks", password=APP_PASSWORD)
+    try:
+        _members(PAIR, etcd=etcd, election_timeout=1200)
+        ret = highstate()
+    finally:
+        report = writer.stop()
+        _members(PAIR, etcd=etcd)
+    assert failed_states(ret) == {m: [] for m in ret}, failed_states(ret)
+    windows = sorted(
+        (s["changes"]["restarted"]["from"], s["changes"]["restarted"]["to"], m)
+        for m, states in ret.items()
+        for s in states.values()
+        if s["__id__"] == "etcd-restarted-one-host-at-a-time" and s.get("changes")
+    )
+    assert sorted(w[2] for w in windows) == sorted(etcd), windows
+    for (_, ended, one), (began, _, other) in pairwise(windows):
+        assert ended <= began, f"etcd on {one} and {other} were down at the same time: {windows}"
+    for host in etcd:
+        assert "election = 1200ms" in sh(host, "journalctl -u etcd --no-pager | tail -400").stdout, host
+    assert leader() == lead
+    assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report
+    assert writer.missing_on(lead, "app") == []

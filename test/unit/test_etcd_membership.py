@@ -1,6 +1,7 @@
 """etcd membership on a host: the ``pgcluster.etcd_joined`` state (new cluster, join of the running
 one, a host whose identity is lost, a host that cannot tell yet) against a fake etcd, and the
-execution module's reading of etcdctl's member list (recorded from the lab's etcd 3.4)."""
+execution module's reading of etcdctl's member list (recorded from the lab's etcd 3.4), and the
+restart of a running etcd one host at a time (``pgcluster.etcd_restarted``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ TLS = {"ca": "/ca.crt", "cert": "/host.crt", "key": "/host.key"}
 
 
 def member(name, url, started=True, mid="1"):
-    return {"id": mid, "name": name if started else "", "peer_urls": [url], "started": started}
+    return {"id": mid, "name": name, "peer_urls": [url], "started": started}
 
 
 class FakeEtcd:
@@ -95,6 +96,19 @@ def test_a_started_member_that_lost_its_data_is_refused(joined):
     assert ret["result"] is False and "etcdctl member remove 8e9e" in ret["comment"] and env is None
 
 
+def test_the_founders_of_a_new_cluster_are_named_before_they_start(joined):
+    """A cluster being founded lists every founder by name (from the initial cluster) before any
+    started: this host is one of them, not a lost member."""
+    founders = [member(h, u, started=False, mid=h) for h, u in PEERS.items()]
+    ret, env = joined(FakeEtcd(members=founders))
+    assert ret["result"] is True and 'ETCD_INITIAL_CLUSTER_STATE="new"' in env
+    # The other two started meanwhile (a quorum): this one still starts as a founder.
+    founders[0]["started"] = founders[1]["started"] = True
+    etcd = FakeEtcd(members=founders)
+    ret, env = joined(etcd)
+    assert 'ETCD_INITIAL_CLUSTER_STATE="new"' in env and not [c for c in etcd.calls if c[0] == "add"]
+
+
 def test_a_silent_host_is_not_taken_for_a_missing_cluster(joined):
     """A firewall that does not admit the host yet drops its packets: it must not found a cluster
     of its own."""
@@ -116,7 +130,83 @@ def test_the_module_reads_etcdctl_member_list():
     raw = json.loads(recorded)["members"]
     assert [m["name"] for m in found] == [m.get("name", "") for m in raw]
     assert all(m["id"] == format(r["ID"], "x") for m, r in zip(found, raw, strict=True))
-    assert [m["started"] for m in found] == [bool(r.get("name")) for r in raw]
+    assert [m["started"] for m in found] == [bool(r.get("clientURLs")) for r in raw]
     # recorded right after a member add of app1: the new member has no name yet
     assert [(m["name"], m["started"]) for m in found][0] == ("", False)
     assert found[0]["peer_urls"] == ["https://198.18.0.30:2380"] and found[0]["id"] == "f24862f866e28d1"
+
+
+class FakeHost:
+    """systemd and etcdctl on a host whose etcd started AGE seconds ago; the lock's script answers
+    LOCK (its output lines), the others' health answers HEALTHY."""
+
+    def __init__(self, age, lock=("pgcluster-locked", "100.5", "101.75", "pgcluster-restarted"), healthy=True):
+        self.age, self.lock, self.healthy, self.calls = age, lock, healthy, []
+
+    def show(self, cmd, **kw):
+        started = (etcd_state.time.monotonic() - self.age) * 1e6
+        return f"MainPID=308\nExecMainStartTimestampMonotonic={int(started)}\n"
+
+    def run_all(self, cmd, **kw):
+        self.calls.append(cmd[cmd.index("--endpoints") + 1 :])
+        if "lock" in cmd:
+            return {"retcode": 0, "stdout": "\n".join(self.lock), "stderr": ""}
+        return {"retcode": 0, "stdout": "is healthy" if self.healthy else "", "stderr": ""}
+
+    def restart(self, service):
+        self.calls.append(["service.restart", service])
+        return True
+
+
+@pytest.fixture
+def restarted(tmp_path):
+    def run(host, test=False, file_age=10.0):
+        conf = tmp_path / "etcd"
+        conf.write_text("ETCD_ELECTION_TIMEOUT=1200\n")
+        when = etcd_state.time.time() - file_age
+        etcd_state.os.utime(conf, (when, when))
+        salt = {"cmd.run": host.show, "cmd.run_all": host.run_all, "service.restart": host.restart}
+        mod = load_module("states", "pgcluster", opts={"test": test}, salt=salt)
+        return mod.etcd_restarted("pg1", "etcd", ENDPOINTS, "198.18.0.11:2379", TLS, [str(conf)], timeout=5)
+
+    return run
+
+
+def test_an_etcd_started_after_its_configuration_is_not_restarted(restarted):
+    host = FakeHost(age=5)
+    ret = restarted(host, file_age=10)
+    assert ret["result"] is True and ret["changes"] == {} and host.calls == []
+
+
+def test_a_changed_configuration_restarts_under_the_lock_through_the_other_hosts(restarted):
+    host = FakeHost(age=60)
+    ret = restarted(host)
+    assert ret["result"] is True and ret["changes"]["restarted"]["from"] == 100.5
+    assert "down 1.2 s" in ret["comment"]
+    lock = host.calls[0]
+    assert lock[0] == "https://198.18.0.12:2379,https://198.18.0.30:2379"  # never through itself
+    assert lock[lock.index("lock") + 1] == "pgcluster-etcd-restart" and "systemctl restart etcd" in lock[-1]
+
+
+def test_no_restart_while_another_etcd_host_is_unhealthy(restarted):
+    ret = restarted(FakeHost(age=60, lock=("pgcluster-locked", "pgcluster-others-unhealthy")))
+    assert ret["result"] is False and "could cost the quorum" in ret["comment"] and ret["changes"] == {}
+
+
+def test_with_no_healthy_other_host_there_is_no_quorum_to_keep(restarted):
+    host = FakeHost(age=60, lock=(), healthy=False)
+    ret = restarted(host)
+    assert ret["result"] is True and ["service.restart", "etcd"] in host.calls
+    assert ret["changes"]["restarted"].startswith("directly")
+
+
+def test_a_lock_that_cannot_be_had_with_healthy_others_is_an_error(restarted):
+    host = FakeHost(age=60, lock=(), healthy=True)
+    ret = restarted(host)
+    assert ret["result"] is False and ["service.restart", "etcd"] not in host.calls
+
+
+def test_test_mode_restarts_nothing(restarted):
+    host = FakeHost(age=60)
+    ret = restarted(host, test=True)
+    assert ret["result"] is None and host.calls == []

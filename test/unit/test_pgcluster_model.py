@@ -120,6 +120,19 @@ def test_bad_address_and_global_port():
     assert "pgcluster:patroni:restapi_port: 'http' is not a port number (1-65535)" in found
 
 
+def test_etcd_timing_is_milliseconds_with_room_for_five_heartbeats():
+    p = copy.deepcopy(LAB)
+    p["etcd"] = {"heartbeat_interval": "fast", "election_timeout": 1000}
+    assert "pgcluster:etcd:heartbeat_interval: 'fast' is not a number of milliseconds" in pgc.problems(model(p))
+    p["etcd"] = {"heartbeat_interval": 300, "election_timeout": 1000}
+    found = pgc.problems(model(p))
+    assert found == ["pgcluster:etcd:election_timeout: 1000 ms; etcd wants at least 5 heartbeats (1500)"]
+
+
+def test_an_even_etcd_count_is_the_step_of_a_replacement():
+    assert pgc.problems(model(lab_with(etcd=["pg1", "pg2", "pg3", "app1"]))) == []
+
+
 def two_clusters(**other) -> dict:
     """The lab pillar with a second cluster 'other' on hosts of its own (pg4-pg6, backup2, app2)."""
     p = copy.deepcopy(LAB)

@@ -1,22 +1,42 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import pgcluster with context %}
+{%- set e = pgcluster.etcd %}
+{%- set f = pgcluster.node.pki.files %}
 
 include:
   - {{ tplroot }}.etcd.config
 
+{#- Started with its configuration; a running etcd is not restarted here (all etcd hosts of a
+    highstate would restart at once and the cluster lose its quorum for a moment). #}
 etcd-service-running:
   service.running:
-    - name: {{ pgcluster.etcd.service }}
+    - name: {{ e.service }}
     - enable: True
     - require:
       - module: etcd-initial-environment-loaded
-    - watch:
-      - file: etcd-environment-configured
-      - file: etcd-initial-environment-read-by-service
       - pgcluster: etcd-member-joined
+      - file: etcd-environment-configured
       - file: etcd-data-dir-present
       - group: etcd-reads-the-host-key
       - sls: {{ tplroot }}.pki
+
+{#- A changed environment or a renewed certificate is read on restart: one etcd host of the
+    cluster at a time, under an etcd lock, only while the others are healthy. #}
+etcd-restarted-one-host-at-a-time:
+  pgcluster.etcd_restarted:
+    - name: {{ grains.id }}
+    - service: {{ e.service }}
+    - endpoints: {{ pgcluster.node.etcd_endpoints | json }}
+    - local: {{ pgcluster.node.address }}:{{ e.client_port }}
+    - tls: {{ f | json }}
+    - files:
+      - /etc/default/etcd
+      - /etc/systemd/system/{{ e.service }}.service.d/pgcluster.conf
+      - {{ f.ca }}
+      - {{ f.cert }}
+      - {{ f.key }}
+    - require:
+      - service: etcd-service-running
 
 etcd-cluster-healthy:
   pgcluster.etcd_healthy:
@@ -24,4 +44,4 @@ etcd-cluster-healthy:
     - tls: {{ pgcluster.node.pki.files | json }}
     - timeout: 180
     - require:
-      - service: etcd-service-running
+      - pgcluster: etcd-restarted-one-host-at-a-time
