@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "pgcluster"
+UNIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.-]*$")
 # The formula's folder in the file roots (its map.jinja passes defaults.yaml itself).
 FORMULA = "pgcluster"
 
@@ -240,10 +242,10 @@ def etcd_member_remove(member_id: str, endpoints: list[str] | None = None, tls: 
     return etcd_members(endpoints, tls)
 
 
-def etcd_retire(data_dir: str) -> dict:
-    """After this host was removed from its cluster's etcd: stop and disable etcd, and move its
-    data directory DATA_DIR aside (a removed member must never start on it again; a host that
-    joins later starts from an empty one). Returns what was done.
+def etcd_retire(data_dir: str, service: str = "etcd") -> dict:
+    """After this host was removed from its cluster's etcd: stop and disable SERVICE (etcd), and
+    move its data directory DATA_DIR aside (a removed member must never start on it again; a host
+    that joins later starts from an empty one). Returns what was done.
 
     CLI Example:
 
@@ -253,7 +255,9 @@ def etcd_retire(data_dir: str) -> dict:
     """
     if not os.path.isabs(data_dir) or os.path.normpath(data_dir).count("/") < 2:
         raise CommandExecutionError(f"data_dir={data_dir!r}: not an etcd data directory (absolute, below a folder)")
-    service = __salt__["pillar.get"]("pgcluster:etcd:service", "etcd")
+    # One unit by its plain name: systemctl takes a glob (a masked value, '**********', stops all).
+    if not isinstance(service, str) or not UNIT.match(service):
+        raise CommandExecutionError(f"service={service!r}: not a systemd unit name")
     for fun in ("service.stop", "service.disable"):
         if __salt__[fun](service) is not True:
             raise CommandExecutionError(f"{fun} {service} failed")

@@ -551,7 +551,8 @@ class _Master:
 
     def etcd_retire(self, host: str, cluster: str) -> dict:
         """Stop and disable etcd on HOST, its data directory for CLUSTER moved aside."""
-        return _call(host, "pgcluster.etcd_retire", f"{self.model['etcd']['data_root']}/{cluster}", wait=120)
+        e = self.model["etcd"]
+        return _call(host, "pgcluster.etcd_retire", f"{e['data_root']}/{cluster}", e["service"], wait=120)
 
     def switchover(self, c: dict, candidate: str | None, timeout: float) -> dict:
         return switchover.__wrapped__(c["name"], candidate=candidate, timeout=timeout)

@@ -210,3 +210,14 @@ def test_test_mode_restarts_nothing(restarted):
     host = FakeHost(age=60)
     ret = restarted(host, test=True)
     assert ret["result"] is None and host.calls == []
+
+
+@pytest.mark.parametrize("service", ["**********", "etcd *", ""])
+def test_retiring_etcd_stops_one_unit_by_its_plain_name(service):
+    """A glob (Salt 3008 masks pillar values read through pillar.get as '**********') would stop
+    every unit of the host: refused before anything is stopped."""
+    stopped = []
+    mod = load_module("modules", "pgcluster", salt={"service.stop": stopped.append, "service.disable": stopped.append})
+    with pytest.raises(mod.CommandExecutionError, match="not a systemd unit name"):
+        mod.etcd_retire("/var/lib/etcd/main", service)
+    assert stopped == []

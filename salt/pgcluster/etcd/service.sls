@@ -1,10 +1,26 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import pgcluster with context %}
 {%- set e = pgcluster.etcd %}
+{%- set cluster = pgcluster.node.etcd %}
 {%- set f = pgcluster.node.pki.files %}
 
 include:
   - {{ tplroot }}.etcd.config
+
+{#- A host with no etcd data yet: added to the running cluster (etcdctl member add) or, when
+    there is none yet, one of the new cluster's founders. A member with its data: nothing. #}
+etcd-member-joined:
+  pgcluster.etcd_joined:
+    - name: {{ grains.id }}
+    - peers: {{ pgcluster.node.etcd_peers | json }}
+    - endpoints: {{ pgcluster.node.etcd_endpoints | json }}
+    - token: pgcluster-{{ cluster }}
+    - data_dir: {{ e.data_root }}/{{ cluster }}
+    - env_file: {{ e.initial_env_file }}
+    - tls: {{ pgcluster.node.pki.files | json }}
+    - require:
+      - file: etcd-data-dir-present
+      - sls: {{ tplroot }}.pki
 
 {#- Started with its configuration; a running etcd is not restarted here (all etcd hosts of a
     highstate would restart at once and the cluster lose its quorum for a moment). #}
