@@ -220,7 +220,7 @@ def etcd_restarted(name: str, service: str, endpoints: list[str], local: str, tl
               f"until {mine} >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 120 ] && exit 5; sleep 0.5; done; "
               "date +%s.%N; echo pgcluster-restarted")  # fmt: skip
     t0 = time.time()
-    cmd = [*_etcdctl_cmd(others, tls), "lock", "pgcluster-etcd-restart", "/bin/sh", "-c", script]
+    cmd = [*_etcdctl_cmd(others, tls), "lock", "pgcluster-etcd-restart", "--", "/bin/sh", "-c", script]
     res = __salt__["cmd.run_all"](cmd, env={"ETCDCTL_API": "3"}, python_shell=False, ignore_retcode=True,
                                   timeout=timeout, output_loglevel="quiet")  # fmt: skip
     out = res["stdout"].splitlines()
