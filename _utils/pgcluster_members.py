@@ -15,6 +15,11 @@ until its member key has expired from the DCS (Patroni keeps a stopped member's 
 ttl runs out) and until the remaining members are healthy, and leaves its data directory in
 place. A highstate of the cluster's hosts then closes the firewalls and pg_hba to it.
 
+The same runner takes a host out of the cluster's etcd once the model's ``etcd`` no longer names
+it (adding one is again highstate: the ``pgcluster.etcd_joined`` state). Refused until every
+host ``etcd`` names is a started member (a replacement joins first); then etcd is stopped and
+disabled on the host, removed from the membership, and its data directory moved aside.
+
 Everything it does to the cluster goes through ``master``, the runner's plumbing (Salt jobs on
 minions, Patroni's REST API), so that the order of the steps can be read here and tested without
 Salt. Standard library only.
@@ -70,12 +75,13 @@ def remove(master: Any, c: dict, member: str, timeout: float = 120) -> dict:
     if in_members and in_etcd:
         raise MembersError(f"{member} is still in clusters:{name}:members in pillar: take it out there (and refresh "
                            "the pillar) first, then run this again: nothing done")  # fmt: skip
-    etcd = [] if in_etcd else [m for m in master.etcd_members(c) if member in (m["name"], m["host"])]
+    found = [] if in_etcd else master.etcd_members(c)
+    etcd = [m for m in found if member in (m["name"], m["host"])]
     if in_members and not etcd:
         raise MembersError(f"{member} is still in clusters:{name}:members in pillar: take it out there (and refresh "
                            "the pillar) first, then run this again: nothing done")  # fmt: skip
     if etcd:
-        etcd_refusal(master, c, member)
+        etcd_refusal(c, member, found)
     steps: dict[str, Any] = {"member": member}
     if not in_members:
         steps.update(_leave_patroni(master, c, member, timeout, t0))
@@ -91,11 +97,11 @@ def remove(master: Any, c: dict, member: str, timeout: float = 120) -> dict:
     return steps
 
 
-def etcd_refusal(master: Any, c: dict, member: str) -> None:
-    """Raise when MEMBER cannot leave cluster C's etcd now: every host the model names as etcd
-    host must be a started member first (the replacement joins before the old one leaves: the
-    cluster never runs on fewer hosts than the model asks for)."""
-    started = {m["name"] for m in master.etcd_members(c) if m["started"]}
+def etcd_refusal(c: dict, member: str, found: list[dict]) -> None:
+    """Raise when MEMBER cannot leave cluster C's etcd now (FOUND: etcd's members): every host the
+    model names as etcd host must be a started member first (the replacement joins before the old
+    one leaves: the cluster never runs on fewer hosts than the model asks for)."""
+    started = {m["name"] for m in found if m["started"]}
     missing = [h for h in c["etcd"] if h not in started]
     if missing:
         raise MembersError(f"{', '.join(missing)} of clusters:{c['name']}:etcd {'is' if len(missing) == 1 else 'are'} "
