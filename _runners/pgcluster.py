@@ -108,8 +108,11 @@ def _get(model: dict, member: str, path: str) -> Any:
 
 
 # ---- Salt jobs ----------------------------------------------------------------------------------
-def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None) -> dict:
-    return __utils__["pgcluster_master.on_pgbouncers"](__opts__, c, fun, args, timeout=timeout, kwarg=kwarg)
+def _on_pgbouncers(
+    c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None, verifies: bool = False
+) -> dict:
+    return __utils__["pgcluster_master.on_pgbouncers"](__opts__, c, fun, args, timeout=timeout, kwarg=kwarg,
+                                                       verifies=verifies)  # fmt: skip
 
 
 def _failures(ret: dict, hosts: list[str]) -> dict[str, str]:
@@ -120,13 +123,42 @@ def _spec(model: dict, c: dict) -> dict:
     return __utils__["pgcluster_model.routing"](model, c["name"])
 
 
-def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> dict:
-    t = time.monotonic()
+def _route(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> tuple[list, dict]:
+    """The arguments of the ``pgbouncer.repoint`` that routes C to LEADER."""
     spec = _spec(model, c)
     replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
     kwarg = __utils__["pgcluster_master.repoint_kwarg"](spec, leader, replicas, resume_paused)
-    ret = _on_pgbouncers(c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]], kwarg=kwarg)
+    return [c["name"], model["hosts"][leader["name"]]], kwarg
+
+
+def _repoint(model: dict, c: dict, leader: dict) -> dict:
+    t = time.monotonic()
+    args, kwarg = _route(model, c, leader)
+    ret = _on_pgbouncers(c, "pgbouncer.repoint", args, kwarg=kwarg)
     return __utils__["pgcluster_master.repointed"](c, ret, t, leader["name"])
+
+
+def _verify_routes(model: dict, c: dict, leader: dict, full_every: float) -> dict:
+    """The safety net's repoint: only the PgBouncer hosts of C whose route to LEADER it has not
+    verified (since the last change of leader, timeline, replicas or spec, or the last routing
+    job anyone sent them), or not for FULL_EVERY seconds, get a ``pgbouncer.repoint`` that also
+    RESUMEs what was left paused. What each host answered is recorded as verified."""
+    t, now = time.monotonic(), time.time()
+    args, kwarg = _route(model, c, leader, resume_paused=True)
+    route = __utils__["pgcluster_master.route_digest"](args, kwarg)
+    known = __utils__["pgcluster_master.verified"](__opts__, c["name"])
+    due = [h for h in c["pgbouncer"]
+           if known.get(h, {}).get("route") != route or now - known[h].get("at", 0) >= full_every]  # fmt: skip
+    if not due:
+        return {"seconds": 0.0, "changed": [], "resumed": [], "refused": {}, "failed": {}, "checked": []}
+    part = dict(c, pgbouncer=due)
+    done = __utils__["pgcluster_master.repointed"](part, _on_pgbouncers(part, "pgbouncer.repoint", args,
+                                                                         kwarg=kwarg, verifies=True),
+                                                   t, leader["name"])  # fmt: skip
+    good = {h: {"route": route, "at": now} for h in due if h not in done["failed"] and h not in done["refused"]}
+    keep = {h: v for h, v in known.items() if h in c["pgbouncer"]}
+    __utils__["pgcluster_master.remember_verified"](__opts__, c["name"], {**keep, **good})
+    return {**done, "checked": due}
 
 
 def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:
@@ -245,16 +277,25 @@ def follow_leader(sender: Any = None, cluster: Any = None, event_tag: Any = None
     return result
 
 
-def reconcile() -> dict:
-    """Safety net (run by the master's schedule): every PgBouncer of every cluster routes to its
-    current leader. Returns {cluster: what was done}.
+def reconcile(full_every: Any = 300) -> dict:
+    """Safety net (run by the master's schedule every 10 s): every PgBouncer of every cluster
+    routes to its current leader, and none is left paused. The leader is read from Patroni each
+    round; a PgBouncer host gets a Salt job only when its route was not verified for this leader,
+    timeline and replicas, when another routing job was sent to it since (a switchover, an event,
+    a runner killed after its PAUSE), or when its last check is FULL_EVERY seconds old (0: every
+    round checks every host). Returns {cluster: what was done; ``checked``: the hosts that got a
+    job}.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run pgcluster.reconcile
+        salt-run pgcluster.reconcile full_every=0
     """
+    if isinstance(full_every, bool) or not isinstance(full_every, (int, float)) or full_every < 0:
+        __context__["retcode"] = 1
+        return {"result": False, "comment": f"full_every={full_every!r}: a number of seconds >= 0 is needed"}
     try:
         model = _model()
     except PgclusterError as exc:
@@ -273,7 +314,7 @@ def reconcile() -> dict:
                 out[name] = {"result": False, "comment": "no leader accepting writes: nothing changed"}
                 continue
             # A PgBouncer left paused (a switchover runner killed half-way: its lock is gone) is resumed.
-            done = _repoint(model, c, leader, resume_paused=True)
+            done = _verify_routes(model, c, leader, full_every)
         if done["changed"] or done["resumed"]:
             log.warning("pgcluster: reconcile repointed %s to %s on %s, resumed %s", name, leader["name"],
                         done["changed"], done["resumed"])  # fmt: skip

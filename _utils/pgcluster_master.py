@@ -8,6 +8,9 @@ The runners (``_runners/pgcluster.py``, ``_runners/pgcluster_growth.py``) call t
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -118,11 +121,21 @@ def prometheus(url: str | None, ca: str, path: str, params: dict, timeout: float
 
 
 # ---- every PgBouncer of a cluster at once -------------------------------------------------------
-def on_pgbouncers(opts: dict, c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None) -> dict:
-    """FUN on every PgBouncer host of cluster C at once: Salt's full returns by host."""
+# Jobs that may leave a PgBouncer routed or paused otherwise than the safety net last verified.
+ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.resume"})
+
+
+def on_pgbouncers(
+    opts: dict, c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None, verifies: bool = False
+) -> dict:
+    """FUN on every PgBouncer host of cluster C at once: Salt's full returns by host. A job that
+    changes routing or pauses (``ROUTE_CHANGING``) first forgets what the safety net verified of
+    C (``verified``), unless VERIFIES (the safety net's own job, which records what it verified)."""
     hosts = c["pgbouncer"]
     if not hosts:
         return {}
+    if fun in ROUTE_CHANGING and not verifies:
+        forget_verified(opts, c["name"])
     # A PgBouncer host that is down must not hold the others up: Salt's default 10 s job lookup
     # on silent minions would come on top of TIMEOUT.
     with salt.client.LocalClient(mopts=dict(opts, gather_job_timeout=2)) as local:
@@ -171,3 +184,45 @@ def repointed(c: dict, ret: dict, started: float, leader: str) -> dict:
 def locks_dir(opts: dict) -> str:
     """Where the master keeps the clusters' routing locks (``pgcluster_lock``)."""
     return os.path.join(opts["cachedir"], "pgcluster", "locks")
+
+
+# ---- what the safety net verified ---------------------------------------------------------------
+# The safety net (``pgcluster.reconcile``) records, per PgBouncer host of a cluster, the route it
+# verified there (a digest of the ``pgbouncer.repoint`` it sent) and when. While the leader,
+# timeline, replicas and routing spec give the same digest, and no other routing job was sent
+# since (``on_pgbouncers`` forgets the record first), the host needs no job: the safety net costs
+# a PgBouncer host nothing while the cluster is idle.
+def _verified_path(opts: dict, cluster: str) -> str:
+    return os.path.join(opts["cachedir"], "pgcluster", "verified", f"{cluster}.json")
+
+
+def route_digest(args: list, kwarg: dict) -> str:
+    """A digest of the route a ``pgbouncer.repoint`` with ARGS and KWARG installs (whether it
+    also resumes does not change the route)."""
+    route = {k: v for k, v in kwarg.items() if k != "resume_paused"}
+    return hashlib.sha256(json.dumps([args, route], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def verified(opts: dict, cluster: str) -> dict:
+    """{host: {'route': digest, 'at': epoch seconds}} the safety net last verified of CLUSTER."""
+    try:
+        with salt.utils.files.fopen(_verified_path(opts, cluster)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember_verified(opts: dict, cluster: str, hosts: dict) -> None:
+    """Record HOSTS ({host: {'route', 'at'}}) as what the safety net verified of CLUSTER."""
+    path = _verified_path(opts, cluster)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with salt.utils.files.fopen(f"{path}.tmp", "w") as f:
+        json.dump(hosts, f)
+    os.replace(f"{path}.tmp", path)
+
+
+def forget_verified(opts: dict, cluster: str) -> None:
+    """Forget what the safety net verified of CLUSTER: its next round checks every PgBouncer."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_verified_path(opts, cluster))

@@ -42,7 +42,7 @@ def runner(monkeypatch, pki, tmp_path):
     mod = load_module("runners", "pgcluster", opts={"cachedir": str(tmp_path)})
     mod.jobs, mod.fired = [], []
 
-    def on_pgbouncers(c, fun, args, timeout=8, kwarg=None):
+    def on_pgbouncers(c, fun, args, timeout=8, kwarg=None, verifies=False):
         mod.jobs.append((fun, args, kwarg))
         return {h: {"ret": {"changed": True, "resumed": []}, "retcode": 0} for h in c["pgbouncer"]}
 
@@ -173,3 +173,91 @@ def test_a_switchover_to_the_leader_or_a_stranger_touches_nothing(runner, monkey
         assert "pg2 already leads cluster main: nothing done" in runner.switchover("main", candidate="pg2")["error"]
         assert "unknown candidate 'pg9'" in runner.switchover("main", candidate="pg9")["error"]
     assert runner.jobs == []
+
+
+class FakeLocal:
+    """Salt's LocalClient at its edge: every PgBouncer job is recorded and answers as the real
+    ``pgbouncer.repoint`` does; hosts in DOWN do not answer."""
+
+    jobs: list = []
+    down: set = set()
+
+    def __init__(self, mopts=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def cmd(self, hosts, fun, args, tgt_type=None, timeout=None, full_return=False, kwarg=None):
+        FakeLocal.jobs.append((fun, list(hosts), kwarg))
+        return {h: {"ret": {"changed": False, "resumed": []}, "retcode": 0} for h in hosts if h not in FakeLocal.down}
+
+
+@pytest.fixture
+def net(runner, monkeypatch):
+    """The runner with its PgBouncer jobs going through the real util down to a fake LocalClient,
+    two PgBouncer hosts in cluster main; returns a function running one reconcile round."""
+    monkeypatch.undo()  # the runner fixture's _on_pgbouncers stand-in: the real one here
+    monkeypatch.setattr(runner, "_fire", lambda tag, data, prefix=None: runner.fired.append((tag, data)))
+    monkeypatch.setattr("salt.client.LocalClient", FakeLocal)
+    FakeLocal.jobs, FakeLocal.down = [], set()
+
+    tweaks: dict = {}
+
+    def round_(**kwargs):
+        FakeLocal.jobs = []
+        m = lab_model(runner.__utils__, **tweaks)
+        m["clusters"]["main"]["pgbouncer"] = ["app1", "pg1"]
+        use_model(runner, monkeypatch, m)
+        round_.cluster = m["clusters"]["main"]
+        return runner.reconcile(**kwargs)["main"]
+
+    round_.tweaks = tweaks
+    # One replay for every round: its port is in the routing spec (the start-up hook's API URLs).
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
+        yield round_
+
+
+def test_the_safety_net_sends_no_job_while_the_route_it_verified_still_holds(net):
+    first = net()
+    assert first.get("checked") == ["app1", "pg1"] and [f for f, _, _ in FakeLocal.jobs] == ["pgbouncer.repoint"]
+    assert FakeLocal.jobs[0][2]["resume_paused"] is True
+    idle = net()
+    assert idle["result"] is True and idle["checked"] == [] and FakeLocal.jobs == []
+
+
+def test_any_other_routing_job_makes_the_next_round_check_every_host_again(net, runner):
+    net()
+    c = net.cluster
+    # A switchover's PAUSE (its runner may die before its RESUME), an event's repoint, a migration's.
+    for fun in ("pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.resume"):
+        runner._on_pgbouncers(c, fun, ["main"])
+        assert net()["checked"] == ["app1", "pg1"], fun
+    runner._on_pgbouncers(c, "pgbouncer.targets", ["main"])  # reading routes changes nothing
+    assert net()["checked"] == []
+
+
+def test_a_changed_route_a_host_that_failed_or_an_old_check_gets_a_job(net):
+    net()
+    FakeLocal.down = {"pg1"}
+    net.tweaks["pgbouncer"] = {"port": 6433}  # the routing spec changed
+    assert net()["checked"] == ["app1", "pg1"]
+    FakeLocal.down = set()
+    assert net()["checked"] == ["pg1"]  # it did not answer: not verified
+    assert net()["checked"] == []
+    assert net(full_every=0)["checked"] == ["app1", "pg1"]
+
+
+@pytest.mark.parametrize("value", [-1, "often", True, None])
+def test_a_bad_full_every_is_one_message(runner, value):
+    ret = runner.reconcile(full_every=value)
+    assert ret["result"] is False and "full_every=" in ret["comment"] and runner.__context__["retcode"] == 1
+
+
+def test_the_route_digest_ignores_whether_the_job_also_resumes(runner):
+    digest = runner.__utils__["pgcluster_master.route_digest"]
+    assert digest(["main", "a"], {"timeline": 2, "resume_paused": True}) == digest(["main", "a"], {"timeline": 2})
+    assert digest(["main", "a"], {"timeline": 2}) != digest(["main", "a"], {"timeline": 3})
