@@ -28,6 +28,8 @@ CLI Example:
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import functools
 import logging
 import time
@@ -97,6 +99,29 @@ def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = 
         time.sleep(0.1)
 
 
+def _switch(model: dict, c: dict, old: str, candidate: str | None, timeout: float) -> dict:
+    """Patroni's switchover from OLD (the patroni execution module on OLD, with its own checks and
+    credentials), the new leader polled meanwhile: Patroni's API answers only at a whole second
+    after the leader changed, and the Salt job's return comes after that. Returns the new leader
+    once it accepts writes; raises PgclusterError when Patroni refuses or TIMEOUT passes."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    kwarg = {"candidate": candidate} if candidate else {}
+    # Salt's loader dunders (__opts__, __utils__) live in context variables: the thread gets ours.
+    job = pool.submit(contextvars.copy_context().run, _call, old, "patroni.switchover", wait=timeout, **kwarg)
+    pool.shutdown(wait=False)  # its return is not waited for once the new leader is found
+    deadline = time.monotonic() + timeout
+    while True:
+        leader = _leader(model, c)
+        if leader and leader["name"] != old:
+            return leader
+        if job.done() and job.exception() is not None:
+            exc = job.exception()
+            raise exc if isinstance(exc, PgclusterError) else PgclusterError(f"{type(exc).__name__}: {exc}")
+        if time.monotonic() >= deadline:
+            raise PgclusterError(f"no leader other than {old} accepting writes within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def _get(model: dict, member: str, path: str) -> Any:
     """GET PATH of MEMBER's REST API (patient); its JSON, or None when it does not answer."""
     url = __utils__["pgcluster_model.api_url"](model, member) + path
@@ -131,9 +156,9 @@ def _route(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> t
     return [c["name"], model["hosts"][leader["name"]]], kwarg
 
 
-def _repoint(model: dict, c: dict, leader: dict) -> dict:
+def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) -> dict:
     t = time.monotonic()
-    args, kwarg = _route(model, c, leader)
+    args, kwarg = _route(model, c, leader, resume_paused)
     ret = _on_pgbouncers(c, "pgbouncer.repoint", args, kwarg=kwarg)
     return __utils__["pgcluster_master.repointed"](c, ret, t, leader["name"])
 
@@ -419,10 +444,12 @@ def _watch(model: dict, c: dict) -> dict:
 
 @_clean_errors
 def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) -> dict:
-    """Planned switchover with no client error: PAUSE every PgBouncer, switch over (the patroni
-    execution module on the leader, with its own checks and credentials), wait for the new leader,
-    repoint, RESUME. On any failure every PgBouncer is RESUMEd and the error says what went wrong.
-    Returns the steps with their timings, and how long clients were paused.
+    """Planned switchover with no client error: a CHECKPOINT on the leader (so that its shutdown
+    checkpoint is short), then PAUSE every PgBouncer, switch over (the patroni execution module on
+    the leader, with its own checks and credentials) while polling for the new leader, and as
+    soon as it accepts writes repoint and RESUME every PgBouncer in one job. On any failure every
+    PgBouncer is RESUMEd and the error says what went wrong. Returns the steps with their timings
+    (from the PAUSE), and how long clients were paused.
 
     CLI Example:
 
@@ -441,30 +468,35 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) 
         raise PgclusterError(f"{candidate} already leads cluster {cluster}: nothing done")
     steps: dict[str, Any] = {"from": old["name"]}
     spec = _spec(model, c)
-    t0 = time.monotonic()
     lock = _section(cluster, f"switchover from {old['name']}")
+    t0, resumed = None, False
     try:
+        t = time.monotonic()
+        _call(old["name"], "pgsql.query", "CHECKPOINT", port=c["port"], wait=timeout)
+        steps["checkpoint_seconds"] = round(time.monotonic() - t, 3)
+        t0 = time.monotonic()
         ret = _on_pgbouncers(c, "pgbouncer.pause", [cluster], timeout=int(timeout), kwarg={"spec": spec})
         bad = _failures(ret, c["pgbouncer"])
         if bad:
             raise PgclusterError(f"PAUSE failed on {bad}")
         steps["paused_after"] = round(time.monotonic() - t0, 3)
-        _call(old["name"], "patroni.switchover", wait=timeout, **({"candidate": candidate} if candidate else {}))
-        steps["switched_after"] = round(time.monotonic() - t0, 3)
-        new = _wait_leader(model, c, timeout, not_member=old["name"])
+        new = _switch(model, c, old["name"], candidate, timeout)
         steps["to"] = new["name"]
         steps["timeline"] = new["timeline"]
         steps["leader_after"] = round(time.monotonic() - t0, 3)
-        done = _repoint(model, c, new)
+        done = _repoint(model, c, new, resume_paused=True)
         if done["failed"]:
             raise PgclusterError(f"repoint failed on {done['failed']}")
+        resumed = True
         steps["repointed_after"] = round(time.monotonic() - t0, 3)
     except PgclusterError as exc:
         steps["error"] = str(exc)
     finally:
-        ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster], kwarg={"spec": spec})
-        steps["resume_failed"] = _failures(ret, c["pgbouncer"])
-        steps["paused_seconds"] = round(time.monotonic() - t0, 3)
+        steps["resume_failed"] = {}
+        if t0 is not None and not resumed:
+            ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster], kwarg={"spec": spec})
+            steps["resume_failed"] = _failures(ret, c["pgbouncer"])
+        steps["paused_seconds"] = round(time.monotonic() - t0, 3) if t0 is not None else 0.0
         lock.release()
     steps["result"] = "error" not in steps and not steps["resume_failed"]
     _fire("switchover", steps)

@@ -9,6 +9,7 @@ way Autobase and Pigsty route clients. Measured, from the fault (t0):
 
 - promote: Patroni's own time until a new leader answers 200 on /primary (polled every 50 ms);
 - outage: the longest gap between two successful writes around the fault, per path;
+- held (switchover): how long the runner held PgBouncer's clients, PAUSE to RESUME (its own clock);
 - failed: writes that returned an error, per path;
 - routing delay: new leader accepts writes -> every PgBouncer (pg1-3, app1) routes there
   (SHOW DATABASES polled on each host every 50 ms); for HAProxy, -> its first write there.
@@ -20,6 +21,7 @@ Prints a table (median, min, max); asserts nothing. Needs the deployed lab clust
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -142,7 +144,7 @@ def one_run(fault: str) -> dict:
     if fault == "crash":
         lab("crash", old)
     else:
-        lab("run", "pgcluster.switchover", "main", timeout=120)
+        steps = json.loads(lab("run", "pgcluster.switchover", "main", "--out=json", timeout=120).stdout)
     out = {k: p.communicate(timeout=SECONDS + 60)[0] for k, p in procs.items()}
     poller.join(timeout=5)
     if fault == "crash":
@@ -150,6 +152,8 @@ def one_run(fault: str) -> dict:
     wait_healthy(2, timeout=300)
     t_promote = promoted[0] if promoted else None
     res = {"promote": t_promote - t0 if t_promote else None}
+    if fault == "switchover":  # how long the runner held clients (PAUSE -> RESUME), by its own clock
+        res["paused"] = steps["paused_seconds"]
     for path in ("pgbouncer", "haproxy"):
         gap, failed, first_new = outage(parse_writes(out[f"w:{path}"]), t0, old_addr)
         res[f"outage:{path}"], res[f"failed:{path}"] = gap, failed
@@ -206,7 +210,8 @@ def main() -> int:
                            ("outage:pgbouncer", "write outage via PgBouncer (pgcluster)"),
                            ("outage:haproxy", "write outage via HAProxy (3s/3/2)"),
                            ("routing:pgbouncer", "routing delay, every PgBouncer"),
-                           ("routing:haproxy", "routing delay, HAProxy")]:  # fmt: skip
+                           ("routing:haproxy", "routing delay, HAProxy"),
+                           ("paused", "clients held by the runner (PAUSE-RESUME)")]:  # fmt: skip
             vals = [r.get(key) for r in runs]
             print(f"{fault + ': ' + label:44} {fmt(vals)}   {p95(vals)}")
         for path in ("pgbouncer", "haproxy"):

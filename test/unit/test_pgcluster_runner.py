@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 
 import pytest
 import yaml
@@ -153,7 +154,12 @@ def test_an_event_while_another_lookup_waits_is_coalesced(runner, monkeypatch):
 def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monkeypatch):
     __context__ = runner.__context__
 
+    calls = []
+
     def call(minion, fun, *args, **kwargs):
+        calls.append((minion, fun, args))
+        if fun == "pgsql.query":
+            return []
         assert (minion, fun) == ("pg2", "patroni.switchover")  # on the leader, with its own credentials
         raise runner.PgclusterError("pg2: patroni.switchover: Patroni REST API POST ...: HTTP 412: candidate lags")
 
@@ -165,6 +171,8 @@ def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monke
     assert "switchover of main failed (every PgBouncer resumed)" in ret["error"] and "candidate lags" in ret["error"]
     assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.pause", "pgbouncer.resume"]
     assert [t for t, _ in runner.fired] == ["switchover"]
+    # A checkpoint on the leader before the PAUSE: its shutdown checkpoint is short inside it.
+    assert calls == [("pg2", "pgsql.query", ("CHECKPOINT",)), ("pg2", "patroni.switchover", ())]
 
 
 def test_a_switchover_to_the_leader_or_a_stranger_touches_nothing(runner, monkeypatch):
@@ -261,3 +269,30 @@ def test_the_route_digest_ignores_whether_the_job_also_resumes(runner):
     digest = runner.__utils__["pgcluster_master.route_digest"]
     assert digest(["main", "a"], {"timeline": 2, "resume_paused": True}) == digest(["main", "a"], {"timeline": 2})
     assert digest(["main", "a"], {"timeline": 2}) != digest(["main", "a"], {"timeline": 3})
+
+
+def test_a_switchover_routes_and_resumes_in_one_job_once_the_new_leader_takes_writes(runner, monkeypatch):
+    """The new leader is polled while Patroni's switchover job runs (its API answers a whole second
+    later): repoint and RESUME go out in one job as soon as the new leader accepts writes."""
+    lookups = []
+
+    def leader(model, c, timeout=None):  # pg2 leads, then nobody for a while, then pg3
+        lookups.append(1)
+        return {"name": "pg2", "timeline": 7, "system": "1"} if len(lookups) == 1 else (
+            None if len(lookups) < 4 else {"name": "pg3", "timeline": 8, "system": "1"})  # fmt: skip
+
+    monkeypatch.setattr(runner, "_leader", leader)
+
+    def call(minion, fun, *args, **kwargs):
+        if fun == "patroni.switchover":
+            time.sleep(1.5)  # Patroni answers at a whole second after the leader changed, then Salt returns
+        return []
+
+    monkeypatch.setattr(runner, "_call", call)
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
+        use_model(runner, monkeypatch, lab_model(runner.__utils__))
+        ret = runner.switchover("main", candidate="pg3")
+    assert ret["result"] is True and ret["to"] == "pg3" and ret["timeline"] == 8, ret
+    assert ret["leader_after"] < 1.5 and ret["paused_seconds"] < 1.5, ret
+    jobs = [(fun, kwarg.get("resume_paused")) for fun, _, kwarg in runner.jobs]
+    assert jobs == [("pgbouncer.pause", None), ("pgbouncer.repoint", True)]
