@@ -179,9 +179,7 @@ def _etcd_access(endpoints: list[str] | None, tls: dict | None) -> tuple[list[st
 def _etcdctl(args: list[str], endpoints: list[str] | None, tls: dict | None, timeout: int = 5) -> dict:
     """etcdctl ARGS (JSON output) against ENDPOINTS (host:port; default: this host's cluster's)."""
     endpoints, tls = _etcd_access(endpoints, tls)
-    cmd = ["etcdctl", "--endpoints", ",".join(f"https://{e}" for e in endpoints), "--dial-timeout=2s",
-           f"--command-timeout={timeout}s", f"--cacert={tls['ca']}", f"--cert={tls['cert']}", f"--key={tls['key']}",
-           "-w", "json", *args]  # fmt: skip
+    cmd = [*__utils__["pgcluster_etcd.etcdctl_command"](endpoints, tls, timeout), "-w", "json", *args]
     res = __salt__["cmd.run_all"](cmd, env={"ETCDCTL_API": "3"}, python_shell=False, ignore_retcode=True)
     if res["retcode"] != 0:
         why = (res["stderr"] or res["stdout"]).strip().splitlines()

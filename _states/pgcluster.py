@@ -187,11 +187,7 @@ def _started_at(service: str) -> float | None:
 
 
 def _etcdctl_cmd(endpoints: list[str], tls: dict | None) -> list[str]:
-    """etcdctl's command line to ENDPOINTS (host:port): https with TLS's ca, cert and key files."""
-    scheme = "https" if tls else "http"
-    cmd = ["etcdctl", "--endpoints", ",".join(f"{scheme}://{e}" for e in endpoints), "--dial-timeout=2s",
-           "--command-timeout=3s"]  # fmt: skip
-    return cmd + ([f"--cacert={tls['ca']}", f"--cert={tls['cert']}", f"--key={tls['key']}"] if tls else [])
+    return __utils__["pgcluster_etcd.etcdctl_command"](endpoints, tls)
 
 
 def etcd_restarted(name: str, service: str, endpoints: list[str], local: str, tls: dict, files: list[str],
