@@ -7,7 +7,8 @@ PgBouncer (127.0.0.1:6432, repointed by the reactor), one through an HAProxy on 
 (127.0.0.1:6433) that health-checks Patroni's /primary with `inter 3s fall 3 rise 2` - the
 way Autobase and Pigsty route clients. Measured, from the fault (t0):
 
-- promote: Patroni's own time until a new leader answers 200 on /primary (polled every 50 ms);
+- promote: Patroni's own time until a new leader answers /primary as primary (curl on the master's
+  host every 50 ms: the members' firewalls admit it to Patroni's API, not the lab's machine);
 - outage: the longest gap between two successful writes around the fault, per path;
 - held (switchover): how long the runner held PgBouncer's clients, PAUSE to RESUME (its own clock);
 - failed: writes that returned an error, per path;
@@ -25,11 +26,8 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-
-import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
@@ -38,9 +36,6 @@ from labtools import LAB, ensure_probe_table, lab, leader, sh, wait_healthy  # n
 ADDRESS = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
 PGBOUNCERS = ("pg1", "pg2", "pg3", "app1")
 SECONDS = 50  # each writer and poller stops by itself after this
-
-# The cluster's CA certificate, as the CA minion (the master's host) keeps it on its disk.
-LAB_CA = "/var/lib/pgcluster-lab/hosts/salt/upper/etc/pgcluster/pki/ca.crt"
 HAPROXY_CFG = """global
     maxconn 200
 defaults
@@ -82,27 +77,25 @@ while [ $SECONDS -lt $end ]; do
 done
 """
 
+# On the master's host: the members' firewalls admit it to Patroni's REST API (not the lab's
+# machine). The first time a member other than the old leader answers /primary as primary.
+PROMOTION_POLLER = """
+end=$((SECONDS + {seconds}))
+while [ $SECONDS -lt $end ]; do
+  for a in {others}; do
+    if curl -s --max-time 0.3 --cacert /etc/pgcluster/pki/ca.crt "https://$a:8008/primary" \\
+        | grep -q '"role": "primary"'; then
+      echo "$(date +%s.%N) $a"; exit 0
+    fi
+  done
+  sleep 0.05
+done
+"""
+
 
 def start(host: str, script: str) -> subprocess.Popen:
     return subprocess.Popen([str(LAB), "exec", host, "--", "bash", "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-
-
-def poll_promotion(old: str, t0_box: list, out: list) -> None:
-    """Record the first time a member other than OLD answers 200 on /primary after t0."""
-    deadline = time.time() + SECONDS
-    while time.time() < deadline:
-        for m, a in ADDRESS.items():
-            if m == old:
-                continue
-            try:
-                resp = requests.get(f"https://{a}:8008/primary", timeout=0.3, verify=LAB_CA)
-                if resp.status_code == 200 and resp.json().get("role") == "primary" and t0_box:
-                    out.append(time.time())
-                    return
-            except requests.RequestException:
-                pass
-        time.sleep(0.05)
 
 
 def parse_writes(text: str) -> list[tuple[float, bool, str]]:
@@ -134,23 +127,20 @@ def one_run(fault: str) -> dict:
         procs[f"w:{path}"] = start(
             "app1", "export PGPASSFILE=/root/.pgpass-bench;" + WRITER.format(seconds=SECONDS, port=port)
         )
-    t0_box: list = []
-    promoted: list = []
-    poller = threading.Thread(target=poll_promotion, args=(old, t0_box, promoted), daemon=True)
-    poller.start()
+    others = " ".join(a for m, a in ADDRESS.items() if m != old)
+    procs["promotion"] = start("salt", PROMOTION_POLLER.format(seconds=SECONDS, others=others))
     time.sleep(4)
     t0 = time.time()
-    t0_box.append(t0)
     if fault == "crash":
         lab("crash", old)
     else:
         steps = json.loads(lab("run", "pgcluster.switchover", "main", "--out=json", timeout=120).stdout)
     out = {k: p.communicate(timeout=SECONDS + 60)[0] for k, p in procs.items()}
-    poller.join(timeout=5)
     if fault == "crash":
         lab("boot", old)
     wait_healthy(2, timeout=300)
-    t_promote = promoted[0] if promoted else None
+    seen = out["promotion"].split()
+    t_promote = float(seen[0]) if seen else None
     res = {"promote": t_promote - t0 if t_promote else None}
     if fault == "switchover":  # how long the runner held clients (PAUSE -> RESUME), by its own clock
         res["paused"] = steps["paused_seconds"]
