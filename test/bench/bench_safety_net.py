@@ -46,22 +46,29 @@ def cpu_seconds(host: str) -> float:
     return float(sh(host, script).stdout.strip() or 0) / os.sysconf("SC_CLK_TCK")
 
 
+def jobs_run() -> int:
+    """How many jobs app1's minion has started (its log)."""
+    return int(sh("app1", "grep -c 'Executing command' /var/log/salt/minion || true").stdout.strip() or 0)
+
+
 def window(seconds: int, before: bool) -> dict[str, float]:
-    """% of a core used by each measured host over SECONDS, with the old safety net added if BEFORE."""
+    """% of a core used by each measured host over SECONDS, with the old safety net added if
+    BEFORE; and under 'jobs' the jobs app1's minion ran per minute."""
     loop = None
     if before:
         loop = subprocess.Popen([str(LAB), "exec", "salt", "--", "timeout", str(seconds + 15), "sh", "-c", BEFORE],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(5)  # its first round under way
-    start = {h: cpu_seconds(h) for h in PROCESSES}
+    start, jobs = {h: cpu_seconds(h) for h in PROCESSES}, jobs_run()
     t0 = time.monotonic()
     time.sleep(seconds)
     used = {h: cpu_seconds(h) - start[h] for h in PROCESSES}
     elapsed = time.monotonic() - t0
+    ran = jobs_run() - jobs
     if loop:
         sh("salt", "pkill -f 'sleep 1[0]; done' || true")
         loop.wait(timeout=60)
-    return {h: 100 * used[h] / elapsed for h in PROCESSES}
+    return {**{h: 100 * used[h] / elapsed for h in PROCESSES}, "jobs": 60 * ran / elapsed}
 
 
 def routed_to(address: str) -> bool:
@@ -100,7 +107,7 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=60, help="seconds per measure")
     args = ap.parse_args()
     wait_healthy(2, timeout=180)
-    got: dict[bool, dict[str, list[float]]] = {b: {h: [] for h in PROCESSES} for b in (False, True)}
+    got: dict[bool, dict[str, list[float]]] = {b: {h: [] for h in [*PROCESSES, "jobs"]} for b in (False, True)}
     for run in range(args.runs):
         for before in (False, True) if run % 2 == 0 else (True, False):
             for host, pct in window(args.window, before).items():
@@ -108,7 +115,9 @@ def main() -> int:
     print(f"\nsafety net, cluster idle: % of one core, median [min-max] over {args.runs} runs of {args.window} s")
     print(f"{'':34}{'verified (this change)':>26}{'a job every round (before)':>30}")
     for host, what in (("app1", "PgBouncer host (minion+pgbouncer)"), ("salt", "master (salt-master)")):
-        print(f"{what:34}{cell(got[False][host]):>26}{cell(got[True][host]):>30}", flush=True)
+        print(f"{what:34}{cell(got[False][host]):>26}{cell(got[True][host]):>30}")
+    jobs = got[False]["jobs"], got[True]["jobs"]
+    print(f"{'jobs app1 ran per minute':34}{cell(jobs[0], 1):>26}{cell(jobs[1], 1):>30}", flush=True)
     heal = [lost_event() for _ in range(args.runs)]
     print(f"\nlost event corrected (master down during a switchover), s after the master starts: {cell(heal, 1)}")
     return 0
