@@ -7,8 +7,9 @@ PgBouncer (127.0.0.1:6432, repointed by the reactor), one through an HAProxy on 
 (127.0.0.1:6433) that health-checks Patroni's /primary with `inter 3s fall 3 rise 2` - the
 way Autobase and Pigsty route clients. Measured, from the fault (t0):
 
-- promote: Patroni's own time until a new leader answers /primary as primary (curl on the master's
-  host every 50 ms: the members' firewalls admit it to Patroni's API, not the lab's machine);
+- promote: Patroni's own time until a new leader answers /primary as primary (polled every 50 ms
+  from the master's host over kept-alive connections: the members' firewalls admit it to
+  Patroni's API, not the lab's machine);
 - outage: the longest gap between two successful writes around the fault, per path;
 - held (switchover): how long the runner held PgBouncer's clients, PAUSE to RESUME (its own clock);
 - failed: writes that returned an error, per path;
@@ -78,18 +79,24 @@ done
 """
 
 # On the master's host: the members' firewalls admit it to Patroni's REST API (not the lab's
-# machine). The first time a member other than the old leader answers /primary as primary.
+# machine). The first time a member other than the old leader answers /primary as primary. One
+# kept-alive TLS connection per member (every host shares the machine's cores: a new handshake
+# every 50 ms would slow the master it measures).
 PROMOTION_POLLER = """
-end=$((SECONDS + {seconds}))
-while [ $SECONDS -lt $end ]; do
-  for a in {others}; do
-    if curl -s --max-time 0.3 --cacert /etc/pgcluster/pki/ca.crt "https://$a:8008/primary" \\
-        | grep -q '"role": "primary"'; then
-      echo "$(date +%s.%N) $a"; exit 0
-    fi
-  done
-  sleep 0.05
-done
+import sys, time
+import requests
+deadline = time.time() + {seconds}
+sessions = {{a: requests.Session() for a in sys.argv[1:]}}
+while time.time() < deadline:
+    for a, s in sessions.items():
+        try:
+            r = s.get(f"https://{{a}}:8008/primary", timeout=0.3, verify="/etc/pgcluster/pki/ca.crt")
+            if r.status_code == 200 and r.json().get("role") == "primary":
+                print(f"{{time.time():.6f}} {{a}}", flush=True)
+                sys.exit(0)
+        except (requests.RequestException, ValueError):
+            pass
+    time.sleep(0.05)
 """
 
 
@@ -127,8 +134,10 @@ def one_run(fault: str) -> dict:
         procs[f"w:{path}"] = start(
             "app1", "export PGPASSFILE=/root/.pgpass-bench;" + WRITER.format(seconds=SECONDS, port=port)
         )
-    others = " ".join(a for m, a in ADDRESS.items() if m != old)
-    procs["promotion"] = start("salt", PROMOTION_POLLER.format(seconds=SECONDS, others=others))
+    others = [a for m, a in ADDRESS.items() if m != old]
+    poller = ["/opt/pgcluster-lab/venv/bin/python3", "-c", PROMOTION_POLLER.format(seconds=SECONDS), *others]
+    procs["promotion"] = subprocess.Popen([str(LAB), "exec", "salt", "--", *poller], stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     time.sleep(4)
     t0 = time.time()
     if fault == "crash":
