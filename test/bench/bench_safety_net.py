@@ -31,7 +31,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
-from labtools import ADDRESS, CA, LAB, MEMBERS, PGBOUNCERS, leader, sh, wait_for, wait_healthy  # noqa: E402
+from labtools import (  # noqa: E402
+    LAB,
+    MEMBERS,
+    all_route_to_by_console,
+    leader,
+    sh,
+    switchover_by_hand,
+    wait_for,
+    wait_healthy,
+)
 
 # The processes measured on each host (a pgrep pattern; the bracket keeps pgrep's shell out).
 PROCESSES = {"app1": "salt-minio[n]|/usr/sbin/pgbounce[r]", "salt": "salt-maste[r]"}
@@ -71,27 +80,17 @@ def window(seconds: int, before: bool) -> dict[str, float]:
     return {**{h: 100 * used[h] / elapsed for h in PROCESSES}, "jobs": 60 * ran / elapsed}
 
 
-def routed_to(address: str) -> bool:
-    """Whether every PgBouncer sends app to ADDRESS, read on each host's admin console (no Salt:
-    while the master's minions reconnect, a Salt call would measure Salt)."""
-    show = ("cd / && runuser -u postgres -- psql -XAt -h /var/run/postgresql -p 6432 -d pgbouncer "
-            "-c 'SHOW DATABASES' </dev/null | awk -F'|' '$1 == \"app\" {print $2}'")  # fmt: skip
-    return all(sh(host, show, check=False).stdout.strip() == address for host in PGBOUNCERS)
-
-
 def lost_event() -> float:
     """Seconds from salt-master's start until every PgBouncer routes to the leader chosen while it was down."""
     old = leader()
     new = next(m for m in MEMBERS if m != old)
     sh("salt", "systemctl stop salt-master")
     try:
-        sh(new, f"patronictl switchover main --leader {old} --candidate {new} --force")
-        primary = f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {CA} https://{ADDRESS[new]}:8008/primary"
-        wait_for(f"{new} to lead", lambda: sh(new, primary).stdout == "200", 60)  # Patroni's API: no Salt
+        switchover_by_hand(old, new)
     finally:
         sh("salt", "systemctl start salt-master")
     start = time.monotonic()
-    wait_for("every PgBouncer routed to the new leader", lambda: routed_to(ADDRESS[new]), 90, interval=0.2)
+    wait_for("every PgBouncer routed to the new leader", lambda: all_route_to_by_console(new), 90, interval=0.2)
     took = time.monotonic() - start
     wait_healthy(2, timeout=180)
     return took

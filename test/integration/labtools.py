@@ -127,7 +127,30 @@ def ensure_probe_table() -> None:
                    "GRANT USAGE ON SEQUENCE failover_probe_id_seq TO app")  # fmt: skip
 
 
+def switchover_by_hand(old: str, new: str) -> None:
+    """``patronictl switchover`` from OLD to NEW, waited for on Patroni's API (no Salt: it works
+    while the master is down)."""
+    sh(new, f"patronictl switchover main --leader {old} --candidate {new} --force")
+    primary = f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {CA} https://{ADDRESS[new]}:8008/primary"
+    wait_for(f"{new} to lead", lambda: sh(new, primary).stdout == "200", 60)
+
+
 # ---- PgBouncer ---------------------------------------------------------------------------------
+def admin_databases(host: str) -> list[dict[str, str]]:
+    """SHOW DATABASES on HOST's PgBouncer admin console, rows by column name (no Salt job: read
+    at once, and while the master is down)."""
+    out = sh(host, "cd / && runuser -u postgres -- psql -XA -h /var/run/postgresql -p 6432 -d pgbouncer "
+                   "-c 'SHOW DATABASES' </dev/null", check=False).stdout.splitlines()  # fmt: skip
+    return [dict(zip(out[0].split("|"), line.split("|"), strict=False)) for line in out[1:] if "|" in line]
+
+
+def all_route_to_by_console(member: str) -> bool:
+    """Whether every PgBouncer sends app to MEMBER, read on each host's admin console (no Salt:
+    just after the master starts, Salt calls wait for the minions to reconnect)."""
+    return all(any(r.get("name") == "app" and r.get("host") == ADDRESS[member] for r in admin_databases(h))
+               for h in PGBOUNCERS)  # fmt: skip
+
+
 def routes() -> dict[str, str | None]:
     """{pgbouncer host: address it routes database app to} (None when it does not answer)."""
     ret = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.targets", "main", check=False)

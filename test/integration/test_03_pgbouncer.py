@@ -9,11 +9,12 @@ import time
 import pytest
 from labtools import (
     ADDRESS,
-    CA,
     LAB,
     MEMBERS,
     PGBOUNCERS,
+    admin_databases,
     all_route_to,
+    all_route_to_by_console,
     events,
     lab,
     leader,
@@ -22,6 +23,7 @@ from labtools import (
     runner_switchover_under_pgbench,
     salt_json,
     sh,
+    switchover_by_hand,
     wait_for,
     wait_healthy,
 )
@@ -116,16 +118,14 @@ def test_event_lost_while_master_is_down_is_corrected_by_the_safety_net(deployed
     new = next(m for m in MEMBERS if m != old)
     sh("salt", "systemctl stop salt-master")
     try:
-        sh(new, f"patronictl switchover main --leader {old} --candidate {new} --force")
-        primary = f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {CA} https://{ADDRESS[new]}:8008/primary"
-        wait_for(f"{new} to lead", lambda: sh(new, primary).stdout == "200", 60)
+        switchover_by_hand(old, new)
         time.sleep(3)
         stale = sh("app1", f"grep -c 'host={ADDRESS[old]}' /etc/pgbouncer/routing-main.ini", check=False).stdout
         assert stale.strip() == "1"  # nobody told app1's PgBouncer
     finally:
         sh("salt", "systemctl start salt-master")
     start = time.monotonic()
-    wait_for("the safety net to repoint every PgBouncer", lambda: all_route_to(new), 60, interval=1)
+    wait_for("the safety net to repoint every PgBouncer", lambda: all_route_to_by_console(new), 60, interval=1)
     assert time.monotonic() - start <= 30
     wait_healthy(2, timeout=120)
 
@@ -171,11 +171,8 @@ def test_crash_of_the_leader_writes_resume_and_old_leader_never_gets_writes(depl
 
 
 def app1_paused() -> bool:
-    """Whether app1's PgBouncer holds app paused (its admin console, read at once: no Salt job)."""
-    out = sh("app1", "cd / && runuser -u postgres -- psql -XA -h /var/run/postgresql -p 6432 -d pgbouncer "
-                     "-c 'SHOW DATABASES' </dev/null").stdout.splitlines()  # fmt: skip
-    rows = [dict(zip(out[0].split("|"), line.split("|"), strict=False)) for line in out[1:] if "|" in line]
-    return any(r.get("name") == "app" and r.get("paused") == "1" for r in rows)
+    """Whether app1's PgBouncer holds app paused."""
+    return any(r.get("name") == "app" and r.get("paused") == "1" for r in admin_databases("app1"))
 
 
 def reconcile_round() -> dict:
