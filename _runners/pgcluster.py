@@ -172,8 +172,9 @@ def _verify_routes(model: dict, c: dict, leader: dict, full_every: float) -> dic
     args, kwarg = _route(model, c, leader, resume_paused=True)
     route = __utils__["pgcluster_master.route_digest"](args, kwarg)
     known = __utils__["pgcluster_master.verified"](__opts__, c["name"])
+    # A check recorded in the future (the clock went back) is as good as none.
     due = [h for h in c["pgbouncer"]
-           if known.get(h, {}).get("route") != route or now - known[h].get("at", 0) >= full_every]  # fmt: skip
+           if known.get(h, {}).get("route") != route or not 0 <= now - known[h]["at"] < full_every]  # fmt: skip
     if not due:
         return {"seconds": 0.0, "changed": [], "resumed": [], "refused": {}, "failed": {}, "checked": []}
     part = dict(c, pgbouncer=due)

@@ -204,13 +204,19 @@ def route_digest(args: list, kwarg: dict) -> str:
 
 
 def verified(opts: dict, cluster: str) -> dict:
-    """{host: {'route': digest, 'at': epoch seconds}} the safety net last verified of CLUSTER."""
+    """{host: {'route': digest, 'at': epoch seconds}} the safety net last verified of CLUSTER.
+    A record it cannot read, or an entry of another shape (a damaged or hand-edited file), counts
+    as never verified: that host is checked."""
     try:
         with salt.utils.files.fopen(_verified_path(opts, cluster)) as f:
             data = json.load(f)
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {h: v for h, v in data.items()
+            if isinstance(v, dict) and isinstance(v.get("route"), str)
+            and isinstance(v.get("at"), (int, float)) and not isinstance(v.get("at"), bool)}  # fmt: skip
 
 
 def remember_verified(opts: dict, cluster: str, hosts: dict) -> None:

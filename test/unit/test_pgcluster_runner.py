@@ -5,6 +5,7 @@ host comes from the one model, non-default ports included."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import time
 
@@ -257,6 +258,25 @@ def test_a_changed_route_a_host_that_failed_or_an_old_check_gets_a_job(net):
     assert net()["checked"] == ["pg1"]  # it did not answer: not verified
     assert net()["checked"] == []
     assert net(full_every=0)["checked"] == ["app1", "pg1"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["not json", "[1, 2]", '{"app1": "x", "pg1": {"route": 1, "at": 0}}', '{"app1": {"route": "r"}}',
+     '{"app1": {"route": "ROUTE", "at": true}}', '{"app1": {"route": "ROUTE", "at": FUTURE}, "pg1": []}'],
+)  # fmt: skip
+def test_a_damaged_record_or_a_check_dated_in_the_future_means_check_again(net, runner, record):
+    """What the safety net recorded is only a saving: a file it cannot trust (or a clock that went
+    back) makes it check the hosts again, never skip them or fail."""
+    net()
+    path = f"{runner.__opts__['cachedir']}/pgcluster/verified/main.json"
+    with open(path) as f:
+        route = json.load(f)["app1"]["route"]
+    with open(path, "w") as f:
+        f.write(record.replace("ROUTE", route).replace("FUTURE", str(time.time() + 3600)))
+    ret = net()
+    assert ret["result"] is True and ret["checked"] == ["app1", "pg1"], ret
+    assert net()["checked"] == []
 
 
 @pytest.mark.parametrize("value", [-1, "often", True, None])
