@@ -74,6 +74,35 @@ def accepts_writes(status: int, body: Any) -> bool:
     return status == 200 and isinstance(body, dict) and body.get("role") in PRIMARY_ROLES
 
 
+def _named(views: list, apis: dict[str, str]) -> set[str]:
+    """The members of APIS that any of VIEWS (GET /cluster bodies) names leader."""
+    return {
+        m.get("name")
+        for view in views
+        if isinstance(view, dict)
+        for m in view.get("members") or []
+        if m.get("role") in LEADER_ROLES and m.get("name") in apis
+    }
+
+
+def _views(pool: concurrent.futures.Executor, apis: dict[str, str], timeout: float, ctx: Any) -> dict[str, Any]:
+    """{member: its GET /cluster body, None when it did not answer}, all asked at once.
+
+    Waits for every member, except that it stops as soon as more than half of the members have
+    answered and every answer so far names the same one leader (Patroni's members read the leader
+    from the DCS): a member still silent then (a crashed host answers no SYN and would cost the
+    whole TIMEOUT) could only name a leader that it alone believes in, and the majority's leader
+    still has to accept writes itself."""
+    asked = {pool.submit(get_json, f"{api}/cluster", timeout, ctx): m for m, api in apis.items()}
+    views: dict[str, Any] = {}
+    for done in concurrent.futures.as_completed(asked):
+        views[asked[done]] = done.result()[1]
+        answered = [v for v in views.values() if isinstance(v, dict)]
+        if 2 * len(answered) > len(apis) and len(_named(answered, apis)) == 1:
+            break
+    return views
+
+
 def find_leader(
     apis: dict[str, str],
     timeout: float = 2.0,
@@ -83,34 +112,33 @@ def find_leader(
 ) -> dict | None:
     """The leader among APIS ({member: REST API base URL}) that accepts writes, or None.
 
-    Every member is asked GET /cluster at once (a crashed member costs no more than TIMEOUT); each
-    member named leader is asked GET /primary; exactly one must accept writes. Returns
-    ``{"name", "api", "timeline", "system", "replicas"}`` (timeline and database system
-    identifier from the leader's own PostgreSQL; the members that may serve reads, ``readable``).
+    Every member is asked GET /cluster at once (``_views``: a crashed member costs at most
+    TIMEOUT, nothing once a majority agrees); each member named leader is asked GET /primary;
+    exactly one must accept writes. Returns ``{"name", "api", "timeline", "system", "replicas"}``
+    (timeline and database system identifier from the leader's own PostgreSQL; the members that
+    may serve reads, ``readable``).
     """
     ctx = _context(cafile, certfile, keyfile)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(apis), 1)) as pool:
-        views = list(pool.map(lambda api: get_json(f"{api}/cluster", timeout, ctx)[1], apis.values()))
-        named = {
-            m.get("name")
-            for view in views
-            if isinstance(view, dict)
-            for m in view.get("members") or []
-            if m.get("role") in LEADER_ROLES and m.get("name") in apis
-        }
-        names = sorted(named)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(len(apis), 1))
+    try:
+        views = _views(pool, apis, timeout, ctx)
+        names = sorted(_named(list(views.values()), apis))
         answers = list(pool.map(lambda n: get_json(f"{apis[n]}/primary", timeout, ctx), names))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a silent member's thread ends at its TIMEOUT
     leaders = [(n, body) for n, (status, body) in zip(names, answers, strict=True) if accepts_writes(status, body)]
     if len(leaders) != 1:
         return None
     name, body = leaders[0]
-    own = dict(zip(apis, views, strict=True)).get(name)  # the leader's own view of its replicas
+    own = views.get(name)  # the leader's own view of its replicas
     return {
         "name": name,
         "api": apis[name],
         "timeline": body.get("timeline"),
         "system": body.get("database_system_identifier"),
-        "replicas": readable(own if isinstance(own, dict) else next((v for v in views if isinstance(v, dict)), {})),
+        "replicas": readable(
+            own if isinstance(own, dict) else next((v for v in views.values() if isinstance(v, dict)), {})
+        ),
     }
 
 

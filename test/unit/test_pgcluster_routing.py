@@ -3,6 +3,7 @@ recorded from the lab's real Patroni 4.1.5, replayed by local HTTP servers."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 from pgctest import load_module, patroni_replay
@@ -42,6 +43,59 @@ def test_members_that_do_not_answer_cost_one_timeout_not_one_each():
         start = time.monotonic()
         assert routing.find_leader(apis, timeout=1) is None
         assert time.monotonic() - start < 1.5
+
+
+def test_a_crashed_member_costs_nothing_once_a_majority_names_the_leader():
+    """A crashed host accepts no connection and answers nothing: the two members that answer name
+    pg2, and pg2 accepts writes, so the lookup does not wait out the third one's timeout."""
+    with patroni_replay({"pg1": None, "pg2": LEADER, "pg3": REPLICA}) as apis:
+        silent = socket.socket()  # connects (the backlog), never answers: a hung member
+        silent.bind((patroni_replay.hosts["pg1"], patroni_replay.port))
+        silent.listen(8)
+        try:
+            start = time.monotonic()
+            found = routing.find_leader(apis, timeout=3)
+            took = time.monotonic() - start
+        finally:
+            silent.close()
+    assert found["name"] == "pg2" and found["replicas"] == ["pg1", "pg3"], found
+    assert took < 1.5, f"waited {took:.1f} s for the silent member"
+
+
+def _members(leader: str) -> dict:
+    return {"members": [{"name": m, "role": "leader" if m == leader else "replica", "state": "streaming", "lag": 0}
+                        for m in ("pg1", "pg2", "pg3")]}  # fmt: skip
+
+
+def fake_patroni(monkeypatch, views: dict, writable: set, slow: dict) -> dict:
+    """get_json answering as Patroni would: VIEWS {member: the leader its /cluster names},
+    WRITABLE the members whose /primary says primary, SLOW {member: seconds before it answers}."""
+
+    def get_json(url, timeout, context=None):
+        member, path = url.split("/", 3)[2], "/" + url.split("/", 3)[3]
+        time.sleep(slow.get(member, 0))
+        if path == "/cluster":
+            return 200, _members(views[member])
+        return (200, {"role": "primary", "timeline": 5}) if member in writable else (503, {"role": "replica"})
+
+    monkeypatch.setattr(routing, "get_json", get_json)
+    return {m: f"https://{m}" for m in ("pg1", "pg2", "pg3")}
+
+
+def test_a_slow_member_believing_it_leads_does_not_outvote_the_majority(monkeypatch):
+    apis = fake_patroni(monkeypatch, {"pg1": "pg1", "pg2": "pg2", "pg3": "pg2"}, {"pg1", "pg2"}, {"pg1": 1.0})
+    start = time.monotonic()
+    assert routing.find_leader(apis)["name"] == "pg2"
+    assert time.monotonic() - start < 0.8
+
+
+def test_views_that_disagree_wait_for_every_member_and_two_writable_leaders_give_none(monkeypatch):
+    apis = fake_patroni(monkeypatch, {"pg1": "pg2", "pg2": "pg2", "pg3": "pg3"}, {"pg2"}, {"pg1": 0.5})
+    start = time.monotonic()
+    assert routing.find_leader(apis)["name"] == "pg2"  # pg3 is named too, but is no primary
+    assert time.monotonic() - start >= 0.5
+    apis = fake_patroni(monkeypatch, {"pg1": "pg1", "pg2": "pg2", "pg3": "pg3"}, {"pg1", "pg2"}, {})
+    assert routing.find_leader(apis) is None
 
 
 def test_a_member_named_leader_by_nobody_is_not_asked():
