@@ -51,6 +51,9 @@ ROUTING_TIMEOUT = 1.0
 # A restore's lookups may wait longer on a loaded machine: a wrong "no leader" there is costly.
 PATIENT_TIMEOUT = 10.0
 RESTORE_BANK = "pgcluster/restore"
+# The safety net tries a PgBouncer host that did not answer again after this long (a host that
+# comes back routes itself at PgBouncer's start; the safety net is for a minion that was away).
+FAILED_RETRY = 30.0
 
 
 class PgclusterError(CommandExecutionError):
@@ -134,7 +137,7 @@ def _get(model: dict, member: str, path: str) -> Any:
 
 # ---- Salt jobs ----------------------------------------------------------------------------------
 def _on_pgbouncers(
-    c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None, verifies: bool = False
+    c: dict, fun: str, args: list, timeout: int = 3, kwarg: dict | None = None, verifies: bool = False
 ) -> dict:
     return __utils__["pgcluster_master.on_pgbouncers"](__opts__, c, fun, args, timeout=timeout, kwarg=kwarg,
                                                        verifies=verifies)  # fmt: skip
@@ -167,24 +170,32 @@ def _verify_routes(model: dict, c: dict, leader: dict, full_every: float) -> dic
     """The safety net's repoint: only the PgBouncer hosts of C whose route to LEADER it has not
     verified (since the last change of leader, timeline, replicas or spec, or the last routing
     job anyone sent them), or not for FULL_EVERY seconds, get a ``pgbouncer.repoint`` that also
-    RESUMEs what was left paused. What each host answered is recorded as verified."""
+    RESUMEs what was left paused. What each host answered is recorded as verified; a host that
+    did not answer is tried again after FAILED_RETRY seconds, not every round (each try holds the
+    routing lock while Salt waits for it: the events' lookups would wait behind it)."""
     t, now = time.monotonic(), time.time()
     args, kwarg = _route(model, c, leader, resume_paused=True)
     route = __utils__["pgcluster_master.route_digest"](args, kwarg)
     known = __utils__["pgcluster_master.verified"](__opts__, c["name"])
-    # A check recorded in the future (the clock went back) is as good as none.
-    due = [h for h in c["pgbouncer"]
-           if known.get(h, {}).get("route") != route or not 0 <= now - known[h]["at"] < full_every]  # fmt: skip
-    if not due:
+
+    def due(host: str) -> bool:
+        rec = known.get(host, {})
+        if "failed" in rec:  # a check recorded in the future (the clock went back) is as good as none
+            return not 0 <= now - rec["failed"] < FAILED_RETRY
+        return rec.get("route") != route or not 0 <= now - rec["at"] < full_every
+
+    hosts = [h for h in c["pgbouncer"] if due(h)]
+    if not hosts:
         return {"seconds": 0.0, "changed": [], "resumed": [], "refused": {}, "failed": {}, "checked": []}
-    part = dict(c, pgbouncer=due)
+    part = dict(c, pgbouncer=hosts)
     done = __utils__["pgcluster_master.repointed"](part, _on_pgbouncers(part, "pgbouncer.repoint", args,
                                                                          kwarg=kwarg, verifies=True),
                                                    t, leader["name"])  # fmt: skip
-    good = {h: {"route": route, "at": now} for h in due if h not in done["failed"] and h not in done["refused"]}
-    keep = {h: v for h, v in known.items() if h in c["pgbouncer"]}
-    __utils__["pgcluster_master.remember_verified"](__opts__, c["name"], {**keep, **good})
-    return {**done, "checked": due}
+    good = {h: {"route": route, "at": now} for h in hosts if h not in done["failed"] and h not in done["refused"]}
+    bad = {h: {"failed": now} for h in done["failed"]}
+    keep = {h: v for h, v in known.items() if h in c["pgbouncer"] and h not in hosts}
+    __utils__["pgcluster_master.remember_verified"](__opts__, c["name"], {**keep, **good, **bad})
+    return {**done, "checked": hosts}
 
 
 def _call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:

@@ -126,18 +126,21 @@ ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.r
 
 
 def on_pgbouncers(
-    opts: dict, c: dict, fun: str, args: list, timeout: int = 8, kwarg: dict | None = None, verifies: bool = False
+    opts: dict, c: dict, fun: str, args: list, timeout: int = 3, kwarg: dict | None = None, verifies: bool = False
 ) -> dict:
     """FUN on every PgBouncer host of cluster C at once: Salt's full returns by host. A job that
     changes routing or pauses (``ROUTE_CHANGING``) first forgets what the safety net verified of
-    C (``verified``), unless VERIFIES (the safety net's own job, which records what it verified)."""
+    C (``verified``), unless VERIFIES (the safety net's own job, which records what it verified).
+
+    The callers hold the cluster's routing lock meanwhile, so a host that is down must cost
+    little: Salt waits TIMEOUT seconds for the returns, then asks the silent hosts whether they
+    still run the job (a host that does is waited for, however long it takes) and gives each 2 s
+    to say so (Salt's default 10 s would come on top). A host that is down costs TIMEOUT + 2 s."""
     hosts = c["pgbouncer"]
     if not hosts:
         return {}
     if fun in ROUTE_CHANGING and not verifies:
         forget_verified(opts, c["name"])
-    # A PgBouncer host that is down must not hold the others up: Salt's default 10 s job lookup
-    # on silent minions would come on top of TIMEOUT.
     with salt.client.LocalClient(mopts=dict(opts, gather_job_timeout=2)) as local:
         return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg)
 
@@ -203,10 +206,15 @@ def route_digest(args: list, kwarg: dict) -> str:
     return hashlib.sha256(json.dumps([args, route], sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def verified(opts: dict, cluster: str) -> dict:
-    """{host: {'route': digest, 'at': epoch seconds}} the safety net last verified of CLUSTER.
-    A record it cannot read, or an entry of another shape (a damaged or hand-edited file), counts
-    as never verified: that host is checked."""
+    """{host: {'route': digest, 'at': epoch seconds}, or {'failed': epoch seconds} for a host that
+    did not answer} as the safety net last recorded CLUSTER's PgBouncer hosts. A record it cannot
+    read, or an entry of another shape (a damaged or hand-edited file), counts as never verified:
+    that host is checked."""
     try:
         with salt.utils.files.fopen(_verified_path(opts, cluster)) as f:
             data = json.load(f)
@@ -215,8 +223,8 @@ def verified(opts: dict, cluster: str) -> dict:
     if not isinstance(data, dict):
         return {}
     return {h: v for h, v in data.items()
-            if isinstance(v, dict) and isinstance(v.get("route"), str)
-            and isinstance(v.get("at"), (int, float)) and not isinstance(v.get("at"), bool)}  # fmt: skip
+            if isinstance(v, dict) and (isinstance(v.get("route"), str) and _seconds(v.get("at"))
+                                        or set(v) == {"failed"} and _seconds(v["failed"]))}  # fmt: skip
 
 
 def remember_verified(opts: dict, cluster: str, hosts: dict) -> None:

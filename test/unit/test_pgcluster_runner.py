@@ -249,21 +249,37 @@ def test_any_other_routing_job_makes_the_next_round_check_every_host_again(net, 
     assert net()["checked"] == []
 
 
-def test_a_changed_route_a_host_that_failed_or_an_old_check_gets_a_job(net):
+def test_a_changed_route_a_host_that_failed_or_an_old_check_gets_a_job(net, runner, monkeypatch):
     net()
     FakeLocal.down = {"pg1"}
     net.tweaks["pgbouncer"] = {"port": 6433}  # the routing spec changed
     assert net()["checked"] == ["app1", "pg1"]
     FakeLocal.down = set()
+    monkeypatch.setattr(runner, "FAILED_RETRY", 0)
     assert net()["checked"] == ["pg1"]  # it did not answer: not verified
     assert net()["checked"] == []
     assert net(full_every=0)["checked"] == ["app1", "pg1"]
 
 
+def test_a_host_that_did_not_answer_is_tried_again_after_a_while_not_every_round(net, runner, monkeypatch):
+    """Each try holds the routing lock while Salt waits for the silent host: the events' leader
+    lookups would wait behind the safety net every round while a PgBouncer host is down."""
+    net()
+    FakeLocal.down = {"pg1"}
+    assert net(full_every=0)["checked"] == ["app1", "pg1"]
+    assert net(full_every=0)["checked"] == ["app1"]  # pg1 failed a moment ago: not yet again
+    assert [hosts for _, hosts, _ in FakeLocal.jobs] == [["app1"]]
+    monkeypatch.setattr(runner, "FAILED_RETRY", 0)
+    assert net()["checked"] == ["pg1"]
+    FakeLocal.down = set()
+    assert net()["checked"] == ["pg1"] and net()["checked"] == []
+
+
 @pytest.mark.parametrize(
     "record",
     ["not json", "[1, 2]", '{"app1": "x", "pg1": {"route": 1, "at": 0}}', '{"app1": {"route": "r"}}',
-     '{"app1": {"route": "ROUTE", "at": true}}', '{"app1": {"route": "ROUTE", "at": FUTURE}, "pg1": []}'],
+     '{"app1": {"route": "ROUTE", "at": true}}', '{"app1": {"route": "ROUTE", "at": FUTURE}, "pg1": []}',
+     '{"app1": {"failed": "soon"}, "pg1": {"failed": FUTURE}}'],
 )  # fmt: skip
 def test_a_damaged_record_or_a_check_dated_in_the_future_means_check_again(net, runner, record):
     """What the safety net recorded is only a saving: a file it cannot trust (or a clock that went
