@@ -137,7 +137,7 @@ def _get(model: dict, member: str, path: str) -> Any:
 
 # ---- Salt jobs ----------------------------------------------------------------------------------
 def _on_pgbouncers(
-    c: dict, fun: str, args: list, timeout: int = 3, kwarg: dict | None = None, verifies: bool = False
+    c: dict, fun: str, args: list, timeout: int = 4, kwarg: dict | None = None, verifies: bool = False
 ) -> dict:
     return __utils__["pgcluster_master.on_pgbouncers"](__opts__, c, fun, args, timeout=timeout, kwarg=kwarg,
                                                        verifies=verifies)  # fmt: skip

@@ -126,7 +126,7 @@ ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.r
 
 
 def on_pgbouncers(
-    opts: dict, c: dict, fun: str, args: list, timeout: int = 3, kwarg: dict | None = None, verifies: bool = False
+    opts: dict, c: dict, fun: str, args: list, timeout: int = 4, kwarg: dict | None = None, verifies: bool = False
 ) -> dict:
     """FUN on every PgBouncer host of cluster C at once: Salt's full returns by host. A job that
     changes routing or pauses (``ROUTE_CHANGING``) first forgets what the safety net verified of

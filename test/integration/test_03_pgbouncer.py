@@ -226,7 +226,7 @@ def pg_pgbouncers_route_to(member: str) -> bool:
 
 def test_a_pgbouncer_host_down_costs_the_routing_path_seconds_not_every_round(deployed):
     """With app1 (a PgBouncer host) down, every routing job waits for it while holding the
-    cluster's routing lock. Such a job gives a silent host 3 + 2 s (it was 8 + 10 s), and the
+    cluster's routing lock. Such a job gives a silent host 4 + 2 s (it was 8 + 2 s), and the
     safety net leaves a host that did not answer out of its rounds for 30 s (it tried it every
     10 s round, so the lock was held most of the time and the events' lookups waited behind it):
     a leader change is still followed at once by the PgBouncers that run."""
