@@ -528,6 +528,11 @@ class _Master:
 
     call = staticmethod(_call)
 
+    @staticmethod
+    def ping(minions: list[str], wait: float = 10) -> None:
+        """test.ping on MINIONS at once; PgclusterError naming the first that does not answer."""
+        _shared("ping", __opts__, minions, wait=wait)
+
     def find_leader(self, c: dict, patience: float = 20) -> str | None:
         """The leader, looked for with patient timeouts for up to PATIENCE seconds (a loaded member
         may answer slowly; taking it for "no leader" would stop it unarchived)."""

@@ -92,7 +92,24 @@ def call(opts: dict, minion: str, fun: str, *args: Any, wait: float = 120, **kwa
             ret = local.cmd(minion, fun, list(args), timeout=int(wait), full_return=True, kwarg=kwarg or None)
     except Exception as exc:  # SaltClientError, a timeout...: one message, not a traceback
         raise PgclusterError(f"{minion}: {fun}: {type(exc).__name__}: {exc}") from None
-    r = ret.get(minion)
+    return _returned(minion, fun, ret.get(minion))
+
+
+def ping(opts: dict, minions: list[str], wait: float = 10) -> None:
+    """test.ping on MINIONS at once. Raises PgclusterError naming the first of them (in order)
+    that does not answer: a minion that got the job answers within a second, so WAIT seconds and
+    5 for Salt's job lookup are enough to call one silent (one at a time, each cost 25 s)."""
+    try:
+        with salt.client.LocalClient(mopts=dict(opts, gather_job_timeout=5)) as local:
+            ret = local.cmd(minions, "test.ping", [], tgt_type="list", timeout=int(wait), full_return=True)
+    except Exception as exc:  # SaltClientError, a timeout...: one message, not a traceback
+        raise PgclusterError(f"test.ping: {type(exc).__name__}: {exc}") from None
+    for minion in minions:
+        _returned(minion, "test.ping", ret.get(minion))
+
+
+def _returned(minion: str, fun: str, r: Any) -> Any:
+    """MINION's return of FUN from Salt's full return R, or PgclusterError saying why there is none."""
     if not isinstance(r, dict) or str(r.get("ret")).startswith("Minion did not return"):
         why = f": {r['ret']}" if isinstance(r, dict) else ""
         raise PgclusterError(f"{minion} does not answer ({fun}{why})")

@@ -63,10 +63,7 @@ def preflight(master: Any, c: dict, when: datetime.datetime | None, pending: dic
     restoring, else SOURCE, which the operator must then name: the newest WAL may live on one
     member only (not yet archived), and the others are emptied."""
     members, repo, scope = list(c["members"]), c["backup"], c["scope"]
-    for host in [repo, *members]:
-        # A minion that got the job answers within a second (or says it still runs it, then it is
-        # waited for): 10 s, with Salt's job lookup after it, is enough to call one silent.
-        master.call(host, "test.ping", wait=10)
+    master.ping([repo, *members], wait=10)
     try:
         info = master.call(repo, "pgbackrest.info", scope, wait=180)
     except CommandExecutionError as exc:

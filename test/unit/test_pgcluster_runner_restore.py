@@ -80,6 +80,10 @@ class FakeMaster:
         self.args = getattr(self, "args", []) + [(fun, args)]
         return {"pgbackrest.info": INFO, "pgbackrest.backup": {"label": "F2"}}.get(fun, True)
 
+    def ping(self, minions, wait=10):
+        for minion in minions:
+            self.call(minion, "test.ping", wait=wait)
+
     def find_leader(self, c):
         return next((m for m, s in self.members.items() if s["role"] == "leader"), None)
 
@@ -275,6 +279,32 @@ def test_minion_failures_are_one_message(monkeypatch, returned, message):
     with pytest.raises(mod.PgclusterError) as exc:
         mod._call("pg1", fun)
     assert str(exc.value) == message
+
+
+def test_ping_asks_every_host_in_one_job_and_names_the_first_silent_one(monkeypatch):
+    mod = load_module("runners", "pgcluster", opts={})
+    jobs = []
+
+    class Client:
+        def __init__(self, mopts):
+            self.mopts = mopts
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def cmd(self, tgt, fun, args, **kwargs):
+            jobs.append((tgt, fun, kwargs["tgt_type"], kwargs["timeout"], self.mopts["gather_job_timeout"]))
+            return {"backup": {"ret": True, "retcode": 0}, "pg1": {"ret": True, "retcode": 0}}
+
+    monkeypatch.setattr(mod.salt.client, "LocalClient", Client)
+    with pytest.raises(mod.PgclusterError) as exc:
+        mod._Master.ping(["backup", "pg1", "pg2", "pg3"])
+    assert str(exc.value) == "pg2 does not answer (test.ping)"
+    assert jobs == [(["backup", "pg1", "pg2", "pg3"], "test.ping", "list", 10, 5)]
+    mod._Master.ping(["backup", "pg1"])  # every host answers: no error
 
 
 def test_without_a_leader_the_member_to_restore_from_must_be_named(master):
