@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,12 +21,31 @@ def lab_up() -> Iterator[None]:
         lab("down")
 
 
+SETUPS: list[str] = []  # where each module's deployed fixture spent its time (printed at the end)
+
+
 @pytest.fixture(scope="module")
-def deployed(lab_up) -> None:
+def deployed(lab_up, request) -> None:
     """The cluster deployed by a highstate with no failed state, healthy, with the probe table
     (once per module; earlier modules may have left it so already)."""
+    start = time.monotonic()
     ret = highstate()
     failed = failed_states(ret)
     assert failed == {m: [] for m in ret}, failed
+    slowest = max(((sum(s.get("duration", 0) for s in states.values()) / 1000, m) for m, states in ret.items()),
+                  default=(0, ""))  # fmt: skip
+    applied = time.monotonic()
     wait_healthy(2, timeout=180)
+    healthy = time.monotonic()
     ensure_probe_table()
+    SETUPS.append(f"{request.module.__name__}: highstate {applied - start:.1f} s (slowest minion {slowest[1]} "
+                  f"{slowest[0]:.1f} s in states), healthy after {healthy - applied:.1f} s, probe table "
+                  f"{time.monotonic() - healthy:.1f} s")  # fmt: skip
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Where the deployed fixtures spent their time: the suite's time is watched."""
+    if SETUPS:
+        terminalreporter.section("deployed fixture: where the setup time went")
+        for line in SETUPS:
+            terminalreporter.write_line(line)
