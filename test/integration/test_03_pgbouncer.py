@@ -15,6 +15,7 @@ from labtools import (
     admin_databases,
     all_route_to,
     all_route_to_by_console,
+    cluster,
     events,
     lab,
     leader,
@@ -130,6 +131,12 @@ def test_event_lost_while_master_is_down_is_corrected_by_the_safety_net(deployed
     wait_healthy(2, timeout=120)
 
 
+def replica_streaming(member: str) -> bool:
+    """Whether MEMBER streams from the leader as a replica (Patroni's view, through a member that answers)."""
+    return any(m["name"] == member and m["role"] != "leader" and m["state"] == "streaming"
+               for m in cluster()["members"])  # fmt: skip
+
+
 def test_crash_of_the_leader_writes_resume_and_old_leader_never_gets_writes(deployed):
     old = leader()
     writer = subprocess.Popen(
@@ -152,14 +159,18 @@ def test_crash_of_the_leader_writes_resume_and_old_leader_never_gets_writes(depl
         wait_for("a new leader with every PgBouncer routed to it", new_leader_routed, 90, interval=1)
     finally:
         lab("boot", old)
-    seen_old = []
-    deadline = time.monotonic() + 40  # the old leader boots and rejoins meanwhile
-    while time.monotonic() < deadline:
+    # Watched while the old leader boots and rejoins, until it has streamed as a replica for 5 s.
+    seen_old, rejoined = [], None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and (rejoined is None or time.monotonic() - rejoined < 5):
         r = routes()
         seen_old += [h for h, a in r.items() if a == ADDRESS[old]]
+        if rejoined is None and replica_streaming(old):
+            rejoined = time.monotonic()
         time.sleep(0.5)
     sh("app1", "pkill -f failover-writer", check=False)
     written = writer.communicate(timeout=30)[0].split()
+    assert rejoined, f"{old} did not rejoin as a streaming replica within 180 s"
     assert seen_old == []
     assert ADDRESS[new] in written  # writes went on through PgBouncer, to the new leader
     after_crash = written[written.index(ADDRESS[new]) :]
