@@ -136,11 +136,11 @@ def _get(model: dict, member: str, path: str) -> Any:
 
 
 # ---- Salt jobs ----------------------------------------------------------------------------------
-def _on_pgbouncers(
-    c: dict, fun: str, args: list, timeout: int = 4, kwarg: dict | None = None, verifies: bool = False
-) -> dict:
-    return __utils__["pgcluster_master.on_pgbouncers"](__opts__, c, fun, args, timeout=timeout, kwarg=kwarg,
-                                                       verifies=verifies)  # fmt: skip
+def _on_pgbouncers(c: dict, fun: str, args: list, timeout: int | None = None, **kwargs: Any) -> dict:
+    """``pgcluster_master.on_pgbouncers`` (its own timeout unless TIMEOUT is given)."""
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    return __utils__["pgcluster_master.on_pgbouncers"](__opts__, c, fun, args, **kwargs)
 
 
 def _failures(ret: dict, hosts: list[str]) -> dict[str, str]:
@@ -177,14 +177,7 @@ def _verify_routes(model: dict, c: dict, leader: dict, full_every: float) -> dic
     args, kwarg = _route(model, c, leader, resume_paused=True)
     route = __utils__["pgcluster_master.route_digest"](args, kwarg)
     known = __utils__["pgcluster_master.verified"](__opts__, c["name"])
-
-    def due(host: str) -> bool:
-        rec = known.get(host, {})
-        if "failed" in rec:  # a check recorded in the future (the clock went back) is as good as none
-            return not 0 <= now - rec["failed"] < FAILED_RETRY
-        return rec.get("route") != route or not 0 <= now - rec["at"] < full_every
-
-    hosts = [h for h in c["pgbouncer"] if due(h)]
+    hosts = __utils__["pgcluster_master.due"](__opts__, c["name"], c["pgbouncer"], route, full_every, FAILED_RETRY)
     if not hosts:
         return {"seconds": 0.0, "changed": [], "resumed": [], "refused": {}, "failed": {}, "checked": []}
     part = dict(c, pgbouncer=hosts)

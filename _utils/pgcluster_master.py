@@ -244,6 +244,21 @@ def verified(opts: dict, cluster: str) -> dict:
                                         or set(v) == {"failed"} and _seconds(v["failed"]))}  # fmt: skip
 
 
+def due(opts: dict, cluster: str, hosts: list[str], route: str, full_every: float, retry: float) -> list[str]:
+    """The HOSTS of CLUSTER the safety net must check now: those whose recorded route (``verified``)
+    is not ROUTE or was verified FULL_EVERY seconds ago or more, and those that did not answer
+    RETRY seconds ago or more. A time in the future (the clock went back) is as good as none."""
+    known, now = verified(opts, cluster), time.time()
+
+    def is_due(host: str) -> bool:
+        rec = known.get(host, {})
+        if "failed" in rec:
+            return not 0 <= now - rec["failed"] < retry
+        return rec.get("route") != route or not 0 <= now - rec["at"] < full_every
+
+    return [h for h in hosts if is_due(h)]
+
+
 def remember_verified(opts: dict, cluster: str, hosts: dict) -> None:
     """Record HOSTS ({host: {'route', 'at'}}) as what the safety net verified of CLUSTER."""
     path = _verified_path(opts, cluster)

@@ -149,11 +149,11 @@ def admin_databases(host: str) -> list[dict[str, str]]:
     return [dict(zip(out[0].split("|"), line.split("|"), strict=False)) for line in out[1:] if "|" in line]
 
 
-def all_route_to_by_console(member: str) -> bool:
-    """Whether every PgBouncer sends app to MEMBER, read on each host's admin console (no Salt:
-    just after the master starts, Salt calls wait for the minions to reconnect)."""
+def all_route_to_by_console(member: str, hosts: tuple[str, ...] = PGBOUNCERS) -> bool:
+    """Whether the PgBouncers on HOSTS (default: every one) send app to MEMBER, read on each host's
+    admin console (no Salt: just after the master starts, Salt calls wait for the minions to reconnect)."""
     return all(any(r.get("name") == "app" and r.get("host") == ADDRESS[member] for r in admin_databases(h))
-               for h in PGBOUNCERS)  # fmt: skip
+               for h in hosts)  # fmt: skip
 
 
 def routes() -> dict[str, str | None]:

@@ -232,12 +232,6 @@ def test_a_switchover_runner_killed_after_its_pause_is_undone_by_the_safety_net(
     assert idle["result"] is True and idle["checked"] == [], idle
 
 
-def pg_pgbouncers_route_to(member: str) -> bool:
-    """Whether the PgBouncers on pg1-3 send app to MEMBER (their admin consoles)."""
-    return all(any(r.get("name") == "app" and r.get("host") == ADDRESS[member] for r in admin_databases(h))
-               for h in MEMBERS)  # fmt: skip
-
-
 def app1_failed_seconds_ago() -> float | None:
     """How long ago the safety net recorded app1 as not answering (None: not recorded)."""
     out = sh("salt", f"cat {VERIFIED} 2>/dev/null", check=False).stdout
@@ -270,7 +264,9 @@ def test_a_pgbouncer_host_down_costs_the_routing_path_seconds_not_every_round(de
         quiet = reconcile_round("full_every=0")
         assert sorted(quiet["checked"]) == sorted(MEMBERS) and quiet["failed"] == {}, quiet
         switchover_by_hand(old, new)
-        waited = wait_for(f"pg1-3's PgBouncers routing to {new}", lambda: pg_pgbouncers_route_to(new), 30, interval=0.2)
+        waited = wait_for(
+            f"pg1-3's PgBouncers routing to {new}", lambda: all_route_to_by_console(new, MEMBERS), 30, interval=0.2
+        )
         assert waited < 5, f"the PgBouncers that run followed {new} only after {waited:.1f} s"
     finally:
         lab("boot", "app1")
