@@ -1,6 +1,6 @@
 """The fault matrix (issue 15), pass/fail: each fault under an insert-only writer through app1's
 PgBouncer that logs the commits it saw acknowledged, for the durable and the fast profile; the
-table is printed at the end. Its own README command (`test/run test/faults`, about 40 minutes):
+table is printed at the end. Its own README command (`test/run test/faults`, about 35 minutes):
 inside the main suite it would push CI past its hour. The machinery is test/integration/faulttools.py,
 shared with test/bench/bench_faults.py (several runs per fault, figures only).
 
