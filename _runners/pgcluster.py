@@ -177,7 +177,7 @@ def _verify_routes(model: dict, c: dict, leader: dict, full_every: float) -> dic
     args, kwarg = _route(model, c, leader, resume_paused=True)
     route = __utils__["pgcluster_master.route_digest"](args, kwarg)
     known = __utils__["pgcluster_master.verified"](__opts__, c["name"])
-    hosts = __utils__["pgcluster_master.due"](__opts__, c["name"], c["pgbouncer"], route, full_every, FAILED_RETRY)
+    hosts = __utils__["pgcluster_master.due"](known, c["pgbouncer"], route, full_every, FAILED_RETRY)
     if not hosts:
         return {"seconds": 0.0, "changed": [], "resumed": [], "refused": {}, "failed": {}, "checked": []}
     part = dict(c, pgbouncer=hosts)

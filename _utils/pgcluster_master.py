@@ -244,11 +244,11 @@ def verified(opts: dict, cluster: str) -> dict:
                                         or set(v) == {"failed"} and _seconds(v["failed"]))}  # fmt: skip
 
 
-def due(opts: dict, cluster: str, hosts: list[str], route: str, full_every: float, retry: float) -> list[str]:
-    """The HOSTS of CLUSTER the safety net must check now: those whose recorded route (``verified``)
-    is not ROUTE or was verified FULL_EVERY seconds ago or more, and those that did not answer
-    RETRY seconds ago or more. A time in the future (the clock went back) is as good as none."""
-    known, now = verified(opts, cluster), time.time()
+def due(known: dict, hosts: list[str], route: str, full_every: float, retry: float) -> list[str]:
+    """The HOSTS the safety net must check now, by KNOWN (what ``verified`` read): those whose
+    recorded route is not ROUTE or was verified FULL_EVERY seconds ago or more, and those that did
+    not answer RETRY seconds ago or more. A time in the future (the clock went back) is as good as none."""
+    now = time.time()
 
     def is_due(host: str) -> bool:
         rec = known.get(host, {})

@@ -95,10 +95,10 @@ class LeaderPoll:
 def outage(lead: str, table: str, t0_epoch: float, stop_epoch: float) -> float:
     """The longest time without a commit of the writer's, from 5 s before the fault to its stop:
     the longest gap between its consecutive committed rows, or from its last row to the stop (the
-    row ``routed_after`` writes after the heal, id -1, is not the writer's)."""
+    row ``routed_after`` writes after the heal comes after the stop: not counted)."""
     sql = (f"SELECT greatest(coalesce(max(gap), 0), {stop_epoch} - extract(epoch FROM max(at))) FROM "
            f"(SELECT at, extract(epoch FROM at - lag(at) OVER (ORDER BY at)) gap FROM {table} "
-           f"WHERE id > 0 AND at BETWEEN to_timestamp({t0_epoch - 5}) AND to_timestamp({stop_epoch})) g")  # fmt: skip
+           f"WHERE at BETWEEN to_timestamp({t0_epoch - 5}) AND to_timestamp({stop_epoch})) g")  # fmt: skip
     return float(psql(lead, sql).stdout.strip() or 0)
 
 

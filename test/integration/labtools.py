@@ -108,6 +108,11 @@ def leader(via: str | None = None) -> str | None:
     return cluster(via)["leader"]
 
 
+def streaming_replicas(c: dict) -> list[str]:
+    """The members of C (``cluster()``) that stream from the leader as replicas."""
+    return [m["name"] for m in c["members"] if m["role"] != "leader" and m["state"] == "streaming"]
+
+
 def wait_healthy(replicas: int = 2, timeout: float = 180, via: str | None = None) -> dict:
     """Wait until the cluster has a leader and REPLICAS streaming replicas; returns the cluster."""
     found: dict = {}
@@ -118,8 +123,7 @@ def wait_healthy(replicas: int = 2, timeout: float = 180, via: str | None = None
             found = cluster(via)
         except AssertionError:
             return False
-        streaming = [m for m in found["members"] if m["role"] != "leader" and m["state"] == "streaming"]
-        return bool(found["leader"]) and len(streaming) >= replicas
+        return bool(found["leader"]) and len(streaming_replicas(found)) >= replicas
 
     wait_for(f"a leader and {replicas} streaming replicas", ok, timeout, interval=1)
     return found

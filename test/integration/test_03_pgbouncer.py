@@ -24,6 +24,7 @@ from labtools import (
     runner_switchover_under_pgbench,
     salt_json,
     sh,
+    streaming_replicas,
     switchover_by_hand,
     wait_for,
     wait_healthy,
@@ -131,12 +132,6 @@ def test_event_lost_while_master_is_down_is_corrected_by_the_safety_net(deployed
     wait_healthy(2, timeout=120)
 
 
-def replica_streaming(member: str) -> bool:
-    """Whether MEMBER streams from the leader as a replica (Patroni's view, through a member that answers)."""
-    return any(m["name"] == member and m["role"] != "leader" and m["state"] == "streaming"
-               for m in cluster()["members"])  # fmt: skip
-
-
 def test_crash_of_the_leader_writes_resume_and_old_leader_never_gets_writes(deployed):
     old = leader()
     writer = subprocess.Popen(
@@ -165,7 +160,7 @@ def test_crash_of_the_leader_writes_resume_and_old_leader_never_gets_writes(depl
     while time.monotonic() < deadline and (rejoined is None or time.monotonic() - rejoined < 5):
         r = routes()
         seen_old += [h for h, a in r.items() if a == ADDRESS[old]]
-        if rejoined is None and replica_streaming(old):
+        if rejoined is None and old in streaming_replicas(cluster()):
             rejoined = time.monotonic()
         time.sleep(0.5)
     sh("app1", "pkill -f failover-writer", check=False)
