@@ -1,29 +1,9 @@
-"""The fault matrix runs against the real lab (test/lab/lab), deployed once for the session."""
+"""The fault matrix runs against the real lab (test/lab/lab), with the integration suite's fixtures."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
-import pytest
 from faulttools import RESULTS, table
-from labtools import ensure_probe_table, failed_states, highstate, lab, wait_healthy
-
-
-@pytest.fixture(scope="session")
-def deployed() -> Iterator[None]:
-    """The lab up and the default cluster deployed by a highstate with no failed state; taken
-    down at the end (PGCLUSTER_KEEP_LAB=1 keeps it)."""
-    if os.geteuid() != 0:
-        pytest.fail("the fault matrix needs root (it runs the lab)")
-    lab("up")
-    ret = highstate()
-    assert failed_states(ret) == {m: [] for m in ret}, failed_states(ret)
-    wait_healthy(2, timeout=300)
-    ensure_probe_table()
-    yield
-    if os.environ.get("PGCLUSTER_KEEP_LAB") != "1":
-        lab("down")
+from labfixtures import deployed, lab_up  # noqa: F401 (the integration suite's fixtures, found by name)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
