@@ -602,7 +602,19 @@ class _Master:
     def patroni_installed(self, c: dict) -> dict[str, str | None]:
         """{member: the Patroni version installed in its virtualenv}."""
         venv = self.model["patroni"]["venv"]
-        return {m: (_call(m, "pip.list", "patroni", bin_env=venv, wait=60) or {}).get("patroni") for m in c["members"]}
+        found = _shared("call_each", __opts__, c["members"], "pip.list", "patroni", bin_env=venv, wait=60)
+        return {m: (v or {}).get("patroni") for m, v in found.items()}
+
+    def postgres_running(self, c: dict) -> dict[str, int | None]:
+        """{member: the server_version_num its PostgreSQL runs (GET /patroni), None when it does not answer}."""
+        return {m: (_get(self.model, m, "/patroni") or {}).get("server_version") for m in c["members"]}
+
+    def postgres_installed(self, c: dict) -> dict[str, int | None]:
+        """{member: the server_version_num of the PostgreSQL binaries installed (``postgres -V``)}."""
+        postgres = f"{self.model['postgresql']['bin_dir']}/postgres"
+        found = _shared("call_each", __opts__, c["members"], "cmd.run_stdout", [postgres, "-V"], python_shell=False,
+                        wait=30)  # fmt: skip
+        return {m: __utils__["pgcluster_rolling.version_num"](v) for m, v in found.items()}
 
     def stop_patroni(self, member: str) -> None:
         """Stop Patroni on MEMBER (its PostgreSQL stops with it) and keep it from starting at boot."""

@@ -95,17 +95,24 @@ def call(opts: dict, minion: str, fun: str, *args: Any, wait: float = 120, **kwa
     return _returned(minion, fun, ret.get(minion))
 
 
-def ping(opts: dict, minions: list[str], wait: float = 10) -> None:
-    """test.ping on MINIONS at once. Raises PgclusterError naming the first of them (in order)
-    that does not answer: a minion that got the job answers within a second, so WAIT seconds and
-    5 for Salt's job lookup are enough to call one silent (one at a time, each cost 25 s)."""
+def call_each(opts: dict, minions: list[str], fun: str, *args: Any, wait: float = 10, **kwarg: Any) -> dict:
+    """FUN on MINIONS at once, in one job: {minion: its return}. Raises PgclusterError naming the
+    first of them (in order) that does not answer or fails: a minion that got the job answers
+    within WAIT seconds, and 5 s for Salt's job lookup are enough to call one silent (one at a
+    time, each cost 25 s)."""
     try:
         with salt.client.LocalClient(mopts=dict(opts, gather_job_timeout=5)) as local:
-            ret = local.cmd(minions, "test.ping", [], tgt_type="list", timeout=int(wait), full_return=True)
+            ret = local.cmd(minions, fun, list(args), tgt_type="list", timeout=int(wait), full_return=True,
+                            kwarg=kwarg or None)  # fmt: skip
     except Exception as exc:  # SaltClientError, a timeout...: one message, not a traceback
-        raise PgclusterError(f"test.ping: {type(exc).__name__}: {exc}") from None
-    for minion in minions:
-        _returned(minion, "test.ping", ret.get(minion))
+        raise PgclusterError(f"{fun}: {type(exc).__name__}: {exc}") from None
+    return {minion: _returned(minion, fun, ret.get(minion)) for minion in minions}
+
+
+def ping(opts: dict, minions: list[str], wait: float = 10) -> None:
+    """test.ping on MINIONS at once (``call_each``). Raises PgclusterError naming the first of
+    them that does not answer."""
+    call_each(opts, minions, "test.ping", wait=wait)
 
 
 def _returned(minion: str, fun: str, r: Any) -> Any:

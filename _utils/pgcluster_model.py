@@ -66,7 +66,8 @@ def merge(defaults: dict, osfamilymap: dict, pillar: dict, os_family: str) -> di
     pg = model["postgresql"]
     version = str(pg.get("version", ""))
     pg["bin_dir"] = str(pg.get("bin_dir", "")).replace("{version}", version)
-    pg["packages"] = [str(p).replace("{version}", version) for p in pg.get("packages", [])]
+    for key in ("packages", "minor_packages"):
+        pg[key] = [str(p).replace("{version}", version) for p in pg.get(key, [])]
     if not model["patroni"].get("callback"):
         model["patroni"]["callback"] = f"{model['lib_dir']}/patroni-callback"
     return model
@@ -209,6 +210,20 @@ def _validate_migrate(key: str, c: dict, hosts: dict, problems: list[str]) -> No
                         "database there after its cutover")  # fmt: skip
 
 
+def _package_version(pg: dict, problems: list[str]) -> None:
+    """pgcluster:postgresql:package_version: empty, or a package version of the major version."""
+    value, major = pg.get("package_version"), str(pg.get("version"))
+    key = "pgcluster:postgresql:package_version"
+    if value in ("", None):
+        return
+    if not isinstance(value, str):
+        problems.append(f"{key}: {value!r} is not a string: quote it (a number loses digits: 15.20 reads as 15.2)")
+    elif not re.fullmatch(rf"(\d+:)?{re.escape(major)}\.\d+([-+~][0-9A-Za-z.+~-]*)?", value):
+        problems.append(f"{key}: {value!r} is not a package version of PostgreSQL {major} "
+                        f"(e.g. '{major}.20-0+deb12u1'; a new major version is an upgrade of its own, not a "
+                        "package change)")  # fmt: skip
+
+
 def problems(model: dict) -> list[str]:
     """Return every problem of the merged model, each naming its pillar key (empty: valid)."""
     found: list[str] = []
@@ -227,6 +242,7 @@ def problems(model: dict) -> list[str]:
                 found.append(f"pgcluster:hosts:{name}: no minion with id {name!r} is known to the master")
     for key in ("port",):
         _port(model["postgresql"].get(key), f"pgcluster:postgresql:{key}", found)
+    _package_version(model["postgresql"], found)
     _port(model["patroni"].get("restapi_port"), "pgcluster:patroni:restapi_port", found)
     _port(model["etcd"].get("client_port"), "pgcluster:etcd:client_port", found)
     _port(model["etcd"].get("peer_port"), "pgcluster:etcd:peer_port", found)

@@ -2,10 +2,12 @@
 step by step.
 
 A parameter that needs a restart (``shared_buffers``, ``wal_buffers``...) leaves members with
-``pending_restart``; after a new PostgreSQL minor version is installed, ``every=True`` restarts
-every member (Patroni flags no restart for new binaries). A new Patroni version in pillar is
-installed by highstate (running members keep the old one until their Patroni restarts); the
-members that still run another version have their Patroni restarted here, in the same order. The
+``pending_restart``. A new PostgreSQL minor version (``pgcluster:postgresql:package_version``)
+is installed by highstate while the running servers keep the old binaries (Patroni flags no
+restart for that): the members whose running server is older than the binaries installed are
+restarted. A new Patroni version in pillar is installed by highstate too (running members keep
+the old one until their Patroni restarts); the members that still run another version have their
+Patroni restarted here, in the same order. ``every=True`` restarts every member. The
 replicas are restarted first, one at a time, each waited for until it streams again (and, with a
 synchronous profile, until enough replicas are synchronous again, so the promise holds between
 steps); then the leader hands over by a switchover with no client error (PAUSE, switchover,
@@ -20,6 +22,7 @@ Salt. Standard library only.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -45,7 +48,7 @@ class RollingError(CommandExecutionError):
 
 def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tuple[list[str], bool]:
     """(the replicas to restart, in order; whether the leader must hand over) for cluster C whose
-    members are in STATE ({member: {role, state, pending_restart, patroni_due}}). Raises
+    members are in STATE ({member: {role, state, pending_restart, patroni_due, postgres_due}}). Raises
     RollingError when the cluster is not fit for it: no leader, or a member not up (restarting
     another one then could leave no failover candidate, or no synchronous standby)."""
     if not leader:
@@ -56,7 +59,8 @@ def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tu
     if down:
         raise RollingError(f"cluster {c['name']}: {', '.join(down)}: a rolling restart needs every member up: "
                            "nothing done")  # fmt: skip
-    due = [m for m in c["members"] if every or state[m].get("pending_restart") or state[m].get("patroni_due")]
+    due = [m for m in c["members"]
+           if every or any(state[m].get(k) for k in ("pending_restart", "patroni_due", "postgres_due"))]  # fmt: skip
     return [m for m in due if m != leader], leader in due
 
 
@@ -83,9 +87,35 @@ def versions(c: dict, running: dict[str, str | None], installed: dict[str, str |
     return {m for m in c["members"] if running.get(m) != wanted}
 
 
+def version_num(text: Any) -> int | None:
+    """PostgreSQL's server_version_num (150020) from ``postgres -V``'s output
+    ("postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"); None when it says no version."""
+    found = re.search(r"\(PostgreSQL\) (\d+)\.(\d+)", str(text or ""))
+    return int(found[1]) * 10000 + int(found[2]) if found else None
+
+
+def version_name(num: int | None) -> str:
+    """15.20 for 150020."""
+    return f"{num // 10000}.{num % 10000}" if isinstance(num, int) else "unknown"
+
+
+def postgres_versions(c: dict, running: dict[str, int | None], installed: dict[str, int | None]) -> set:
+    """The members of C whose PostgreSQL runs older binaries than the ones installed (RUNNING,
+    INSTALLED: {member: server_version_num}). Raises RollingError, nothing done, when a member's
+    installed version is unknown or the members do not all have the same one installed."""
+    found = {m: installed.get(m) for m in c["members"]}
+    if None in found.values() or len(set(found.values())) > 1:
+        have = ", ".join(f"{m} {version_name(v)}" for m, v in found.items())
+        raise RollingError(f"cluster {c['name']}: the members have different PostgreSQL versions installed ({have}): "
+                           "install the same on every member first (highstate does, with "
+                           "pgcluster:postgresql:package_version): nothing done")  # fmt: skip
+    return {m for m in c["members"] if running.get(m) != found[m]}
+
+
 def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict:
     """Restart the members of cluster C (from the model, defaults filled in) that have a restart
-    pending or run another Patroni version than the pillar's (EVERY: all of them), clients
+    pending, run older PostgreSQL binaries than installed, or run another Patroni version than
+    the pillar's (EVERY: all of them), clients
     noticing a switchover's pause at most. A member due for a new Patroni has its Patroni
     restarted (its PostgreSQL with it), the others only their PostgreSQL. Each step waits up to
     TIMEOUT seconds. Returns the steps with their timings; raises RollingError."""
@@ -96,10 +126,17 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
     daemon = versions(c, master.patroni_running(c), master.patroni_installed(c) if wanted else {}, wanted)
     for m in daemon & set(state):
         state[m]["patroni_due"] = True
+    installed = master.postgres_installed(c)
+    binaries = postgres_versions(c, master.postgres_running(c), installed)
+    to = installed[c["members"][0]]
+    for m in binaries & set(state):
+        state[m]["postgres_due"] = True
     replicas, leader_due = plan(c, state, leader, every)
     steps: dict[str, Any] = {"leader_before": leader, "restarted": []}
     if daemon:
         steps["patroni_version"] = {"to": wanted, "members": sorted(daemon)}
+    if binaries:
+        steps["postgresql_version"] = {"to": version_name(to), "members": sorted(binaries)}
     if not replicas and not leader_due:
         steps.update(result=True, comment=f"no member of {c['name']} has a restart pending: nothing done")
         return steps
@@ -127,9 +164,10 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
         new = switched["to"]
         steps["switchover"] = {k: switched.get(k) for k in ("from", "to", "paused_seconds")}
         step(f"wait for {leader} to stream", master.wait_healthy, c, new, leader, timeout)
-        if leader in daemon or master.members_state(c).get(leader, {}).get("pending_restart"):
-            # The demotion restarted its PostgreSQL (not its Patroni); a restart is still due only
-            # if that did not apply it.
+        if (leader in daemon or master.members_state(c).get(leader, {}).get("pending_restart")
+                or master.postgres_running(c).get(leader) != to):  # fmt: skip
+            # The demotion restarted its PostgreSQL (not its Patroni, and with the installed
+            # binaries); a restart is still due only if that did not apply it.
             step(f"restart {leader}", restart, leader)
             step(f"wait for {leader} to stream", master.wait_healthy, c, new, leader, timeout)
         steps["restarted"].append({"member": leader, "seconds": round(time.monotonic() - t, 3)})
@@ -150,6 +188,11 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
         if stale:
             raise RollingError(f"rolling restart of {c['name']}: Patroni restarted, but {stale} still run another "
                                f"version than {wanted}: {steps}")  # fmt: skip
+    if binaries:
+        old = {m: version_name(v) for m, v in master.postgres_running(c).items() if v != to}
+        if old:
+            raise RollingError(f"rolling restart of {c['name']}: restarted, but {old} still run another PostgreSQL "
+                               f"than the {version_name(to)} installed: {steps}")  # fmt: skip
     steps["result"] = not steps["pending_after"]
     if steps["pending_after"]:
         raise RollingError(f"rolling restart of {c['name']}: {', '.join(steps['pending_after'])} still have a "

@@ -115,6 +115,17 @@ def test_monitoring_follows_the_roles(confdir):
     assert not {"monitoring-prometheus-running", "monitoring-pgbackrest-textfile-timer-active"} & (pg1 | app1)
 
 
+def test_package_version_pins_the_minor_packages_and_nothing_else(confdir):
+    def pkgs(*extra: str) -> list:
+        state = states_of(confdir, "pg1", "pgcluster", *extra)["postgresql-packages-installed"]["pkg"]
+        return next(a["pkgs"] for a in state if isinstance(a, dict) and "pkgs" in a)
+
+    assert pkgs() == ["postgresql-15", "postgresql-contrib"]  # unpinned: whatever the repositories give
+    pin = json.dumps({"pgcluster": {"postgresql": {"package_version": "15.20-0+deb12u1"}}})
+    assert pkgs(f"pillar={pin}") == ["postgresql-contrib", {"postgresql-15": "15.20-0+deb12u1"},
+                                     {"postgresql-client-15": "15.20-0+deb12u1"}]  # fmt: skip
+
+
 def test_a_minion_outside_the_model_gets_nothing_to_do(confdir):
     assert set(states_of(confdir, "stranger")) == {"pgcluster-no-role-on-this-minion"}
 
@@ -139,10 +150,15 @@ def test_secret_file_is_0600_and_not_diffed(confdir):
         ({"passwords": {"superuser": "short"}}, "pgcluster:clusters:main:passwords:superuser: shorter than 12"),
         ({"port": "fivefourthreetwo"}, "pgcluster:clusters:main:port: 'fivefourthreetwo' is not a port number"),
         ({"profile": "turbo"}, "pgcluster:clusters:main:profile: unknown profile 'turbo'"),
+        (
+            {"postgresql": {"package_version": "16.4-1"}},
+            "pgcluster:postgresql:package_version: '16.4-1' is not a package version of PostgreSQL 15",
+        ),  # fmt: skip
     ],
 )
 def test_bad_pillar_stops_the_render_naming_the_key(confdir, override, message):
-    pillar = json.dumps({"pgcluster": {"clusters": {"main": override}}})
+    top = "postgresql" in override
+    pillar = json.dumps({"pgcluster": override if top else {"clusters": {"main": override}}})
     res = salt_call(confdir, "pg1", "state.show_sls", "pgcluster", f"pillar={pillar}")
     assert res.returncode != 0
     assert message in res.stdout

@@ -1,12 +1,13 @@
-"""Rolling restart (issue 15): a parameter that needs a restart, or another Patroni version, set
-in pillar and applied by highstate, reaches every member through ``salt-run
-pgcluster.rolling_restart`` with clients noticing nothing: under pgbench and an insert-only
-writer through app1's PgBouncer, 0 failed transactions, every acknowledged write on the new
-leader, the parameter (or version) in force everywhere."""
+"""Rolling restart (issue 15): a parameter that needs a restart, another Patroni version or a new
+PostgreSQL minor version, set in pillar and applied by highstate, reaches every member through
+``salt-run pgcluster.rolling_restart`` with clients noticing nothing: under pgbench and an
+insert-only writer through app1's PgBouncer, 0 failed transactions, every acknowledged write on
+the new leader, the parameter (or version) in force everywhere."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -30,6 +31,7 @@ from labtools import (
     wait_for,
     wait_healthy,
 )
+from pglab.base import postgres_minor
 
 LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 PARAM = "max_files_per_process"  # postmaster context: a restart applies it; harmless to change
@@ -151,19 +153,40 @@ def test_bad_arguments_are_one_clear_message(pending_everywhere):
     assert code != 0 and "unknown cluster 'nope'" in out["error"], out
 
 
-def test_a_patroni_version_change_rolls_through_with_no_failed_transaction(pending_everywhere):
-    """A Patroni version in pillar: highstate installs it (running members keep theirs), the
-    rolling restart restarts Patroni member by member, replicas first, the leader after its
-    handover. Under pgbench and the ack writer through app1's PgBouncer: 0 failed transactions,
-    no acknowledged write lost. The way back to the formula's default is the module's teardown
-    (the same runner, with the parameter), which asserts every member runs the default again."""
+def version_num(debian_version: str) -> int:
+    """server_version_num (150020) of a Debian package version ('15.20-0+deb12u1')."""
+    major, minor = re.match(r"(?:\d+:)?(\d+)\.(\d+)", debian_version).groups()
+    return int(major) * 10000 + int(minor)
+
+
+def running_postgres() -> dict[str, int]:
+    """{member: the server_version_num its PostgreSQL runs}."""
+    return {m: int(psql(m, "SHOW server_version_num").stdout) for m in MEMBERS}
+
+
+def test_a_patroni_version_and_a_postgresql_minor_roll_through_with_no_failed_transaction(pending_everywhere):
+    """A Patroni version and a new PostgreSQL minor (``postgresql:package_version``) in pillar:
+    highstate installs both (running members keep theirs: the old Patroni, the old binaries
+    mapped in memory), the rolling restart restarts Patroni member by member, replicas first,
+    the leader after its handover, each coming back on the new binaries. The minor is a real
+    Debian upgrade (the newest postgresql-15 Debian offers, which `lab prepare` puts in apt's
+    cache: the hosts have no route out). Under pgbench and the ack writer through app1's
+    PgBouncer: 0 failed transactions, no acknowledged write lost. The way back to the Patroni
+    default is the module's teardown (the same runner, with the parameter), which asserts every
+    member runs the default again; the minor stays (a downgrade is not a routine operation)."""
     default = DEFAULTS["patroni"]["version"]
+    installed, newer = postgres_minor()
+    assert newer != installed, f"no PostgreSQL minor newer than {installed} to roll to (`lab prepare` caches one)"
     assert set(running_patroni().values()) == {default}
+    assert running_postgres() == {m: version_num(installed) for m in MEMBERS}
     psql(leader(), "DROP TABLE IF EXISTS version_acks; CREATE TABLE version_acks(id bigint PRIMARY KEY); "
                    "GRANT INSERT, SELECT ON version_acks TO app")  # fmt: skip
     set_pillar({"clusters": {"main": {"parameters": {PARAM: pending_everywhere}}},
-                "patroni": {"version": PREVIOUS_PATRONI}})  # fmt: skip
+                "patroni": {"version": PREVIOUS_PATRONI}, "postgresql": {"package_version": newer}})  # fmt: skip
     assert set(running_patroni().values()) == {default}
+    assert running_postgres() == {m: version_num(installed) for m in MEMBERS}  # installed, not running yet
+    for m in MEMBERS:
+        assert f"(Debian {newer})" in sh(m, "/usr/lib/postgresql/15/bin/postgres -V").stdout
     bench = PgbenchLoop()
     writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "version_acks", password=APP_PASSWORD)
     try:
@@ -173,7 +196,10 @@ def test_a_patroni_version_change_rolls_through_with_no_failed_transaction(pendi
         report = writer.stop()
     assert code == 0 and out["result"] is True, out
     assert out["patroni_version"] == {"to": PREVIOUS_PATRONI, "members": sorted(MEMBERS)}, out
+    wanted = version_num(newer)
+    assert out["postgresql_version"] == {"to": f"{wanted // 10000}.{wanted % 10000}", "members": sorted(MEMBERS)}, out
     assert running_patroni() == {m: PREVIOUS_PATRONI for m in MEMBERS}
+    assert running_postgres() == {m: wanted for m in MEMBERS}
     assert bench.failed() is None, bench.failed()
     assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
     assert writer.missing_on(leader(), "app") == []

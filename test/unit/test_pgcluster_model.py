@@ -129,6 +129,22 @@ def test_etcd_timing_is_milliseconds_with_room_for_five_heartbeats():
     assert found == ["pgcluster:etcd:election_timeout: 1000 ms; etcd wants at least 5 heartbeats (1500)"]
 
 
+def test_package_version_is_a_quoted_version_of_the_major_version():
+    def found(value) -> list[str]:
+        p = copy.deepcopy(LAB)
+        p.setdefault("postgresql", {})["package_version"] = value
+        return pgc.problems(model(p))
+
+    assert found("") == [] and found("15.20-0+deb12u1") == [] and found("15.8") == [] and found("1:15.2-1") == []
+    assert model()["postgresql"]["minor_packages"] == ["postgresql-15", "postgresql-client-15"]
+    assert found(15.20) == ["pgcluster:postgresql:package_version: 15.2 is not a string: quote it (a number loses "
+                            "digits: 15.20 reads as 15.2)"]  # fmt: skip
+    for wrong in ("16.4-1", "15", "latest", "15.20; rm -rf /"):
+        assert found(wrong) == [f"pgcluster:postgresql:package_version: {wrong!r} is not a package version of "
+                                "PostgreSQL 15 (e.g. '15.20-0+deb12u1'; a new major version is an upgrade of its "
+                                "own, not a package change)"]  # fmt: skip
+
+
 def test_an_even_etcd_count_is_the_step_of_a_replacement():
     assert pgc.problems(model(lab_with(etcd=["pg1", "pg2", "pg3", "app1"]))) == []
 

@@ -14,8 +14,12 @@ class FakeMaster:
     """pg2 leads; PENDING members have a restart pending. A restart clears the member's flag; a
     switchover demotes the leader (its PostgreSQL restarts: flag cleared unless STICKY)."""
 
-    def __init__(self, pending=(), down=(), sticky=False, fail=None, wanted=None, running=None, installed=None):
+    def __init__(self, pending=(), down=(), sticky=False, fail=None, wanted=None, running=None, installed=None,
+                 binaries=None, servers=None):  # fmt: skip
         self.leader, self.calls, self.sticky, self.fail = "pg2", [], sticky, fail
+        # PostgreSQL: the binaries installed on each member and the server it runs (default 15.18).
+        self.binaries = {m: (binaries or {}).get(m, 150018) for m in MAIN["members"]}
+        self.servers = {m: (servers or {}).get(m, self.binaries[m]) for m in MAIN["members"]}
         # Patroni versions: pillar's, and each member's running and installed one (default: pillar's).
         self.wanted = wanted
         self.running = {m: (running or {}).get(m, wanted) for m in MAIN["members"]}
@@ -39,11 +43,13 @@ class FakeMaster:
         if self.fail == member:
             raise rolling.CommandExecutionError(f"restart of {member} failed: it broke")
         self.members[member]["pending_restart"] = False
+        self.servers[member] = self.binaries[member]
 
     def restart_patroni(self, member, timeout):
         self.calls.append(("restart_patroni", member))
         self.running[member] = self.installed[member]
         self.members[member]["pending_restart"] = False
+        self.servers[member] = self.binaries[member]
 
     def patroni_wanted(self):
         return self.wanted
@@ -54,6 +60,12 @@ class FakeMaster:
     def patroni_installed(self, c):
         return dict(self.installed)
 
+    def postgres_running(self, c):
+        return dict(self.servers)
+
+    def postgres_installed(self, c):
+        return dict(self.binaries)
+
     def wait_healthy(self, c, leader, member, timeout):
         self.calls.append(("wait_healthy", leader, member))
 
@@ -62,6 +74,7 @@ class FakeMaster:
         old, self.leader = self.leader, candidate
         self.members[old].update(role="quorum_standby", state="streaming")
         self.members[old]["pending_restart"] = self.members[old]["pending_restart"] and self.sticky
+        self.servers[old] = self.binaries[old]  # the demotion restarts its PostgreSQL
         self.members[candidate].update(role="leader", state="running")
         return {"from": old, "to": candidate, "paused_seconds": 1.5}
 
@@ -222,3 +235,50 @@ def test_a_restore_is_refused_while_a_rolling_restart_runs(runner):
         lock.release()
         del MAIN["backup"]
     assert "cluster main: rolling restart (pid" in ret["error"] and ret["retcode"] == 1
+
+
+NEW = {m: 150020 for m in MAIN["members"]}
+
+
+def test_postgres_minus_v_reads_as_server_version_num():
+    assert rolling.version_num("postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)") == 150020
+    assert rolling.version_num("postgres (PostgreSQL) 16.4") == 160004
+    assert rolling.version_num("bash: postgres: not found") is None and rolling.version_num(None) is None
+    assert rolling.version_name(150020) == "15.20" and rolling.version_name(None) == "unknown"
+
+
+def test_a_new_minor_installed_restarts_every_member_replicas_first_the_leader_by_its_handover():
+    master = FakeMaster(binaries=NEW, servers={m: 150018 for m in MAIN["members"]})
+    steps = rolling.run(master, MAIN)
+    assert master.calls == [
+        ("restart", "pg1"), ("wait_healthy", "pg2", "pg1"),
+        ("restart", "pg3"), ("wait_healthy", "pg2", "pg3"),
+        ("switchover", "pg1"), ("wait_healthy", "pg1", "pg2"),
+    ]  # fmt: skip
+    assert steps["postgresql_version"] == {"to": "15.20", "members": ["pg1", "pg2", "pg3"]} and steps["result"]
+    assert set(master.servers.values()) == {150020}
+
+
+def test_only_members_running_older_binaries_are_restarted_for_them():
+    master = FakeMaster(binaries=NEW, servers={"pg3": 150018})
+    steps = rolling.run(master, MAIN)
+    assert master.calls == [("restart", "pg3"), ("wait_healthy", "pg2", "pg3")]
+    assert steps["postgresql_version"] == {"to": "15.20", "members": ["pg3"]}
+
+
+def test_members_with_different_minors_installed_refuse_with_nothing_done():
+    master = FakeMaster(binaries={"pg1": 150020}, servers={"pg1": 150018})
+    with pytest.raises(rolling.RollingError, match=r"different PostgreSQL versions installed \(pg1 15.20, pg2 15.18, "
+                                                   r"pg3 15.18\): install the same on every member first"):  # fmt: skip
+        rolling.run(master, MAIN)
+    unknown = FakeMaster(binaries={"pg3": None})
+    with pytest.raises(rolling.RollingError, match="pg3 unknown"):
+        rolling.run(unknown, MAIN)
+    assert master.calls == [] and unknown.calls == []
+
+
+def test_a_member_still_running_the_old_binaries_after_its_restart_fails_the_run():
+    master = FakeMaster(binaries=NEW, servers={"pg3": 150018})
+    master.restart = lambda member, timeout: None  # restarted, still the old server
+    with pytest.raises(rolling.RollingError, match=r"\{'pg3': '15.18'\} still run another PostgreSQL than the 15.20"):
+        rolling.run(master, MAIN)

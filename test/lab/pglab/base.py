@@ -171,6 +171,39 @@ def install_tools() -> None:
             shutil.copy2(f"{tmp}/{package}/{inside}", TOOLS_DIR / tool)
 
 
+# A PostgreSQL minor upgrade for the lab to roll through (test_03f): the packages of the newest
+# postgresql-15 the machine's apt knows, when newer than the one installed, downloaded into apt's
+# cache, where every host (an overlay of this machine, with no route out) installs them from.
+MINOR_PACKAGES = ("postgresql-15", "postgresql-client-15", "libpq5")
+
+
+def postgres_minor() -> tuple[str, str]:
+    """(installed, candidate) Debian versions of postgresql-15 on this machine."""
+    out = subprocess.run(["apt-cache", "policy", MINOR_PACKAGES[0]], capture_output=True, text=True).stdout
+    found = dict(
+        line.strip().split(": ", 1)
+        for line in out.splitlines()
+        if line.strip().startswith(("Installed:", "Candidate:"))
+    )
+    return found.get("Installed", ""), found.get("Candidate", "")
+
+
+def cache_minor() -> None:
+    """The newer minor's packages (and what apt pulls with them) in apt's cache, when there is one."""
+    installed, candidate = postgres_minor()
+    if candidate == installed:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)  # maybe no security updates listed yet
+        installed, candidate = postgres_minor()
+    if candidate == installed:
+        say(f"PostgreSQL minor upgrade: none newer than {installed} offered (the rolling upgrade test will say so)")
+        return
+    say(f"PostgreSQL minor upgrade: {installed} -> {candidate} in apt's cache")
+    pins = [f"{p}={candidate}" for p in MINOR_PACKAGES]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    download = ["apt-get", "install", "--download-only", "-y", "-qq", "--no-install-recommends", *pins]
+    subprocess.run(download, check=True, stdout=subprocess.DEVNULL, env=env)
+
+
 def prepare() -> None:
     """Prepare the base idempotently. Raises CalledProcessError when an install fails."""
     if not shutil.which("apt-get"):
@@ -179,3 +212,4 @@ def prepare() -> None:
     install_venv()
     build_wheelhouse()
     install_tools()
+    cache_minor()
