@@ -726,13 +726,14 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
 
 @_clean_errors
 def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> dict:
-    """Restart the members of CLUSTER that have a restart pending (a parameter that needs one) or
-    run another Patroni version than pillar's (installed by highstate first), with no client
-    error: the replicas first, one at a time, each waited for until the leader's
-    PostgreSQL sees it stream again (and until the profile's synchronous standbys are back); then
-    a switchover with no client error (``pgcluster.switchover``) moves the leader away, which
-    restarts the former leader as a replica. EVERY restarts every member, pending or not (e.g.
-    after a new PostgreSQL minor version was installed: Patroni flags no restart for it).
+    """Restart the members of CLUSTER that have a restart pending (a parameter that needs one),
+    run older PostgreSQL binaries than the ones installed (a new minor version,
+    ``pgcluster:postgresql:package_version``) or another Patroni version than pillar's (both
+    installed by highstate first), with no client error: the replicas first, one at a time, each
+    waited for until the leader's PostgreSQL sees it stream again (and until the profile's
+    synchronous standbys are back); then a switchover with no client error
+    (``pgcluster.switchover``) moves the leader away, which restarts the former leader as a
+    replica. EVERY restarts every member, pending or not.
     Refused when a member is not up or a restore or another rolling restart runs. Each step
     waits up to TIMEOUT seconds. Returns the steps with their timings and the clients' pause.
 
