@@ -28,10 +28,10 @@ CLI Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import functools
 import logging
+import threading
 import time
 from typing import Any
 
@@ -107,18 +107,25 @@ def _switch(model: dict, c: dict, old: str, candidate: str | None, timeout: floa
     credentials), the new leader polled meanwhile: Patroni's API answers only at a whole second
     after the leader changed, and the Salt job's return comes after that. Returns the new leader
     once it accepts writes; raises PgclusterError when Patroni refuses or TIMEOUT passes."""
-    pool = concurrent.futures.ThreadPoolExecutor(1)
     kwarg = {"candidate": candidate} if candidate else {}
+    failed: list[Exception] = []
+
+    def job() -> None:
+        try:
+            _call(old, "patroni.switchover", wait=timeout, **kwarg)
+        except Exception as exc:  # handed to the poll below
+            failed.append(exc)
+
     # Salt's loader dunders (__opts__, __utils__) live in context variables: the thread gets ours.
-    job = pool.submit(contextvars.copy_context().run, _call, old, "patroni.switchover", wait=timeout, **kwarg)
-    pool.shutdown(wait=False)  # its return is not waited for once the new leader is found
+    # A daemon: its return is not waited for once the new leader is found, not even at exit.
+    threading.Thread(target=contextvars.copy_context().run, args=(job,), daemon=True).start()
     deadline = time.monotonic() + timeout
     while True:
         leader = _leader(model, c)
         if leader and leader["name"] != old:
             return leader
-        if job.done() and job.exception() is not None:
-            exc = job.exception()
+        if failed:
+            exc = failed[0]
             raise exc if isinstance(exc, PgclusterError) else PgclusterError(f"{type(exc).__name__}: {exc}")
         if time.monotonic() >= deadline:
             raise PgclusterError(f"no leader other than {old} accepting writes within {timeout:.0f} s")

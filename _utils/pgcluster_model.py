@@ -31,6 +31,10 @@ BACKUP_TYPES = ("full", "diff", "incr")
 PASSWORDS = ("superuser", "replication", "rewind", "restapi")
 
 
+# pg_hba's /32, nftables' `ip saddr` and the host:port of every URL assume IPv4.
+IPV4_ONLY = "an IPv6 address; pgcluster supports IPv4 only (for now)"
+
+
 def __virtual__():
     return __virtualname__
 
@@ -145,7 +149,8 @@ def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> No
             problems.append(f"{key}:passwords:{which}: shorter than 12 characters")
     for i, net in enumerate(c.get("client_networks") if isinstance(c.get("client_networks"), list) else []):
         try:
-            ipaddress.ip_network(str(net))
+            if ipaddress.ip_network(str(net)).version != 4:
+                problems.append(f"{key}:client_networks[{i}]: {net!r}: {IPV4_ONLY}")
         except ValueError:
             problems.append(f"{key}:client_networks[{i}]: {net!r} is not a network (e.g. 10.0.0.0/24)")
     if not isinstance(c.get("parameters") or {}, dict):
@@ -232,7 +237,8 @@ def problems(model: dict) -> list[str]:
         return ["pgcluster:hosts: must be a mapping of minion id to address"]
     for name, addr in hosts.items():
         try:
-            ipaddress.ip_address(str(addr))
+            if ipaddress.ip_address(str(addr)).version != 4:
+                found.append(f"pgcluster:hosts:{name}: {addr!r}: {IPV4_ONLY}")
         except ValueError:
             found.append(f"pgcluster:hosts:{name}: {addr!r} is not an IP address")
     minions = model.get("minions")

@@ -120,6 +120,16 @@ def test_bad_address_and_global_port():
     assert "pgcluster:patroni:restapi_port: 'http' is not a port number (1-65535)" in found
 
 
+def test_ipv6_hosts_and_client_networks_are_refused_by_name_not_half_supported():
+    p = lab_with(client_networks=["2001:db8::/64", "10.1.0.0/16"])
+    p["hosts"]["pg1"] = "2001:db8::11"
+    found = pgc.problems(model(p))
+    ipv6 = "an IPv6 address; pgcluster supports IPv4 only (for now)"
+    assert f"pgcluster:hosts:pg1: '2001:db8::11': {ipv6}" in found
+    assert f"pgcluster:clusters:main:client_networks[0]: '2001:db8::/64': {ipv6}" in found
+    assert not [f for f in found if "client_networks[1]" in f]
+
+
 def test_etcd_timing_is_milliseconds_with_room_for_five_heartbeats():
     p = copy.deepcopy(LAB)
     p["etcd"] = {"heartbeat_interval": "fast", "election_timeout": 1000}

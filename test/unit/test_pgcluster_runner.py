@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import threading
 import time
 
 import pytest
@@ -332,3 +333,29 @@ def test_a_switchover_routes_and_resumes_in_one_job_once_the_new_leader_takes_wr
     assert ret["leader_after"] < 1.5 and ret["paused_seconds"] < 1.5, ret
     jobs = [(fun, kwarg.get("resume_paused")) for fun, _, kwarg in runner.jobs]
     assert jobs == [("pgbouncer.pause", None), ("pgbouncer.repoint", True)]
+
+
+def test_the_switchover_returns_the_new_leader_without_waiting_for_patronis_job(runner, monkeypatch):
+    """The Patroni job's return comes a second or more after the leader changed: the poll does
+    not wait for it, and neither does the runner's exit (a daemon thread)."""
+    views = iter([None, {"name": "pg1"}, {"name": "pg2", "timeline": 2}])
+    monkeypatch.setattr(runner, "_leader", lambda model, c: next(views))
+    monkeypatch.setattr(runner, "_call", lambda *a, **k: time.sleep(5))
+    start = time.monotonic()
+    assert runner._switch({}, {"name": "main"}, "pg1", "pg2", timeout=10) == {"name": "pg2", "timeline": 2}
+    assert time.monotonic() - start < 2
+    # Nothing left that the interpreter would wait for at exit (the job still sleeps).
+    assert not [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+
+
+def test_a_switchover_patroni_refuses_is_one_clear_error(runner, monkeypatch):
+    def refused(*args, **kwargs):
+        raise runner.PgclusterError("pg1: patroni: switchover refused: candidate pg3 is not healthy")
+
+    monkeypatch.setattr(runner, "_leader", lambda model, c: {"name": "pg1"})
+    monkeypatch.setattr(runner, "_call", refused)
+    with pytest.raises(runner.PgclusterError, match="^pg1: patroni: switchover refused: candidate pg3 is not healthy$"):
+        runner._switch({}, {"name": "main"}, "pg1", "pg3", timeout=10)
+    monkeypatch.setattr(runner, "_call", lambda *a, **k: 1 / 0)
+    with pytest.raises(runner.PgclusterError, match="^ZeroDivisionError: division by zero$"):
+        runner._switch({}, {"name": "main"}, "pg1", "pg3", timeout=10)
