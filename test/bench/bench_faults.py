@@ -22,7 +22,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
 from faulttools import FAULTS, one, set_profile, table  # noqa: E402
-from labtools import sh  # noqa: E402
 
 LAB_PROFILE = yaml.safe_load((REPO / "pillar/pgcluster/lab_model.yaml").read_text())["pgcluster"]["clusters"]["main"][
     "profile"
@@ -53,7 +52,7 @@ def main() -> int:
                 results.setdefault(name, []).append(r)
     finally:
         if args.profile:
-            sh("salt", "rm -f /srv/lab-pillar/pgcluster/local.sls")
+            set_profile(None)  # the lab's own profile back, applied
     ttl = DEFAULTS["profiles"][profile]["dcs"]["ttl"]
     print(f"\nFault matrix, {args.runs} run(s) each; floor of a leader crash's outage: Patroni's ttl, {ttl} s "
           "(the leader key must expire before a replica may take over)")  # fmt: skip

@@ -34,9 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
 from benchtools import fmt  # noqa: E402
-from labtools import ADDRESS, LAB, PGBOUNCERS, AckWriter, lab, leader, psql, sh  # noqa: E402
+from labtools import ADDRESS, LAB, PGBOUNCERS, AckWriter, lab, leader, local_pillar, psql, sh  # noqa: E402
 
-LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
 MARK = "# pgcluster bench_migrate"
 SOURCE = "198.18.0.40"  # the legacy host
@@ -65,9 +64,7 @@ def declare(migrating: bool) -> None:
     main: dict = {"roles": {"shop": {"verifier": verifier}}}
     if migrating:
         main["migrate"] = {"source": "legacy", "mode": "logical", "databases": ["shop"]}
-    sh("salt", f"mkdir -p /srv/lab-pillar/pgcluster && cat > {LOCAL}",
-       stdin=json.dumps({"pgcluster": {"clusters": {"main": main}}}))  # fmt: skip
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    local_pillar({"clusters": {"main": main}})
 
 
 def prepare(scale: int) -> None:
@@ -172,8 +169,7 @@ def main() -> int:
     finally:
         reset(lead)
         sh("legacy", f"sed -i '/{MARK}/d' {HBA}; su postgres -c \"psql -qc 'SELECT pg_reload_conf()'\" >/dev/null")
-        sh("salt", f"rm -f {LOCAL}")
-        lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+        local_pillar(None)
         # The legacy host as the lab set it up: no pgbench tables, Debian's settings.
         lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "-t", "900", timeout=1200)
         psql(lead, "DROP ROLE IF EXISTS shop", db="postgres")

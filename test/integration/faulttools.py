@@ -18,14 +18,12 @@ For one fault (``one``), from the fault (t0) on the deployed lab:
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import time
 
-from labtools import ADDRESS, APP_PASSWORD, LAB, MEMBERS, AckWriter, lab, leader, psql, sh, wait_healthy
+from labtools import ADDRESS, APP_PASSWORD, LAB, MEMBERS, AckWriter, lab, leader, local_pillar, psql, sh, wait_healthy
 
-LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 DSN = "host=127.0.0.1 port=6432 dbname=app user=app"
 WINDOW = 45  # seconds the writer runs after the fault, before the fault is undone (the benchmark's)
 ETCD_CUT = ("nft add table inet faultcut; nft add chain inet faultcut out '{ type filter hook output priority 0; }'; "
@@ -154,12 +152,7 @@ def one(name: str, run: int, window: float = WINDOW) -> dict:
 def set_profile(profile: str | None) -> None:
     """The lab's cluster main switched to PROFILE (pillar in local.sls, then highstate on the
     members); None: back to the lab's own pillar."""
-    if profile:
-        block = json.dumps({"pgcluster": {"clusters": {"main": {"profile": profile}}}})
-        sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=block)
-    else:
-        sh("salt", f"rm -f {LOCAL}")
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    local_pillar({"clusters": {"main": {"profile": profile}}} if profile else None)
     lab("salt", ",".join(MEMBERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
 
 

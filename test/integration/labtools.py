@@ -69,6 +69,21 @@ def highstate(*extra: str) -> dict:
     return json.loads(res.stdout)
 
 
+LOCAL_PILLAR = "/srv/lab-pillar/pgcluster/local.sls"
+
+
+def local_pillar(block: dict | str | None) -> None:
+    """The lab run's pillar overrides on the master's disk (pgcluster/local.sls), then every
+    minion's pillar refreshed: BLOCK is what goes under ``pgcluster`` (or the file's YAML text);
+    None removes the overrides. A highstate applies them."""
+    if block is None:
+        sh("salt", f"rm -f {LOCAL_PILLAR}")
+    else:
+        text = block if isinstance(block, str) else json.dumps({"pgcluster": block})
+        sh("salt", f"mkdir -p {LOCAL_PILLAR.rsplit('/', 1)[0]} && cat > {LOCAL_PILLAR}", stdin=text)
+    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+
+
 def failed_states(ret: dict) -> dict[str, list[str]]:
     """{minion: ["state id: comment" of each state that failed]} of a highstate return."""
     return {m: [f"{s['__id__']}: {s['comment']}" for s in states.values() if s["result"] is False]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from labtools import PGBOUNCERS, lab, leader, psql, sh, wait_for
+from labtools import PGBOUNCERS, lab, leader, local_pillar, psql, sh, wait_for
 
-LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 SOURCE = "198.18.0.40"
 SHOP_PASSWORD = "lab-shop-pw-2b7d"  # the legacy host's role shop (test/lab/legacy-setup.sh)
 
@@ -15,13 +14,10 @@ def declare(migrate: dict | None) -> None:
     """Put MIGRATE under the main cluster's pillar with the source's role shop (its own verifier,
     as the README says to declare it; None: neither) and refresh pillars."""
     if migrate is None:
-        sh("salt", f"rm -f {LOCAL}")
+        local_pillar(None)
     else:
         verifier = on_legacy("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'")
-        main = {"migrate": migrate, "roles": {"shop": {"verifier": verifier}}}
-        block = json.dumps({"pgcluster": {"clusters": {"main": main}}})
-        sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=block)
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+        local_pillar({"clusters": {"main": {"migrate": migrate, "roles": {"shop": {"verifier": verifier}}}}})
 
 
 def apply_states() -> None:

@@ -12,9 +12,8 @@ import json
 import time
 
 import pytest
-from labtools import ADDRESS, PGBOUNCERS, AckWriter, lab, leader, salt_json, sh, wait_for
+from labtools import ADDRESS, PGBOUNCERS, AckWriter, lab, leader, local_pillar, salt_json, sh, wait_for
 from migratetools import (
-    LOCAL,
     SHOP_PASSWORD,
     SOURCE,
     apply_states,
@@ -290,8 +289,7 @@ def test_the_cutover_holds_until_the_migrate_block_goes(source_before):
     assert set(shop_routes().values()) == {ADDRESS[leader()]}
     verifier = on_legacy("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'")
     main = {"roles": {"shop": {"verifier": verifier}}, "databases": {"shop": {"owner": "shop"}}}
-    sh("salt", f"cat > {LOCAL}", stdin=json.dumps({"pgcluster": {"clusters": {"main": main}}}))
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    local_pillar({"clusters": {"main": main}})
     apply_states()
     assert set(shop_routes().values()) == {ADDRESS[leader()]}
     assert "cut over" not in sh("app1", "cat /etc/pgbouncer/routing-main.ini").stdout

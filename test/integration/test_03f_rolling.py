@@ -26,6 +26,7 @@ from labtools import (
     failed_states,
     lab,
     leader,
+    local_pillar,
     psql,
     sh,
     wait_for,
@@ -33,7 +34,6 @@ from labtools import (
 )
 from pglab.base import postgres_minor
 
-LOCAL = "/srv/lab-pillar/pgcluster/local.sls"
 PARAM = "max_files_per_process"  # postmaster context: a restart applies it; harmless to change
 DEFAULT = 1000
 DEFAULTS = yaml.safe_load((REPO / "salt/pgcluster/defaults.yaml").read_text())["pgcluster"]
@@ -43,8 +43,7 @@ PREVIOUS_PATRONI = "4.1.4"
 
 def set_pillar(block: dict) -> None:
     """BLOCK (under pgcluster) as the lab's local pillar, applied by a highstate of the members."""
-    sh("salt", f"mkdir -p {LOCAL.rsplit('/', 1)[0]} && cat > {LOCAL}", stdin=json.dumps({"pgcluster": block}))
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    local_pillar(block)
     res = lab("salt", ",".join(MEMBERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
     ret = json.loads(res.stdout)
     failed = failed_states(ret)
@@ -81,8 +80,7 @@ def pending_everywhere(deployed):
     # Each member's Patroni flags the restart at its own loop: all of them before the run.
     wait_for("a restart pending on every member", lambda: pending() == set(MEMBERS), 60, interval=2)
     code, out = rolling_restart()
-    sh("salt", f"rm -f {LOCAL}")
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
+    local_pillar(None)
     wait_healthy(2, timeout=180)
     assert code == 0 and out["result"] is True, out
     # The version test (last in this module) leaves the previous Patroni running: back to the default.

@@ -30,6 +30,7 @@ from labtools import (
     highstate,
     lab,
     leader,
+    local_pillar,
     psql,
     runner_switchover_under_pgbench,
     salt_json,
@@ -61,8 +62,7 @@ def ported(lab_up):
     labtools.PG_PORT["port"] = PORTS["postgresql"]
     lab("down")
     lab("up")
-    sh("salt", "mkdir -p /srv/lab-pillar/pgcluster && cat > /srv/lab-pillar/pgcluster/local.sls", stdin=OVERRIDE)
-    lab("salt", "*", "saltutil.refresh_pillar", "--out=quiet")
+    local_pillar(OVERRIDE)
     try:
         ret = highstate()
         failed = failed_states(ret)
@@ -71,7 +71,7 @@ def ported(lab_up):
         ensure_probe_table()
         yield
     finally:
-        sh("salt", "rm -f /srv/lab-pillar/pgcluster/local.sls")
+        local_pillar(None)
         labtools.PG_PORT["port"] = 5432
         lab("down")
 
@@ -199,8 +199,7 @@ def _members(members: tuple[str, ...], etcd: tuple[str, ...] | None = None, elec
         override = override.replace(
             "pgcluster:\n", f"pgcluster:\n  etcd:\n    election_timeout: {election_timeout}\n", 1
         )
-    sh("salt", "cat > /srv/lab-pillar/pgcluster/local.sls", stdin=override)
-    lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=quiet")
+    local_pillar(override)
 
 
 def _no_failed_state() -> None:
