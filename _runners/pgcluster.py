@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import shlex
 import threading
 import time
 from typing import Any
@@ -616,12 +617,19 @@ class _Master:
         """{member: the server_version_num its PostgreSQL runs (GET /patroni), None when it does not answer}."""
         return {m: (_get(self.model, m, "/patroni") or {}).get("server_version") for m in c["members"]}
 
-    def postgres_installed(self, c: dict) -> dict[str, int | None]:
-        """{member: the server_version_num of the PostgreSQL binaries installed (``postgres -V``)}."""
-        postgres = f"{self.model['postgresql']['bin_dir']}/postgres"
-        found = _shared("call_each", __opts__, c["members"], "cmd.run_stdout", [postgres, "-V"], python_shell=False,
-                        wait=30)  # fmt: skip
-        return {m: __utils__["pgcluster_rolling.version_num"](v) for m, v in found.items()}
+    def postgres_installed(self, c: dict) -> dict[str, int]:
+        """{member: the server_version_num of the PostgreSQL binaries installed (``postgres -V``)}.
+        Raises PgclusterError naming a member where it says no version, with what it said."""
+        postgres = shlex.quote(f"{self.model['postgresql']['bin_dir']}/postgres")
+        found = _shared("call_each", __opts__, c["members"], "cmd.run_all", f"{postgres} -V", python_shell=True,
+                        ignore_retcode=True, wait=30)  # fmt: skip
+        versions = {}
+        for m, r in found.items():
+            versions[m] = __utils__["pgcluster_rolling.version_num"](r.get("stdout"))
+            if versions[m] is None:
+                said = " ".join(f"{r.get('stderr', '')} {r.get('stdout', '')}".split())[:300] or "nothing"
+                raise PgclusterError(f"{m}: {postgres} -V (exit {r.get('retcode')}): {said}")
+        return versions
 
     def stop_patroni(self, member: str) -> None:
         """Stop Patroni on MEMBER (its PostgreSQL stops with it) and keep it from starting at boot."""
@@ -734,14 +742,15 @@ def restore(cluster: str, target: Any = None, confirm: bool = False, timeout: fl
 @_clean_errors
 def rolling_restart(cluster: str, every: bool = False, timeout: float = 300) -> dict:
     """Restart the members of CLUSTER that have a restart pending (a parameter that needs one),
-    run older PostgreSQL binaries than the ones installed (a new minor version,
+    run other PostgreSQL binaries than the ones installed (a new minor version,
     ``pgcluster:postgresql:package_version``) or another Patroni version than pillar's (both
     installed by highstate first), with no client error: the replicas first, one at a time, each
     waited for until the leader's PostgreSQL sees it stream again (and until the profile's
     synchronous standbys are back); then a switchover with no client error
     (``pgcluster.switchover``) moves the leader away, which restarts the former leader as a
     replica. EVERY restarts every member, pending or not.
-    Refused when a member is not up or a restore or another rolling restart runs. Each step
+    Refused with nothing done when a member is not up, a member cannot say which PostgreSQL (or
+    Patroni) it has installed, or a restore or another rolling restart runs. Each step
     waits up to TIMEOUT seconds. Returns the steps with their timings and the clients' pause.
 
     CLI Example:

@@ -4,11 +4,11 @@ step by step.
 A parameter that needs a restart (``shared_buffers``, ``wal_buffers``...) leaves members with
 ``pending_restart``. A new PostgreSQL minor version (``pgcluster:postgresql:package_version``)
 is installed by highstate while the running servers keep the old binaries (Patroni flags no
-restart for that): the members whose running server is older than the binaries installed are
-restarted. A new Patroni version in pillar is installed by highstate too (running members keep
-the old one until their Patroni restarts); the members that still run another version have their
-Patroni restarted here, in the same order. ``every=True`` restarts every member. The
-replicas are restarted first, one at a time, each waited for until it streams again (and, with a
+restart for that): the members whose running server is not the one installed are restarted.
+A new Patroni version in pillar is installed by highstate too (running members keep the old one
+until their Patroni restarts); the members that still run another version have their Patroni
+restarted here, in the same order. ``every=True`` restarts every member. The replicas are
+restarted first, one at a time, each waited for until it streams again (and, with a
 synchronous profile, until enough replicas are synchronous again, so the promise holds between
 steps); then the leader hands over by a switchover with no client error (PAUSE, switchover,
 repoint, RESUME), which restarts its PostgreSQL as a replica; it is restarted once more only if
@@ -46,11 +46,10 @@ class RollingError(CommandExecutionError):
     """The rolling restart cannot go on; the message says why and what was done already."""
 
 
-def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tuple[list[str], bool]:
-    """(the replicas to restart, in order; whether the leader must hand over) for cluster C whose
-    members are in STATE ({member: {role, state, pending_restart, patroni_due, postgres_due}}). Raises
-    RollingError when the cluster is not fit for it: no leader, or a member not up (restarting
-    another one then could leave no failover candidate, or no synchronous standby)."""
+def fit(c: dict, state: dict[str, dict], leader: str | None) -> None:
+    """Raises RollingError when cluster C (its members in STATE, from Patroni) is not fit for a
+    rolling restart: no leader, or a member not up (restarting another one then could leave no
+    failover candidate, or no synchronous standby). Checked before anything asks the members."""
     if not leader:
         raise RollingError(f"cluster {c['name']} has no leader accepting writes: nothing done")
     # The leader runs; a replica is up only while it streams (plain "running": not replicating).
@@ -59,6 +58,13 @@ def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tu
     if down:
         raise RollingError(f"cluster {c['name']}: {', '.join(down)}: a rolling restart needs every member up: "
                            "nothing done")  # fmt: skip
+
+
+def plan(c: dict, state: dict[str, dict], leader: str | None, every: bool) -> tuple[list[str], bool]:
+    """(the replicas to restart, in order; whether the leader must hand over) for cluster C whose
+    members are in STATE ({member: {role, state, pending_restart, patroni_due, postgres_due}});
+    RollingError when it is not ``fit``."""
+    fit(c, state, leader)
     due = [m for m in c["members"]
            if every or any(state[m].get(k) for k in ("pending_restart", "patroni_due", "postgres_due"))]  # fmt: skip
     return [m for m in due if m != leader], leader in due
@@ -100,21 +106,28 @@ def version_name(num: int | None) -> str:
 
 
 def postgres_versions(c: dict, running: dict[str, int | None], installed: dict[str, int | None]) -> set:
-    """The members of C whose PostgreSQL runs older binaries than the ones installed (RUNNING,
-    INSTALLED: {member: server_version_num}). Raises RollingError, nothing done, when a member's
-    installed version is unknown or the members do not all have the same one installed."""
-    found = {m: installed.get(m) for m in c["members"]}
-    if None in found.values() or len(set(found.values())) > 1:
-        have = ", ".join(f"{m} {version_name(v)}" for m, v in found.items())
-        raise RollingError(f"cluster {c['name']}: the members have different PostgreSQL versions installed ({have}): "
-                           "install the same on every member first (highstate does, with "
-                           "pgcluster:postgresql:package_version): nothing done")  # fmt: skip
-    return {m for m in c["members"] if running.get(m) != found[m]}
+    """The members of C whose PostgreSQL runs other binaries than the ones installed on it
+    (RUNNING, INSTALLED: {member: server_version_num}), e.g. after a new minor was installed.
+    Members may have different minors installed (nothing pinned them): each is compared with its
+    own. Raises RollingError, nothing done, when a member's installed version is unknown."""
+    unknown = [m for m in c["members"] if not installed.get(m)]
+    if unknown:
+        raise RollingError(f"cluster {c['name']}: cannot tell which PostgreSQL is installed on {', '.join(unknown)}: "
+                           "nothing done")  # fmt: skip
+    return {m for m in c["members"] if running.get(m) != installed[m]}
+
+
+def _asked(c: dict, what: str, ask, *args) -> Any:
+    """ASK(*ARGS), a lookup of WHAT on the members of C; its failure as RollingError (nothing done)."""
+    try:
+        return ask(*args)
+    except CommandExecutionError as exc:
+        raise RollingError(f"cluster {c['name']}: cannot read {what}: {exc}: nothing done") from None
 
 
 def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict:
     """Restart the members of cluster C (from the model, defaults filled in) that have a restart
-    pending, run older PostgreSQL binaries than installed, or run another Patroni version than
+    pending, run other PostgreSQL binaries than installed, or run another Patroni version than
     the pillar's (EVERY: all of them), clients
     noticing a switchover's pause at most. A member due for a new Patroni has its Patroni
     restarted (its PostgreSQL with it), the others only their PostgreSQL. Each step waits up to
@@ -122,13 +135,14 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
     t0 = time.monotonic()
     leader = master.find_leader(c)
     state = master.members_state(c)
+    fit(c, state, leader)  # a member down: refused at once, not after waiting for it to answer
     wanted = master.patroni_wanted()
-    daemon = versions(c, master.patroni_running(c), master.patroni_installed(c) if wanted else {}, wanted)
+    found = _asked(c, "the Patroni installed", master.patroni_installed, c) if wanted else {}
+    daemon = versions(c, master.patroni_running(c), found, wanted)
     for m in daemon & set(state):
         state[m]["patroni_due"] = True
-    installed = master.postgres_installed(c)
+    installed = _asked(c, "the PostgreSQL installed", master.postgres_installed, c)
     binaries = postgres_versions(c, master.postgres_running(c), installed)
-    to = installed[c["members"][0]]
     for m in binaries & set(state):
         state[m]["postgres_due"] = True
     replicas, leader_due = plan(c, state, leader, every)
@@ -136,7 +150,8 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
     if daemon:
         steps["patroni_version"] = {"to": wanted, "members": sorted(daemon)}
     if binaries:
-        steps["postgresql_version"] = {"to": version_name(to), "members": sorted(binaries)}
+        to = ", ".join(version_name(v) for v in sorted({installed[m] for m in binaries}))
+        steps["postgresql_version"] = {"to": to, "members": sorted(binaries)}
     if not replicas and not leader_due:
         steps.update(result=True, comment=f"no member of {c['name']} has a restart pending: nothing done")
         return steps
@@ -165,7 +180,7 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
         steps["switchover"] = {k: switched.get(k) for k in ("from", "to", "paused_seconds")}
         step(f"wait for {leader} to stream", master.wait_healthy, c, new, leader, timeout)
         if (leader in daemon or master.members_state(c).get(leader, {}).get("pending_restart")
-                or master.postgres_running(c).get(leader) != to):  # fmt: skip
+                or master.postgres_running(c).get(leader) != installed[leader]):  # fmt: skip
             # The demotion restarted its PostgreSQL (not its Patroni, and with the installed
             # binaries); a restart is still due only if that did not apply it.
             step(f"restart {leader}", restart, leader)
@@ -189,10 +204,10 @@ def run(master: Any, c: dict, every: bool = False, timeout: float = 300) -> dict
             raise RollingError(f"rolling restart of {c['name']}: Patroni restarted, but {stale} still run another "
                                f"version than {wanted}: {steps}")  # fmt: skip
     if binaries:
-        old = {m: version_name(v) for m, v in master.postgres_running(c).items() if v != to}
+        old = {m: version_name(v) for m, v in master.postgres_running(c).items() if v != installed.get(m)}
         if old:
             raise RollingError(f"rolling restart of {c['name']}: restarted, but {old} still run another PostgreSQL "
-                               f"than the {version_name(to)} installed: {steps}")  # fmt: skip
+                               f"than the one installed ({steps['postgresql_version']['to']}): {steps}")  # fmt: skip
     steps["result"] = not steps["pending_after"]
     if steps["pending_after"]:
         raise RollingError(f"rolling restart of {c['name']}: {', '.join(steps['pending_after'])} still have a "

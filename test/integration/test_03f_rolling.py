@@ -162,29 +162,57 @@ def running_postgres() -> dict[str, int]:
     return {m: int(psql(m, "SHOW server_version_num").stdout) for m in MEMBERS}
 
 
-def test_a_patroni_version_and_a_postgresql_minor_roll_through_with_no_failed_transaction(pending_everywhere):
-    """A Patroni version and a new PostgreSQL minor (``postgresql:package_version``) in pillar:
-    highstate installs both (running members keep theirs: the old Patroni, the old binaries
-    mapped in memory), the rolling restart restarts Patroni member by member, replicas first,
-    the leader after its handover, each coming back on the new binaries. The minor is a real
-    Debian upgrade (the newest postgresql-15 Debian offers, which `lab prepare` puts in apt's
-    cache: the hosts have no route out). Under pgbench and the ack writer through app1's
-    PgBouncer: 0 failed transactions, no acknowledged write lost. The way back to the Patroni
-    default is the module's teardown (the same runner, with the parameter), which asserts every
-    member runs the default again; the minor stays (a downgrade is not a routine operation)."""
-    default = DEFAULTS["patroni"]["version"]
+def test_a_postgresql_minor_rolls_through_with_no_failed_transaction(pending_everywhere):
+    """A new PostgreSQL minor (``postgresql:package_version``) in pillar: highstate installs it
+    (running servers keep the old binaries mapped in memory, and nothing flags a restart), then
+    the rolling restart restarts the members whose running server is not the one installed,
+    replicas first, the leader by its handover. Under pgbench and the ack writer through app1's
+    PgBouncer: 0 failed transactions, no acknowledged write lost. A real Debian upgrade: the
+    newest postgresql-15 Debian offers, which `lab prepare` puts in apt's cache (the hosts have
+    no route out). It stays afterwards (a downgrade is not a routine operation)."""
     installed, newer = postgres_minor()
     assert newer != installed, f"no PostgreSQL minor newer than {installed} to roll to (`lab prepare` caches one)"
+    old, wanted = version_num(installed), version_num(newer)
+    assert running_postgres() == {m: old for m in MEMBERS}
+    before = leader()
+    psql(before, "DROP TABLE IF EXISTS minor_acks; CREATE TABLE minor_acks(id bigint PRIMARY KEY); "
+                 "GRANT INSERT, SELECT ON minor_acks TO app")  # fmt: skip
+    set_pillar({"clusters": {"main": {"parameters": {PARAM: pending_everywhere}}},
+                "postgresql": {"package_version": newer}})  # fmt: skip
+    for m in MEMBERS:
+        assert f"(Debian {newer})" in sh(m, "/usr/lib/postgresql/15/bin/postgres -V").stdout
+    assert running_postgres() == {m: old for m in MEMBERS} and pending() == set()  # installed, not running
+    bench = PgbenchLoop()
+    writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "minor_acks", password=APP_PASSWORD)
+    try:
+        code, out = rolling_restart()
+    finally:
+        bench.stop()
+        report = writer.stop()
+    assert code == 0 and out["result"] is True, out
+    to = f"{wanted // 10000}.{wanted % 10000}"
+    assert out["postgresql_version"] == {"to": to, "members": sorted(MEMBERS)} and "patroni_version" not in out, out
+    assert sorted(r["member"] for r in out["restarted"]) == sorted(MEMBERS) and out["switchover"]["from"] == before
+    assert running_postgres() == {m: wanted for m in MEMBERS}
+    assert bench.failed() is None, bench.failed()
+    assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
+    assert writer.missing_on(leader(), "app") == []
+    wait_healthy(2, timeout=180)
+
+
+def test_a_patroni_version_change_rolls_through_with_no_failed_transaction(pending_everywhere):
+    """A Patroni version in pillar: highstate installs it (running members keep theirs), the
+    rolling restart restarts Patroni member by member, replicas first, the leader after its
+    handover. Under pgbench and the ack writer through app1's PgBouncer: 0 failed transactions,
+    no acknowledged write lost. The way back to the formula's default is the module's teardown
+    (the same runner, with the parameter), which asserts every member runs the default again."""
+    default = DEFAULTS["patroni"]["version"]
     assert set(running_patroni().values()) == {default}
-    assert running_postgres() == {m: version_num(installed) for m in MEMBERS}
     psql(leader(), "DROP TABLE IF EXISTS version_acks; CREATE TABLE version_acks(id bigint PRIMARY KEY); "
                    "GRANT INSERT, SELECT ON version_acks TO app")  # fmt: skip
     set_pillar({"clusters": {"main": {"parameters": {PARAM: pending_everywhere}}},
-                "patroni": {"version": PREVIOUS_PATRONI}, "postgresql": {"package_version": newer}})  # fmt: skip
+                "patroni": {"version": PREVIOUS_PATRONI}})  # fmt: skip
     assert set(running_patroni().values()) == {default}
-    assert running_postgres() == {m: version_num(installed) for m in MEMBERS}  # installed, not running yet
-    for m in MEMBERS:
-        assert f"(Debian {newer})" in sh(m, "/usr/lib/postgresql/15/bin/postgres -V").stdout
     bench = PgbenchLoop()
     writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "version_acks", password=APP_PASSWORD)
     try:
@@ -194,10 +222,7 @@ def test_a_patroni_version_and_a_postgresql_minor_roll_through_with_no_failed_tr
         report = writer.stop()
     assert code == 0 and out["result"] is True, out
     assert out["patroni_version"] == {"to": PREVIOUS_PATRONI, "members": sorted(MEMBERS)}, out
-    wanted = version_num(newer)
-    assert out["postgresql_version"] == {"to": f"{wanted // 10000}.{wanted % 10000}", "members": sorted(MEMBERS)}, out
     assert running_patroni() == {m: PREVIOUS_PATRONI for m in MEMBERS}
-    assert running_postgres() == {m: wanted for m in MEMBERS}
     assert bench.failed() is None, bench.failed()
     assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
     assert writer.missing_on(leader(), "app") == []

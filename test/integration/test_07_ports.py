@@ -71,7 +71,7 @@ def ported(lab_up):
         ensure_probe_table()
         yield
     finally:
-        local_pillar(None)
+        sh("salt", f"rm -f {labtools.LOCAL_PILLAR}")  # no refresh: the lab goes down next
         labtools.PG_PORT["port"] = 5432
         lab("down")
 

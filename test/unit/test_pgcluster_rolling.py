@@ -266,19 +266,60 @@ def test_only_members_running_older_binaries_are_restarted_for_them():
     assert steps["postgresql_version"] == {"to": "15.20", "members": ["pg3"]}
 
 
-def test_members_with_different_minors_installed_refuse_with_nothing_done():
-    master = FakeMaster(binaries={"pg1": 150020}, servers={"pg1": 150018})
-    with pytest.raises(rolling.RollingError, match=r"different PostgreSQL versions installed \(pg1 15.20, pg2 15.18, "
-                                                   r"pg3 15.18\): install the same on every member first"):  # fmt: skip
-        rolling.run(master, MAIN)
+def test_members_with_different_minors_installed_are_each_compared_with_their_own():
+    # Nothing pinned the minor: pg1 got 15.20 when it was added, the others run the 15.18 they have.
+    master = FakeMaster(binaries={"pg1": 150020}, servers={"pg1": 150020, "pg3": 150017})
+    steps = rolling.run(master, MAIN)
+    assert master.calls == [("restart", "pg3"), ("wait_healthy", "pg2", "pg3")]
+    assert steps["postgresql_version"] == {"to": "15.18", "members": ["pg3"]} and steps["result"] is True
+
+
+def test_an_unknown_installed_version_or_a_failed_lookup_refuses_with_nothing_done():
     unknown = FakeMaster(binaries={"pg3": None})
-    with pytest.raises(rolling.RollingError, match="pg3 unknown"):
+    with pytest.raises(rolling.RollingError, match="cannot tell which PostgreSQL is installed on pg3: nothing done"):
         rolling.run(unknown, MAIN)
-    assert master.calls == [] and unknown.calls == []
+
+    def broken(c):
+        raise rolling.CommandExecutionError("pg3: '/usr/lib/postgresql/15/bin/postgres' -V (exit 127): not found")
+
+    failing = FakeMaster(pending=("pg1",))
+    failing.postgres_installed = broken
+    with pytest.raises(rolling.RollingError, match="^cluster main: cannot read the PostgreSQL installed: pg3: "
+                                                   ".* -V \\(exit 127\\): not found: nothing done$"):  # fmt: skip
+        rolling.run(failing, MAIN)
+    assert unknown.calls == [] and failing.calls == []
+
+
+def test_a_member_down_is_refused_before_any_member_is_asked_for_versions():
+    master = FakeMaster(pending=("pg1",), down=("pg3",), wanted="4.1.5")
+
+    def asked(c):
+        raise AssertionError("a member was asked for its versions while pg3 is down")
+
+    master.postgres_installed = master.patroni_installed = asked
+    with pytest.raises(rolling.RollingError, match="pg3 stopped: a rolling restart needs every member up"):
+        rolling.run(master, MAIN)
+
+
+def test_a_leader_whose_demotion_kept_the_old_binaries_is_restarted_once_more():
+    master = FakeMaster(binaries=NEW, servers={m: 150018 for m in MAIN["members"]})
+    switch = master.switchover
+
+    def switchover_keeping_old_binaries(c, candidate, timeout):
+        ret = switch(c, candidate, timeout)
+        master.servers["pg2"] = 150018  # e.g. a demotion that did not restart PostgreSQL
+        return ret
+
+    master.switchover = switchover_keeping_old_binaries
+    steps = rolling.run(master, MAIN)
+    assert master.calls[-4:] == [("switchover", "pg1"), ("wait_healthy", "pg1", "pg2"), ("restart", "pg2"),
+                                 ("wait_healthy", "pg1", "pg2")]  # fmt: skip
+    assert set(master.servers.values()) == {150020} and steps["result"] is True
 
 
 def test_a_member_still_running_the_old_binaries_after_its_restart_fails_the_run():
     master = FakeMaster(binaries=NEW, servers={"pg3": 150018})
     master.restart = lambda member, timeout: None  # restarted, still the old server
-    with pytest.raises(rolling.RollingError, match=r"\{'pg3': '15.18'\} still run another PostgreSQL than the 15.20"):
+    with pytest.raises(rolling.RollingError, match=r"\{'pg3': '15.18'\} still run another PostgreSQL than the one "
+                                                   r"installed \(15.20\)"):  # fmt: skip
         rolling.run(master, MAIN)

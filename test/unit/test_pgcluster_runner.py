@@ -359,3 +359,25 @@ def test_a_switchover_patroni_refuses_is_one_clear_error(runner, monkeypatch):
     monkeypatch.setattr(runner, "_call", lambda *a, **k: 1 / 0)
     with pytest.raises(runner.PgclusterError, match="^ZeroDivisionError: division by zero$"):
         runner._switch({}, {"name": "main"}, "pg1", "pg3", timeout=10)
+
+
+def test_the_installed_postgresql_is_read_on_every_member_in_one_job_and_a_failure_says_what_it_said(
+    runner, monkeypatch
+):
+    jobs = []
+    said = {"pg1": (0, "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)", ""),
+            "pg2": (0, "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", "")}  # fmt: skip
+
+    def call_each(opts, minions, fun, *args, **kwargs):
+        jobs.append((list(minions), fun, args, kwargs))
+        return {m: dict(zip(("retcode", "stdout", "stderr"), said[m], strict=True)) for m in minions}
+
+    monkeypatch.setitem(runner.__utils__, "pgcluster_master.call_each", call_each)
+    master = runner._Master({"postgresql": {"bin_dir": "/usr/lib/postgresql/15/bin"}})
+    assert master.postgres_installed({"members": ["pg1", "pg2"]}) == {"pg1": 150020, "pg2": 150018}
+    assert jobs == [(["pg1", "pg2"], "cmd.run_all", ("/usr/lib/postgresql/15/bin/postgres -V",),
+                     {"python_shell": True, "ignore_retcode": True, "wait": 30})]  # fmt: skip
+    said["pg2"] = (127, "", "sh: 1: /usr/lib/postgresql/15/bin/postgres: not found")
+    binary = "/usr/lib/postgresql/15/bin/postgres"
+    with pytest.raises(runner.PgclusterError, match=rf"^pg2: {binary} -V \(exit 127\): sh: 1: {binary}: not found$"):
+        master.postgres_installed({"members": ["pg1", "pg2"]})

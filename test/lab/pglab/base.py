@@ -173,35 +173,36 @@ def install_tools() -> None:
 
 # A PostgreSQL minor upgrade for the lab to roll through (test_03f): the packages of the newest
 # postgresql-15 the machine's apt knows, when newer than the one installed, downloaded into apt's
-# cache, where every host (an overlay of this machine, with no route out) installs them from.
-MINOR_PACKAGES = ("postgresql-15", "postgresql-client-15", "libpq5")
+# cache, where every host (an overlay of this machine, with no route out) installs them from
+# (apt brings the libpq5 they need along).
+MINOR_PACKAGES = ("postgresql-15", "postgresql-client-15")
 
 
 def postgres_minor() -> tuple[str, str]:
     """(installed, candidate) Debian versions of postgresql-15 on this machine."""
     out = subprocess.run(["apt-cache", "policy", MINOR_PACKAGES[0]], capture_output=True, text=True).stdout
-    found = dict(
-        line.strip().split(": ", 1)
-        for line in out.splitlines()
-        if line.strip().startswith(("Installed:", "Candidate:"))
-    )
+    lines = [line.strip().split(": ", 1) for line in out.splitlines()]
+    found = {k: v for k, *rest in lines if k in ("Installed", "Candidate") for v in rest}
     return found.get("Installed", ""), found.get("Candidate", "")
 
 
 def cache_minor() -> None:
-    """The newer minor's packages (and what apt pulls with them) in apt's cache, when there is one."""
+    """The newer minor's packages (and what apt pulls with them) in apt's cache, when there is
+    one. Best effort: without network or a newer minor, the rolling upgrade test says so."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     installed, candidate = postgres_minor()
-    if candidate == installed:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)  # maybe no security updates listed yet
+    if candidate == installed:  # maybe no security updates listed yet
+        subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         installed, candidate = postgres_minor()
     if candidate == installed:
-        say(f"PostgreSQL minor upgrade: none newer than {installed} offered (the rolling upgrade test will say so)")
+        say(f"PostgreSQL minor upgrade: none newer than {installed} offered")
+        return
+    pins = [f"{p}={candidate}" for p in MINOR_PACKAGES]
+    download = ["apt-get", "install", "--download-only", "-y", "-qq", "--no-install-recommends", *pins]
+    if subprocess.run(download, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        say(f"PostgreSQL minor upgrade: {candidate} could not be downloaded (no network?)")
         return
     say(f"PostgreSQL minor upgrade: {installed} -> {candidate} in apt's cache")
-    pins = [f"{p}={candidate}" for p in MINOR_PACKAGES]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    download = ["apt-get", "install", "--download-only", "-y", "-qq", "--no-install-recommends", *pins]
-    subprocess.run(download, check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def prepare() -> None:
