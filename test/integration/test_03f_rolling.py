@@ -24,6 +24,7 @@ from labtools import (
     PgbenchLoop,
     cluster,
     failed_states,
+    highstate,
     lab,
     leader,
     local_pillar,
@@ -44,8 +45,7 @@ PREVIOUS_PATRONI = "4.1.4"
 def set_pillar(block: dict) -> None:
     """BLOCK (under pgcluster) as the lab's local pillar, applied by a highstate of the members."""
     local_pillar(block)
-    res = lab("salt", ",".join(MEMBERS), "-L", "state.apply", "--out=json", "--static", "-t", "900", timeout=1200)
-    ret = json.loads(res.stdout)
+    ret = highstate(targets=MEMBERS)
     failed = failed_states(ret)
     assert failed == {m: [] for m in MEMBERS}, failed
 
