@@ -74,15 +74,13 @@ SALT_RACE = "RuntimeError: dictionary keys changed during iteration"
 def highstate(*extra: str, targets: list[str] | None = None) -> dict:
     """state.apply on every minion (or on TARGETS); returns {minion: {state_id: ret}} (or a list
     of errors). Once more when it failed by SALT_RACE."""
-    where = [",".join(targets), "-L"] if targets else ["*"]
-    for attempt in (1, 2):
-        res = lab("salt", *where, "state.apply", "--out=json", "--static", "-t", "900", *extra, check=False,
-                  timeout=1200)  # fmt: skip
-        ret = json.loads(res.stdout)
-        if attempt == 2 or SALT_RACE not in res.stdout:
-            return ret
+    cmd = ["salt", *([",".join(targets), "-L"] if targets else ["*"]), "state.apply", "--out=json", "--static",
+           "-t", "900", *extra]  # fmt: skip
+    res = lab(*cmd, check=False, timeout=1200)
+    if SALT_RACE in res.stdout:
         print(f"highstate: Salt's own race ({SALT_RACE}): once more", flush=True)
-    return ret
+        res = lab(*cmd, check=False, timeout=1200)
+    return json.loads(res.stdout)
 
 
 LOCAL_PILLAR = "/srv/lab-pillar/pgcluster/local.sls"

@@ -162,6 +162,25 @@ def running_postgres() -> dict[str, int]:
     return {m: int(psql(m, "SHOW server_version_num").stdout) for m in MEMBERS}
 
 
+def rolled_under_load(table: str) -> dict:
+    """``rolling_restart`` under pgbench and the ack writer (into TABLE) through app1's PgBouncer;
+    asserts it succeeded with 0 failed transactions and no acknowledged write lost, waits for
+    health, and returns its steps."""
+    bench = PgbenchLoop()
+    writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", table, password=APP_PASSWORD)
+    try:
+        code, out = rolling_restart()
+    finally:
+        bench.stop()
+        report = writer.stop()
+    assert code == 0 and out["result"] is True, out
+    assert bench.failed() is None, bench.failed()
+    assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
+    assert writer.missing_on(leader(), "app") == []
+    wait_healthy(2, timeout=180)
+    return out
+
+
 def test_a_postgresql_minor_rolls_through_with_no_failed_transaction(pending_everywhere):
     """A new PostgreSQL minor (``postgresql:package_version``) in pillar: highstate installs it
     (running servers keep the old binaries mapped in memory, and nothing flags a restart), then
@@ -182,22 +201,11 @@ def test_a_postgresql_minor_rolls_through_with_no_failed_transaction(pending_eve
     for m in MEMBERS:
         assert f"(Debian {newer})" in sh(m, "/usr/lib/postgresql/15/bin/postgres -V").stdout
     assert running_postgres() == {m: old for m in MEMBERS} and pending() == set()  # installed, not running
-    bench = PgbenchLoop()
-    writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "minor_acks", password=APP_PASSWORD)
-    try:
-        code, out = rolling_restart()
-    finally:
-        bench.stop()
-        report = writer.stop()
-    assert code == 0 and out["result"] is True, out
+    out = rolled_under_load("minor_acks")
     to = f"{wanted // 10000}.{wanted % 10000}"
     assert out["postgresql_version"] == {"to": to, "members": sorted(MEMBERS)} and "patroni_version" not in out, out
     assert sorted(r["member"] for r in out["restarted"]) == sorted(MEMBERS) and out["switchover"]["from"] == before
     assert running_postgres() == {m: wanted for m in MEMBERS}
-    assert bench.failed() is None, bench.failed()
-    assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
-    assert writer.missing_on(leader(), "app") == []
-    wait_healthy(2, timeout=180)
 
 
 def test_a_patroni_version_change_rolls_through_with_no_failed_transaction(pending_everywhere):
@@ -213,17 +221,6 @@ def test_a_patroni_version_change_rolls_through_with_no_failed_transaction(pendi
     set_pillar({"clusters": {"main": {"parameters": {PARAM: pending_everywhere}}},
                 "patroni": {"version": PREVIOUS_PATRONI}})  # fmt: skip
     assert set(running_patroni().values()) == {default}
-    bench = PgbenchLoop()
-    writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "version_acks", password=APP_PASSWORD)
-    try:
-        code, out = rolling_restart()
-    finally:
-        bench.stop()
-        report = writer.stop()
-    assert code == 0 and out["result"] is True, out
+    out = rolled_under_load("version_acks")
     assert out["patroni_version"] == {"to": PREVIOUS_PATRONI, "members": sorted(MEMBERS)}, out
     assert running_patroni() == {m: PREVIOUS_PATRONI for m in MEMBERS}
-    assert bench.failed() is None, bench.failed()
-    assert report["failed"] == [] and len(report["acked"]) > 20 and not report["stuck"], report["failed"][:5]
-    assert writer.missing_on(leader(), "app") == []
-    wait_healthy(2, timeout=180)
