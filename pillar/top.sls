@@ -1,10 +1,8 @@
-{#- The lab's pillar goes to the hosts the model names, derived from the model itself. #}
-{%- import_yaml "pgcluster/lab_model.yaml" as lab %}
+{#- The lab's pillar goes to the hosts the model names (with a lab run's overrides: a spare
+    host added by a test gets its share too), derived from the model itself. #}
+{%- from "pgcluster/model.jinja" import model with context %}
 base:
-  {{ lab.pgcluster.hosts.keys() | join(",") }}:
+  {{ model.hosts.keys() | join(",") }}:
     - match: list
     - pgcluster.lab
     - pgcluster.minions
-    # A lab run's own overrides (e.g. non-default ports), on the master's disk only.
-    - pgcluster.local
-    - ignore_missing: True

@@ -40,6 +40,7 @@ def confdir(tmp_path_factory) -> Path:
     (pillar / "top.sls").write_text("base:\n  '*':\n    - pgcluster.lab\n    - pgcluster.tls\n")
     for name, src in [
         ("lab.sls", "pillar/pgcluster/lab.sls"),
+        ("model.jinja", "pillar/pgcluster/model.jinja"),
         ("lab_model.yaml", "pillar/pgcluster/lab_model.yaml"),
         ("formula_defaults.yaml", "salt/pgcluster/defaults.yaml"),
         ("tls.sls", "test/kitchen/pillar/tls.sls"),

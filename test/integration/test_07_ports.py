@@ -3,8 +3,9 @@
 and pg2; pg3 only the third etcd member, a witness, and a PgBouncer host) with the ``pair``
 profile. PgBouncer follows the leader on a switchover by hand and after a crash, the runner's
 zero-error switchover works, and each server crashed in turn leaves the other taking writes with
-no acknowledged write lost; pg3 joins as a third member and leaves again under load while the
-etcd witness moves from pg3 to app1; a changed etcd setting restarts etcd one host at a time.
+no acknowledged write lost; the cluster grows to four members (pg3, until then the etcd witness,
+and pg4, a new server booted from the lab's spare host) and shrinks back to two under load while
+the etcd witness moves from pg3 to app1; a changed etcd setting restarts etcd one host at a time.
 Every port comes from the one model.
 
 This module takes the shared lab down and deploys its own (last in the suite)."""
@@ -43,6 +44,7 @@ DEFAULTS = yaml.safe_load((labtools.REPO / "salt/pgcluster/defaults.yaml").read_
 FAILOVER_BOUND = DEFAULTS["profiles"]["pair"]["failover_bound"]
 PORTS = {"postgresql": 5433, "restapi": 8009, "pgbouncer": 6433}
 PAIR = ("pg1", "pg2")
+SPARE, SPARE_ADDRESS = "pg4", "198.18.0.14"  # test/lab/topology.toml: booted by the test that grows the cluster
 OVERRIDE = f"""pgcluster:
   postgresql:
     port: {PORTS["postgresql"]}
@@ -189,12 +191,17 @@ def test_status_says_when_writes_are_blocked_for_lack_of_a_standby(ported):
     assert status()["writes"] == f"{lead} accepts writes"
 
 
-def _members(members: tuple[str, ...], etcd: tuple[str, ...] | None = None, election_timeout: int = 0) -> None:
+def _members(
+    members: tuple[str, ...], etcd: tuple[str, ...] | None = None, election_timeout: int = 0, spare: bool = False
+) -> None:
     """The override's members of main set to MEMBERS (and its etcd hosts to ETCD, etcd's
-    election timeout to ELECTION_TIMEOUT ms), every minion's pillar refreshed."""
+    election timeout to ELECTION_TIMEOUT ms; with SPARE the lab's spare host in the model's
+    hosts), every minion's pillar refreshed."""
     override = OVERRIDE.replace(f"members: [{', '.join(PAIR)}]", f"members: [{', '.join(members)}]")
     if etcd:
         override += f"      etcd: [{', '.join(etcd)}]\n"
+    if spare:
+        override = override.replace("pgcluster:\n", f"pgcluster:\n  hosts:\n    {SPARE}: {SPARE_ADDRESS}\n", 1)
     if election_timeout:
         override = override.replace(
             "pgcluster:\n", f"pgcluster:\n  etcd:\n    election_timeout: {election_timeout}\n", 1
@@ -213,42 +220,67 @@ def _etcd_members() -> dict[str, bool]:
     return {m["name"] or m["id"]: m["started"] for m in salt_json("pg1", "pgcluster.etcd_members")["pg1"]}
 
 
-def test_a_third_server_joins_and_leaves_under_load_and_etcd_restarts_one_host_at_a_time(ported):
-    """Adding a member is a pillar edit and a highstate: pg3 (until now only the etcd witness)
-    gets its replica from the pgBackRest repository and streams. Taking it out is a pillar edit,
-    ``pgcluster.remove_member`` and a highstate. The etcd witness moves from pg3 to app1 in the
-    same steps: app1 joins the running etcd in the first highstate (etcd then has four members),
-    the runner takes pg3 out of etcd as well. The second pillar edit also changes an etcd setting
-    read on restart (the election timeout): the second highstate restarts etcd on every etcd host,
-    one at a time under the cluster's restart lock (the windows from stop to healthy never
-    overlap: the quorum holds). pgbench (in 10 s runs) and the ack writer go through app1's
-    PgBouncer the whole time: no failed transaction, nothing acknowledged lost, the leader stays
-    through the etcd restarts. (One test: each highstate of this lab costs about a minute.)"""
+def _joined(member: str, total: int) -> None:
+    """MEMBER got its replica from the pgBackRest repository and holds the TOTAL writes made
+    before it joined."""
+    on_it = "SELECT count(*) FROM grow_acks"
+    wait_for(f"{member} holding the writes made before it joined", lambda: int(psql(member, on_it).stdout) >= total, 30)
+    restored = sh(member, "cat /var/log/pgbackrest/main-restore.log", check=False).stdout
+    assert "restore command end: completed successfully" in restored, (member, restored)
+
+
+def _left(member: str) -> None:
+    """MEMBER's Patroni and etcd are stopped and disabled, its etcd data directory moved aside."""
+    for service in ("patroni", "etcd"):
+        assert sh(member, f"systemctl is-enabled {service}", check=False).stdout.strip() != "enabled", (member, service)
+    assert "active" not in sh(member, "systemctl is-active patroni etcd", check=False).stdout.split(), member
+    moved = sh(member, "test ! -e /var/lib/etcd/main", check=False)
+    assert moved.returncode == 0, f"{member}'s etcd data directory is still in place"
+
+
+def test_the_cluster_grows_to_four_servers_and_shrinks_to_two_under_load_and_etcd_restarts_one_host_at_a_time(ported):
+    """Adding members is a pillar edit and a highstate: pg3 (until now only the etcd witness)
+    and pg4 (a new server: the lab's spare host, booted now with nothing but Salt on it) get
+    their replicas from the pgBackRest repository and stream, every PgBouncer host learns both
+    (their leader finder asks all four members), the members' firewalls let them replicate.
+    Taking them out is a pillar edit, ``pgcluster.remove_member`` for each and a highstate. The
+    etcd witness moves from pg3 to app1 in the same steps: app1 joins the running etcd in the
+    first highstate (etcd then has four members), the runner takes pg3 out of etcd as well. The
+    second pillar edit also changes an etcd setting read on restart (the election timeout): the
+    second highstate restarts etcd on every etcd host, one at a time under the cluster's restart
+    lock (the windows from stop to healthy never overlap: the quorum holds). pgbench (in 10 s
+    runs) and the ack writer go through app1's PgBouncer the whole time: no failed transaction,
+    nothing acknowledged lost, the leader stays through the etcd restarts. (One test: each
+    highstate of this lab costs about a minute.)"""
     lead = leader()
     psql(lead, "CREATE TABLE grow_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON grow_acks TO app")
     dsn = f"host=127.0.0.1 port={PORTS['pgbouncer']} dbname=app user=app"
+    lab("boot", SPARE)
     bench = PgbenchLoop()
     writer = AckWriter("app1", dsn, "grow_acks", password=APP_PASSWORD)
+    four = (*PAIR, "pg3", SPARE)
     try:
-        _members((*PAIR, "pg3"), etcd=("pg1", "pg2", "pg3", "app1"))
+        _members(four, etcd=("pg1", "pg2", "pg3", "app1"), spare=True)
         _no_failed_state()
         assert _etcd_members() == {"pg1": True, "pg2": True, "pg3": True, "app1": True}
-        wait_healthy(2, timeout=180)
+        wait_healthy(3, timeout=180)
         joined = {m["name"]: m for m in cluster()["members"]}
-        assert joined["pg3"]["state"] == "streaming", joined
+        assert sorted(joined) == sorted(four) and all(joined[m]["state"] == "streaming" for m in ("pg3", SPARE)), joined
         total = int(psql(lead, "SELECT count(*) FROM grow_acks").stdout)
-        on_pg3 = "SELECT count(*) FROM grow_acks"
-        wait_for("pg3 holding the writes made before it joined", lambda: int(psql("pg3", on_pg3).stdout) >= total, 30)
-        restored = sh("pg3", "cat /var/log/pgbackrest/main-restore.log", check=False).stdout
-        assert "restore command end: completed successfully" in restored, restored
-        refused = lab("run", "pgcluster.remove_member", "main", "pg3", check=False)
+        for member in ("pg3", SPARE):
+            _joined(member, total)
+        spec = json.loads(sh("app1", "cat /etc/pgbouncer/routing-main.json").stdout)
+        assert sorted(spec["members"]) == sorted(four), spec["members"]
+        refused = lab("run", "pgcluster.remove_member", "main", SPARE, check=False)
         assert refused.returncode != 0 and "still in clusters:main:members" in refused.stdout, refused.stdout
-        _members(PAIR, etcd=("pg1", "pg2", "app1"), election_timeout=1200)
+        _members(PAIR, etcd=("pg1", "pg2", "app1"), election_timeout=1200, spare=True)
         assert status()["etcd"]["not_in_model"] == ["pg3"]
-        res = lab("run", "pgcluster.remove_member", "main", "pg3", "--out=json", check=False)
-        removed = json.loads(res.stdout)
-        assert res.returncode == 0 and removed["patroni"] == "stopped and disabled", res.stdout
-        assert removed["etcd"].startswith("removed from etcd"), removed
+        removed = {}
+        for member in ("pg3", SPARE):
+            res = lab("run", "pgcluster.remove_member", "main", member, "--out=json", check=False)
+            removed[member] = json.loads(res.stdout)
+            assert res.returncode == 0 and removed[member]["patroni"] == "stopped and disabled", res.stdout
+        assert removed["pg3"]["etcd"].startswith("removed from etcd"), removed
         assert sorted(m["name"] for m in cluster()["members"]) == sorted(PAIR)
         assert _etcd_members() == {"pg1": True, "pg2": True, "app1": True}
         before_restarts = leader()
@@ -256,11 +288,11 @@ def test_a_third_server_joins_and_leaves_under_load_and_etcd_restarts_one_host_a
         assert failed_states(ret) == {m: [] for m in ret}, failed_states(ret)
         _one_etcd_host_at_a_time(ret, ("pg1", "pg2", "app1"), 1200)
         assert leader() == before_restarts
-        for service in ("patroni", "etcd"):
-            assert sh("pg3", f"systemctl is-enabled {service}", check=False).stdout.strip() == "disabled", service
-        assert sh("pg3", "systemctl is-active etcd", check=False).stdout.strip() != "active"
-        moved = sh("pg3", "test ! -e /var/lib/etcd/main && ls -d /var/lib/etcd/main.removed-*", check=False)
-        assert moved.returncode == 0, "pg3's etcd data directory was not moved aside"
+        for member in ("pg3", SPARE):
+            _left(member)
+        assert sh("pg3", "ls -d /var/lib/etcd/main.removed-*", check=False).returncode == 0, "pg3's etcd data kept"
+        spec = json.loads(sh("app1", "cat /etc/pgbouncer/routing-main.json").stdout)
+        assert sorted(spec["members"]) == sorted(PAIR), spec["members"]
         after = status()
         assert after["not_in_model"] == [] and after["writes"].endswith("accepts writes"), after
         etcd = {"members": {"pg1": True, "pg2": True, "app1": True}, "not_in_model": [], "not_started": []}
@@ -269,6 +301,7 @@ def test_a_third_server_joins_and_leaves_under_load_and_etcd_restarts_one_host_a
         bench.stop()
         report = writer.stop()
         _members(PAIR, etcd=tuple(h for h, started in _etcd_members().items() if started))
+        lab("retire", SPARE)
     assert bench.failed() is None, bench.failed()
     assert report["failed"] == [] and len(report["acked"]) > 50 and not report["stuck"], report
     assert writer.missing_on(leader(), "app") == []

@@ -6,9 +6,11 @@ import pytest
 from pglab.topology import TopologyError, load
 
 
-def test_default_topology_has_the_seven_hosts():
+def test_default_topology_has_the_seven_hosts_and_a_spare():
     topo = load()
-    assert [h.name for h in topo.hosts] == ["salt", "pg1", "pg2", "pg3", "backup", "app1", "legacy"]
+    assert [h.name for h in topo.hosts] == ["salt", "pg1", "pg2", "pg3", "pg4", "backup", "app1", "legacy"]
+    assert [h.name for h in topo.booted] == ["salt", "pg1", "pg2", "pg3", "backup", "app1", "legacy"]
+    assert topo.host("pg4").spare is True and topo.host("pg1").spare is False
     legacy = topo.host("legacy")
     assert legacy.services == ("postgresql.service",) and legacy.setup == "legacy-setup.sh"
     assert topo.master.name == "salt"
@@ -24,6 +26,9 @@ def test_default_topology_has_the_seven_hosts():
         ('[[hosts]]\nname="a"\naddress="198.18.0.1"\nmaster=true\n', "duplicate address 198.18.0.1"),
         ('[[hosts]]\nname="a"\naddress="nope"\nmaster=true\n', "hosts[0].address: 'nope' is not an IP address"),
         ("[[hosts]\n", "not valid TOML"),
+        ('[[hosts]]\nname="a"\naddress="198.18.0.2"\nmaster=true\nspare=true\n', "the master is never spare"),
+        ('[[hosts]]\nname="a"\naddress="198.18.0.2"\nmaster=true\n[[hosts]]\nname="b"\naddress="198.18.0.3"\n'
+         'spare="yes"\n', "hosts[1].spare: 'yes' must be true or false"),
     ],
 )
 def test_bad_topologies_name_the_problem(tmp_path, body, message):

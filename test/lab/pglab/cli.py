@@ -59,13 +59,20 @@ def _salt(topo: Topology, args: list[str], capture: bool = False) -> subprocess.
     return subprocess.run(master.nsenter(args), capture_output=capture, text=True)
 
 
-def wait_minions(topo: Topology, timeout: float = 120) -> float:
-    """Wait until every minion answers test.ping. Returns the seconds waited; raises LabError."""
+def _in_service(topo: Topology) -> set[str]:
+    """The hosts whose minions the master has accepted: every booted one, and the spares brought in."""
+    keys = _salt(topo, ["ls", "/etc/salt/pki/master/minions"], capture=True).stdout.split()
+    return {h.name for h in topo.booted} | ({h.name for h in topo.hosts if h.spare} & set(keys))
+
+
+def wait_minions(topo: Topology, timeout: float = 120, names: set[str] | None = None) -> float:
+    """Wait until every minion (or NAMES) answers test.ping. Returns the seconds waited; raises LabError."""
     start = time.monotonic()
-    names = {h.name for h in topo.hosts}
+    names = names or {h.name for h in topo.booted}
     answered: set[str] = set()
+    target = ["-L", ",".join(sorted(names))]
     while time.monotonic() - start < timeout:
-        res = _salt(topo, ["salt", "*", "test.ping", "--out=json", "--static", "-t", "5"], capture=True)
+        res = _salt(topo, ["salt", *target, "test.ping", "--out=json", "--static", "-t", "5"], capture=True)
         try:
             answered = {k for k, v in json.loads(res.stdout or "{}").items() if v is True}
         except json.JSONDecodeError:
@@ -87,15 +94,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     if topo.path != TOPOLOGY_LINK:
         shutil.copyfile(topo.path, TOPOLOGY_LINK)
-    hosts = _hosts(topo)
+    every = _hosts(topo)
+    hosts = [h for h in every if not h.host.spare]
     # A lab booted from another checkout would serve that checkout's code to every minion.
     for h in hosts:
         other = h.bound_repo()
         if other is not None and Path(other) != REPO:
             raise LabError(f"a lab booted from another checkout ({other}) is up: run 'lab down' first")
-    for h in hosts:
+    for h in every:  # a spare's disk too: 'lab boot' brings it in later
         h.provision()
-    saltcfg.configure(hosts)
+    saltcfg.configure(every)
     _bridge_up(topo)
     for h in hosts:
         state = "running" if h.running() else "booting"
@@ -219,7 +227,7 @@ def cmd_highstate(args: argparse.Namespace) -> int:
     except json.JSONDecodeError:
         sys.stderr.write(res.stdout + res.stderr)
         raise LabError("highstate: no JSON return from salt") from None
-    missing = {h.name for h in topo.hosts} - set(ret)
+    missing = _in_service(topo) - set(ret)
     lines, ok = summarize_highstate(ret)
     print("\n".join(lines))
     for m in sorted(missing):
@@ -257,6 +265,19 @@ def cmd_kitchen(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _bring_in(topo: Topology, h: LabHost) -> None:
+    """A spare host just booted joins the lab: the master accepts its minion key (laid on its
+    disk by saltcfg), it answers test.ping and has pgcluster's custom modules."""
+    name = h.host.name
+    master = _host(topo, topo.master.name)
+    accept = ["sh", "-c", f"cat > /etc/salt/pki/master/minions/{name}"]
+    subprocess.run(master.nsenter(accept), input=(saltcfg.KEYS_DIR / f"{name}.pub").read_text(), text=True, check=True)
+    wait_minions(topo, names={name})
+    sync = _salt(topo, ["salt", name, "saltutil.sync_all", "--out=json", "--static", "-t", "120"], capture=True)
+    if sync.returncode != 0:
+        raise LabError(f"{name}: saltutil.sync_all failed: {(sync.stdout + sync.stderr)[-2000:]}")
+
+
 def _fault(verb: str):
     def run(args: argparse.Namespace) -> int:
         _require_root()
@@ -266,7 +287,19 @@ def _fault(verb: str):
             if h.running():
                 raise LabError(f"boot: {args.host} is already running")
             _bridge_up(topo)
+            if h.host.spare:  # a fresh disk after 'lab retire': Salt laid onto it again
+                h.provision()
+                saltcfg.configure(_hosts(topo))
             h.boot()
+            if h.host.spare:
+                _bring_in(topo, h)
+        elif verb == "retire":
+            if not h.host.spare:
+                raise LabError(f"retire: {args.host} is not a spare host (only spares leave the lab)")
+            h.kill()
+            _salt(topo, ["salt-key", "-y", "-d", args.host], capture=True)
+            h.unmount()  # its disk goes: booted again, it is a new server
+            shutil.rmtree(h.dir, ignore_errors=True)
         else:
             getattr(h, verb)()
         base.say(f"{verb} {args.host}: {h.state()}")
@@ -299,8 +332,12 @@ def parser() -> argparse.ArgumentParser:
     kp.add_argument("suite", nargs="?", help="a suite (member) or a group (cluster: every cluster-* suite)")
     kp.add_argument("--keep", action="store_true", help="leave the first group's hosts up afterwards")
     kp.set_defaults(func=cmd_kitchen)
-    for verb in ("crash", "boot", "stop", "isolate", "heal"):
-        sp = sub.add_parser(verb, help=f"fault: {verb} a host")
+    for verb in ("crash", "boot", "stop", "isolate", "heal", "retire"):
+        what = {
+            "boot": "boot a host (a spare: also accept its minion)",
+            "retire": "kill a spare host, forget its minion and its disk",
+        }
+        sp = sub.add_parser(verb, help=what.get(verb, f"fault: {verb} a host"))
         sp.add_argument("host")
         sp.set_defaults(func=_fault(verb))
     return p

@@ -105,7 +105,7 @@ def configure(hosts: list[LabHost]) -> None:
         master.write("/etc/salt/master.d/lab.conf", MASTER_CONF)
         master.write("/etc/salt/pki/master/master.pem", (KEYS_DIR / "master.pem").read_text(), 0o400)
         master.write("/etc/salt/pki/master/master.pub", master_pub)
-        for h in hosts:
+        for h in (h for h in hosts if not h.host.spare):  # a spare's is accepted when it boots ('lab boot')
             master.write(f"/etc/salt/pki/master/minions/{h.host.name}", (KEYS_DIR / f"{h.host.name}.pub").read_text())
         for sub in ("_modules", "_states", "_utils", "_runners"):
             master.link(f"/srv/pgcluster-ext/{sub}", f"{REPO_IN_MASTER}/{sub}")

@@ -31,6 +31,9 @@ class Host:
     # host after its first boot.
     services: tuple[str, ...] = ()
     setup: str | None = None
+    # A spare host is not booted with the lab: 'lab boot NAME' brings it in (its minion key
+    # accepted then), 'lab retire NAME' takes it out again (a new server for a cluster to grow onto).
+    spare: bool = False
 
     @property
     def veth(self) -> str:
@@ -48,6 +51,11 @@ class Topology:
     @property
     def master(self) -> Host:
         return next(h for h in self.hosts if h.master)
+
+    @property
+    def booted(self) -> tuple[Host, ...]:
+        """The hosts 'lab up' boots: every one but the spares."""
+        return tuple(h for h in self.hosts if not h.spare)
 
     def host(self, name: str) -> Host:
         """Return the host called NAME; raise TopologyError when there is none."""
@@ -109,8 +117,11 @@ def load(path: Path | str | None = None) -> Topology:
         setup = raw.get("setup")
         if setup is not None and not (SETUP_DIR / str(setup)).is_file():
             raise TopologyError(f"hosts[{i}].setup: {setup!r} is not a file in {SETUP_DIR}")
+        spare = raw.get("spare", False)
+        if not isinstance(spare, bool) or (spare and raw.get("master", False)):
+            raise TopologyError(f"hosts[{i}].spare: {spare!r} must be true or false, and the master is never spare")
         hosts.append(Host(name=name, address=address, master=bool(raw.get("master", False)),
-                          services=tuple(services), setup=setup))  # fmt: skip
+                          services=tuple(services), setup=setup, spare=spare))  # fmt: skip
     masters = [h.name for h in hosts if h.master]
     if len(masters) != 1:
         raise TopologyError(f"exactly one host must have master = true (found {masters or 'none'})")
