@@ -27,8 +27,11 @@ def test_default_topology_has_the_seven_hosts_and_a_spare():
         ('[[hosts]]\nname="a"\naddress="nope"\nmaster=true\n', "hosts[0].address: 'nope' is not an IP address"),
         ("[[hosts]\n", "not valid TOML"),
         ('[[hosts]]\nname="a"\naddress="198.18.0.2"\nmaster=true\nspare=true\n', "the master is never spare"),
-        ('[[hosts]]\nname="a"\naddress="198.18.0.2"\nmaster=true\n[[hosts]]\nname="b"\naddress="198.18.0.3"\n'
-         'spare="yes"\n', "hosts[1].spare: 'yes' must be true or false"),
+        (
+            '[[hosts]]\nname="a"\naddress="198.18.0.2"\nmaster=true\n[[hosts]]\nname="b"\naddress="198.18.0.3"\n'
+            'spare="yes"\n',
+            "hosts[1].spare: 'yes' must be true or false",
+        ),
     ],
 )
 def test_bad_topologies_name_the_problem(tmp_path, body, message):
