@@ -199,6 +199,44 @@ def repoint(
     return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4), "resumed": resumed}
 
 
+def follow(
+    cluster: str, former: str, timeline: int, timeout: float = 30, interval: float = 0.2, spec: dict | None = None
+) -> dict:
+    """The end of a planned switchover, here rather than through the master: wait until Patroni
+    names a leader other than FORMER, on a timeline after TIMELINE, that accepts writes (asked from
+    this host every INTERVAL seconds with the formula's one leader finder, as the start-up hook
+    does), then ``repoint`` CLUSTER to it and RESUME it (fenced like any route). The runner sends
+    this right after its PAUSE, so that clients are held until the new leader takes writes and no
+    longer than that plus a Salt round trip.
+
+    Returns ``repoint``'s answer with ``leader`` and ``timeline``. Raises CommandExecutionError
+    when no such leader appears within TIMEOUT seconds (nothing changed, nothing resumed: the
+    runner resumes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgbouncer.follow main pg1 4
+    """
+    s = _spec(cluster, spec)
+    apis = {m: v["api"] for m, v in s["members"].items()}
+    deadline = time.monotonic() + float(timeout)
+    while True:
+        found = __utils__["pgcluster_routing.find_leader"](apis, timeout=1.0, cafile=s.get("cafile"))
+        if found and found["name"] != former and (found["timeline"] or 0) > int(timeline):
+            break
+        if time.monotonic() >= deadline:
+            raise CommandExecutionError(f"pgbouncer: no leader other than {former} after timeline {timeline} "
+                                        f"within {timeout} s")  # fmt: skip
+        time.sleep(float(interval))
+    address = s["members"][found["name"]]["address"]
+    replicas = __utils__["pgcluster_routing.replica_addresses"](s, found)
+    done = repoint(cluster, address, found["timeline"], resume_paused=True, spec=s, system=found["system"],
+                   replicas=replicas)  # fmt: skip
+    return {**done, "leader": found["name"], "timeline": found["timeline"]}
+
+
 def pause(cluster: str, spec: dict | None = None, databases: list | None = None) -> list[str]:
     """PAUSE every database of CLUSTER, or only DATABASES of it (waits for running queries to
     finish). Returns the databases paused.

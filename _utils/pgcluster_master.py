@@ -146,7 +146,7 @@ def prometheus(url: str | None, ca: str, path: str, params: dict, timeout: float
 
 # ---- every PgBouncer of a cluster at once -------------------------------------------------------
 # Jobs that may leave a PgBouncer routed or paused otherwise than the safety net last verified.
-ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.resume"})
+ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.resume", "pgbouncer.follow"})
 
 
 def on_pgbouncers(

@@ -45,8 +45,14 @@ def runner(monkeypatch, pki, tmp_path):
     mod = load_module("runners", "pgcluster", opts={"cachedir": str(tmp_path)})
     mod.jobs, mod.fired = [], []
 
+    mod.followed = {}  # {host: the leader its pgbouncer.follow found}; a host not in it fails that job
+
     def on_pgbouncers(c, fun, args, timeout=8, kwarg=None, verifies=False):
         mod.jobs.append((fun, args, kwarg))
+        if fun == "pgbouncer.follow":
+            return {h: {"ret": {"changed": True, "resumed": ["app"], "leader": mod.followed[h]}, "retcode": 0}
+                    if h in mod.followed else {"ret": "pgbouncer: no leader other than ...", "retcode": 1}
+                    for h in c["pgbouncer"]}  # fmt: skip
         return {h: {"ret": {"changed": True, "resumed": []}, "retcode": 0} for h in c["pgbouncer"]}
 
     monkeypatch.setattr(mod, "_on_pgbouncers", on_pgbouncers)
@@ -171,7 +177,9 @@ def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monke
         ret = runner.switchover("main", candidate="pg3")
     assert ret["retcode"] == 1 and __context__["retcode"] == 1
     assert "switchover of main failed (every PgBouncer resumed)" in ret["error"] and "candidate lags" in ret["error"]
-    assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.pause", "pgbouncer.resume"]
+    # The hosts' own wait for a new leader (in the background) may be sent before or after the RESUME.
+    jobs = [fun for fun, _, _ in runner.jobs]
+    assert [f for f in jobs if f != "pgbouncer.follow"] == ["pgbouncer.pause", "pgbouncer.resume"], jobs
     assert [t for t, _ in runner.fired] == ["switchover"]
     # A checkpoint on the leader before the PAUSE: its shutdown checkpoint is short inside it.
     assert calls == [("pg2", "pgsql.query", ("CHECKPOINT",)), ("pg2", "patroni.switchover", ())]
@@ -308,12 +316,13 @@ def test_the_route_digest_ignores_whether_the_job_also_resumes(runner):
     assert digest(["main", "a"], {"timeline": 2}) != digest(["main", "a"], {"timeline": 3})
 
 
-def test_a_switchover_routes_and_resumes_in_one_job_once_the_new_leader_takes_writes(runner, monkeypatch):
-    """The new leader is polled while Patroni's switchover job runs (its API answers a whole second
-    later): repoint and RESUME go out in one job as soon as the new leader accepts writes."""
+def _switchover_with_pg3_taking_over(runner, monkeypatch, **kwargs) -> dict:
+    """A switchover from pg2 (timeline 7) to pg3 (timeline 8): the master's lookups see pg2, then
+    nobody for a while, then pg3; Patroni's job answers 1.5 s later (a whole second after the
+    leader changed, then Salt's return)."""
     lookups = []
 
-    def leader(model, c, timeout=None):  # pg2 leads, then nobody for a while, then pg3
+    def leader(model, c, timeout=None):
         lookups.append(1)
         return {"name": "pg2", "timeline": 7, "system": "1"} if len(lookups) == 1 else (
             None if len(lookups) < 4 else {"name": "pg3", "timeline": 8, "system": "1"})  # fmt: skip
@@ -322,17 +331,49 @@ def test_a_switchover_routes_and_resumes_in_one_job_once_the_new_leader_takes_wr
 
     def call(minion, fun, *args, **kwargs):
         if fun == "patroni.switchover":
-            time.sleep(1.5)  # Patroni answers at a whole second after the leader changed, then Salt returns
+            time.sleep(1.5)
         return []
 
     monkeypatch.setattr(runner, "_call", call)
     with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
-        ret = runner.switchover("main", candidate="pg3")
+        return runner.switchover("main", candidate="pg3", **kwargs)
+
+
+def test_a_switchovers_pgbouncer_hosts_follow_the_new_leader_themselves(runner, monkeypatch):
+    """Right after the PAUSE every PgBouncer host is sent ``pgbouncer.follow`` (the former leader
+    and its timeline: it routes to and RESUMEs the first leader after them that takes writes);
+    when all of them followed pg3, the master sends no repoint, and it never waits for Patroni's
+    job."""
+    runner.followed = {h: "pg3" for h in ("pg1", "pg2", "pg3", "app1")}
+    ret = _switchover_with_pg3_taking_over(runner, monkeypatch)
     assert ret["result"] is True and ret["to"] == "pg3" and ret["timeline"] == 8, ret
-    assert ret["leader_after"] < 1.5 and ret["paused_seconds"] < 1.5, ret
-    jobs = [(fun, kwarg.get("resume_paused")) for fun, _, kwarg in runner.jobs]
-    assert jobs == [("pgbouncer.pause", None), ("pgbouncer.repoint", True)]
+    assert ret["resumed_by"] == "pgbouncer hosts" and ret["paused_seconds"] < 1.5, ret
+    assert [(fun, args) for fun, args, _ in runner.jobs] == [("pgbouncer.pause", ["main"]),
+                                                              ("pgbouncer.follow", ["main", "pg2", 7])]  # fmt: skip
+    assert runner.jobs[1][2]["spec"] == runner._spec(runner._model(), runner._model()["clusters"]["main"])
+
+
+@pytest.mark.parametrize("followed", [{"pg1": "pg3", "pg2": "pg3", "pg3": "pg3"},
+                                      {"pg1": "pg3", "pg2": "pg3", "pg3": "pg3", "app1": "pg1"}],
+                         ids=["a host failed", "a host found another leader"])  # fmt: skip
+def test_a_host_that_did_not_follow_gets_the_masters_repoint_and_resume(runner, monkeypatch, followed):
+    runner.followed = followed
+    ret = _switchover_with_pg3_taking_over(runner, monkeypatch)
+    assert ret["result"] is True and ret["resumed_by"] == "master", ret
+    jobs = [(fun, (kwarg or {}).get("resume_paused")) for fun, _, kwarg in runner.jobs]
+    assert jobs == [("pgbouncer.pause", None), ("pgbouncer.follow", None), ("pgbouncer.repoint", True)]
+    assert runner.jobs[2][1] == ["main", runner._model()["hosts"]["pg3"]]
+
+
+def test_with_follow_false_the_master_alone_repoints_and_a_bad_follow_is_refused(runner, monkeypatch):
+    runner.followed = {h: "pg3" for h in ("pg1", "pg2", "pg3", "app1")}
+    ret = _switchover_with_pg3_taking_over(runner, monkeypatch, follow=False)
+    assert ret["result"] is True and ret["resumed_by"] == "master", ret
+    assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.pause", "pgbouncer.repoint"]
+    runner.jobs.clear()
+    ret = runner.switchover("main", follow="yes")
+    assert ret["error"] == "follow='yes': must be true or false" and runner.jobs == []
 
 
 def test_the_switchover_returns_the_new_leader_without_waiting_for_patronis_job(runner, monkeypatch):

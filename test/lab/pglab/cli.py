@@ -170,7 +170,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     topo = _topology(None)
     print(f"{'HOST':8} {'ADDRESS':14} STATE")
     for h in _hosts(topo):
-        print(f"{h.host.name:8} {h.host.address:14} {h.state()}")
+        state = h.state()
+        if h.host.spare and state == "stopped":
+            state = f"spare, not booted (lab boot {h.host.name})"
+        print(f"{h.host.name:8} {h.host.address:14} {state}")
     return 0
 
 
