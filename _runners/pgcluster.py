@@ -41,6 +41,7 @@ import requests
 import salt.cache
 import salt.client
 import salt.utils.event
+import salt.utils.jid
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -489,8 +490,9 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
     """Planned switchover with no client error: a CHECKPOINT on the leader (so that its shutdown
     checkpoint is short), then PAUSE every PgBouncer, switch over (the patroni execution module on
     the leader, with its own checks and credentials) while every PgBouncer host waits for the new
-    leader itself (``pgbouncer.follow``) and routes to it and RESUMEs the moment it accepts writes
-    (the master repoints and RESUMEs the hosts itself when one of them did not). On any failure
+    leader itself (``pgbouncer.follow``, sent right after the PAUSE) and routes to it and RESUMEs
+    the moment it accepts writes (when one of them did not, the master repoints and RESUMEs every
+    host in one job, and kills the hosts' jobs still waiting). On any failure
     every PgBouncer is RESUMEd and the error says what went wrong. Returns the steps with their
     timings (from the PAUSE), who resumed the clients, and how long clients were paused. With
     ``follow=False`` the master alone repoints and RESUMEs, once it has seen the new leader
@@ -516,7 +518,8 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
     steps: dict[str, Any] = {"from": old["name"]}
     spec = _spec(model, c)
     lock = _section(cluster, f"switchover from {old['name']}")
-    t0, resumed = None, False
+    t0, resumed, followed = None, False, []
+    jid = salt.utils.jid.gen_jid(__opts__)  # the hosts' pgbouncer.follow: killed if left waiting
     try:
         t = time.monotonic()
         _call(old["name"], "pgsql.query", "CHECKPOINT", port=c["port"], wait=timeout)
@@ -527,11 +530,10 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
         if bad:
             raise PgclusterError(f"PAUSE failed on {bad}")
         steps["paused_after"] = round(time.monotonic() - t0, 3)
-        # Each PgBouncer host waits for the new leader itself and resumes the moment it takes
-        # writes: no Salt round trip between the new leader and the RESUME.
-        args, kwarg = [cluster, old["name"], old.get("timeline") or 0], {"spec": spec, "timeout": timeout}
-        followed = (_background(lambda: _on_pgbouncers(c, "pgbouncer.follow", args, timeout=int(timeout), kwarg=kwarg))
-                    if follow else [])  # fmt: skip
+        if follow:  # each host waits for the new leader itself: no Salt round trip before its RESUME
+            args, kwarg = [cluster, old["name"], old.get("timeline") or 0], {"spec": spec, "timeout": timeout}
+            followed = _background(lambda: _on_pgbouncers(c, "pgbouncer.follow", args, timeout=int(timeout),
+                                                          kwarg=kwarg, jid=jid))  # fmt: skip
         new = _switch(model, c, old["name"], candidate, timeout)
         steps["to"] = new["name"]
         steps["timeline"] = new["timeline"]
@@ -548,6 +550,9 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
         steps["error"] = str(exc)
     finally:
         steps["resume_failed"] = {}
+        if follow and t0 is not None and steps.get("resumed_by") != "pgbouncer hosts":
+            # A host still waiting must not RESUME later what another operation paused by then.
+            _on_pgbouncers(c, "saltutil.kill_job", [jid])
         if t0 is not None and not resumed:
             ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster], kwarg={"spec": spec})
             steps["resume_failed"] = _failures(ret, c["pgbouncer"])

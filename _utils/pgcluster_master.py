@@ -150,7 +150,14 @@ ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.r
 
 
 def on_pgbouncers(
-    opts: dict, c: dict, fun: str, args: list, timeout: int = 4, kwarg: dict | None = None, verifies: bool = False
+    opts: dict,
+    c: dict,
+    fun: str,
+    args: list,
+    timeout: int = 4,
+    kwarg: dict | None = None,
+    verifies: bool = False,
+    jid: str = "",
 ) -> dict:
     """FUN on every PgBouncer host of cluster C at once: Salt's full returns by host. A job that
     changes routing or pauses (``ROUTE_CHANGING``) first forgets what the safety net verified of
@@ -159,14 +166,15 @@ def on_pgbouncers(
     The callers hold the cluster's routing lock meanwhile, so a host that is down must cost
     little: Salt waits TIMEOUT seconds for the returns, then asks the silent hosts whether they
     still run the job (a host that does is waited for, however long it takes) and gives each 2 s
-    to say so (Salt's default 10 s would come on top). A host that is down costs TIMEOUT + 2 s."""
+    to say so (Salt's default 10 s would come on top). A host that is down costs TIMEOUT + 2 s.
+    JID: the job's id, chosen by the caller (to kill it later), else Salt's."""
     hosts = c["pgbouncer"]
     if not hosts:
         return {}
     if fun in ROUTE_CHANGING and not verifies:
         forget_verified(opts, c["name"])
     with salt.client.LocalClient(mopts=dict(opts, gather_job_timeout=2)) as local:
-        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg)
+        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg, jid=jid)
 
 
 def failures(ret: dict, hosts: list[str]) -> dict[str, str]:

@@ -156,6 +156,7 @@ def one_run(fault: str) -> dict:
     res = {"promote": t_promote - t0 if t_promote else None}
     if fault != "crash":  # how long the runner held clients (PAUSE -> RESUME), by its own clock
         res["paused"] = steps["paused_seconds"]
+        res["resumed_by"] = steps.get("resumed_by")
     for path in ("pgbouncer", "haproxy"):
         gap, failed, first_new = outage(parse_writes(out[f"w:{path}"]), t0, old_addr)
         res[f"outage:{path}"], res[f"failed:{path}"] = gap, failed

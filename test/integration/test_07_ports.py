@@ -256,6 +256,13 @@ def test_the_cluster_grows_to_four_servers_and_shrinks_to_two_under_load_and_etc
     psql(lead, "CREATE TABLE grow_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON grow_acks TO app")
     dsn = f"host=127.0.0.1 port={PORTS['pgbouncer']} dbname=app user=app"
     lab("boot", SPARE)
+    try:
+        _grow_and_shrink(lead, dsn)
+    finally:
+        lab("retire", SPARE)
+
+
+def _grow_and_shrink(lead: str, dsn: str) -> None:
     bench = PgbenchLoop()
     writer = AckWriter("app1", dsn, "grow_acks", password=APP_PASSWORD)
     four = (*PAIR, "pg3", SPARE)
@@ -301,7 +308,6 @@ def test_the_cluster_grows_to_four_servers_and_shrinks_to_two_under_load_and_etc
         bench.stop()
         report = writer.stop()
         _members(PAIR, etcd=tuple(h for h, started in _etcd_members().items() if started))
-        lab("retire", SPARE)
     assert bench.failed() is None, bench.failed()
     assert report["failed"] == [] and len(report["acked"]) > 50 and not report["stuck"], report
     assert writer.missing_on(leader(), "app") == []

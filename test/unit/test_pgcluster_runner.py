@@ -47,8 +47,8 @@ def runner(monkeypatch, pki, tmp_path):
 
     mod.followed = {}  # {host: the leader its pgbouncer.follow found}; a host not in it fails that job
 
-    def on_pgbouncers(c, fun, args, timeout=8, kwarg=None, verifies=False):
-        mod.jobs.append((fun, args, kwarg))
+    def on_pgbouncers(c, fun, args, timeout=8, kwarg=None, verifies=False, jid=""):
+        mod.jobs.append((fun, args, {**(kwarg or {}), "jid": jid} if jid else kwarg))  # a job given its id: noted
         if fun == "pgbouncer.follow":
             return {h: {"ret": {"changed": True, "resumed": ["app"], "leader": mod.followed[h]}, "retcode": 0}
                     if h in mod.followed else {"ret": "pgbouncer: no leader other than ...", "retcode": 1}
@@ -177,9 +177,12 @@ def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monke
         ret = runner.switchover("main", candidate="pg3")
     assert ret["retcode"] == 1 and __context__["retcode"] == 1
     assert "switchover of main failed (every PgBouncer resumed)" in ret["error"] and "candidate lags" in ret["error"]
-    # The hosts' own wait for a new leader (in the background) may be sent before or after the RESUME.
+    # The hosts' own wait for a new leader (sent from a thread after the PAUSE) is killed before the RESUME.
     jobs = [fun for fun, _, _ in runner.jobs]
-    assert [f for f in jobs if f != "pgbouncer.follow"] == ["pgbouncer.pause", "pgbouncer.resume"], jobs
+    assert jobs.count("pgbouncer.follow") == 1, jobs
+    assert [f for f in jobs if f != "pgbouncer.follow"] == ["pgbouncer.pause", "saltutil.kill_job", "pgbouncer.resume"]
+    follow = next(kwarg for fun, _, kwarg in runner.jobs if fun == "pgbouncer.follow")
+    assert runner.jobs[-2][1] == [follow["jid"]] and follow["jid"]
     assert [t for t, _ in runner.fired] == ["switchover"]
     # A checkpoint on the leader before the PAUSE: its shutdown checkpoint is short inside it.
     assert calls == [("pg2", "pgsql.query", ("CHECKPOINT",)), ("pg2", "patroni.switchover", ())]
@@ -209,7 +212,7 @@ class FakeLocal:
     def __exit__(self, *exc):
         return False
 
-    def cmd(self, hosts, fun, args, tgt_type=None, timeout=None, full_return=False, kwarg=None):
+    def cmd(self, hosts, fun, args, tgt_type=None, timeout=None, full_return=False, kwarg=None, jid=""):
         FakeLocal.jobs.append((fun, list(hosts), kwarg))
         return {h: {"ret": {"changed": False, "resumed": []}, "retcode": 0} for h in hosts if h not in FakeLocal.down}
 
@@ -349,9 +352,11 @@ def test_a_switchovers_pgbouncer_hosts_follow_the_new_leader_themselves(runner, 
     ret = _switchover_with_pg3_taking_over(runner, monkeypatch)
     assert ret["result"] is True and ret["to"] == "pg3" and ret["timeline"] == 8, ret
     assert ret["resumed_by"] == "pgbouncer hosts" and ret["paused_seconds"] < 1.5, ret
-    assert [(fun, args) for fun, args, _ in runner.jobs] == [("pgbouncer.pause", ["main"]),
-                                                              ("pgbouncer.follow", ["main", "pg2", 7])]  # fmt: skip
-    assert runner.jobs[1][2]["spec"] == runner._spec(runner._model(), runner._model()["clusters"]["main"])
+    # The hosts' wait is sent from a thread after the PAUSE; nothing is killed when they all followed.
+    follow = [(args, kwarg) for fun, args, kwarg in runner.jobs if fun == "pgbouncer.follow"]
+    assert [(fun, args) for fun, args, _ in runner.jobs if fun != "pgbouncer.follow"] == [("pgbouncer.pause", ["main"])]
+    assert len(follow) == 1 and follow[0][0] == ["main", "pg2", 7], follow
+    assert follow[0][1]["spec"] == runner._spec(runner._model(), runner._model()["clusters"]["main"])
 
 
 @pytest.mark.parametrize("followed", [{"pg1": "pg3", "pg2": "pg3", "pg3": "pg3"},
@@ -361,9 +366,13 @@ def test_a_host_that_did_not_follow_gets_the_masters_repoint_and_resume(runner, 
     runner.followed = followed
     ret = _switchover_with_pg3_taking_over(runner, monkeypatch)
     assert ret["result"] is True and ret["resumed_by"] == "master", ret
-    jobs = [(fun, (kwarg or {}).get("resume_paused")) for fun, _, kwarg in runner.jobs]
-    assert jobs == [("pgbouncer.pause", None), ("pgbouncer.follow", None), ("pgbouncer.repoint", True)]
-    assert runner.jobs[2][1] == ["main", runner._model()["hosts"]["pg3"]]
+    jobs = [(fun, args, (kwarg or {}).get("resume_paused")) for fun, args, kwarg in runner.jobs]
+    assert [fun for fun, _, _ in jobs].count("pgbouncer.follow") == 1
+    assert [j for j in jobs if j[0] != "pgbouncer.follow"] == [
+        ("pgbouncer.pause", ["main"], None),
+        ("pgbouncer.repoint", ["main", runner._model()["hosts"]["pg3"]], True),
+        ("saltutil.kill_job", [next(k for f, _, k in runner.jobs if f == "pgbouncer.follow")["jid"]], None),
+    ]
 
 
 def test_with_follow_false_the_master_alone_repoints_and_a_bad_follow_is_refused(runner, monkeypatch):

@@ -112,7 +112,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     base.say("waiting for every minion to answer test.ping")
     waited = wait_minions(topo)
     # The minions do not sync custom modules at each highstate (saltcfg.MINION_CONF): now, once.
-    sync = _salt(topo, ["salt", "*", "saltutil.sync_all", "--out=json", "--static", "-t", "120"], capture=True)
+    running = [h.host.name for h in every if not h.host.spare or h.running()]  # not a spare left stopped
+    sync = _salt(topo, ["salt", "-L", ",".join(running), "saltutil.sync_all", "--out=json", "--static", "-t", "120"],
+                 capture=True)  # fmt: skip
     if sync.returncode != 0:
         raise LabError(f"saltutil.sync_all failed: {(sync.stdout + sync.stderr)[-2000:]}")
     for h in hosts:
@@ -268,13 +270,18 @@ def cmd_kitchen(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _bring_in(topo: Topology, h: LabHost) -> None:
-    """A spare host just booted joins the lab: the master accepts its minion key (laid on its
-    disk by saltcfg), it answers test.ping and has pgcluster's custom modules."""
-    name = h.host.name
+def _accept(topo: Topology, h: LabHost) -> None:
+    """The master accepts spare host H's minion key (laid on its disk by saltcfg)."""
     master = _host(topo, topo.master.name)
-    accept = ["sh", "-c", f"cat > /etc/salt/pki/master/minions/{name}"]
-    subprocess.run(master.nsenter(accept), input=(saltcfg.KEYS_DIR / f"{name}.pub").read_text(), text=True, check=True)
+    accept = ["sh", "-c", f"cat > /etc/salt/pki/master/minions/{h.host.name}"]
+    key = (saltcfg.KEYS_DIR / f"{h.host.name}.pub").read_text()
+    subprocess.run(master.nsenter(accept), input=key, text=True, check=True)
+
+
+def _bring_in(topo: Topology, h: LabHost) -> None:
+    """A spare host just booted (its key accepted) joins the lab: it answers test.ping and has
+    pgcluster's custom modules."""
+    name = h.host.name
     wait_minions(topo, names={name})
     sync = _salt(topo, ["salt", name, "saltutil.sync_all", "--out=json", "--static", "-t", "120"], capture=True)
     if sync.returncode != 0:
@@ -293,6 +300,7 @@ def _fault(verb: str):
             if h.host.spare:  # a fresh disk after 'lab retire': Salt laid onto it again
                 h.provision()
                 saltcfg.configure(_hosts(topo))
+                _accept(topo, h)  # before it boots: its minion's first try is accepted
             h.boot()
             if h.host.spare:
                 _bring_in(topo, h)
@@ -300,7 +308,11 @@ def _fault(verb: str):
             if not h.host.spare:
                 raise LabError(f"retire: {args.host} is not a spare host (only spares leave the lab)")
             h.kill()
-            _salt(topo, ["salt-key", "-y", "-d", args.host], capture=True)
+            if h.running():
+                raise LabError(f"retire: {args.host} is still running after kill -9")
+            forget = _salt(topo, ["salt-key", "-y", "-d", args.host], capture=True)
+            if forget.returncode != 0:
+                raise LabError(f"retire: salt-key -d {args.host} failed: {(forget.stdout + forget.stderr)[-500:]}")
             h.unmount()  # its disk goes: booted again, it is a new server
             shutil.rmtree(h.dir, ignore_errors=True)
         else:

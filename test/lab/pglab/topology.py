@@ -118,8 +118,10 @@ def load(path: Path | str | None = None) -> Topology:
         if setup is not None and not (SETUP_DIR / str(setup)).is_file():
             raise TopologyError(f"hosts[{i}].setup: {setup!r} is not a file in {SETUP_DIR}")
         spare = raw.get("spare", False)
-        if not isinstance(spare, bool) or (spare and raw.get("master", False)):
-            raise TopologyError(f"hosts[{i}].spare: {spare!r} must be true or false, and the master is never spare")
+        if not isinstance(spare, bool):
+            raise TopologyError(f"hosts[{i}].spare: {spare!r} must be true or false")
+        if spare and raw.get("master", False):
+            raise TopologyError(f"hosts[{i}].spare: the master is never spare")
         hosts.append(Host(name=name, address=address, master=bool(raw.get("master", False)),
                           services=tuple(services), setup=setup, spare=spare))  # fmt: skip
     masters = [h.name for h in hosts if h.master]
