@@ -199,62 +199,6 @@ def repoint(
     return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4), "resumed": resumed}
 
 
-def follow(
-    cluster: str, former: str, timeline: int, timeout: float = 30, interval: float = 0.2, spec: dict | None = None
-) -> dict:
-    """The end of a planned switchover, here rather than through the master: wait until Patroni
-    names a leader other than FORMER, on a timeline after TIMELINE, that accepts writes (asked from
-    this host every INTERVAL seconds: GET /primary of the other members, a hit confirmed by the
-    formula's one leader finder, the start-up hook's), then ``repoint`` CLUSTER to it and RESUME
-    it (fenced like any route). The runner sends this right after its PAUSE: no Salt round trip
-    between the new leader and the RESUME.
-
-    Returns ``repoint``'s answer with ``leader`` and ``timeline``. Raises CommandExecutionError
-    when no such leader appears within TIMEOUT seconds (nothing changed, nothing resumed: the
-    runner resumes).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt app1 pgbouncer.follow main pg1 4
-    """
-    s = _spec(cluster, spec)
-    apis = {m: v["api"] for m, v in s["members"].items()}
-    deadline = time.monotonic() + float(timeout)
-    while True:
-        found = _successor(apis, former, int(timeline), s.get("cafile"))
-        if found:
-            break
-        if time.monotonic() >= deadline:
-            raise CommandExecutionError(f"pgbouncer: no leader other than {former} after timeline {timeline} "
-                                        f"within {timeout} s")  # fmt: skip
-        time.sleep(float(interval))
-    address = s["members"][found["name"]]["address"]
-    replicas = __utils__["pgcluster_routing.replica_addresses"](s, found)
-    done = repoint(cluster, address, found["timeline"], resume_paused=True, spec=s, system=found["system"],
-                   replicas=replicas)  # fmt: skip
-    return {**done, "leader": found["name"], "timeline": found["timeline"]}
-
-
-def _successor(apis: dict[str, str], former: str, timeline: int, cafile: str | None) -> dict | None:
-    """The leader after FORMER, once one accepts writes on a timeline after TIMELINE: each of the
-    other members is asked GET /primary (cheap: Patroni's API closes every connection, so each
-    poll pays a TLS handshake per member asked), and only a member that answers as a primary on a
-    later timeline is confirmed by the leader finder (every member's view, and it alone accepts
-    writes)."""
-    get, writable = __utils__["pgcluster_routing.get_json"], __utils__["pgcluster_routing.accepts_writes"]
-    ctx = __utils__["pgcluster_routing.context"](cafile)
-    for member, api in apis.items():
-        if member == former:
-            continue
-        status, body = get(f"{api}/primary", 1.0, ctx)
-        if writable(status, body) and (body.get("timeline") or 0) > timeline:
-            found = __utils__["pgcluster_routing.find_leader"](apis, timeout=1.0, cafile=cafile)
-            return found if found and found["name"] == member else None
-    return None
-
-
 def pause(cluster: str, spec: dict | None = None, databases: list | None = None) -> list[str]:
     """PAUSE every database of CLUSTER, or only DATABASES of it (waits for running queries to
     finish). Returns the databases paused.

@@ -34,14 +34,12 @@ import logging
 import shlex
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import requests
 import salt.cache
 import salt.client
 import salt.utils.event
-import salt.utils.jid
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -57,9 +55,6 @@ RESTORE_BANK = "pgcluster/restore"
 # The safety net tries a PgBouncer host that did not answer again after this long (a host that
 # comes back routes itself at PgBouncer's start; the safety net is for a minion that was away).
 FAILED_RETRY = 30.0
-# A switchover's PgBouncer hosts route to the new leader themselves (``pgbouncer.follow``); once
-# the master sees that leader too, it waits this long for their answers before it repoints them.
-FOLLOW_WAIT = 10.0
 
 
 class PgclusterError(CommandExecutionError):
@@ -108,36 +103,30 @@ def _wait_leader(model: dict, c: dict, timeout: float, not_member: str | None = 
         time.sleep(0.1)
 
 
-def _background(fn: Callable[[], Any]) -> list:
-    """FN run in a thread; returns the list that receives its outcome, ``(True, value)`` or
-    ``(False, exception)``. Salt's loader dunders (__opts__, __utils__) live in context variables:
-    the thread gets ours. A daemon: nobody waits for it, not even the interpreter at exit."""
-    out: list = []
-
-    def job() -> None:
-        try:
-            out.append((True, fn()))
-        except Exception as exc:  # handed to whoever reads OUT
-            out.append((False, exc))
-
-    threading.Thread(target=contextvars.copy_context().run, args=(job,), daemon=True).start()
-    return out
-
-
 def _switch(model: dict, c: dict, old: str, candidate: str | None, timeout: float) -> dict:
     """Patroni's switchover from OLD (the patroni execution module on OLD, with its own checks and
     credentials), the new leader polled meanwhile: Patroni's API answers only at a whole second
     after the leader changed, and the Salt job's return comes after that. Returns the new leader
     once it accepts writes; raises PgclusterError when Patroni refuses or TIMEOUT passes."""
     kwarg = {"candidate": candidate} if candidate else {}
-    job = _background(lambda: _call(old, "patroni.switchover", wait=timeout, **kwarg))
+    failed: list[Exception] = []
+
+    def job() -> None:
+        try:
+            _call(old, "patroni.switchover", wait=timeout, **kwarg)
+        except Exception as exc:  # handed to the poll below
+            failed.append(exc)
+
+    # Salt's loader dunders (__opts__, __utils__) live in context variables: the thread gets ours.
+    # A daemon: its return is not waited for once the new leader is found, not even at exit.
+    threading.Thread(target=contextvars.copy_context().run, args=(job,), daemon=True).start()
     deadline = time.monotonic() + timeout
     while True:
         leader = _leader(model, c)
         if leader and leader["name"] != old:
             return leader
-        if job and not job[0][0]:
-            exc = job[0][1]
+        if failed:
+            exc = failed[0]
             raise exc if isinstance(exc, PgclusterError) else PgclusterError(f"{type(exc).__name__}: {exc}")
         if time.monotonic() >= deadline:
             raise PgclusterError(f"no leader other than {old} accepting writes within {timeout:.0f} s")
@@ -183,25 +172,6 @@ def _repoint(model: dict, c: dict, leader: dict, resume_paused: bool = False) ->
     args, kwarg = _route(model, c, leader, resume_paused)
     ret = _on_pgbouncers(c, "pgbouncer.repoint", args, kwarg=kwarg)
     return __utils__["pgcluster_master.repointed"](c, ret, t, leader["name"])
-
-
-def _followed(c: dict, new: dict, job: list, wait: float) -> dict | None:
-    """What the PgBouncer hosts' own ``pgbouncer.follow`` (JOB, from ``_background``) did, as
-    ``_repoint`` reports it, once every host routed to NEW and resumed; None when one did not
-    answer, failed or found another leader within WAIT seconds (the caller repoints them all)."""
-    deadline = time.monotonic() + wait
-    while not job and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if not job or not job[0][0]:
-        return None
-    ret = job[0][1]
-    done = __utils__["pgcluster_master.repointed"](c, ret, time.monotonic(), new["name"])
-    others = {h: r["ret"].get("leader") for h, r in ret.items() if isinstance(r.get("ret"), dict)}
-    if done["failed"] or any(leader != new["name"] for leader in others.values()):
-        log.warning("pgcluster: %s: PgBouncer hosts did not all follow %s (%s, %s): repointing them",
-                    c["name"], new["name"], done["failed"], others)  # fmt: skip
-        return None
-    return done
 
 
 def _verify_routes(model: dict, c: dict, leader: dict, full_every: float) -> dict:
@@ -486,17 +456,13 @@ def _watch(model: dict, c: dict) -> dict:
 
 
 @_clean_errors
-def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, follow: bool = True) -> dict:
+def switchover(cluster: str, candidate: str | None = None, timeout: float = 60) -> dict:
     """Planned switchover with no client error: a CHECKPOINT on the leader (so that its shutdown
     checkpoint is short), then PAUSE every PgBouncer, switch over (the patroni execution module on
-    the leader, with its own checks and credentials) while every PgBouncer host waits for the new
-    leader itself (``pgbouncer.follow``, sent right after the PAUSE) and routes to it and RESUMEs
-    the moment it accepts writes (when one of them did not, the master repoints and RESUMEs every
-    host in one job, and kills the hosts' jobs still waiting). On any failure
-    every PgBouncer is RESUMEd and the error says what went wrong. Returns the steps with their
-    timings (from the PAUSE), who resumed the clients, and how long clients were paused. With
-    ``follow=False`` the master alone repoints and RESUMEs, once it has seen the new leader
-    (the way before PgBouncer hosts followed; kept for comparison, e.g. by bench_routing).
+    the leader, with its own checks and credentials) while polling for the new leader, and as
+    soon as it accepts writes repoint and RESUME every PgBouncer in one job. On any failure every
+    PgBouncer is RESUMEd and the error says what went wrong. Returns the steps with their timings
+    (from the PAUSE), and how long clients were paused.
 
     CLI Example:
 
@@ -504,8 +470,6 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
 
         salt-run pgcluster.switchover main candidate=pg2
     """
-    if not isinstance(follow, bool):
-        raise PgclusterError(f"follow={follow!r}: must be true or false")
     model = _model()
     c = _cluster(model, cluster)
     if candidate is not None and candidate not in c["members"]:
@@ -518,8 +482,7 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
     steps: dict[str, Any] = {"from": old["name"]}
     spec = _spec(model, c)
     lock = _section(cluster, f"switchover from {old['name']}")
-    t0, resumed, followed = None, False, []
-    jid = salt.utils.jid.gen_jid(__opts__)  # the hosts' pgbouncer.follow: killed if left waiting
+    t0, resumed = None, False
     try:
         t = time.monotonic()
         _call(old["name"], "pgsql.query", "CHECKPOINT", port=c["port"], wait=timeout)
@@ -530,18 +493,11 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
         if bad:
             raise PgclusterError(f"PAUSE failed on {bad}")
         steps["paused_after"] = round(time.monotonic() - t0, 3)
-        if follow:  # each host waits for the new leader itself: no Salt round trip before its RESUME
-            args, kwarg = [cluster, old["name"], old.get("timeline") or 0], {"spec": spec, "timeout": timeout}
-            followed = _background(lambda: _on_pgbouncers(c, "pgbouncer.follow", args, timeout=int(timeout),
-                                                          kwarg=kwarg, jid=jid))  # fmt: skip
         new = _switch(model, c, old["name"], candidate, timeout)
         steps["to"] = new["name"]
         steps["timeline"] = new["timeline"]
         steps["leader_after"] = round(time.monotonic() - t0, 3)
-        done = _followed(c, new, followed, FOLLOW_WAIT) if follow else None
-        steps["resumed_by"] = "pgbouncer hosts" if done else "master"
-        if done is None:
-            done = _repoint(model, c, new, resume_paused=True)
+        done = _repoint(model, c, new, resume_paused=True)
         if done["failed"]:
             raise PgclusterError(f"repoint failed on {done['failed']}")
         resumed = True
@@ -550,9 +506,6 @@ def switchover(cluster: str, candidate: str | None = None, timeout: float = 60, 
         steps["error"] = str(exc)
     finally:
         steps["resume_failed"] = {}
-        if follow and t0 is not None and steps.get("resumed_by") != "pgbouncer hosts":
-            # A host still waiting must not RESUME later what another operation paused by then.
-            _on_pgbouncers(c, "saltutil.kill_job", [jid])
         if t0 is not None and not resumed:
             ret = _on_pgbouncers(c, "pgbouncer.resume", [cluster], kwarg={"spec": spec})
             steps["resume_failed"] = _failures(ret, c["pgbouncer"])

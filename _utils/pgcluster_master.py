@@ -146,18 +146,11 @@ def prometheus(url: str | None, ca: str, path: str, params: dict, timeout: float
 
 # ---- every PgBouncer of a cluster at once -------------------------------------------------------
 # Jobs that may leave a PgBouncer routed or paused otherwise than the safety net last verified.
-ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.resume", "pgbouncer.follow"})
+ROUTE_CHANGING = frozenset({"pgbouncer.pause", "pgbouncer.repoint", "pgbouncer.resume"})
 
 
 def on_pgbouncers(
-    opts: dict,
-    c: dict,
-    fun: str,
-    args: list,
-    timeout: int = 4,
-    kwarg: dict | None = None,
-    verifies: bool = False,
-    jid: str = "",
+    opts: dict, c: dict, fun: str, args: list, timeout: int = 4, kwarg: dict | None = None, verifies: bool = False
 ) -> dict:
     """FUN on every PgBouncer host of cluster C at once: Salt's full returns by host. A job that
     changes routing or pauses (``ROUTE_CHANGING``) first forgets what the safety net verified of
@@ -166,15 +159,14 @@ def on_pgbouncers(
     The callers hold the cluster's routing lock meanwhile, so a host that is down must cost
     little: Salt waits TIMEOUT seconds for the returns, then asks the silent hosts whether they
     still run the job (a host that does is waited for, however long it takes) and gives each 2 s
-    to say so (Salt's default 10 s would come on top). A host that is down costs TIMEOUT + 2 s.
-    JID: the job's id, chosen by the caller (to kill it later), else Salt's."""
+    to say so (Salt's default 10 s would come on top). A host that is down costs TIMEOUT + 2 s."""
     hosts = c["pgbouncer"]
     if not hosts:
         return {}
     if fun in ROUTE_CHANGING and not verifies:
         forget_verified(opts, c["name"])
     with salt.client.LocalClient(mopts=dict(opts, gather_job_timeout=2)) as local:
-        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg, jid=jid)
+        return local.cmd(hosts, fun, args, tgt_type="list", timeout=timeout, full_return=True, kwarg=kwarg)
 
 
 def failures(ret: dict, hosts: list[str]) -> dict[str, str]:

@@ -45,8 +45,7 @@ def __virtual__():
     return __virtualname__
 
 
-def context(cafile: str | None, certfile: str | None = None, keyfile: str | None = None) -> ssl.SSLContext | None:
-    """The TLS context for Patroni's API checked against CAFILE (None: neither given, plain HTTP)."""
+def _context(cafile: str | None, certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
     if not cafile and not certfile:
         return None
     ctx = ssl.create_default_context(cafile=cafile)
@@ -119,7 +118,7 @@ def find_leader(
     (timeline and database system identifier from the leader's own PostgreSQL; the members that
     may serve reads, ``readable``).
     """
-    ctx = context(cafile, certfile, keyfile)
+    ctx = _context(cafile, certfile, keyfile)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(len(apis), 1))
     try:
         views = _views(pool, apis, timeout, ctx)

@@ -198,15 +198,12 @@ def reconcile_round(*args: str) -> dict:
 def test_a_switchover_runner_killed_after_its_pause_is_undone_by_the_safety_net(deployed):
     """A switchover runner killed (-9) after its PAUSE, before its RESUME: its routing lock goes
     with it, and the safety net RESUMEs every PgBouncer and routes it to whoever leads, within
-    30 s. While nothing changes, the safety net's rounds send no PgBouncer host a job. (With
-    ``follow=False``: the hosts' own wait for the new leader, sent after the PAUSE when the
-    runner lives long enough, would RESUME them itself once the leader changed.)"""
+    30 s. While nothing changes, the safety net's rounds send no PgBouncer host a job."""
     wait_healthy(2, timeout=120)
     log = "/var/log/salt/master"
     count = f"grep -c \"reconcile repointed main .*resumed \\['app1'\" {log} || true"
     before = int(sh("salt", count).stdout.strip() or 0)
-    switchover = subprocess.Popen([str(LAB), "exec", "salt", "--", "salt-run", "pgcluster.switchover", "main",
-                                   "follow=False"],
+    switchover = subprocess.Popen([str(LAB), "exec", "salt", "--", "salt-run", "pgcluster.switchover", "main"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for("the switchover to PAUSE app1", app1_paused, 60, interval=0.1)

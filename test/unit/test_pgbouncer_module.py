@@ -4,7 +4,7 @@ recorded answer (and from a later layout with columns added), every value from t
 from __future__ import annotations
 
 import pytest
-from pgctest import FIXTURES, load_module, patroni_replay
+from pgctest import FIXTURES, load_module
 
 # Recorded with psql -F $'\x1f'; pgsql.query's own separator is put in their place.
 SHOW_1_18 = (FIXTURES / "pgbouncer" / "show_databases_1.18.txt").read_text().replace("\x1f", "\x02")
@@ -103,24 +103,3 @@ def test_repoint_keeps_a_database_being_migrated_at_its_source_until_it_is_cut_o
     pgb.answer = show({"app": "198.18.0.12", "shop": "198.18.0.40"})
     with pytest.raises(pgb.CommandExecutionError, match="still routes to"):
         pgb.repoint("main", "198.18.0.13", timeline=4, spec=spec, timeout=0.2)
-
-
-def test_follow_routes_to_and_resumes_the_first_leader_after_the_former_one(pgb, tmp_path):
-    """A switchover's end on the PgBouncer host: Patroni asked from here (replayed recordings,
-    pg2 leads on timeline 1); a leader that is still the former one, or not on a later timeline,
-    is waited for until the timeout, with nothing written."""
-    leader = {"/cluster": "cluster", "/primary": "primary_on_leader"}
-    replica = {"/cluster": "cluster", "/primary": "primary_on_replica"}
-    with patroni_replay({"pg1": replica, "pg2": leader, "pg3": replica}) as apis:
-        members = {m: {"address": patroni_replay.hosts[m], "api": api} for m, api in apis.items()}
-        spec = {**SPEC, "path": str(tmp_path / "routing-main.ini"), "members": members}
-        for former, timeline in (("pg2", 0), ("pg1", 1)):
-            with pytest.raises(pgb.CommandExecutionError, match=f"no leader other than {former} after timeline"):
-                pgb.follow("main", former, timeline, timeout=0.3, spec=spec)
-            assert not (tmp_path / "routing-main.ini").exists() and pgb.ran == []
-        pgb.answer = show({"app": members["pg2"]["address"]})
-        ret = pgb.follow("main", "pg1", 0, spec=spec)
-    assert ret["leader"] == "pg2" and ret["timeline"] == 1 and ret["changed"] is True, ret
-    assert ret["targets"] == {"app": members["pg2"]["address"]}
-    assert "leader " + members["pg2"]["address"] + "; timeline 1;" in (tmp_path / "routing-main.ini").read_text()
-    assert [r["sql"] for r in pgb.ran] == ["RELOAD;\nSHOW DATABASES;", "SHOW DATABASES"]  # the RESUME's look

@@ -45,14 +45,8 @@ def runner(monkeypatch, pki, tmp_path):
     mod = load_module("runners", "pgcluster", opts={"cachedir": str(tmp_path)})
     mod.jobs, mod.fired = [], []
 
-    mod.followed = {}  # {host: the leader its pgbouncer.follow found}; a host not in it fails that job
-
-    def on_pgbouncers(c, fun, args, timeout=8, kwarg=None, verifies=False, jid=""):
-        mod.jobs.append((fun, args, {**(kwarg or {}), "jid": jid} if jid else kwarg))  # a job given its id: noted
-        if fun == "pgbouncer.follow":
-            return {h: {"ret": {"changed": True, "resumed": ["app"], "leader": mod.followed[h]}, "retcode": 0}
-                    if h in mod.followed else {"ret": "pgbouncer: no leader other than ...", "retcode": 1}
-                    for h in c["pgbouncer"]}  # fmt: skip
+    def on_pgbouncers(c, fun, args, timeout=8, kwarg=None, verifies=False):
+        mod.jobs.append((fun, args, kwarg))
         return {h: {"ret": {"changed": True, "resumed": []}, "retcode": 0} for h in c["pgbouncer"]}
 
     monkeypatch.setattr(mod, "_on_pgbouncers", on_pgbouncers)
@@ -177,12 +171,7 @@ def test_a_refused_switchover_resumes_every_pgbouncer_and_says_why(runner, monke
         ret = runner.switchover("main", candidate="pg3")
     assert ret["retcode"] == 1 and __context__["retcode"] == 1
     assert "switchover of main failed (every PgBouncer resumed)" in ret["error"] and "candidate lags" in ret["error"]
-    # The hosts' own wait for a new leader (sent from a thread after the PAUSE) is killed before the RESUME.
-    jobs = [fun for fun, _, _ in runner.jobs]
-    assert jobs.count("pgbouncer.follow") == 1, jobs
-    assert [f for f in jobs if f != "pgbouncer.follow"] == ["pgbouncer.pause", "saltutil.kill_job", "pgbouncer.resume"]
-    follow = next(kwarg for fun, _, kwarg in runner.jobs if fun == "pgbouncer.follow")
-    assert runner.jobs[-2][1] == [follow["jid"]] and follow["jid"]
+    assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.pause", "pgbouncer.resume"]
     assert [t for t, _ in runner.fired] == ["switchover"]
     # A checkpoint on the leader before the PAUSE: its shutdown checkpoint is short inside it.
     assert calls == [("pg2", "pgsql.query", ("CHECKPOINT",)), ("pg2", "patroni.switchover", ())]
@@ -212,7 +201,7 @@ class FakeLocal:
     def __exit__(self, *exc):
         return False
 
-    def cmd(self, hosts, fun, args, tgt_type=None, timeout=None, full_return=False, kwarg=None, jid=""):
+    def cmd(self, hosts, fun, args, tgt_type=None, timeout=None, full_return=False, kwarg=None):
         FakeLocal.jobs.append((fun, list(hosts), kwarg))
         return {h: {"ret": {"changed": False, "resumed": []}, "retcode": 0} for h in hosts if h not in FakeLocal.down}
 
@@ -319,13 +308,12 @@ def test_the_route_digest_ignores_whether_the_job_also_resumes(runner):
     assert digest(["main", "a"], {"timeline": 2}) != digest(["main", "a"], {"timeline": 3})
 
 
-def _switchover_with_pg3_taking_over(runner, monkeypatch, **kwargs) -> dict:
-    """A switchover from pg2 (timeline 7) to pg3 (timeline 8): the master's lookups see pg2, then
-    nobody for a while, then pg3; Patroni's job answers 1.5 s later (a whole second after the
-    leader changed, then Salt's return)."""
+def test_a_switchover_routes_and_resumes_in_one_job_once_the_new_leader_takes_writes(runner, monkeypatch):
+    """The new leader is polled while Patroni's switchover job runs (its API answers a whole second
+    later): repoint and RESUME go out in one job as soon as the new leader accepts writes."""
     lookups = []
 
-    def leader(model, c, timeout=None):
+    def leader(model, c, timeout=None):  # pg2 leads, then nobody for a while, then pg3
         lookups.append(1)
         return {"name": "pg2", "timeline": 7, "system": "1"} if len(lookups) == 1 else (
             None if len(lookups) < 4 else {"name": "pg3", "timeline": 8, "system": "1"})  # fmt: skip
@@ -334,55 +322,17 @@ def _switchover_with_pg3_taking_over(runner, monkeypatch, **kwargs) -> dict:
 
     def call(minion, fun, *args, **kwargs):
         if fun == "patroni.switchover":
-            time.sleep(1.5)
+            time.sleep(1.5)  # Patroni answers at a whole second after the leader changed, then Salt returns
         return []
 
     monkeypatch.setattr(runner, "_call", call)
     with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}, tls=PKI_DIR[0]):
         use_model(runner, monkeypatch, lab_model(runner.__utils__))
-        return runner.switchover("main", candidate="pg3", **kwargs)
-
-
-def test_a_switchovers_pgbouncer_hosts_follow_the_new_leader_themselves(runner, monkeypatch):
-    """Right after the PAUSE every PgBouncer host is sent ``pgbouncer.follow`` (the former leader
-    and its timeline: it routes to and RESUMEs the first leader after them that takes writes);
-    when all of them followed pg3, the master sends no repoint, and it never waits for Patroni's
-    job."""
-    runner.followed = {h: "pg3" for h in ("pg1", "pg2", "pg3", "app1")}
-    ret = _switchover_with_pg3_taking_over(runner, monkeypatch)
+        ret = runner.switchover("main", candidate="pg3")
     assert ret["result"] is True and ret["to"] == "pg3" and ret["timeline"] == 8, ret
-    assert ret["resumed_by"] == "pgbouncer hosts" and ret["paused_seconds"] < 1.5, ret
-    # The hosts' wait is sent from a thread after the PAUSE; nothing is killed when they all followed.
-    follow = [(args, kwarg) for fun, args, kwarg in runner.jobs if fun == "pgbouncer.follow"]
-    assert [(fun, args) for fun, args, _ in runner.jobs if fun != "pgbouncer.follow"] == [("pgbouncer.pause", ["main"])]
-    assert len(follow) == 1 and follow[0][0] == ["main", "pg2", 7], follow
-    assert follow[0][1]["spec"] == runner._spec(runner._model(), runner._model()["clusters"]["main"])
-
-
-@pytest.mark.parametrize("followed", [{"pg1": "pg3", "pg2": "pg3", "pg3": "pg3"},
-                                      {"pg1": "pg3", "pg2": "pg3", "pg3": "pg3", "app1": "pg1"}],
-                         ids=["a host failed", "a host found another leader"])  # fmt: skip
-def test_a_host_that_did_not_follow_gets_the_masters_repoint_and_resume(runner, monkeypatch, followed):
-    runner.followed = followed
-    ret = _switchover_with_pg3_taking_over(runner, monkeypatch)
-    assert ret["result"] is True and ret["resumed_by"] == "master", ret
-    jobs = [(fun, args, (kwarg or {}).get("resume_paused")) for fun, args, kwarg in runner.jobs]
-    assert [fun for fun, _, _ in jobs].count("pgbouncer.follow") == 1
-    assert [j for j in jobs if j[0] != "pgbouncer.follow"] == [
-        ("pgbouncer.pause", ["main"], None),
-        ("pgbouncer.repoint", ["main", runner._model()["hosts"]["pg3"]], True),
-        ("saltutil.kill_job", [next(k for f, _, k in runner.jobs if f == "pgbouncer.follow")["jid"]], None),
-    ]
-
-
-def test_with_follow_false_the_master_alone_repoints_and_a_bad_follow_is_refused(runner, monkeypatch):
-    runner.followed = {h: "pg3" for h in ("pg1", "pg2", "pg3", "app1")}
-    ret = _switchover_with_pg3_taking_over(runner, monkeypatch, follow=False)
-    assert ret["result"] is True and ret["resumed_by"] == "master", ret
-    assert [fun for fun, _, _ in runner.jobs] == ["pgbouncer.pause", "pgbouncer.repoint"]
-    runner.jobs.clear()
-    ret = runner.switchover("main", follow="yes")
-    assert ret["error"] == "follow='yes': must be true or false" and runner.jobs == []
+    assert ret["leader_after"] < 1.5 and ret["paused_seconds"] < 1.5, ret
+    jobs = [(fun, kwarg.get("resume_paused")) for fun, _, kwarg in runner.jobs]
+    assert jobs == [("pgbouncer.pause", None), ("pgbouncer.repoint", True)]
 
 
 def test_the_switchover_returns_the_new_leader_without_waiting_for_patronis_job(runner, monkeypatch):
