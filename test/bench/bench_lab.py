@@ -66,7 +66,7 @@ def main() -> int:
         downs.append(timed("down"))
     timed("up")
     time.sleep(args.settle)
-    for h in load().hosts:
+    for h in load().booted:  # a spare is not booted by 'up'
         mem[h.name] = pss_mib(h.name)
     timed("down")
     print(f"lab benchmark, {args.runs} runs, {os.cpu_count()} cores")

@@ -19,8 +19,14 @@ STATE_DIR = Path("/var/lib/pgcluster-lab")
 
 
 def status() -> dict[str, str]:
+    """{host: state} of the hosts 'lab up' boots (the topology's spare pg4 is left off)."""
     lines = lab("status").stdout.splitlines()[1:]
-    return {line.split()[0]: line.split()[2] for line in lines}
+    return {line.split()[0]: line.split()[2] for line in lines if line.split()[0] in HOSTS}
+
+
+def test_status_names_the_spare_as_not_booted():
+    lines = {line.split()[0]: line.split(None, 2)[2] for line in lab("status").stdout.splitlines()[1:]}
+    assert lines["pg4"] == "spare, not booted (lab boot pg4)", lines
 
 
 def init_pid(host: str) -> int:
