@@ -62,7 +62,15 @@ def _salt(topo: Topology, args: list[str], capture: bool = False) -> subprocess.
 def _in_service(topo: Topology) -> set[str]:
     """The hosts whose minions the master has accepted: every booted one, and the spares brought in."""
     keys = _salt(topo, ["ls", "/etc/salt/pki/master/minions"], capture=True).stdout.split()
-    return {h.name for h in topo.booted} | ({h.name for h in topo.hosts if h.spare} & set(keys))
+    return {h.name for h in topo.hosts} & set(keys)
+
+
+def _sync(topo: Topology, names: list[str]) -> None:
+    """saltutil.sync_all on the minions NAMES (the lab's minions do not sync at each highstate)."""
+    sync = _salt(topo, ["salt", "-L", ",".join(names), "saltutil.sync_all", "--out=json", "--static", "-t", "120"],
+                 capture=True)  # fmt: skip
+    if sync.returncode != 0:
+        raise LabError(f"saltutil.sync_all failed: {(sync.stdout + sync.stderr)[-2000:]}")
 
 
 def wait_minions(topo: Topology, timeout: float = 120, names: set[str] | None = None) -> float:
@@ -112,11 +120,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     base.say("waiting for every minion to answer test.ping")
     waited = wait_minions(topo)
     # The minions do not sync custom modules at each highstate (saltcfg.MINION_CONF): now, once.
-    running = [h.host.name for h in every if not h.host.spare or h.running()]  # not a spare left stopped
-    sync = _salt(topo, ["salt", "-L", ",".join(running), "saltutil.sync_all", "--out=json", "--static", "-t", "120"],
-                 capture=True)  # fmt: skip
-    if sync.returncode != 0:
-        raise LabError(f"saltutil.sync_all failed: {(sync.stdout + sync.stderr)[-2000:]}")
+    _sync(topo, [h.host.name for h in every if not h.host.spare or h.running()])  # not a spare left stopped
     for h in hosts:
         if h.set_up():
             base.say(f"{h.host.name}: set up ({h.host.setup})")
@@ -281,11 +285,8 @@ def _accept(topo: Topology, h: LabHost) -> None:
 def _bring_in(topo: Topology, h: LabHost) -> None:
     """A spare host just booted (its key accepted) joins the lab: it answers test.ping and has
     pgcluster's custom modules."""
-    name = h.host.name
-    wait_minions(topo, names={name})
-    sync = _salt(topo, ["salt", name, "saltutil.sync_all", "--out=json", "--static", "-t", "120"], capture=True)
-    if sync.returncode != 0:
-        raise LabError(f"{name}: saltutil.sync_all failed: {(sync.stdout + sync.stderr)[-2000:]}")
+    wait_minions(topo, names={h.host.name})
+    _sync(topo, [h.host.name])
 
 
 def _fault(verb: str):
@@ -347,11 +348,11 @@ def parser() -> argparse.ArgumentParser:
     kp.add_argument("suite", nargs="?", help="a suite (member) or a group (cluster: every cluster-* suite)")
     kp.add_argument("--keep", action="store_true", help="leave the first group's hosts up afterwards")
     kp.set_defaults(func=cmd_kitchen)
+    what = {
+        "boot": "boot a host (a spare: also accept its minion)",
+        "retire": "kill a spare host, forget its minion and its disk",
+    }
     for verb in ("crash", "boot", "stop", "isolate", "heal", "retire"):
-        what = {
-            "boot": "boot a host (a spare: also accept its minion)",
-            "retire": "kill a spare host, forget its minion and its disk",
-        }
         sp = sub.add_parser(verb, help=what.get(verb, f"fault: {verb} a host"))
         sp.add_argument("host")
         sp.set_defaults(func=_fault(verb))
