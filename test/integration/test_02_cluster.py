@@ -16,6 +16,7 @@ from labtools import (
     cluster,
     ensure_probe_table,
     failed_states,
+    fresh_lab,
     highstate,
     lab,
     leader,
@@ -37,8 +38,7 @@ FAILOVER_BOUND = DEFAULTS["profiles"][LAB_CLUSTER["profile"]]["failover_bound"]
 @pytest.fixture(scope="module")
 def first_highstate(lab_up) -> dict:
     """A fresh lab (bare hosts), then one highstate: returns its result and duration."""
-    lab("down")
-    lab("up")
+    fresh_lab()
     start = time.monotonic()
     ret = highstate()
     return {"ret": ret, "seconds": time.monotonic() - start, "ended": time.monotonic()}

@@ -28,6 +28,7 @@ from labtools import (
     cluster,
     ensure_probe_table,
     failed_states,
+    fresh_lab,
     highstate,
     lab,
     leader,
@@ -62,8 +63,7 @@ OVERRIDE = f"""pgcluster:
 @pytest.fixture(scope="module")
 def ported(lab_up):
     labtools.PG_PORT["port"] = PORTS["postgresql"]
-    lab("down")
-    lab("up")
+    fresh_lab()
     local_pillar(OVERRIDE)
     try:
         ret = highstate()
