@@ -20,6 +20,12 @@ pgcluster-pki-ca-key-present:
     - algo: ec
     - keysize: 384
     - mode: '0400'
+    {#- Cheap checks first (pgcluster_pki): the x509 states then run only when something differs. #}
+    - unless:
+      - fun: pgcluster_pki.private_key_current
+        name: {{ f.ca_key }}
+        curve: secp384r1
+        mode: '0400'
     - require:
       - file: pgcluster-pki-ca-dir-present
 
@@ -35,6 +41,14 @@ pgcluster-pki-ca-certificate-present:
     - days_valid: {{ pki.ca_days_valid }}
     - days_remaining: 0
     - mode: '0644'
+    - unless:
+      - fun: pgcluster_pki.certificate_current
+        name: {{ f.ca }}
+        ca: {{ f.ca }}
+        private_key: {{ f.ca_key }}
+        cn: pgcluster CA
+        is_ca: True
+        days_remaining: 0
     - require:
       - x509: pgcluster-pki-ca-key-present
 

@@ -40,6 +40,14 @@ pgcluster-pki-host-key-present:
     - user: root
     - group: {{ pki.group }}
     - mode: '0640'
+    {#- Cheap checks first (pgcluster_pki): the x509 states then run only when something differs. #}
+    - unless:
+      - fun: pgcluster_pki.private_key_current
+        name: {{ f.key }}
+        curve: secp256r1
+        mode: '0640'
+        user: root
+        group: {{ pki.group }}
     - require:
       - group: pgcluster-pki-group-present
       - file: pgcluster-pki-dir-present
@@ -66,6 +74,15 @@ pgcluster-pki-host-certificate-present:
     - subjectAltName: 'DNS:{{ node.id }}, IP:{{ node.address }}'
     - days_remaining: {{ pki.days_remaining }}
     - mode: '0644'
+    - unless:
+      - fun: pgcluster_pki.certificate_current
+        name: {{ f.cert }}
+        ca: {{ f.ca }}
+        private_key: {{ f.key }}
+        cn: {{ node.id }}
+        dns: [{{ node.id }}]
+        ips: [{{ node.address }}]
+        days_remaining: {{ pki.days_remaining }}
     - require:
       - x509: pgcluster-pki-host-key-present
 {%- if not node.pki.ca %}
