@@ -3,41 +3,44 @@
 The formula's ``x509.private_key_managed`` and ``x509.certificate_managed`` states use these as
 ``unless``: on every run, ``certificate_managed`` with a ``ca_server`` asks the CA minion for
 its signing policy (a peer publish through the master, a job on the CA minion), which made
-about a third of an idle highstate's time. A check answers True only when it is sure (the
-file's mode, owner and group, the key's curve, the certificate's issuer signature, key,
-subject, names, CA flag and a validity that does not end within ``days_remaining``); anything
-unreadable or different answers False and the x509 state then runs and decides as before.
+about a third of an idle highstate's time. A check answers True only when it is sure: the
+file's mode (owner and group for the key), the key's curve; for a certificate, Salt's own
+comparison (``salt.utils.x509.check_cert_changes``, what the state itself runs) with the
+signing policy read from the model instead of asked of the CA minion. Anything unreadable or
+different answers False, and the x509 state then runs and decides as before.
 
 CLI Example:
 
 .. code-block:: bash
 
     salt pg1 pgcluster_pki.private_key_current /etc/pgcluster/pki/host.key secp256r1 0640 group=pgcluster-tls
-    salt pg1 pgcluster_pki.certificate_current /etc/pgcluster/pki/host.crt ca=/etc/pgcluster/pki/ca.crt \\
-        private_key=/etc/pgcluster/pki/host.key cn=pg1 dns='[pg1]' ips='[198.18.0.11]' days_remaining=30
+    salt salt pgcluster_pki.certificate_current /etc/pgcluster/pki/host.crt 30 CN=salt \\
+        private_key=/etc/pgcluster/pki/host.key signing_private_key=/etc/pgcluster/pki/ca.key \\
+        signing_cert=/etc/pgcluster/pki/ca.crt
 """
 
 from __future__ import annotations
 
-import datetime
 import grp
-import ipaddress
 import os
 import pwd
 import stat
+from typing import Any
 
 import salt.utils.files
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
+    import salt.utils.x509 as x509util
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     HAS_CRYPTOGRAPHY = True
     # What reading a file, a PEM or a signature can raise; each means "not current".
-    UNREADABLE = (OSError, ValueError, TypeError, KeyError, x509.ExtensionNotFound, InvalidSignature)
+    UNREADABLE = (OSError, ValueError, TypeError, KeyError, x509.ExtensionNotFound, x509.DuplicateExtension,
+                  InvalidSignature, UnsupportedAlgorithm, CommandExecutionError, SaltInvocationError)  # fmt: skip
 except ImportError:
     HAS_CRYPTOGRAPHY = False
 
@@ -65,15 +68,6 @@ def _private_key(path: str):
         return serialization.load_pem_private_key(fh.read(), password=None)
 
 
-def _certificate(path: str):
-    with salt.utils.files.fopen(path, "rb") as fh:
-        return x509.load_pem_x509_certificate(fh.read())
-
-
-def _public(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def private_key_current(name: str, curve: str, mode: str, user: str | None = None, group: str | None = None) -> bool:
     """True when NAME holds an unencrypted EC private key on CURVE (``secp256r1``,
     ``secp384r1``) with MODE (and USER, GROUP when given).
@@ -95,49 +89,50 @@ def private_key_current(name: str, curve: str, mode: str, user: str | None = Non
 
 def certificate_current(
     name: str,
-    ca: str,
-    private_key: str,
-    cn: str,
     days_remaining: int,
-    dns: list[str] | None = None,
-    ips: list[str] | None = None,
-    is_ca: bool = False,
     mode: str = "0644",
+    signing_policy_contents: dict | None = None,
+    **kwargs: Any,
 ) -> bool:
-    """True when the certificate NAME (MODE) is signed by the certificate CA (NAME itself for
-    a self-signed CA), holds PRIVATE_KEY's public key, has the common name CN, exactly the
-    names DNS and addresses IPS, the CA flag IS_CA, and stays valid for more than
-    DAYS_REMAINING days.
+    """True when the certificate NAME (with MODE) is what ``x509.certificate_managed`` with the
+    same arguments (KWARGS: ``private_key``, ``CN``, ``signing_cert``, extensions...) would leave
+    unchanged, compared by Salt's own ``check_cert_changes``: its public key, the signature of
+    its issuer, subject, issuer, every extension, and a validity beyond DAYS_REMAINING days.
+    With ``ca_server`` (a certificate the CA minion signs), SIGNING_POLICY_CONTENTS is that
+    signing policy (the model's ``host_certificate``, as the CA minion's pillar holds it): read
+    here instead of asking the CA minion.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt pg1 pgcluster_pki.certificate_current /etc/pgcluster/pki/host.crt ca=/etc/pgcluster/pki/ca.crt \\
-            private_key=/etc/pgcluster/pki/host.key cn=pg1 dns='[pg1]' ips='[198.18.0.11]' days_remaining=30
+        salt salt pgcluster_pki.certificate_current /etc/pgcluster/pki/host.crt 30 CN=salt \\
+            private_key=/etc/pgcluster/pki/host.key signing_private_key=/etc/pgcluster/pki/ca.key \\
+            signing_cert=/etc/pgcluster/pki/ca.crt
     """
+    cert_args = {k: v for k, v in kwargs.items() if not k.startswith("__") and k != "signing_policy"}
+    policy = dict(signing_policy_contents or {})
+    for k in ("minions", "signing_private_key", "signing_private_key_passphrase"):  # not what a certificate holds
+        policy.pop(k, None)
+    if cert_args.get("ca_server") and not policy:
+        return False
     try:
         if not _owned(name, mode, None, None):
             return False
-        cert, issuer, key = _certificate(name), _certificate(ca), _private_key(private_key)
-        cert.verify_directly_issued_by(issuer)
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if dns or ips:
-            alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            alt_names = (sorted(alt.get_values_for_type(x509.DNSName)), sorted(alt.get_values_for_type(x509.IPAddress)))
-        else:
-            alt_names = ([], [])
-        wanted = (sorted(dns or []), sorted(ipaddress.ip_address(a) for a in ips or []))
+        cert_args = x509util.ensure_cert_kwargs_compat(cert_args)
+        current, changes, replace, _ = x509util.check_cert_changes(
+            name,
+            days_remaining=int(days_remaining),
+            days_valid=cert_args.pop("days_valid", None),
+            not_before=None,
+            not_after=None,
+            ca_server=cert_args.pop("ca_server", None),
+            signing_policy_contents=policy,
+            encoding="pem",
+            append_certs=[],
+            digest="sha256",
+            **cert_args,
+        )
     except UNREADABLE:
         return False
-    now = datetime.datetime.now(datetime.UTC)
-    left = cert.not_valid_after_utc - now
-    return (
-        _public(cert.public_key()) == _public(key.public_key())
-        and [n.value for n in names] == [cn]
-        and alt_names == wanted
-        and constraints.ca is bool(is_ca)
-        and cert.not_valid_before_utc <= now
-        and left > datetime.timedelta(days=int(days_remaining))
-    )
+    return current is not None and not changes and not replace

@@ -552,29 +552,36 @@ def _has_role(model: dict, minion_id: str) -> bool:
                 or roles["migrate_source"])  # fmt: skip
 
 
+def host_certificate(model: dict, host: str) -> dict:
+    """What HOST's certificate is made of (x509 arguments): signed by the CA, its CN (minion id)
+    and subjectAltName (minion id, address), a server and client certificate. The CA minion's
+    signing policy for HOST, the CA minion's own certificate and the check before the x509 state
+    (``pgcluster_pki.certificate_current``) all take it from here."""
+    f = pki_files(model)
+    return {
+        "signing_cert": f["ca"],
+        "CN": host,
+        "subjectAltName": f"DNS:{host}, IP:{model['hosts'][host]}",
+        "basicConstraints": "critical, CA:false",
+        "keyUsage": "critical, digitalSignature, keyEncipherment",
+        "extendedKeyUsage": "serverAuth, clientAuth",
+        "subjectKeyIdentifier": "hash",
+        "authorityKeyIdentifier": "keyid:always",
+        "days_valid": model["pki"]["days_valid"],
+    }
+
+
 def signing_policies(model: dict) -> dict[str, list[dict]]:
     """The CA minion's x509 signing policies: one per host with a role, which only that minion may
     use, with its CN (minion id) and subjectAltName (minion id, address) fixed: no host can get a
     certificate for another's name or address."""
-    f = pki_files(model)
-    out = {}
-    for host, addr in model["hosts"].items():
-        if not _has_role(model, host):
-            continue
-        out[f"pgcluster-{host}"] = [
-            {"minions": host},
-            {"signing_private_key": f["ca_key"]},
-            {"signing_cert": f["ca"]},
-            {"CN": host},
-            {"subjectAltName": f"DNS:{host}, IP:{addr}"},
-            {"basicConstraints": "critical, CA:false"},
-            {"keyUsage": "critical, digitalSignature, keyEncipherment"},
-            {"extendedKeyUsage": "serverAuth, clientAuth"},
-            {"subjectKeyIdentifier": "hash"},
-            {"authorityKeyIdentifier": "keyid:always"},
-            {"days_valid": model["pki"]["days_valid"]},
-        ]
-    return out
+    key = pki_files(model)["ca_key"]
+    return {
+        f"pgcluster-{host}": [{"minions": host}, {"signing_private_key": key},
+                              *({k: v} for k, v in host_certificate(model, host).items())]
+        for host in model["hosts"]
+        if _has_role(model, host)
+    }  # fmt: skip
 
 
 def ca_pillar(pillar: dict, defaults: dict, minion_id: str) -> dict:
@@ -1104,6 +1111,7 @@ def derive(model: dict, minion_id: str) -> dict:
         "policy": f"pgcluster-{minion_id}",
         "files": pki_files(model),
     }
+    node["pki"]["certificate"] = host_certificate(model, minion_id) if node["pki"]["host"] else {}
     node["firewall"] = firewall(model, minion_id)
     node["pgbackrest_peers"] = pgbackrest_peers(model, minion_id)
     node["pgbackrest_conf"] = ini(pgbackrest_config(model, minion_id))

@@ -29,26 +29,24 @@ pgcluster-pki-ca-key-present:
     - require:
       - file: pgcluster-pki-ca-dir-present
 
+{%- set ca_args = {"signing_private_key": f.ca_key, "CN": "pgcluster CA",
+                   "basicConstraints": "critical, CA:true, pathlen:0", "keyUsage": "critical, cRLSign, keyCertSign",
+                   "subjectKeyIdentifier": "hash", "authorityKeyIdentifier": "keyid:always",
+                   "days_valid": pki.ca_days_valid, "days_remaining": 0} %}
 pgcluster-pki-ca-certificate-present:
   x509.certificate_managed:
     - name: {{ f.ca }}
-    - signing_private_key: {{ f.ca_key }}
-    - CN: pgcluster CA
-    - basicConstraints: 'critical, CA:true, pathlen:0'
-    - keyUsage: 'critical, cRLSign, keyCertSign'
-    - subjectKeyIdentifier: hash
-    - authorityKeyIdentifier: keyid:always
-    - days_valid: {{ pki.ca_days_valid }}
-    - days_remaining: 0
+{%- for arg, value in ca_args | dictsort %}
+    - {{ arg }}: {{ value | json }}
+{%- endfor %}
     - mode: '0644'
     - unless:
       - fun: pgcluster_pki.certificate_current
         name: {{ f.ca }}
-        ca: {{ f.ca }}
-        private_key: {{ f.ca_key }}
-        cn: pgcluster CA
-        is_ca: True
-        days_remaining: 0
+        mode: '0644'
+{%- for arg, value in ca_args | dictsort %}
+        {{ arg }}: {{ value | json }}
+{%- endfor %}
     - require:
       - x509: pgcluster-pki-ca-key-present
 

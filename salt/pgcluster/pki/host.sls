@@ -52,37 +52,35 @@ pgcluster-pki-host-key-present:
       - group: pgcluster-pki-group-present
       - file: pgcluster-pki-dir-present
 
+{#- The certificate's content (CN, names, extensions) comes from the model (host_certificate):
+    the CA minion signs its own with it, the others' signing policy on the CA minion holds it,
+    and the cheap check before the state compares with it (Salt's own comparison, without asking
+    the CA minion for the policy on every run). #}
+{%- if node.pki.ca %}
+{%- set cert_args = dict(node.pki.certificate, signing_private_key=f.ca_key) %}
+{%- else %}
+{%- set cert_args = {"ca_server": pki.ca_minion, "signing_policy": node.pki.policy,
+                     "CN": node.id, "subjectAltName": node.pki.certificate.subjectAltName} %}
+{%- endif %}
+{%- do cert_args.update({"private_key": f.key, "days_remaining": pki.days_remaining}) %}
+
 pgcluster-pki-host-certificate-present:
   x509.certificate_managed:
     - name: {{ f.cert }}
-{%- if node.pki.ca %}
-    {#- The CA minion signs its own certificate with the CA key it holds. #}
-    - signing_private_key: {{ f.ca_key }}
-    - signing_cert: {{ f.ca }}
-    - basicConstraints: 'critical, CA:false'
-    - keyUsage: 'critical, digitalSignature, keyEncipherment'
-    - extendedKeyUsage: 'serverAuth, clientAuth'
-    - subjectKeyIdentifier: hash
-    - authorityKeyIdentifier: keyid:always
-    - days_valid: {{ pki.days_valid }}
-{%- else %}
-    - ca_server: {{ pki.ca_minion }}
-    - signing_policy: {{ node.pki.policy }}
-{%- endif %}
-    - private_key: {{ f.key }}
-    - CN: {{ node.id }}
-    - subjectAltName: 'DNS:{{ node.id }}, IP:{{ node.address }}'
-    - days_remaining: {{ pki.days_remaining }}
+{%- for arg, value in cert_args | dictsort %}
+    - {{ arg }}: {{ value | json }}
+{%- endfor %}
     - mode: '0644'
     - unless:
       - fun: pgcluster_pki.certificate_current
         name: {{ f.cert }}
-        ca: {{ f.ca }}
-        private_key: {{ f.key }}
-        cn: {{ node.id }}
-        dns: [{{ node.id }}]
-        ips: [{{ node.address }}]
-        days_remaining: {{ pki.days_remaining }}
+        mode: '0644'
+{%- for arg, value in cert_args | dictsort %}
+        {{ arg }}: {{ value | json }}
+{%- endfor %}
+{%- if not node.pki.ca %}
+        signing_policy_contents: {{ node.pki.certificate | json }}
+{%- endif %}
     - require:
       - x509: pgcluster-pki-host-key-present
 {%- if not node.pki.ca %}
