@@ -6,6 +6,7 @@ import json
 import shlex
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,18 +100,31 @@ def local_pillar(block: dict | str | None) -> None:
 
 
 def fresh_lab() -> None:
-    """A lab of bare hosts: every host but the spares running, nothing of the formula on any of
-    them, no run overrides. The lab that is up when it is so already (test_01 leaves one; a down
-    and up again costs about 50 s), else the lab down and up again."""
-    lines = [line.split(None, 2) for line in lab("status").stdout.splitlines()[1:]]
-    booted = [name for name, _, state in lines if not state.startswith("spare")]
-    bare = all(state == "running" for _, _, state in lines if not state.startswith("spare")) and not any(
-        sh(host, "test -e /etc/pgcluster", check=False).returncode == 0 for host in booted
-    )
-    if bare and sh("salt", f"test -e {LOCAL_PILLAR}", check=False).returncode != 0:
-        return
-    lab("down")
-    lab("up")
+    """A lab of bare hosts: every host of the topology running and answering but the spares (not
+    booted, their keys not accepted), nothing of the formula on any host, no run overrides. The
+    lab that is up when it is so already (test_01 leaves one; a down and up again costs about
+    50 s), else the lab down and up again."""
+    if not _bare():
+        lab("down")
+        lab("up")
+
+
+def _bare() -> bool:
+    hosts = tomllib.loads((REPO / "test/lab/topology.toml").read_text())["hosts"]
+    spares = {h["name"] for h in hosts if h.get("spare")}
+    booted = sorted(h["name"] for h in hosts if not h.get("spare"))
+    states = {line.split()[0]: line.split(None, 2)[2] for line in lab("status").stdout.splitlines()[1:]}
+    if any(states.get(h) != "running" for h in booted) or any(states.get(h, "").startswith("running") for h in spares):
+        return False
+    if sh("salt", "ls /etc/salt/pki/master/minions").stdout.split() != sorted(booted):
+        return False
+    # Each probe must say "absent" (exit 0): a probe that fails says nothing.
+    if any(sh(h, "test ! -e /etc/pgcluster", check=False).returncode != 0 for h in booted):
+        return False
+    if sh("salt", f"test ! -e {LOCAL_PILLAR}", check=False).returncode != 0:
+        return False
+    answered = salt_json("*", "test.ping", "-t", "10", check=False)
+    return sorted(m for m, v in answered.items() if v is True) == booted
 
 
 def failed_states(ret: dict) -> dict[str, list[str]]:
