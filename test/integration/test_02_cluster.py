@@ -41,7 +41,22 @@ def first_highstate(lab_up) -> dict:
     fresh_lab()
     start = time.monotonic()
     ret = highstate()
-    return {"ret": ret, "seconds": time.monotonic() - start, "ended": time.monotonic()}
+    ended = time.monotonic()
+    out = {"ret": ret, "seconds": ended - start, "ended": ended, "leader": _reported_leader(ret)}
+    if out["leader"]:  # as the first highstate left it, before the crash test restarts anything (one query)
+        q = ("SELECT current_setting('archive_mode'), string_agg(name, ',') FILTER (WHERE pending_restart) "
+             "FROM pg_settings")  # fmt: skip
+        out["archive_mode"], out["pending_restart"] = psql(out["leader"], q).stdout.strip().split("|")
+    return out
+
+
+def _reported_leader(ret: dict) -> str | None:
+    """The leader the highstate's synchronous check named ("leader pg2 with 2+ streaming replicas,
+    1+ synchronous": /sync named a standby and the leader's PostgreSQL waited for it)."""
+    said = [s["comment"] for st in ret.values() if isinstance(st, dict) for s in st.values()
+            if s.get("__id__") == "patroni-cluster-synchronous" and s.get("result")]  # fmt: skip
+    ok = said and said[0].startswith("leader ") and said[0].endswith(", 1+ synchronous")
+    return said[0].split()[1] if ok else None
 
 
 @pytest.fixture
@@ -57,12 +72,8 @@ def test_a_leader_crash_right_after_the_first_highstate_fails_over_loses_nothing
     it returned, under a writer through app1's PgBouncer; a replica takes over within the profile's
     bound and holds every acknowledged commit (Patroni's /sync named it when highstate returned).
     Booted again, the old leader rejoins as a streaming replica on the new timeline."""
-    ret = first_highstate["ret"]
-    said = [s["comment"] for st in ret.values() if isinstance(st, dict) for s in st.values()
-            if s.get("__id__") == "patroni-cluster-synchronous" and s.get("result")]  # fmt: skip
-    # "1+ synchronous": /sync named a standby and the leader's PostgreSQL waited for it (sync_state).
-    assert said and said[0].startswith("leader ") and said[0].endswith(", 1+ synchronous"), said
-    old = said[0].split()[1]  # "leader pg2 with 2+ streaming replicas, 1+ synchronous"
+    old = first_highstate["leader"]
+    assert old, "the first highstate did not report a leader with a synchronous standby"
     psql(old, "CREATE TABLE crash_acks(id bigint PRIMARY KEY); GRANT INSERT, SELECT ON crash_acks TO app")
     writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=app user=app", "crash_acks", password=APP_PW)
     wait_for("a first acknowledged write", lambda: psql(old, "SELECT count(*) FROM crash_acks").stdout.strip() != "0",
@@ -105,6 +116,10 @@ def test_first_highstate_from_bare_hosts_gives_a_healthy_cluster(first_highstate
     replicas = [m for m in c["members"] if m["name"] != c["leader"]]
     assert sorted(m["name"] for m in c["members"]) == list(MEMBERS)
     assert all(m["state"] == "streaming" and m["lag"] is not None for m in replicas)
+    # Bootstrapped with its whole configuration, as the first highstate left it: archiving on,
+    # nothing waiting for a restart (a reload sent to a Patroni bootstrapping a new cluster left
+    # archive_mode off and a restart pending).
+    assert (first_highstate.get("archive_mode"), first_highstate.get("pending_restart")) == ("on", ""), first_highstate
     tls = "--cacert=/etc/pgcluster/pki/ca.crt --cert=/etc/pgcluster/pki/host.crt --key=/etc/pgcluster/pki/host.key"
     health = json.loads(sh("pg1", "ETCDCTL_API=3 etcdctl --endpoints=https://pg1:2379,https://pg2:2379,"
                                   f"https://pg3:2379 {tls} endpoint health -w json").stdout)  # fmt: skip

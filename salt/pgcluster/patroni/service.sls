@@ -21,7 +21,12 @@ patroni-service-running:
       - patroni-installed-in-virtualenv
 
 {#- A changed config.yml is reloaded through the REST API (never a restart of PostgreSQL).
-    Not a SIGHUP: a Patroni started a moment ago has no HUP handler yet and would die. #}
+    Not a SIGHUP: a Patroni started a moment ago has no HUP handler yet and would die. Only for
+    a Patroni that ran before this highstate: one started by it has just read config.yml, and a
+    reload sent while it bootstraps a new cluster (the DCS still empty) made it start PostgreSQL
+    without the bootstrap parameters (archive_mode stayed off, a restart pending: seen in the
+    lab, pgBackRest's check then failed). #}
+{%- if salt["service.status"]("patroni") %}
 patroni-config-reloaded:
   module.run:
     - patroni.reload: []
@@ -34,6 +39,7 @@ patroni-config-reloaded:
       - sls: {{ tplroot }}.pki
     - require:
       - service: patroni-service-running
+{%- endif %}
 
 patroni-cluster-healthy:
   patroni.healthy:
