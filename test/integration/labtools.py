@@ -99,6 +99,11 @@ def local_pillar(block: dict | str | None) -> None:
     lab("salt", "*", "saltutil.refresh_pillar", "wait=True", "--out=json")
 
 
+def lab_status() -> dict[str, str]:
+    """{host: its state as `lab status` says it ("running", "spare, not booted (lab boot pg4)"...)}."""
+    return {line.split()[0]: line.split(None, 2)[2] for line in lab("status").stdout.splitlines()[1:]}
+
+
 def fresh_lab() -> None:
     """A lab of bare hosts: every host of the topology running and answering but the spares (not
     booted, their keys not accepted), nothing of the formula on any host, no run overrides. The
@@ -113,7 +118,7 @@ def _bare() -> bool:
     hosts = tomllib.loads((REPO / "test/lab/topology.toml").read_text())["hosts"]
     spares = {h["name"] for h in hosts if h.get("spare")}
     booted = sorted(h["name"] for h in hosts if not h.get("spare"))
-    states = {line.split()[0]: line.split(None, 2)[2] for line in lab("status").stdout.splitlines()[1:]}
+    states = lab_status()
     if any(states.get(h) != "running" for h in booted) or any(states.get(h, "").startswith("running") for h in spares):
         return False
     if sh("salt", "ls /etc/salt/pki/master/minions").stdout.split() != sorted(booted):

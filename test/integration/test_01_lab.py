@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from labtools import LAB, lab, sh, wait_for
+from labtools import LAB, lab, lab_status, sh, wait_for
 
 pytestmark = pytest.mark.usefixtures("lab_up")
 
@@ -20,12 +20,11 @@ STATE_DIR = Path("/var/lib/pgcluster-lab")
 
 def status() -> dict[str, str]:
     """{host: state} of the hosts 'lab up' boots (the topology's spare pg4 is left off)."""
-    lines = lab("status").stdout.splitlines()[1:]
-    return {line.split()[0]: line.split()[2] for line in lines if line.split()[0] in HOSTS}
+    return {host: state.split()[0] for host, state in lab_status().items() if host in HOSTS}
 
 
 def test_status_names_the_spare_as_not_booted():
-    lines = {line.split()[0]: line.split(None, 2)[2] for line in lab("status").stdout.splitlines()[1:]}
+    lines = lab_status()
     assert lines["pg4"] == "spare, not booted (lab boot pg4)", lines
 
 
