@@ -203,11 +203,12 @@ def _validate_migrate(key: str, c: dict, hosts: dict, problems: list[str]) -> No
     dbs = m.get("databases")
     if dbs is not None and (not isinstance(dbs, list) or not all(NAME.match(str(d)) for d in dbs)):
         problems.append(f"{key}:databases: must be a list of database names")
-    elif dbs and m.get("mode") == "physical":
-        problems.append(f"{key}:databases: a physical migration moves the whole instance: leave databases out")
     elif not dbs and m.get("mode") == "logical":
         problems.append(f"{key}:databases: list the databases to move (PgBouncer routes them to the source "
                         "until the cutover)")  # fmt: skip
+    elif not dbs and m.get("mode") == "physical":
+        problems.append(f"{key}:databases: list the source's databases the applications use (the whole "
+                        "instance moves; PgBouncer routes these to the source until the cutover)")  # fmt: skip
     overlap = sorted(set(dbs or []) & set(c.get("databases") or {})) if isinstance(dbs, list) else []
     if overlap:
         where = key.removesuffix(":migrate")
@@ -430,7 +431,7 @@ def _validate_relations(model: dict, clusters: dict, problems: list[str]) -> Non
 # ---- secrets by need --------------------------------------------------------------------------
 def _needs(model: dict, minion_id: str) -> dict[str, set]:
     """What MINION_ID needs of each cluster's secrets: {cluster: {"passwords", "verifiers",
-    "own_role_passwords", "cipher_pass"}}."""
+    "own_role_passwords", "cipher_pass", "replication_verifier"}}."""
     roles = node_roles(model, minion_id)
     out: dict[str, set] = {}
     for name in model["clusters"]:
@@ -443,6 +444,8 @@ def _needs(model: dict, minion_id: str) -> dict[str, set]:
                 need.add("own_role_passwords")
         if name in roles["backup"]:
             need.add("cipher_pass")
+        if name in roles["migrate_source"] and (model["clusters"][name].get("migrate") or {}).get("mode") == "physical":
+            need.add("replication_verifier")  # the source of a physical migration: its standbys' role
         out[name] = need
     return out
 
@@ -502,6 +505,10 @@ def pillar_for(pillar: dict, minion_id: str) -> dict:
         if not isinstance(c, dict):
             continue
         need = _needs(shaped, minion_id).get(name, set()) if minion_id in shaped["hosts"] else set()
+        if "replication_verifier" in need and isinstance(c.get("migrate"), dict):
+            replication = (c.get("passwords") or {}).get("replication")
+            if replication:  # no plaintext: the source creates the role from the verifier alone
+                c["migrate"]["replication_verifier"] = role_verifier(name, "replication", replication)
         if "passwords" not in need:
             c.pop("passwords", None)
         owners = {(d or {}).get("owner") for d in (c.get("databases") or {}).values() if isinstance(d, dict)}
@@ -1064,10 +1071,10 @@ def api_url(model: dict, member: str) -> str:
 
 
 def migrated_sources(model: dict, c: dict) -> dict[str, dict]:
-    """{database: {"address", "port"}} of the databases cluster C is migrating in (logical mode):
+    """{database: {"address", "port"}} of the databases cluster C is migrating in (either mode):
     PgBouncer routes them to their source until the cutover."""
     m = c.get("migrate") or {}
-    if m.get("mode") != "logical":
+    if m.get("mode") not in ("logical", "physical"):
         return {}
     source = {"address": model["hosts"][m["source"]], "port": int(m.get("port", 5432))}
     return {db: dict(source) for db in m.get("databases") or []}

@@ -567,7 +567,7 @@ def test_the_default_monitoring_thresholds_are_valid():
         ({"source": "app1", "mode": "copy"}, "migrate:mode: 'copy' is not physical"),
         ({"source": "app1", "mode": "logical", "port": "x"}, "migrate:port: 'x' is not a port number"),
         ({"source": "app1", "mode": "logical", "databases": "shop"}, "migrate:databases: must be a list"),
-        ({"source": "app1", "mode": "physical", "databases": ["shop"]}, "moves the whole instance"),
+        ({"source": "app1", "mode": "physical"}, "list the source's databases the applications use"),
         ("legacy", "migrate: must be a mapping"),
     ],
 )  # fmt: skip
@@ -578,6 +578,27 @@ def test_a_bad_migrate_block_names_key_and_problem(migrate, message):
 
 def test_a_good_migrate_block_is_valid():
     assert pgc.problems(model(lab_with(migrate={"source": "app1", "mode": "logical", "databases": ["shop"]}))) == []
+    assert pgc.problems(model(lab_with(migrate={"source": "legacy", "mode": "physical", "databases": ["shop"]}))) == []
+
+
+@pytest.mark.parametrize("mode", ["logical", "physical"])
+def test_pgbouncer_routes_the_migrated_databases_to_the_source_in_either_mode(mode):
+    m = model(lab_with(migrate={"source": "legacy", "mode": mode, "databases": ["shop"], "port": 5433}))
+    assert pgc.migrated_sources(m, m["clusters"]["main"]) == {"shop": {"address": "198.18.0.40", "port": 5433}}
+
+
+def test_the_source_of_a_physical_migration_gets_the_replication_verifier_and_no_password():
+    """Its standbys log in as the replication role: the source creates it from the verifier
+    alone; no other host gets that verifier, and a logical source gets none."""
+    p = lab_with(migrate={"source": "legacy", "mode": "physical", "databases": ["shop"]})
+    replication = p["clusters"]["main"]["passwords"]["replication"]
+    source = pgc.pillar_for(p, "legacy")["clusters"]["main"]
+    assert "passwords" not in source and replication not in json.dumps(source)
+    assert pgc.scram_matches(replication, source["migrate"]["replication_verifier"])
+    others = [h for h in p["hosts"] if h != "legacy"]
+    assert [h for h in others if "replication_verifier" in json.dumps(pgc.pillar_for(p, h))] == []
+    logical = lab_with(migrate={"source": "legacy", "mode": "logical", "databases": ["shop"]})
+    assert "replication_verifier" not in json.dumps(pgc.pillar_for(logical, "legacy"))
 
 
 @pytest.mark.parametrize(
