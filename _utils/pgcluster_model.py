@@ -843,8 +843,19 @@ def data_dir(model: dict, name: str) -> str:
     return f"{pg['data_root']}/{pg['version']}/patroni-{cluster(model, name)['scope']}"
 
 
-def patroni_config(model: dict, name: str, member: str) -> dict:
-    """Patroni's config.yml for MEMBER of cluster NAME."""
+def physical_source(model: dict, c: dict) -> dict:
+    """Where cluster C's standby cluster streams from during a physical migration: the source's
+    address and port, and the replication slot made there for it."""
+    m = c["migrate"]
+    return {"host": model["hosts"][m["source"]], "port": int(m.get("port", 5432)), "slot": f"pgcluster_{c['scope']}"}
+
+
+def patroni_config(model: dict, name: str, member: str, standby: dict | None = None) -> dict:
+    """Patroni's config.yml for MEMBER of cluster NAME. With STANDBY (``physical_source``: a
+    physical migration under way), the cluster bootstraps as a standby cluster of the source:
+    the standby leader cloned by the formula's clone method (a Debian source keeps its
+    postgresql.conf in /etc), the replicas by pg_basebackup from it, no pgBackRest (its stanza is
+    the old system's)."""
     c = cluster(model, name)
     p = model["patroni"]
     pg = model["postgresql"]
@@ -922,6 +933,16 @@ def patroni_config(model: dict, name: str, member: str) -> dict:
             "no_params": True,
         }
         conf["postgresql"]["recovery_conf"] = {"restore_command": f'{bin_} --stanza={stanza} archive-get %f "%p"'}
+    if standby:
+        conf["bootstrap"]["dcs"]["standby_cluster"] = {
+            "host": standby["host"], "port": standby["port"], "primary_slot_name": standby["slot"],
+            "create_replica_methods": ["clone_source"],
+        }  # fmt: skip
+        conf["postgresql"]["clone_source"] = {"command": f"{model['lib_dir']}/pgcluster-clone-source",
+                                              "no_params": False, "keep_data": False}  # fmt: skip
+        conf["postgresql"]["create_replica_methods"] = ["basebackup"]
+        for key in ("pgbackrest", "recovery_conf"):
+            conf["postgresql"].pop(key, None)
     return conf
 
 
@@ -1101,13 +1122,20 @@ def routing(model: dict, name: str) -> dict:
     }
 
 
-def derive(model: dict, minion_id: str) -> dict:
-    """Everything MINION_ID runs, derived once: its roles and each component's settings."""
+def derive(model: dict, minion_id: str, migrating: dict | None = None) -> dict:
+    """Everything MINION_ID runs, derived once: its roles and each component's settings.
+    MIGRATING: the minion's ``pgcluster_migrating`` grain, {cluster: source} of the physical
+    migrations ``migrate.start`` has begun on it (the standby bootstrap is rendered only then:
+    left in config.yml, a later re-bootstrap, e.g. a restore, would follow the source again)."""
     node = node_roles(model, minion_id)
     node["id"] = minion_id
     node["address"] = model["hosts"].get(minion_id)
     if node["member"]:
-        node["patroni_config"] = patroni_config(model, node["member"], minion_id)
+        c = model["clusters"][node["member"]]
+        m = c.get("migrate") or {}
+        running = m.get("mode") == "physical" and (migrating or {}).get(node["member"]) == m.get("source")
+        standby = physical_source(model, c) if running else None
+        node["patroni_config"] = patroni_config(model, node["member"], minion_id, standby=standby)
         node["dynamic_config"] = dynamic_config(model, node["member"])
     if node["etcd"]:
         node["etcd_endpoints"] = etcd_endpoints(model, node["etcd"])
@@ -1138,5 +1166,5 @@ def settings(defaults: dict, osfamilymap: dict, pillar: dict, grains: dict) -> d
     if found:
         raise ModelError("invalid pgcluster pillar: " + "; ".join(found))
     model["clusters"] = {name: cluster(model, name) for name in model["clusters"]}
-    model["node"] = derive(model, grains["id"])
+    model["node"] = derive(model, grains["id"], grains.get("pgcluster_migrating"))
     return model

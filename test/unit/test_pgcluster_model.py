@@ -617,3 +617,34 @@ def test_bad_monitoring_settings_name_key_and_problem(monitoring, message):
     p["monitoring"] = monitoring
     found = pgc.problems(model(p))
     assert any(message in f for f in found), found
+
+
+def _member_settings(migrate: dict, grains: dict) -> dict:
+    p = lab_with(migrate=migrate)
+    return pgc.settings(DEFAULTS, OSMAP, pgc.pillar_for(p, "pg1"), {"id": "pg1", "os_family": "Debian", **grains})
+
+
+PHYSICAL = {"source": "legacy", "mode": "physical", "databases": ["shop"], "port": 5433}
+
+
+def test_a_started_physical_migration_bootstraps_a_standby_cluster_of_the_source():
+    conf = _member_settings(PHYSICAL, {"pgcluster_migrating": {"main": "legacy"}})["node"]["patroni_config"]
+    assert conf["bootstrap"]["dcs"]["standby_cluster"] == {
+        "host": "198.18.0.40", "port": 5433, "primary_slot_name": "pgcluster_main",
+        "create_replica_methods": ["clone_source"]}  # fmt: skip
+    assert conf["postgresql"]["clone_source"]["command"].endswith("/pgcluster-clone-source")
+    # Replicas copy the standby leader; nothing reads the old system's pgBackRest stanza.
+    assert conf["postgresql"]["create_replica_methods"] == ["basebackup"]
+    assert "pgbackrest" not in conf["postgresql"] and "recovery_conf" not in conf["postgresql"]
+
+
+@pytest.mark.parametrize(
+    "migrate, grains",
+    [(PHYSICAL, {}), (PHYSICAL, {"pgcluster_migrating": {"main": "app1"}}),
+     ({**PHYSICAL, "mode": "logical"}, {"pgcluster_migrating": {"main": "legacy"}})],
+    ids=["declared-not-started", "grain-names-another-source", "logical"],
+)  # fmt: skip
+def test_without_a_started_physical_migration_the_cluster_bootstraps_as_before(migrate, grains):
+    conf = _member_settings(migrate, grains)["node"]["patroni_config"]
+    assert "standby_cluster" not in conf["bootstrap"]["dcs"] and "clone_source" not in conf["postgresql"]
+    assert conf["postgresql"]["create_replica_methods"] == ["pgbackrest", "basebackup"]

@@ -39,6 +39,14 @@ patroni-config-managed:
     - require:
       - file: patroni-config-dir-present
 
+{#- The clone method of a physical migration's standby leader (config.yml names it only then). #}
+patroni-clone-source-installed:
+  file.managed:
+    - name: {{ pgcluster.lib_dir }}/pgcluster-clone-source
+    - source: salt://{{ tplroot }}/patroni/files/pgcluster-clone-source.sh
+    - makedirs: True
+    - mode: '0755'
+
 patroni-data-root-present:
   file.directory:
     - name: {{ pg.data_root }}/{{ pg.version }}
