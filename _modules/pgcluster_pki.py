@@ -40,7 +40,8 @@ try:
     HAS_CRYPTOGRAPHY = True
     # What reading a file, a PEM or a signature can raise; each means "not current".
     UNREADABLE = (OSError, ValueError, TypeError, KeyError, x509.ExtensionNotFound, x509.DuplicateExtension,
-                  InvalidSignature, UnsupportedAlgorithm, CommandExecutionError, SaltInvocationError)  # fmt: skip
+                  InvalidSignature, UnsupportedAlgorithm, CommandExecutionError, SaltInvocationError,
+                  AttributeError, OverflowError)  # fmt: skip
 except ImportError:
     HAS_CRYPTOGRAPHY = False
 
@@ -87,6 +88,17 @@ def private_key_current(name: str, curve: str, mode: str, user: str | None = Non
     return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == curve
 
 
+def _policy(contents: Any) -> dict:
+    """A signing policy as the CA minion holds it (a mapping, or pillar's list of one-key
+    mappings) without what a certificate does not hold."""
+    policy = {}
+    for item in contents if isinstance(contents, list) else [contents or {}]:
+        policy.update(item)
+    for k in ("minions", "signing_private_key", "signing_private_key_passphrase"):
+        policy.pop(k, None)
+    return policy
+
+
 def certificate_current(
     name: str,
     days_remaining: int,
@@ -111,15 +123,13 @@ def certificate_current(
             signing_cert=/etc/pgcluster/pki/ca.crt
     """
     cert_args = {k: v for k, v in kwargs.items() if not k.startswith("__") and k != "signing_policy"}
-    policy = dict(signing_policy_contents or {})
-    for k in ("minions", "signing_private_key", "signing_private_key_passphrase"):  # not what a certificate holds
-        policy.pop(k, None)
-    if cert_args.get("ca_server") and not policy:
-        return False
     try:
-        if not _owned(name, mode, None, None):
+        policy = _policy(signing_policy_contents)
+        if cert_args.get("ca_server") and not policy:
             return False
-        cert_args = x509util.ensure_cert_kwargs_compat(cert_args)
+        file_args, cert_args = x509util.split_file_kwargs(x509util.ensure_cert_kwargs_compat(cert_args))
+        if not _owned(name, mode, file_args.get("user"), file_args.get("group")):
+            return False
         current, changes, replace, _ = x509util.check_cert_changes(
             name,
             days_remaining=int(days_remaining),

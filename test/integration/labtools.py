@@ -119,9 +119,10 @@ def _bare() -> bool:
     spares = {h["name"] for h in hosts if h.get("spare")}
     booted = sorted(h["name"] for h in hosts if not h.get("spare"))
     states = lab_status()
-    if any(states.get(h) != "running" for h in booted) or any(states.get(h, "").startswith("running") for h in spares):
+    if any(states.get(h) != "running" for h in booted) or any(not states.get(h, "").startswith("spare") for h in spares):
         return False
-    if sh("salt", "ls /etc/salt/pki/master/minions").stdout.split() != sorted(booted):
+    keys = sh("salt", "ls /etc/salt/pki/master/minions", check=False)
+    if keys.returncode != 0 or sorted(keys.stdout.split()) != booted:
         return False
     # Each probe must say "absent" (exit 0): a probe that fails says nothing.
     if any(sh(h, "test ! -e /etc/pgcluster", check=False).returncode != 0 for h in booted):

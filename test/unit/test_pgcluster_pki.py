@@ -125,3 +125,12 @@ def test_a_key_that_differs_is_not_current(mod, pki):
     assert mod.private_key_current(str(d / "missing.key"), "secp256r1", "0640") is False
     (d / "host.key").write_text("garbage")
     assert mod.private_key_current(key, "secp256r1", "0640") is False
+
+
+def test_the_policy_as_the_ca_pillar_holds_it_and_the_file_owner_are_read(mod, pki):
+    d, cert = pki
+    listed = [{"minions": "pg1"}, {"signing_private_key": "/nonexistent/ca.key"}, *({k: v} for k, v in cert.items())]
+    assert _remote(mod, d, cert, signing_policy_contents=listed) is True
+    assert _remote(mod, d, cert, user=USER, group=GROUP) is True
+    assert _remote(mod, d, cert, group="no-such-group-here") is False
+    assert _remote(mod, d, cert, signing_policy_contents="not a policy") is False
