@@ -118,8 +118,16 @@ SELECT current_setting('server_version_num') AS version_num, current_setting('se
          WHERE rolname !~ '^pg_' AND (rolreplication OR rolsuper)) AS replication_roles,
        (SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname !~ '^pg_' AND rolcanlogin)
          AS login_roles,
-       current_setting('ssl') AS ssl, current_setting('ssl_cert_file') AS ssl_cert_file
+       current_setting('ssl') AS ssl, current_setting('ssl_cert_file') AS ssl_cert_file,
+       current_setting('max_connections') AS max_connections,
+       current_setting('max_worker_processes') AS max_worker_processes,
+       current_setting('max_prepared_transactions') AS max_prepared_transactions,
+       current_setting('max_locks_per_transaction') AS max_locks_per_transaction,
+       current_setting('shared_preload_libraries') AS shared_preload_libraries
 """
+# What a hot standby must have at least as high as its primary, or it refuses to start.
+STANDBY_SETTINGS = ("max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions",
+                    "max_locks_per_transaction")  # fmt: skip
 # The roles applications log in with (not superusers, not the migration's own): a SHA-256 of each
 # one's stored SCRAM verifier ('' without a password), to compare with pillar's, never the verifier.
 SURVEY_ROLES = """
@@ -180,6 +188,8 @@ def survey(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: f
         "login_roles": [r for r in inst["login_roles"].split(",") if r],
         "ssl": inst["ssl"] == "on",
         "ssl_cert_file": inst["ssl_cert_file"],
+        "standby_settings": {k: int(inst[k]) for k in STANDBY_SETTINGS},
+        "shared_preload_libraries": sorted(x.strip() for x in inst["shared_preload_libraries"].split(",") if x.strip()),
         "role_digests": role_digests(port, socket_dir, timeout),
         "databases": {},
     }

@@ -125,6 +125,7 @@ def _target(model: dict, c: dict, problems: list[str]) -> dict:
     cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
     leader = __utils__["pgcluster_routing.find_leader"](apis, timeout=5, cafile=cafile)
     user_tables: dict[str, int] = {}
+    found: dict = {}
     if leader is None:
         problems.append(f"{c['name']} has no leader that accepts writes: whether it holds data is unknown")
     else:
@@ -138,6 +139,8 @@ def _target(model: dict, c: dict, problems: list[str]) -> dict:
         "locales": sorted(set.intersection(*(set(r["locales"]) for r in rooms.values()))),
         "free": {m: r["free"] for m, r in rooms.items()},
         "user_tables": user_tables,
+        "standby_settings": found.get("standby_settings", {}),
+        "shared_preload_libraries": found.get("shared_preload_libraries", []),
         "leader": leader["name"] if leader else None,
     }
 

@@ -54,6 +54,15 @@ def problems(cluster: str, migrate: dict, survey: dict, target: dict) -> list[st
             out.append(f"{source} has wal_level=minimal: a standby needs replica (a restart of the source)")
         if survey["max_wal_senders"] < 1:
             out.append(f"{source} has max_wal_senders=0: a standby cannot stream from it")
+        mine = target.get("standby_settings") or {}
+        for setting, value in sorted((survey.get("standby_settings") or {}).items()):
+            if setting in mine and mine[setting] < value:
+                out.append(f"{source} has {setting}={value}, {cluster} {mine[setting]}: a standby of the source "
+                           f"needs at least as much (set it in pgcluster:clusters:{cluster}:parameters)")  # fmt: skip
+        for lib in survey.get("shared_preload_libraries") or []:
+            if "shared_preload_libraries" in target and lib not in target["shared_preload_libraries"]:
+                out.append(f"{source} preloads {lib} (shared_preload_libraries), {cluster} does not: its data may "
+                           "need it (add it to the cluster's parameters)")  # fmt: skip
         held = {d: n for d, n in target["user_tables"].items() if n}
         if held:
             what = ", ".join(f"{d} ({n} tables)" for d, n in sorted(held.items()))

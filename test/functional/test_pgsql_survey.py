@@ -18,6 +18,9 @@ def found(server):
 def test_the_instance_version_system_and_replication_settings(found):
     assert found["major"] == 15 and found["version_num"] >= 150000 and found["system"].isdigit()
     assert found["wal_level"] == "replica" and found["max_wal_senders"] >= 1
+    # What a standby of it must match (a physical migration): Debian's defaults.
+    assert found["standby_settings"]["max_connections"] == 100 and found["standby_settings"]["max_wal_senders"] >= 1
+    assert found["shared_preload_libraries"] == []
     assert "replicator" in found["replication_roles"] and "postgres" in found["replication_roles"]
     assert "app" in found["login_roles"] and "app" not in found["replication_roles"]
 

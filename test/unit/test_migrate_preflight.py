@@ -101,3 +101,18 @@ def test_pgbouncer_must_be_able_to_check_the_sources_certificate(ssl, cert, refu
     assert bool(found) is refused
     if refused:
         assert found[0].startswith("legacy presents its own certificate (/etc/ssl/private/db.example.crt)")
+
+
+def test_a_physical_migration_names_the_settings_a_standby_of_the_source_needs():
+    survey = {**SURVEY, "standby_settings": {"max_connections": 300, "max_wal_senders": 10},
+              "shared_preload_libraries": ["pg_stat_statements"]}  # fmt: skip
+    cluster = {"standby_settings": {"max_connections": 100, "max_wal_senders": 10}, "shared_preload_libraries": []}
+    assert problems({"mode": "physical"}, survey, **cluster) == [
+        "legacy has max_connections=300, main 100: a standby of the source needs at least as much (set it in "
+        "pgcluster:clusters:main:parameters)",
+        "legacy preloads pg_stat_statements (shared_preload_libraries), main does not: its data may need it (add "
+        "it to the cluster's parameters)",
+    ]
+    even = {"standby_settings": {"max_connections": 300, "max_wal_senders": 12},
+            "shared_preload_libraries": ["pg_stat_statements"]}  # fmt: skip
+    assert problems({"mode": "physical"}, survey, **even) == []
