@@ -254,6 +254,22 @@ def stanza_create(stanza: str) -> str:
     return _run([*args, "stanza-create"], timeout=300, console="info").strip()
 
 
+def stanza_upgrade(stanza: str) -> str:
+    """``stanza-upgrade``: STANZA follows the database system its pg hosts run now (a new major
+    version, or a new system identifier: a physical migration replaced the cluster's data). The
+    earlier system's backups and WAL stay as history until retention expires them. Idempotent
+    ("already up to date"). Returns pgBackRest's words.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt backup pgbackrest.stanza_upgrade main
+    """
+    args = [f"--stanza={stanza}", *reachable_options(stanza)]
+    return _run([*args, "stanza-upgrade"], timeout=300, console="info").strip()
+
+
 def check(stanza: str, timeout: float = 300) -> bool:
     """``pgbackrest check``: the leader's WAL reaches the repository. True, or raises PgBackRestError.
 

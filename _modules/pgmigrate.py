@@ -221,6 +221,173 @@ def source_open(
         return {"server_certificate": f.read(), "tls": f"its own: {cert_file}"}
 
 
+# ---- the source of a physical migration ---------------------------------------------------------
+PHYSICAL_COMMENT = "pgcluster migrate: the standby cluster's replication role (migrate.abort removes it)"
+
+
+def _migration_verifier(cluster: str) -> str:
+    """The replication role's SCRAM verifier for CLUSTER, from this minion's pillar (secrets by
+    need: the source of a physical migration receives it, never the password)."""
+    m = (((__pillar__.get("pgcluster") or {}).get("clusters") or {}).get(cluster) or {}).get("migrate") or {}
+    verifier = m.get("replication_verifier")
+    if not verifier:
+        raise CommandExecutionError(f"this minion's pillar holds no pgcluster:clusters:{cluster}:migrate:"
+                                    "replication_verifier: is it the source of a physical migration of "
+                                    f"{cluster}? (refresh its pillar)")  # fmt: skip
+    return verifier
+
+
+def _role_owner(user: str, port: int) -> str | None:
+    """None when role USER does not exist; 'pgcluster' when ``physical_open`` made it; else 'other'."""
+    rows = _q(f"SELECT coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles WHERE rolname = {_lit(user)}",
+              port)  # fmt: skip
+    if not rows:
+        return None
+    return "pgcluster" if rows[0][0] == PHYSICAL_COMMENT else "other"
+
+
+def physical_open(
+    cluster: str, members: dict, user: str, slot: str, cert: str, key: str, port: int = 5432,
+    routers: dict | None = None, databases: list = (),
+) -> dict:  # fmt: skip
+    """Let MEMBERS ({minion id: address}) of CLUSTER stream this whole server (a physical
+    migration): role USER (LOGIN REPLICATION, the cluster's replication verifier from this
+    minion's pillar: the same role replicates inside the cluster after the cutover), replication
+    over TLS with scram-sha-256 from those addresses only, a physical replication slot SLOT that
+    keeps WAL from now on; ROUTERS ({minion id: address}, the PgBouncer hosts) may log in to
+    DATABASES over TLS with scram-sha-256. A server without TLS (or with Debian's self-signed
+    default) presents this host's pgcluster certificate CERT/key KEY until the migration ends.
+    Refuses a role USER it did not make, and a server that presents a certificate of its own
+    (the members check the source against the cluster's CA). Idempotent.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.physical_open main '{pg1: 198.18.0.11}' replicator pgcluster_main \
+            /etc/pgcluster/pki/host.crt /etc/pgcluster/pki/host.key
+    """
+    verifier = _migration_verifier(cluster)
+    (row,) = _q("SELECT current_setting('ssl'), current_setting('ssl_cert_file'), current_setting('hba_file')", port)
+    ssl, cert_file, hba = row
+    if ssl == "on" and cert_file not in (SNAKEOIL, _own_tls_files(hba)[0]):
+        raise CommandExecutionError(f"this server presents its own certificate ({cert_file}): the members of "
+                                    f"{cluster} check the source against the cluster's CA; a physical migration "
+                                    "needs Debian's default (ssl_cert_file reset) or the pgcluster one")  # fmt: skip
+    if _role_owner(user, port) == "other":
+        raise CommandExecutionError(f"role {user} already exists on this server: the cluster's replication role "
+                                    "must be made for the migration (rename or drop it first)")  # fmt: skip
+    if ssl != "on" or cert_file == SNAKEOIL:
+        _lend_tls(hba, cert, key, port)
+    _q(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_lit(user)}) THEN "
+       f"CREATE ROLE {_ident(user)} LOGIN REPLICATION; END IF; END $$; "
+       f"ALTER ROLE {_ident(user)} LOGIN REPLICATION PASSWORD {_lit(verifier)}; "
+       f"COMMENT ON ROLE {_ident(user)} IS {_lit(PHYSICAL_COMMENT)}", port)  # fmt: skip
+    lines = [f"hostssl replication {_ident(user)} {addr}/32 scram-sha-256" for addr in members.values()]
+    if databases:
+        moved = ",".join(_ident(d) for d in databases)
+        lines += [f"hostssl {moved} all {addr}/32 scram-sha-256" for addr in (routers or {}).values()]
+    _write_block(hba, lines, top=True)
+    _q(f"SELECT pg_create_physical_replication_slot({_lit(slot)}, true) WHERE NOT EXISTS "
+       f"(SELECT FROM pg_replication_slots WHERE slot_name = {_lit(slot)})", port)  # fmt: skip
+    try:
+        _reload(port)
+    except CommandExecutionError:
+        physical_close(user, slot, port)
+        raise
+    return {"slot": slot, "role": user, "tls": "the pgcluster host certificate"}
+
+
+def physical_close(user: str, slot: str, port: int = 5432) -> dict:
+    """Take back what ``physical_open`` did: the slot (its walsender ended first), the pg_hba
+    block, the lent TLS settings, role USER when it made it. Idempotent; the server keeps serving.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.physical_close replicator pgcluster_main
+    """
+    _q(f"SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = {_lit(slot)} "
+       "AND active_pid IS NOT NULL", port)  # fmt: skip
+    dropped = []
+    for _ in range(50):  # the walsender releases the slot as it exits
+        if not _q(f"SELECT FROM pg_replication_slots WHERE slot_name = {_lit(slot)} AND active", port):
+            dropped = _q(f"SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                         f"WHERE slot_name = {_lit(slot)}", port)  # fmt: skip
+            break
+        time.sleep(0.1)
+    (hba,) = _q("SELECT current_setting('hba_file')", port)[0]
+    _write_block(hba, [], top=True)
+    _reload(port)
+    _return_tls(hba, port)
+    if _role_owner(user, port) == "pgcluster":
+        _q(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {_lit(user)}", port)
+        _q(f"DROP ROLE {_ident(user)}", port)
+    return {"slots_dropped": [r[0] for r in dropped]}
+
+
+def physical_progress(slot: str, port: int = 5432) -> dict:
+    """The source's side of a physical migration: its WAL position, whether it is read-only, and
+    slot SLOT (active, the position the standby has flushed, the bytes it has not).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgmigrate.physical_progress pgcluster_main
+    """
+    rows = _q(f"SELECT active, restart_lsn, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) "
+              f"FROM pg_replication_slots WHERE slot_name = {_lit(slot)}", port)  # fmt: skip
+    s = rows[0] if rows else None
+    return {
+        "lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0],
+        "read_only": _q(READ_ONLY, port)[0][0] == "on",
+        "slot": {"active": s[0] == "t", "flushed_lsn": s[1] or None, "lag_bytes": int(float(s[2] or 0))} if s else None,
+    }
+
+
+# Patroni grants these to its rewind role when it bootstraps a cluster (PostgreSQL 11 and later).
+REWIND_FUNCTIONS = ("pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)",
+                    "pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, boolean)")  # fmt: skip
+
+
+def patroni_roles(cluster: str, port: int = 5432) -> dict:
+    """On the leader of CLUSTER after a physical migration (its catalog is the source's): the
+    roles Patroni works with as pillar declares them, passwords read from this member's pillar
+    (set as SCRAM verifiers): the superuser's password, the replication role, the rewind role
+    (created with the grants Patroni gives it at a bootstrap). Returns {role: what changed}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.patroni_roles main
+    """
+    model = __salt__["pgcluster.settings"]()
+    c, p = model["clusters"][cluster], model["patroni"]
+    verifier = __utils__["pgcluster_model.role_verifier"]
+    wanted = {
+        p["superuser"]: ("superuser", ""),
+        p["replication_user"]: ("replication", " REPLICATION"),
+        p["rewind_user"]: ("rewind", ""),
+    }
+    done = {}
+    for role, (key, attrs) in wanted.items():
+        new = verifier(cluster, role, c["passwords"][key])
+        rows = _q(f"SELECT rolname, rolpassword FROM pg_authid WHERE rolname = {_lit(role)}", port)
+        if rows and rows[0][1] == new:
+            continue
+        verb = "ALTER" if rows else "CREATE"
+        _q(f"{verb} ROLE {_ident(role)} LOGIN{attrs} PASSWORD {_lit(new)}", port)
+        done[role] = "password set" if rows else "created"
+    grants = "; ".join(f"GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {_ident(p['rewind_user'])}"
+                       for f in REWIND_FUNCTIONS)  # fmt: skip
+    _q(grants, port)
+    _q(f"COMMENT ON ROLE {_ident(p['replication_user'])} IS NULL", port)
+    return done
+
+
 def source_close(databases: list, ca_file: str, port: int = 5432) -> dict:
     """Take back what ``source_open`` did: the publications, the migration's replication slots
     (their walsenders ended first), the pg_hba and pg_ident blocks, ssl_ca_file when it is

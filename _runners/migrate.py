@@ -38,6 +38,7 @@ UTILS = (
     "pgcluster_master.model",
     "pgcluster_migrate.problems",
     "pgcluster_model.settings",
+    "pgcluster_physical.start",
     "pgcluster_routing.find_leader",
 )
 # How long a minion may take to survey its server (sizes of every database and table).
@@ -317,9 +318,89 @@ def _roles_in_place(model: dict, c: dict, leader: str) -> None:
                            "was done)")  # fmt: skip
 
 
+def _fingerprints(c: dict, rec: dict, member: str, views: bool) -> tuple[dict, dict]:
+    """``pgmigrate.fingerprint`` of the migrated databases on the source and on MEMBER, at once
+    (each thread in a copy of this context: Salt's dunders live in context variables)."""
+    source, port, dbs = rec["source"], rec["port"], rec["databases"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
+                            "pgmigrate.fingerprint", dbs, port=p, views=v, wait=VERIFY_WAIT)
+                for host, p, v in ((source, port, True), (member, c["port"], views))]  # fmt: skip
+        want, got = (end.result() for end in ends)
+    return want, got
+
+
+def _catch_up_physical(member: str, port: int, lsn: str) -> None:
+    """Wait until MEMBER (the standby leader) has replayed the source's WAL up to LSN."""
+    deadline = time.monotonic() + CATCH_UP_WAIT
+    while _lsn(_physical("replayed", _Ops(""), member, port)[0]) < _lsn(lsn):
+        if time.monotonic() >= deadline:
+            raise MigrateError(f"{member} did not replay the source's WAL up to {lsn} within {CATCH_UP_WAIT} s")
+        time.sleep(0.2)
+
+
+def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
+    """Pause, freeze the source, wait for its last WAL on the standby leader, verify, promote the
+    standby cluster; then ``_finish``. When anything before the promotion fails the source takes
+    writes again and the migration goes on."""
+    cluster, source, port, dbs = c["name"], rec["source"], rec["port"], rec["databases"]
+    standby = _physical("standby_leader", _Ops(cluster), c)
+    if not standby:
+        raise MigrateError(f"no member of {cluster} streams from {source} as its standby leader: nothing done "
+                           f"(migrate.status {cluster})")  # fmt: skip
+    spec = __utils__["pgcluster_model.routing"](model, cluster)
+    with _routing_lock(cluster):
+        timings, t0 = {}, time.monotonic()
+        try:
+            _on_pgbouncers(c, "pgbouncer.pause", dbs, spec=spec, databases=dbs)
+        except MigrateError:
+            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
+            raise
+        timings["pause_s"] = round(time.monotonic() - t0, 2)
+        t = time.monotonic()
+        try:
+            frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, wait=60)
+            timings["freeze_s"] = round(time.monotonic() - t, 2)
+            t1 = time.monotonic()
+            _catch_up_physical(standby, c["port"], frozen["lsn"])
+            timings["catch_up_s"] = round(time.monotonic() - t1, 2)
+            t1 = time.monotonic()
+            want, got = _fingerprints(c, rec, standby, views=True)
+            differences = _differences(want, got)
+            if differences:
+                raise MigrateError("verification failed: " + "; ".join(differences))
+            timings["verify_s"] = round(time.monotonic() - t1, 2)
+        except MigrateError as exc:
+            _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
+            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
+            raise MigrateError(f"{exc}. {source} takes writes again, PgBouncer still sends {', '.join(dbs)} there; "
+                               f"the migration goes on (migrate.status, migrate.abort)") from None  # fmt: skip
+        verified = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
+                         "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
+        # The point of no return: once Patroni is told, the cluster takes writes; a cutover run
+        # again only finishes (routes, resumes, settles, cleans up); abort refuses.
+        rec = dict(rec, verified=verified, leader=standby)
+        _save(cluster, rec)
+        t1 = time.monotonic()
+        try:
+            leader = _physical("promote", _Ops(cluster), model, c, standby, lambda: _find_leader(model, c))
+        except MigrateError as exc:
+            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
+            raise MigrateError(f"{exc}. {source} stays read-only; migrate.cutover {cluster} confirm=True finishes "
+                               "once the cluster has a leader") from None  # fmt: skip
+        timings["promote_s"] = round(time.monotonic() - t1, 2)
+        timings["source_read_only_s"] = round(time.monotonic() - t, 2)
+        return _finish(model, c, rec, leader, timings, t0)
+
+
 def _cutover(cluster: Any, confirm: Any) -> dict:
     model, c, rec, leader = _started(cluster, f": nothing to cut over (migrate.start {cluster})")
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
+    if rec["mode"] == "physical" and not rec.get("verified"):
+        if confirm is not True:
+            raise MigrateError(f"the cutover pauses {', '.join(dbs)} on every PgBouncer, makes {source} read-only, "
+                               f"ends its sessions and promotes {cluster}: run it with confirm=True")  # fmt: skip
+        return _cutover_physical(model, c, rec)
     if rec.get("verified"):  # an earlier cutover verified the copy and stopped before the end
         with _routing_lock(cluster):
             return _finish(model, c, rec, leader, {}, time.monotonic())
@@ -378,9 +459,15 @@ def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: fl
                            f"{done['failed'] or done['refused'] or 'none'}, resume failed on {not_resumed or 'none'}; "
                            f"migrate.cutover {c['name']} confirm=True tries again")  # fmt: skip
     t = time.monotonic()
-    _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, port=c["port"], wait=300)
-    ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
-    _shared("call", __opts__, source, "pgmigrate.source_close", dbs, ca_file, port=port, wait=120)
+    settled = {}
+    if rec["mode"] == "physical":
+        settled = _physical("settle", _Ops(c["name"]), model, c, leader["name"])
+        args, _ = _physical("source_open_args", _Ops(c["name"]), model, c, {"port": port}, dbs)
+        _shared("call", __opts__, source, "pgmigrate.physical_close", args[2], rec["slot"], port=port, wait=120)
+    else:
+        _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, port=c["port"], wait=300)
+        ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
+        _shared("call", __opts__, source, "pgmigrate.source_close", dbs, ca_file, port=port, wait=120)
     timings["clean_up_s"] = round(time.monotonic() - t, 2)
     _save(c["name"], None)
     return {
@@ -390,7 +477,8 @@ def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: fl
         "databases": rec["verified"],
         "verified": "row counts, row checksums, sequences and columns equal",
         "routed": f"every PgBouncer sends {', '.join(dbs)} to the leader",
-        "roles_created": rec["created"]["roles"],
+        "roles_created": rec.get("created", {}).get("roles", []),
+        **({"settled": settled} if settled else {}),
         "timings": timings,
         "next": f"move {', '.join(dbs)} from pgcluster:clusters:{c['name']}:migrate:databases to "
         f"pgcluster:clusters:{c['name']}:databases and remove the migrate block",
@@ -442,10 +530,67 @@ def _save(cluster: str, record: dict | None) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _start(cluster: Any) -> dict:
+class _Ops:
+    """What the physical mode's steps (``pgcluster_physical``) do through Salt, for CLUSTER."""
+
+    def __init__(self, cluster: str):
+        self.cluster = cluster
+
+    @staticmethod
+    def call(minion: str, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> Any:
+        return _shared("call", __opts__, minion, fun, *args, wait=wait, **kwarg)
+
+    def save(self, record: dict | None) -> None:
+        _save(self.cluster, record)
+
+    @staticmethod
+    def each(minions: list, fun: str, *args: Any, wait: float = 120, **kwarg: Any) -> dict:
+        if not minions:
+            return {}
+        return _shared("call_each", __opts__, list(minions), fun, *args, wait=wait, **kwarg)
+
+    @staticmethod
+    def model(name: str) -> Any:
+        return __utils__[f"pgcluster_model.{name}"]
+
+
+def _physical(fun: str, *args: Any) -> Any:
+    """FUN of the pgcluster_physical util, its errors as ours. Called bare (not through the
+    loader's wrapper, which would run it in the utils' context): ``ops`` uses the runner's dunders."""
+    func = __utils__[f"pgcluster_physical.{fun}"]
+    try:
+        return getattr(func, "func", func)(*args)
+    except CommandExecutionError as exc:
+        raise MigrateError(str(exc)) from None
+
+
+def _start_physical(cluster: str, model: dict, c: dict, m: dict, found: dict, timings: dict) -> dict:
+    """Open the source to the members and rebuild the cluster as its standby cluster."""
+    c = dict(c, name=cluster)
+    source, dbs, leader = m["source"], list(found["databases"]), found["target"]["leader"]
+    args, kwarg = _physical("source_open_args", _Ops(cluster), model, c, m, dbs)
+    t = time.monotonic()
+    opened = _shared("call", __opts__, source, "pgmigrate.physical_open", *args, wait=120, **kwarg)
+    timings["source_open_s"] = round(time.monotonic() - t, 2)
+    record = {"cluster": cluster, "source": source, "port": m["port"], "mode": "physical", "databases": dbs,
+              "leader": leader, "slot": opened["slot"], "aside": {}, "started": time.time()}  # fmt: skip
+    _save(cluster, record)
+    try:
+        timings.update(_physical("start", _Ops(cluster), model, c, record, leader))
+    except MigrateError as exc:
+        raise MigrateError(f"{exc}. The migration stopped there: migrate.abort {cluster} puts the cluster back as "
+                           "it was (its data directories are kept beside)") from None  # fmt: skip
+    standby = _physical("standby_leader", _Ops(cluster), c)
+    return {"started": True, "mode": "physical", "source": f"{source}:{m['port']}", "standby_leader": standby,
+            "databases": dbs, "timings": timings,
+            "next": f"migrate.status {cluster}; migrate.cutover {cluster} confirm=True"}  # fmt: skip
+
+
+def _start(cluster: Any, confirm: Any = False) -> dict:
     model, c, m = _plan(cluster)
-    if m["mode"] != "logical":
-        raise MigrateError(f"mode {m['mode']}: only a logical migration can be started so far")
+    if m["mode"] == "physical" and confirm is not True:
+        raise MigrateError(f"a physical migration replaces the data of every member of {cluster} with a copy of "
+                           f"{m['source']}: run it with confirm=True")  # fmt: skip
     held = _record(cluster)
     if held:
         raise MigrateError(f"a migration of {cluster} from {held['source']} was started at "
@@ -458,6 +603,8 @@ def _start(cluster: Any) -> dict:
                 "problems": found["problems"], "retcode": 1}  # fmt: skip
     source, dbs, leader = m["source"], list(found["databases"]), found["target"]["leader"]
     timings = {"check_s": round(time.monotonic() - t0, 2)}
+    if m["mode"] == "physical":
+        return _start_physical(cluster, model, c, m, found, timings)
     t = time.monotonic()
     pki = __utils__["pgcluster_model.pki_files"](model)
     members = {x: model["hosts"][x] for x in c["members"]}
@@ -481,11 +628,16 @@ def _start(cluster: Any) -> dict:
             "created": made, "timings": timings}  # fmt: skip
 
 
-def _leader(model: dict, c: dict) -> dict:
-    """CLUSTER's leader now (``find_leader``: name, timeline, system); MigrateError when none."""
+def _find_leader(model: dict, c: dict) -> dict | None:
+    """CLUSTER's leader now (``find_leader``: name, timeline, system), None when none takes writes."""
     apis = {x: __utils__["pgcluster_model.api_url"](model, x) for x in c["members"]}
     cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
-    leader = __utils__["pgcluster_routing.find_leader"](apis, timeout=5, cafile=cafile)
+    return __utils__["pgcluster_routing.find_leader"](apis, timeout=5, cafile=cafile)
+
+
+def _leader(model: dict, c: dict) -> dict:
+    """CLUSTER's leader now (``find_leader``: name, timeline, system); MigrateError when none."""
+    leader = _find_leader(model, c)
     if not leader:
         raise MigrateError(f"{c['name']} has no leader that accepts writes")
     return leader
@@ -500,6 +652,8 @@ def _started(cluster: Any, hint: str) -> tuple[dict, dict, dict, dict]:
     rec = _record(cluster)
     if not rec:
         raise MigrateError(f"no migration of {cluster} is started{hint}")
+    if rec["mode"] == "physical" and not rec.get("verified"):  # a standby cluster: no leader takes writes
+        return model, c, rec, {}
     return model, c, rec, _leader(model, c)
 
 
@@ -508,6 +662,8 @@ def _status(cluster: Any) -> dict:
     if rec.get("verified"):
         return {"cluster": cluster, "cut_over": True, "databases": rec["verified"],
                 "next": f"migrate.cutover {cluster} confirm=True finishes the clean-up"}  # fmt: skip
+    if rec["mode"] == "physical":
+        return _status_physical(c, rec)
     dbs = rec["databases"]
     there = _shared("call", __opts__, leader["name"], "pgmigrate.progress", dbs, port=c["port"], wait=60)
     here = _shared("call", __opts__, rec["source"], "pgmigrate.source_progress", dbs, port=rec["port"], wait=60)
@@ -534,11 +690,37 @@ def _status(cluster: Any) -> dict:
             "leader": leader["name"], "started": started, "databases": out}  # fmt: skip
 
 
+def _status_physical(c: dict, rec: dict) -> dict:
+    """A physical migration: the source's WAL position and slot, the standby leader's replay and
+    the lag behind the source in bytes and seconds, each member's role and state."""
+    ops = _Ops(c["name"])
+    here = _shared("call", __opts__, rec["source"], "pgmigrate.physical_progress", rec["slot"], port=rec["port"],
+                   wait=60)  # fmt: skip
+    members = {m: {k: n.get(k) for k in ("role", "state")} for m in c["members"] for n in [_physical("node", ops, m)]}
+    standby = next((m for m, n in members.items() if n["role"] == "standby_leader"), None)
+    out = {"cluster": c["name"], "source": f"{rec['source']}:{rec['port']}", "mode": "physical",
+           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec["started"])),
+           "standby_leader": standby, "members": members, "databases": rec["databases"],
+           "streaming": bool((here["slot"] or {}).get("active"))}  # fmt: skip
+    if standby:
+        lsn, at = _physical("replayed", ops, standby, c["port"])
+        lag = max(0, _lsn(here["lsn"]) - _lsn(lsn))
+        out.update(source_lsn=here["lsn"], replayed_lsn=lsn, lag_bytes=lag, replayed_commit_at=at)
+    return out
+
+
 def _abort(cluster: Any) -> dict:
     model, c, rec, leader = _started(cluster, ": nothing to abort")
     if rec.get("verified"):
         raise MigrateError(f"the cutover of {cluster} verified the copy: the cluster holds the data now, nothing "
                            f"to abort (migrate.cutover {cluster} confirm=True finishes the clean-up)")  # fmt: skip
+    if rec["mode"] == "physical":
+        back = _physical("abort", _Ops(cluster), model, c, rec)
+        args, _ = _physical("source_open_args", _Ops(cluster), model, c, {"port": rec["port"]}, rec["databases"])
+        closed = _shared("call", __opts__, rec["source"], "pgmigrate.physical_close", args[2], rec["slot"],
+                         port=rec["port"], wait=120)  # fmt: skip
+        _save(cluster, None)
+        return {"aborted": True, "source": f"{rec['source']}:{rec['port']}", **back, **closed}
     made, dbs = rec["created"], rec["databases"]
     dropped = _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, made["databases"], made["roles"],
                       port=c["port"], wait=300)  # fmt: skip
@@ -550,7 +732,7 @@ def _abort(cluster: Any) -> dict:
 
 
 @_clean_errors
-def start(cluster: str) -> dict:
+def start(cluster: str, confirm: bool = False) -> dict:
     """Start migrating CLUSTER's ``migrate`` source into it while the source keeps serving
     (logical mode): runs ``check`` and refuses on any problem; lets the members into the source
     (a role without password, certificate authentication from their addresses, a publication
@@ -564,7 +746,7 @@ def start(cluster: str) -> dict:
 
         salt-run migrate.start main
     """
-    return _start(cluster)
+    return _start(cluster, confirm)
 
 
 @_clean_errors

@@ -119,7 +119,9 @@ def _bare() -> bool:
     spares = {h["name"] for h in hosts if h.get("spare")}
     booted = sorted(h["name"] for h in hosts if not h.get("spare"))
     states = lab_status()
-    if any(states.get(h) != "running" for h in booted) or any(not states.get(h, "").startswith("spare") for h in spares):
+    if any(states.get(h) != "running" for h in booted):
+        return False
+    if any(not states.get(h, "").startswith("spare") for h in spares):
         return False
     keys = sh("salt", "ls /etc/salt/pki/master/minions", check=False)
     if keys.returncode != 0 or sorted(keys.stdout.split()) != booted:

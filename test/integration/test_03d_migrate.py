@@ -106,7 +106,7 @@ def test_check_of_a_prepared_server_is_ready(legacy):
 
 
 def test_check_refuses_a_physical_migration_into_a_cluster_that_holds_data(legacy):
-    declare({"source": "legacy", "mode": "physical"})
+    declare({"source": "legacy", "mode": "physical", "databases": ["shop"]})
     rc, out = check()
     assert rc != 0
     assert [p for p in out["problems"] if "already holds user data" in p] == out["problems"] != []

@@ -1,0 +1,227 @@
+"""The physical mode of ``salt-run migrate.*``: the cluster becomes a Patroni standby cluster of
+the source (its members rebuilt from it: the standby leader by pg_basebackup from the source, the
+others from the standby leader) and is promoted at the cutover.
+
+The runner hands each function ``ops``: ``ops.call(minion, fun, *args, wait=, **kwarg)`` (one
+job, its return, CommandExecutionError when it fails), ``ops.save(record)`` (the record of the
+started migration on the master, which ``abort`` and a resumed cutover read) and
+``ops.model(name)`` (a function of the pgcluster_model util), ``ops.each(minions, fun, *args,
+wait=, **kwarg)`` (one job on several minions: {minion: return}). The members learn
+that they follow the source from their ``pgcluster_migrating`` grain ({cluster: source}), which
+``pgcluster_model.derive`` turns into the standby bootstrap of Patroni's config.yml; their data
+directories before the migration stay beside (``ASIDE``) until the cutover, so that ``abort``
+puts the cluster back as it was, same system, same pgBackRest stanza.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "pgcluster_physical"
+GRAIN = "pgcluster_migrating"
+ASIDE = ".pgcluster-before-migrate"
+# How long the standby leader may take to copy the source; a replica to copy the standby leader.
+CLONE_WAIT = 3600
+# How long Patroni may take to become the standby leader, a replica to stream, a leader to take writes.
+ROLE_WAIT = 120
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class PhysicalError(CommandExecutionError):
+    """A step of the physical migration failed; the message says which and what to do."""
+
+
+def source_open_args(ops: Any, model: dict, c: dict, m: dict, databases: list) -> tuple[list, dict]:
+    """The arguments of ``pgmigrate.physical_open`` on the source for cluster C (migrate block M)."""
+    pki = ops.model("pki_files")(model)
+    members = {x: model["hosts"][x] for x in c["members"]}
+    routers = {x: model["hosts"][x] for x in c.get("pgbouncer", [])}
+    slot = ops.model("physical_source")(model, c)["slot"]
+    args = [c["name"], members, model["patroni"]["replication_user"], slot, pki["cert"], pki["key"]]
+    return args, {"port": m["port"], "routers": routers, "databases": databases}
+
+
+def _applied(ops: Any, minions: list, sls: str) -> None:
+    """``state.sls SLS`` on MINIONS at once; PhysicalError naming the first state that failed."""
+    for minion, ret in ops.each(minions, "state.sls", sls, wait=600).items():
+        if not isinstance(ret, dict):
+            raise PhysicalError(f"{minion}: state.sls {sls}: {ret}")
+        failed = [f"{v.get('__id__', k)}: {v.get('comment')}" for k, v in ret.items()
+                  if isinstance(v, dict) and v.get("result") is False]  # fmt: skip
+        if failed:
+            raise PhysicalError(f"{minion}: state.sls {sls} failed: {failed[0]}")
+
+
+def _exists(ops: Any, minion: str, path: str) -> bool:
+    """Whether directory PATH is on MINION (``file.directory_exists`` answers False, which the
+    master's call takes for a failure)."""
+    return bool(ops.call(minion, "file.find", path, maxdepth=0, type="d", wait=30))
+
+
+def _remove(ops: Any, minion: str, path: str) -> None:
+    """PATH (a directory) removed on MINION when it is there."""
+    if _exists(ops, minion, path):
+        ops.call(minion, "file.remove", path, wait=300)
+
+
+def _configure(ops: Any, model: dict, c: dict, leader: str) -> None:
+    """The dynamic configuration pillar wants (the profile's promise) PATCHed in through LEADER;
+    just started on an empty DCS, Patroni writes its own meanwhile (a conflict: tried again)."""
+    wanted = ops.model("dynamic_config")(model, c["name"])
+
+    def patched():
+        try:
+            return ops.call(leader, "patroni.config_patch", wanted, wait=60) or True
+        except CommandExecutionError:
+            return False
+
+    _wait(f"the dynamic configuration of {c['name']} applied through {leader}", patched, 60)
+
+
+def _healthy(ops: Any, c: dict, leader: str) -> None:
+    """Until every other member of C streams from LEADER, as many synchronous as the profile wants."""
+    count, sync = len(c["members"]) - 1, c.get("sync_standbys", 0)
+    ops.call(leader, "patroni.wait_healthy", count, sync_standbys=sync, timeout=ROLE_WAIT, wait=ROLE_WAIT + 60)
+
+
+def node(ops: Any, member: str) -> dict:
+    """GET /patroni of MEMBER ({} when it does not answer)."""
+    try:
+        return ops.call(member, "patroni.node", wait=30) or {}
+    except CommandExecutionError:
+        return {}
+
+
+def _wait(what: str, probe, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise PhysicalError(f"{what} not within {timeout:.0f} s")
+        time.sleep(1)
+
+
+def _replicating(ops: Any, member: str) -> bool:
+    n = node(ops, member)
+    return n.get("role") == "replica" and n.get("state") in ("running", "streaming")
+
+
+def standby_leader(ops: Any, c: dict) -> str | None:
+    """The member that leads CLUSTER as a standby cluster of the source, None when none does."""
+    for m in c["members"]:
+        if node(ops, m).get("role") == "standby_leader":
+            return m
+    return None
+
+
+def start(ops: Any, model: dict, c: dict, rec: dict, leader: str) -> dict:
+    """Rebuild cluster C as a standby cluster of the source recorded in REC (the source is open
+    already): Patroni stopped everywhere, the DCS emptied, each data directory moved aside, the
+    grain set, config.yml rendered anew, the former LEADER started first (it clones the source),
+    then the others (they clone it). Records each step done in REC. Returns the timings."""
+    name, scope, source = c["name"], c["scope"], rec["source"]
+    data = ops.model("data_dir")(model, name)
+    spool = f"{model['pgbackrest']['spool_path']}/archive/{scope}"
+    others = [x for x in c["members"] if x != leader]
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+    ops.each(others, "patroni.stop", wait=180)  # the replicas first: none of them takes over
+    ops.call(leader, "patroni.stop", wait=180)
+    ops.call(leader, "patroni.remove_cluster", scope)
+    for x in c["members"]:
+        if x not in rec["aside"] and _exists(ops, x, data):
+            ops.call(x, "file.rename", data, data + ASIDE)
+        rec["aside"][x] = data + ASIDE
+        ops.save(rec)
+        # archive-push's status files of the old system: a name the new system reuses (a
+        # timeline's history file) would count as pushed already.
+        _remove(ops, x, spool)
+    ops.each(c["members"], "grains.setval", GRAIN, {name: source}, wait=30)
+    _applied(ops, c["members"], "pgcluster.patroni.config")
+    timings["stopped_s"] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    ops.call(leader, "service.start", "patroni")
+    _wait(f"{leader} streaming from {source} as the standby leader",
+          lambda: node(ops, leader).get("role") == "standby_leader" and node(ops, leader).get("state") in
+          ("running", "streaming"), CLONE_WAIT)  # fmt: skip
+    timings["standby_leader_s"] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    ops.each(others, "service.start", "patroni", wait=60)
+    for x in others:
+        _wait(f"{x} streaming from the standby leader {leader}", lambda x=x: _replicating(ops, x), CLONE_WAIT)
+    timings["replicas_s"] = round(time.monotonic() - t, 1)
+    return timings
+
+
+def replayed(ops: Any, member: str, port: int) -> tuple[str, str | None]:
+    """MEMBER's last replayed WAL position and the commit time it replayed last (ISO, None)."""
+    rows = ops.call(member, "pgsql.query", "SELECT pg_last_wal_replay_lsn(), pg_last_xact_replay_timestamp()",
+                    port=port, wait=30)  # fmt: skip
+    return rows[0][0], rows[0][1] or None
+
+
+def promote(ops: Any, model: dict, c: dict, member: str, find_leader) -> dict:
+    """End the standby cluster (PATCH /config standby_cluster null through MEMBER, its standby
+    leader) and wait until it takes writes; returns ``find_leader``'s answer."""
+    ops.call(member, "patroni.config_patch", {"standby_cluster": None}, wait=60)
+    return _wait(f"{member} taking writes after the promotion", lambda: (find_leader() or {}).get("name") == member
+                 and find_leader(), ROLE_WAIT)  # fmt: skip
+
+
+def settle(ops: Any, model: dict, c: dict, leader: str) -> dict:
+    """After the promotion: Patroni's roles as pillar declares them (the catalog is the source's),
+    the grain gone and config.yml rendered and reloaded on every member (no standby bootstrap,
+    pgBackRest again), the dynamic configuration as pillar wants it, the pgBackRest stanza moved
+    to the new system and a full backup of it, the data directories kept aside removed. Each step
+    idempotent (a cutover run again repeats them). Returns what each did."""
+    name, scope, repo = c["name"], c["scope"], c["backup"]
+    done: dict[str, Any] = {}
+    done["roles"] = ops.call(leader, "pgmigrate.patroni_roles", name, port=c["port"], wait=60)
+    ops.each(c["members"], "grains.delkey", GRAIN, force=True, wait=30)
+    _applied(ops, c["members"], "pgcluster.patroni.config")
+    ops.each(c["members"], "patroni.reload", wait=60)
+    _configure(ops, model, c, leader)
+    said = ops.call(repo, "pgbackrest.stanza_upgrade", scope, wait=360)
+    done["stanza"] = next((line.split("INFO: ", 1)[-1] for line in said.splitlines()
+                           if "up to date" in line or "stanza-upgrade for" in line), said[-200:])  # fmt: skip
+    ops.call(repo, "pgbackrest.check", scope, wait=360)
+    done["backup"] = ops.call(repo, "pgbackrest.backup", scope, kind="full", wait=7300)["label"]
+    data = ops.model("data_dir")(model, name)
+    _healthy(ops, c, leader)
+    for x in c["members"]:
+        _remove(ops, x, data + ASIDE)
+    return done
+
+
+def abort(ops: Any, model: dict, c: dict, rec: dict) -> dict:
+    """Put cluster C back as it was before ``start``: Patroni stopped, the DCS emptied, each
+    member's data directory from before the migration back in place, the grain gone, config.yml
+    rendered anew, the former leader started first (it takes the lead of its own data), then the
+    others; the dynamic configuration as pillar wants it."""
+    name, scope = c["name"], c["scope"]
+    data = ops.model("data_dir")(model, name)
+    leader = rec["leader"]
+    others = [x for x in c["members"] if x != leader]
+    ops.each(others, "patroni.stop", wait=180)
+    ops.call(leader, "patroni.stop", wait=180)
+    ops.call(leader, "patroni.remove_cluster", scope)
+    for x in c["members"]:
+        if x in rec["aside"] and _exists(ops, x, data + ASIDE):
+            _remove(ops, x, data)
+            ops.call(x, "file.rename", data + ASIDE, data)
+    ops.each(c["members"], "grains.delkey", GRAIN, force=True, wait=30)
+    _applied(ops, c["members"], "pgcluster.patroni.config")
+    ops.call(leader, "service.start", "patroni")
+    _wait(f"{leader} leading its own data again", lambda: node(ops, leader).get("role") == "primary", ROLE_WAIT)
+    ops.each(others, "service.start", "patroni", wait=60)
+    _configure(ops, model, c, leader)
+    _healthy(ops, c, leader)
+    return {"restored": sorted(rec["aside"]), "leader": leader}
