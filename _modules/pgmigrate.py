@@ -277,20 +277,20 @@ def physical_open(
     if _role_owner(user, port) == "other":
         raise CommandExecutionError(f"role {user} already exists on this server: the cluster's replication role "
                                     "must be made for the migration (rename or drop it first)")  # fmt: skip
-    if ssl != "on" or cert_file == SNAKEOIL:
-        _lend_tls(hba, cert, key, port)
-    _q(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_lit(user)}) THEN "
-       f"CREATE ROLE {_ident(user)} LOGIN REPLICATION; END IF; END $$; "
-       f"ALTER ROLE {_ident(user)} LOGIN REPLICATION PASSWORD {_lit(verifier)}; "
-       f"COMMENT ON ROLE {_ident(user)} IS {_lit(PHYSICAL_COMMENT)}", port)  # fmt: skip
-    lines = [f"hostssl replication {_ident(user)} {addr}/32 scram-sha-256" for addr in members.values()]
-    if databases:
-        moved = ",".join(_ident(d) for d in databases)
-        lines += [f"hostssl {moved} all {addr}/32 scram-sha-256" for addr in (routers or {}).values()]
-    _write_block(hba, lines, top=True)
-    _q(f"SELECT pg_create_physical_replication_slot({_lit(slot)}, true) WHERE NOT EXISTS "
-       f"(SELECT FROM pg_replication_slots WHERE slot_name = {_lit(slot)})", port)  # fmt: skip
-    try:
+    try:  # anything that fails on the way takes back what was done
+        if ssl != "on" or cert_file == SNAKEOIL:
+            _lend_tls(hba, cert, key, port)
+        _q(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_lit(user)}) THEN "
+           f"CREATE ROLE {_ident(user)} LOGIN REPLICATION; END IF; END $$; "
+           f"ALTER ROLE {_ident(user)} LOGIN REPLICATION PASSWORD {_lit(verifier)}; "
+           f"COMMENT ON ROLE {_ident(user)} IS {_lit(PHYSICAL_COMMENT)}", port)  # fmt: skip
+        lines = [f"hostssl replication {_ident(user)} {addr}/32 scram-sha-256" for addr in members.values()]
+        if databases:
+            moved = ",".join(_ident(d) for d in databases)
+            lines += [f"hostssl {moved} all {addr}/32 scram-sha-256" for addr in (routers or {}).values()]
+        _write_block(hba, lines, top=True)
+        _q(f"SELECT pg_create_physical_replication_slot({_lit(slot)}, true) WHERE NOT EXISTS "
+           f"(SELECT FROM pg_replication_slots WHERE slot_name = {_lit(slot)})", port)  # fmt: skip
         _reload(port)
     except CommandExecutionError:
         physical_close(user, slot, port)
@@ -310,13 +310,15 @@ def physical_close(user: str, slot: str, port: int = 5432) -> dict:
     """
     _q(f"SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = {_lit(slot)} "
        "AND active_pid IS NOT NULL", port)  # fmt: skip
-    dropped = []
-    for _ in range(50):  # the walsender releases the slot as it exits
-        if not _q(f"SELECT FROM pg_replication_slots WHERE slot_name = {_lit(slot)} AND active", port):
-            dropped = _q(f"SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                         f"WHERE slot_name = {_lit(slot)}", port)  # fmt: skip
+    for _ in range(100):  # the walsender releases the slot as it exits
+        if not _q(f"SELECT 1 FROM pg_replication_slots WHERE slot_name = {_lit(slot)} AND active", port):
             break
         time.sleep(0.1)
+    else:
+        raise CommandExecutionError(f"replication slot {slot} is still in use 10 s after its walsender was ended: "
+                                    "not dropped (it keeps WAL); run again")  # fmt: skip
+    dropped = _q(f"SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                 f"WHERE slot_name = {_lit(slot)}", port)  # fmt: skip
     (hba,) = _q("SELECT current_setting('hba_file')", port)[0]
     _write_block(hba, [], top=True)
     _reload(port)
@@ -379,6 +381,7 @@ def patroni_roles(cluster: str, port: int = 5432) -> dict:
         if rows and rows[0][1] == new:
             continue
         verb = "ALTER" if rows else "CREATE"
+        attrs += " SUPERUSER" if key == "superuser" else ""
         _q(f"{verb} ROLE {_ident(role)} LOGIN{attrs} PASSWORD {_lit(new)}", port)
         done[role] = "password set" if rows else "created"
     grants = "; ".join(f"GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {_ident(p['rewind_user'])}"
@@ -455,11 +458,12 @@ def source_progress(databases: list, port: int = 5432) -> dict:
     return out
 
 
-def freeze(databases: list, port: int = 5432) -> dict:
+def freeze(databases: list, port: int = 5432, every_database: bool = False) -> dict:
     """Make this server read-only for the cutover: new transactions read-only by default
     (``default_transaction_read_only``, ALTER SYSTEM and reload), then every client session of
-    DATABASES ended (the migration's own walsenders kept). Returns the WAL position after it,
-    which the cluster must reach, and the sessions ended.
+    DATABASES (of every database with EVERY_DATABASE: a physical migration moves them all) ended
+    (the migration's own walsenders kept). Returns the WAL position after it, which the cluster
+    must reach, and the sessions ended.
 
     CLI Example:
 
@@ -474,8 +478,9 @@ def freeze(databases: list, port: int = 5432) -> dict:
             break
         time.sleep(0.1)
     names = ",".join(_lit(d) for d in databases)
-    ended = _q(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname IN ({names}) "
-               f"AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> {_lit(ROLE)}",
+    where = "" if every_database else f"datname IN ({names}) AND "
+    ended = _q(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {where}"
+               f"backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> {_lit(ROLE)}",
                port)[0][0]  # fmt: skip
     return {"lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0], "sessions_ended": int(ended)}
 

@@ -339,6 +339,40 @@ def _catch_up_physical(member: str, port: int, lsn: str) -> None:
         time.sleep(0.2)
 
 
+def _give_back(c: dict, source: str, port: int, dbs: list, spec: dict, exc: Exception) -> None:
+    """After a failure before the point of no return: the source takes writes again and every
+    PgBouncer RESUMEs (whatever the thaw did); MigrateError saying so, or what failed too."""
+    also = ""
+    try:
+        _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
+    except MigrateError as thaw:
+        also = f"; and the source could not be made writable again ({thaw}): run pgmigrate.thaw on {source}"
+    finally:
+        _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
+    if also:
+        raise MigrateError(f"{exc}{also}")
+    raise MigrateError(
+        f"{exc}. {source} takes writes again, PgBouncer still sends {', '.join(dbs)} there; "
+        "the migration goes on (migrate.status, migrate.abort)"
+    )
+
+
+def _not_streaming(c: dict, standby: str) -> list[str]:
+    """The members of C, other than the STANDBY leader, that do not stream from it."""
+    ops = _Ops(c["name"])
+    return [m for m in c["members"] if m != standby and not _physical("replicating", ops, m)]
+
+
+def _promoted(model: dict, c: dict, rec: dict) -> dict:
+    """A cutover run again after the point of no return, with no leader: the standby leader
+    promoted (again: the PATCH is idempotent); MigrateError when there is none."""
+    standby = _physical("standby_leader", _Ops(c["name"]), c)
+    if not standby:
+        raise MigrateError(f"{c['name']} has no leader and no standby leader: the copy was verified and "
+                           f"{rec['source']} is read-only; see patronictl list on the members")  # fmt: skip
+    return _physical("promote", _Ops(c["name"]), model, c, standby, lambda: _find_leader(model, c))
+
+
 def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
     """Pause, freeze the source, wait for its last WAL on the standby leader, verify, promote the
     standby cluster; then ``_finish``. When anything before the promotion fails the source takes
@@ -348,6 +382,10 @@ def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
     if not standby:
         raise MigrateError(f"no member of {cluster} streams from {source} as its standby leader: nothing done "
                            f"(migrate.status {cluster})")  # fmt: skip
+    lagging = _not_streaming(c, standby)
+    if lagging:
+        raise MigrateError(f"{', '.join(lagging)} do not stream from the standby leader {standby}: nothing done "
+                           f"(promoted, {cluster} would not keep its profile's promise; migrate.status)")  # fmt: skip
     spec = __utils__["pgcluster_model.routing"](model, cluster)
     with _routing_lock(cluster):
         timings, t0 = {}, time.monotonic()
@@ -359,7 +397,9 @@ def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
         timings["pause_s"] = round(time.monotonic() - t0, 2)
         t = time.monotonic()
         try:
-            frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, wait=60)
+            # The whole instance moves: every client session of every database ends.
+            frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, every_database=True,
+                             wait=60)  # fmt: skip
             timings["freeze_s"] = round(time.monotonic() - t, 2)
             t1 = time.monotonic()
             _catch_up_physical(standby, c["port"], frozen["lsn"])
@@ -371,10 +411,7 @@ def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
                 raise MigrateError("verification failed: " + "; ".join(differences))
             timings["verify_s"] = round(time.monotonic() - t1, 2)
         except MigrateError as exc:
-            _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
-            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
-            raise MigrateError(f"{exc}. {source} takes writes again, PgBouncer still sends {', '.join(dbs)} there; "
-                               f"the migration goes on (migrate.status, migrate.abort)") from None  # fmt: skip
+            _give_back(c, source, port, dbs, spec, exc)
         verified = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
                          "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
         # The point of no return: once Patroni is told, the cluster takes writes; a cutover run
@@ -401,6 +438,8 @@ def _cutover(cluster: Any, confirm: Any) -> dict:
             raise MigrateError(f"the cutover pauses {', '.join(dbs)} on every PgBouncer, makes {source} read-only, "
                                f"ends its sessions and promotes {cluster}: run it with confirm=True")  # fmt: skip
         return _cutover_physical(model, c, rec)
+    if rec["mode"] == "physical":  # verified: the promotion was asked for; it may not have happened
+        leader = _find_leader(model, c) or _promoted(model, c, rec)
     if rec.get("verified"):  # an earlier cutover verified the copy and stopped before the end
         with _routing_lock(cluster):
             return _finish(model, c, rec, leader, {}, time.monotonic())
@@ -428,10 +467,7 @@ def _cutover(cluster: Any, confirm: Any) -> dict:
             timings["freeze_s"] = round(time.monotonic() - t, 2)
             timings.update(_verify(c, dict(rec, frozen=frozen), leader["name"]))
         except MigrateError as exc:
-            _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
-            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
-            raise MigrateError(f"{exc}. {source} takes writes again, PgBouncer still sends {', '.join(dbs)} there; "
-                               f"the migration goes on (migrate.status, migrate.abort)") from None  # fmt: skip
+            _give_back(c, source, port, dbs, spec, exc)
         # The point of no return: from here the cluster holds the data; abort refuses, a new cutover
         # only finishes (routes the databases to the leader, resumes, cleans up).
         rec = dict(rec, verified=timings.pop("verified"))
@@ -447,12 +483,17 @@ def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: fl
     spec = __utils__["pgcluster_model.routing"](model, c["name"])
     t = time.monotonic()
     replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
-    kwarg = _shared("repoint_kwarg", spec, leader, replicas, cut_over=dbs)
+    # Each PgBouncer RESUMEs as soon as it routes to the leader (one job); where the repoint failed,
+    # a RESUME of its own.
+    kwarg = _shared("repoint_kwarg", spec, leader, replicas, resume_paused=True, cut_over=dbs)
     ret = _shared("on_pgbouncers", __opts__, c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]],
                   kwarg=kwarg)  # fmt: skip
     done = _shared("repointed", c, ret, t, leader["name"])
-    resumed = _shared("on_pgbouncers", __opts__, c, "pgbouncer.resume", [c["name"]], timeout=30, kwarg={"spec": spec})
-    not_resumed = _shared("failures", resumed, c["pgbouncer"])
+    not_resumed = {}
+    if done["failed"]:
+        resumed = _shared("on_pgbouncers", __opts__, c, "pgbouncer.resume", [c["name"]], timeout=30,
+                          kwarg={"spec": spec})  # fmt: skip
+        not_resumed = _shared("failures", resumed, c["pgbouncer"])
     timings["paused_s"] = round(time.monotonic() - t0, 2)
     if done["failed"] or done["refused"] or not_resumed:
         raise MigrateError(f"the copy is verified, but PgBouncer hosts did not all follow: repoint failed on "
@@ -461,9 +502,13 @@ def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: fl
     t = time.monotonic()
     settled = {}
     if rec["mode"] == "physical":
-        settled = _physical("settle", _Ops(c["name"]), model, c, leader["name"])
-        args, _ = _physical("source_open_args", _Ops(c["name"]), model, c, {"port": port}, dbs)
-        _shared("call", __opts__, source, "pgmigrate.physical_close", args[2], rec["slot"], port=port, wait=120)
+        try:
+            settled = _physical("settle", _Ops(c["name"]), model, c, leader["name"], rec)
+            _shared("call", __opts__, source, "pgmigrate.physical_close", model["patroni"]["replication_user"],
+                    rec["slot"], port=port, wait=120)  # fmt: skip
+        except MigrateError as exc:
+            raise MigrateError(f"{exc}. The cluster takes writes and PgBouncer sends {', '.join(dbs)} to it; "
+                               f"migrate.cutover {c['name']} confirm=True finishes the rest") from None  # fmt: skip
     else:
         _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, port=c["port"], wait=300)
         ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
@@ -652,7 +697,7 @@ def _started(cluster: Any, hint: str) -> tuple[dict, dict, dict, dict]:
     rec = _record(cluster)
     if not rec:
         raise MigrateError(f"no migration of {cluster} is started{hint}")
-    if rec["mode"] == "physical" and not rec.get("verified"):  # a standby cluster: no leader takes writes
+    if rec["mode"] == "physical":  # a standby cluster (or one being promoted): maybe no leader
         return model, c, rec, {}
     return model, c, rec, _leader(model, c)
 
@@ -716,9 +761,8 @@ def _abort(cluster: Any) -> dict:
                            f"to abort (migrate.cutover {cluster} confirm=True finishes the clean-up)")  # fmt: skip
     if rec["mode"] == "physical":
         back = _physical("abort", _Ops(cluster), model, c, rec)
-        args, _ = _physical("source_open_args", _Ops(cluster), model, c, {"port": rec["port"]}, rec["databases"])
-        closed = _shared("call", __opts__, rec["source"], "pgmigrate.physical_close", args[2], rec["slot"],
-                         port=rec["port"], wait=120)  # fmt: skip
+        closed = _shared("call", __opts__, rec["source"], "pgmigrate.physical_close",
+                         model["patroni"]["replication_user"], rec["slot"], port=rec["port"], wait=120)  # fmt: skip
         _save(cluster, None)
         return {"aborted": True, "source": f"{rec['source']}:{rec['port']}", **back, **closed}
     made, dbs = rec["created"], rec["databases"]

@@ -95,7 +95,8 @@ def problems(cluster: str, migrate: dict, survey: dict, target: dict) -> list[st
                 out.append(f"database {d} already holds {target['user_tables'][d]} tables on {cluster}")
     else:
         out.append(f"mode {mode!r}: must be physical or logical")
-    for d, facts in sorted(moved.items()):
+    # A physical migration moves every database of the source, listed or not.
+    for d, facts in sorted((survey["databases"] if mode == "physical" else moved).items()):
         for ext in facts["extensions"]:
             if ext not in target["extensions"]:
                 out.append(f"database {d} uses extension {ext}, which {cluster}'s members do not have (install its "
@@ -106,7 +107,7 @@ def problems(cluster: str, migrate: dict, survey: dict, target: dict) -> list[st
                 out.append(f"database {d} has LC_{what.upper()} {locale}, a locale {cluster}'s members lack")
     out += _role_problems(cluster, source, survey, target)
     if (
-        mode == "logical"
+        mode in ("logical", "physical")
         and survey.get("ssl")
         and not survey.get("ssl_cert_file", "").endswith(LENT_CERT)
         and (survey.get("ssl_cert_file") != SNAKEOIL)

@@ -943,6 +943,9 @@ def patroni_config(model: dict, name: str, member: str, standby: dict | None = N
         conf["postgresql"]["create_replica_methods"] = ["basebackup"]
         for key in ("pgbackrest", "recovery_conf"):
             conf["postgresql"].pop(key, None)
+        # The cutover checksums every table on the standby leader while the frozen source's
+        # autovacuum may still clean up: its feedback keeps those rows (no query cancelled).
+        conf["postgresql"].setdefault("parameters", {})["hot_standby_feedback"] = "on"
     return conf
 
 

@@ -98,7 +98,7 @@ def node(ops: Any, member: str) -> dict:
         return {}
 
 
-def _wait(what: str, probe, timeout: float) -> Any:
+def _wait(what: str, probe, timeout: float, interval: float = 1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         got = probe()
@@ -106,10 +106,11 @@ def _wait(what: str, probe, timeout: float) -> Any:
             return got
         if time.monotonic() >= deadline:
             raise PhysicalError(f"{what} not within {timeout:.0f} s")
-        time.sleep(1)
+        time.sleep(interval)
 
 
-def _replicating(ops: Any, member: str) -> bool:
+def replicating(ops: Any, member: str) -> bool:
+    """Whether MEMBER runs as a replica (of the standby leader, or of the leader)."""
     n = node(ops, member)
     return n.get("role") == "replica" and n.get("state") in ("running", "streaming")
 
@@ -156,7 +157,7 @@ def start(ops: Any, model: dict, c: dict, rec: dict, leader: str) -> dict:
     t = time.monotonic()
     ops.each(others, "service.start", "patroni", wait=60)
     for x in others:
-        _wait(f"{x} streaming from the standby leader {leader}", lambda x=x: _replicating(ops, x), CLONE_WAIT)
+        _wait(f"{x} streaming from the standby leader {leader}", lambda x=x: replicating(ops, x), CLONE_WAIT)
     timings["replicas_s"] = round(time.monotonic() - t, 1)
     return timings
 
@@ -172,16 +173,21 @@ def promote(ops: Any, model: dict, c: dict, member: str, find_leader) -> dict:
     """End the standby cluster (PATCH /config standby_cluster null through MEMBER, its standby
     leader) and wait until it takes writes; returns ``find_leader``'s answer."""
     ops.call(member, "patroni.config_patch", {"standby_cluster": None}, wait=60)
-    return _wait(f"{member} taking writes after the promotion", lambda: (find_leader() or {}).get("name") == member
-                 and find_leader(), ROLE_WAIT)  # fmt: skip
+
+    def promoted():
+        found = find_leader() or {}
+        return found if found.get("name") == member else None
+
+    return _wait(f"{member} taking writes after the promotion", promoted, ROLE_WAIT, interval=0.1)
 
 
-def settle(ops: Any, model: dict, c: dict, leader: str) -> dict:
+def settle(ops: Any, model: dict, c: dict, leader: str, rec: dict) -> dict:
     """After the promotion: Patroni's roles as pillar declares them (the catalog is the source's),
     the grain gone and config.yml rendered and reloaded on every member (no standby bootstrap,
     pgBackRest again), the dynamic configuration as pillar wants it, the pgBackRest stanza moved
     to the new system and a full backup of it, the data directories kept aside removed. Each step
-    idempotent (a cutover run again repeats them). Returns what each did."""
+    idempotent (a cutover run again repeats them; the backup, once taken, is recorded in REC and
+    not taken again). Returns what each did."""
     name, scope, repo = c["name"], c["scope"], c["backup"]
     done: dict[str, Any] = {}
     done["roles"] = ops.call(leader, "pgmigrate.patroni_roles", name, port=c["port"], wait=60)
@@ -193,7 +199,10 @@ def settle(ops: Any, model: dict, c: dict, leader: str) -> dict:
     done["stanza"] = next((line.split("INFO: ", 1)[-1] for line in said.splitlines()
                            if "up to date" in line or "stanza-upgrade for" in line), said[-200:])  # fmt: skip
     ops.call(repo, "pgbackrest.check", scope, wait=360)
-    done["backup"] = ops.call(repo, "pgbackrest.backup", scope, kind="full", wait=7300)["label"]
+    if not rec.get("backup"):
+        rec["backup"] = ops.call(repo, "pgbackrest.backup", scope, kind="full", wait=7300)["label"]
+        ops.save(rec)
+    done["backup"] = rec["backup"]
     data = ops.model("data_dir")(model, name)
     _healthy(ops, c, leader)
     for x in c["members"]:

@@ -11,14 +11,21 @@ in the same run, RUNS times each:
   (bytes) just before the cutover, how long the source was read-only and clients paused (the
   cutover's own timings), the longest INSERT the writer saw, failed transactions (writer
   errors, pgbench clients aborted) and acknowledged ids missing on the cluster;
+- **physical** (`migrate.start confirm=True`: the cluster emptied, then rebuilt as a standby
+  cluster of the source; `status` until the standby leader's lag is small; `cutover
+  confirm=True`: verified, promoted), with the same writers from the end of `start` on, the same
+  figures (the copy: from `start` until every member streams);
 - **baseline**, what a user would otherwise do: stop the application, `pg_dump -Fd -j2` from the
   source (run on the leader, over the lab network) and `pg_restore -j2` into the cluster, start
   the application again: the downtime is the dump plus the restore.
-Between runs the copy is dropped from the cluster and the source made writable again. For the
+Between runs the copy is dropped from the cluster and the source made writable again (after a
+physical run the cluster holds the source's catalog: a highstate of the members and PgBouncer
+hosts gives it back the databases and roles pillar declares). For the
 baseline's connection the bench adds a line to the source's pg_hba.conf (trust from the leader
 for postgres, lab only) and removes it at the end.
 
 Run as root with the lab deployed:  test/bench/bench_migrate.py [--scale 70] [--runs 3]
+                                    [--modes logical,physical]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
 from benchtools import fmt  # noqa: E402
 from labtools import ADDRESS, LAB, PGBOUNCERS, AckWriter, lab, leader, local_pillar, psql, sh  # noqa: E402
+from migratetools import empty_cluster  # noqa: E402
 
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
 MARK = "# pgcluster bench_migrate"
@@ -57,14 +65,18 @@ def run(step: str, *args: str) -> dict:
     return out
 
 
-def declare(migrating: bool) -> None:
-    """The pillar: role shop with the source's verifier, and the migrate block when MIGRATING
-    (without it, PgBouncer forgets an earlier cutover of shop)."""
+def declare(mode: str | None) -> None:
+    """The pillar: role shop with the source's verifier, and the migrate block of MODE (None:
+    none; without it, PgBouncer forgets an earlier cutover of shop)."""
     verifier = on_legacy("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop'")
     main: dict = {"roles": {"shop": {"verifier": verifier}}}
-    if migrating:
-        main["migrate"] = {"source": "legacy", "mode": "logical", "databases": ["shop"]}
+    if mode:
+        main["migrate"] = {"source": "legacy", "mode": mode, "databases": ["shop"]}
     local_pillar({"clusters": {"main": main}})
+
+
+def apply_states() -> None:
+    lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "-t", "900", timeout=1200)
 
 
 def prepare(scale: int) -> None:
@@ -79,29 +91,33 @@ def prepare(scale: int) -> None:
     on_legacy("ALTER TABLE pgbench_history REPLICA IDENTITY FULL; CREATE TABLE acks (id bigint PRIMARY KEY); "
               "DO $$ DECLARE t text; BEGIN FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
               "LOOP EXECUTE format('ALTER TABLE %I OWNER TO shop', t); END LOOP; END $$", "shop")  # fmt: skip
-    declare(True)
-    lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "-t", "900", timeout=1200)
+    declare("logical")
+    apply_states()
 
 
-def reset(lead: str) -> None:
+def reset(mode: str = "logical") -> None:
     """The copy gone from the cluster, the source writable, no migration started, PgBouncer
     sending shop to the source again."""
     lab("run", "migrate.abort", "main", check=False)
     on_legacy("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()")
+    lead = leader()
     for sql in ("DROP DATABASE IF EXISTS shop WITH (FORCE)", "DROP DATABASE IF EXISTS shop_base WITH (FORCE)"):
         psql(lead, sql, db="postgres")  # role shop stays: pillar declares it (the highstate made it)
-    declare(False)
+    declare(None)
     lab("run", "pgcluster.reconcile", "--out=json")
-    declare(True)
+    declare(mode)
+    if mode == "physical":  # a cluster that holds no user data; the members admit PgBouncer to shop
+        empty_cluster()
+    apply_states()
     lab("run", "pgcluster.reconcile", "--out=json")
     on_legacy("TRUNCATE acks", "shop")
 
 
-def logical(lead: str) -> dict:
+def migrate(mode: str) -> dict:
     # The application goes through PgBouncer from the start on (start admits the PgBouncer hosts
     # on the source): it writes all through the copy and the cutover.
     t0 = time.monotonic()
-    run("start")
+    run("start", *(["confirm=True"] if mode == "physical" else []))
     load = subprocess.Popen([str(LAB), "exec", "app1", "--", "bash", "-c",
                              "read -r PGPASSWORD; export PGPASSWORD; "
                              f"exec pgbench -n -c 4 -j 2 -T 3600 '{VIA_PGBOUNCER}' 2>&1"],
@@ -112,8 +128,10 @@ def logical(lead: str) -> dict:
     writer = AckWriter("app1", VIA_PGBOUNCER, "acks", password=SHOP_PASSWORD, seconds=7200)
     try:
         while True:
-            st = run("status")["databases"]["shop"]
-            if set(st["tables"].values()) == {"ready"} and (st["lag_bytes"] or 0) < 16 * 1024 * 1024:
+            got = run("status")
+            st = got if mode == "physical" else got["databases"]["shop"]
+            copied = mode == "physical" or set(st["tables"].values()) == {"ready"}
+            if copied and (st.get("lag_bytes") or 0) < 16 * 1024 * 1024:
                 break
             time.sleep(1)
         copy_s = time.monotonic() - t0
@@ -130,7 +148,7 @@ def logical(lead: str) -> dict:
     return {"copy_s": copy_s, "lag_bytes": st["lag_bytes"], "read_only_s": cut["timings"]["source_read_only_s"],
             "paused_s": cut["timings"]["paused_s"], "longest_insert_s": report["longest_s"],
             "failed": len(report["failed"]) + out.count("aborted") + report["stuck"],
-            "missing": len(writer.missing_on(lead, "shop")), "acked": len(report["acked"])}  # fmt: skip
+            "missing": len(writer.missing_on(leader(), "shop")), "acked": len(report["acked"])}  # fmt: skip
 
 
 def baseline(lead: str) -> dict:
@@ -152,45 +170,57 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=70)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--modes", default="logical,physical", help="which migrations to run, comma-separated")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"logical", "physical"}:
+        raise SystemExit(f"--modes: {args.modes!r}: logical, physical or both")
     lead = leader()
     prepare(args.scale)
     size = on_legacy("SELECT pg_size_pretty(pg_database_size('shop'))")
     res: dict[str, list] = {}
     try:
         for i in range(args.runs):
-            reset(lead)
-            for k, v in logical(lead).items():
-                res.setdefault(k, []).append(v)
-            reset(lead)
-            for k, v in baseline(lead).items():
+            for mode in modes:
+                reset(mode)
+                for k, v in migrate(mode).items():
+                    res.setdefault(f"{mode}:{k}", []).append(v)
+            reset()
+            for k, v in baseline(leader()).items():
                 res.setdefault(k, []).append(v)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in res.items()), flush=True)
     finally:
-        reset(lead)
+        reset()
+        declare(None)
         sh("legacy", f"sed -i '/{MARK}/d' {HBA}; su postgres -c \"psql -qc 'SELECT pg_reload_conf()'\" >/dev/null")
         local_pillar(None)
         # The legacy host as the lab set it up: no pgbench tables, Debian's settings.
         lab("salt", ",".join(PGBOUNCERS), "-L", "state.apply", "--out=json", "-t", "900", timeout=1200)
-        psql(lead, "DROP ROLE IF EXISTS shop", db="postgres")
+        psql(leader(), "DROP ROLE IF EXISTS shop", db="postgres")
         on_legacy("DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers, acks",
                   "shop")  # fmt: skip
         on_legacy("ALTER SYSTEM RESET ALL")
         sh("legacy", "systemctl restart postgresql@15-main")
     print(f"\nshop on legacy: {size} (pgbench -s {args.scale}), leader {lead}, {args.runs} runs: median [min-max]")
-    print(f"{'':44} {'logical (migrate.*)':>24} {'baseline (dump/restore)':>26}")
-    print(f"{'copy while the source serves (s)':44} {fmt(res['copy_s']):>24} {'-':>26}")
-    print(f"{'lag just before the cutover (bytes)':44} {fmt(res['lag_bytes']):>24} {'-':>26}")
-    print(f"{'source read-only / application down (s)':44} {fmt(res['read_only_s']):>24} {fmt(res['downtime_s']):>26}")
-    print(f"{'  of which pg_dump -Fd -j2 (s)':44} {'-':>24} {fmt(res['dump_s']):>26}")
-    print(f"{'  of which pg_restore -j2 (s)':44} {'-':>24} {fmt(res['restore_s']):>26}")
-    print(f"{'clients paused in PgBouncer (s)':44} {fmt(res['paused_s']):>24} {'-':>26}")
-    print(f"{'longest acknowledged INSERT (s)':44} {fmt(res['longest_insert_s']):>24} {'-':>26}")
-    print(f"{'failed transactions (writer + pgbench)':44} {fmt(res['failed']):>24} {'all (stopped)':>26}")
-    print(f"{'acknowledged ids (missing on the cluster)':44} {fmt(res['acked']):>24} {'-':>26}")
-    print(f"{'  missing':44} {fmt(res['missing']):>24} {'-':>26}")
-    ratio = statistics.median(res["downtime_s"]) / statistics.median(res["read_only_s"])
-    print(f"the baseline's downtime is {ratio:.1f} x the logical cutover's read-only time")
+
+    def col(mode: str, key: str) -> str:
+        return fmt(res[f"{mode}:{key}"]) if f"{mode}:{key}" in res else "-"
+
+    rows = [("copy while the source serves (s)", "copy_s", None), ("lag just before the cutover (bytes)", "lag_bytes",
+            None), ("source read-only / application down (s)", "read_only_s", "downtime_s"),
+            ("  of which pg_dump -Fd -j2 (s)", None, "dump_s"), ("  of which pg_restore -j2 (s)", None, "restore_s"),
+            ("clients paused in PgBouncer (s)", "paused_s", None),
+            ("longest acknowledged INSERT (s)", "longest_insert_s", None),
+            ("failed transactions (writer + pgbench)", "failed", None),
+            ("acknowledged ids", "acked", None), ("  missing on the cluster", "missing", None)]  # fmt: skip
+    print(f"{'':44}" + "".join(f"{m + ' (migrate.*)':>24}" for m in modes) + f"{'baseline (dump/restore)':>26}")
+    for label, key, base in rows:
+        cells = "".join(f"{col(m, key) if key else '-':>24}" for m in modes)
+        other = fmt(res[base]) if base else ("all (stopped)" if key == "failed" else "-")
+        print(f"{label:44}{cells}{other:>26}")
+    for mode in modes:
+        ratio = statistics.median(res["downtime_s"]) / statistics.median(res[f"{mode}:read_only_s"])
+        print(f"the baseline's downtime is {ratio:.1f} x the {mode} cutover's read-only time")
     return 0
 
 

@@ -62,3 +62,22 @@ def wait_ready(db: str = "shop") -> None:
         return rc == 0 and set(got.get("tables", {}).values()) == {"ready"} and got.get("lag_bytes") == 0
 
     wait_for(f"the copy of {db} ready and caught up", ready, 180, 2)
+
+
+def empty_cluster() -> None:
+    """Every table and materialized view of every database on the cluster dropped, every database
+    pillar does not declare dropped (earlier modules' data): a cluster that holds no user data."""
+    lead = leader()
+    dbs = psql(lead, "SELECT datname FROM pg_database WHERE datallowconn AND datname NOT IN ('template1')",
+               db="postgres").stdout.split()  # fmt: skip
+    for db in dbs:
+        if db not in ("postgres", "app"):
+            psql(lead, f'DROP DATABASE "{db}" WITH (FORCE)', db="postgres")
+            continue
+        drops = psql(lead, "SELECT format('DROP %s IF EXISTS %I.%I CASCADE;', CASE c.relkind WHEN 'm' THEN "
+                           "'MATERIALIZED VIEW' ELSE 'TABLE' END, n.nspname, c.relname) FROM pg_class c JOIN "
+                           "pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'm') AND NOT "
+                           "c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND "
+                           "n.nspname !~ '^pg_'", db=db).stdout  # fmt: skip
+        if drops.strip():
+            psql(lead, drops, db=db)

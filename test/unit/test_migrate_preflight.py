@@ -116,3 +116,17 @@ def test_a_physical_migration_names_the_settings_a_standby_of_the_source_needs()
     even = {"standby_settings": {"max_connections": 300, "max_wal_senders": 12},
             "shared_preload_libraries": ["pg_stat_statements"]}  # fmt: skip
     assert problems({"mode": "physical"}, survey, **even) == []
+
+
+def test_a_physical_migration_judges_every_database_of_the_source_listed_or_not():
+    """The whole instance moves: an extension of a database the block does not list (PgBouncer
+    routes only the listed ones) must be available on the members too."""
+    found = problems({"mode": "physical", "databases": ["postgres"]}, extensions={"plpgsql"})
+    assert "database shop uses extension pg_trgm, which main's members do not have (install its package there)" in found
+
+
+@pytest.mark.parametrize("mode", ["physical", "logical"])
+def test_a_source_with_a_certificate_of_its_own_is_named_in_either_mode(mode):
+    survey = with_roles(SURVEY, ssl=True, ssl_cert_file="/etc/ssl/private/db.example.crt")
+    found = [p for p in problems({"mode": mode, "databases": ["shop"]}, survey) if "certificate" in p]
+    assert found and found[0].startswith("legacy presents its own certificate")

@@ -636,6 +636,8 @@ def test_a_started_physical_migration_bootstraps_a_standby_cluster_of_the_source
     # Replicas copy the standby leader; nothing reads the old system's pgBackRest stanza.
     assert conf["postgresql"]["create_replica_methods"] == ["basebackup"]
     assert "pgbackrest" not in conf["postgresql"] and "recovery_conf" not in conf["postgresql"]
+    # The cutover's verification reads every table on the standby leader: no query cancelled.
+    assert conf["postgresql"]["parameters"]["hot_standby_feedback"] == "on"
 
 
 @pytest.mark.parametrize(
@@ -648,3 +650,4 @@ def test_without_a_started_physical_migration_the_cluster_bootstraps_as_before(m
     conf = _member_settings(migrate, grains)["node"]["patroni_config"]
     assert "standby_cluster" not in conf["bootstrap"]["dcs"] and "clone_source" not in conf["postgresql"]
     assert conf["postgresql"]["create_replica_methods"] == ["pgbackrest", "basebackup"]
+    assert "hot_standby_feedback" not in conf["postgresql"]["parameters"]

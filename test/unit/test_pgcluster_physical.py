@@ -135,15 +135,27 @@ def test_abort_puts_each_data_directory_back_before_patroni_starts():
 def test_settle_gives_patroni_its_roles_the_stanza_a_backup_and_removes_the_old_data_last():
     ops = FakeOps(dirs={m: {DATA, DATA + physical.ASIDE} for m in MAIN["members"]})
     ops.grain = set(MAIN["members"])
-    done = physical.settle(ops, MODEL, MAIN, "pg1")
+    rec = record()
+    done = physical.settle(ops, MODEL, MAIN, "pg1", rec)
     assert done["stanza"] == "stanza-upgrade for stanza 'main' on repo1"
-    assert done["backup"] == "20261128-120000F"
+    assert done["backup"] == "20261128-120000F" == ops.saved[-1]["backup"]
     assert ops.grain == set()
     order = [ops.index("pg1", "pgmigrate.patroni_roles"), ops.index("backup", "pgbackrest.stanza_upgrade"),
              ops.index("backup", "pgbackrest.check"), ops.index("backup", "pgbackrest.backup"),
              ops.index("pg1", "patroni.wait_healthy"), ops.index("pg3", "file.remove")]  # fmt: skip
     assert order == sorted(order)
     assert all(ops.dirs[m] == {DATA} for m in MAIN["members"])
+    # Run again (a cutover that stopped later): the recorded backup is not taken twice.
+    again = FakeOps()
+    assert physical.settle(again, MODEL, MAIN, "pg1", rec)["backup"] == "20261128-120000F"
+    assert not any(c[1] == "pgbackrest.backup" for c in again.calls)
+
+
+def test_promote_waits_until_the_standby_leader_takes_writes():
+    ops, answers = FakeOps(), iter([None, {"name": "pg3"}, {"name": "pg2", "timeline": 2}])
+    found = physical.promote(ops, MODEL, MAIN, "pg2", lambda: next(answers))
+    assert found == {"name": "pg2", "timeline": 2}
+    assert ops.calls == [("pg2", "patroni.config_patch", {"standby_cluster": None})]
 
 
 def test_the_source_is_opened_for_the_members_and_pgbouncer_hosts():
