@@ -339,6 +339,16 @@ def _catch_up_physical(member: str, port: int, lsn: str) -> None:
         time.sleep(0.2)
 
 
+def _pause(c: dict, dbs: list, spec: dict) -> None:
+    """PAUSE DBS on every PgBouncer of C: clients wait there from now on (their running
+    transactions end first) until RESUME. When a host fails, every host RESUMEs and MigrateError."""
+    try:
+        _on_pgbouncers(c, "pgbouncer.pause", dbs, spec=spec, databases=dbs)
+    except MigrateError:
+        _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
+        raise
+
+
 def _give_back(c: dict, source: str, port: int, dbs: list, spec: dict, exc: Exception) -> None:
     """After a failure before the point of no return: the source takes writes again and every
     PgBouncer RESUMEs (whatever the thaw did); MigrateError saying so, or what failed too."""
@@ -389,11 +399,7 @@ def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
     spec = __utils__["pgcluster_model.routing"](model, cluster)
     with _routing_lock(cluster):
         timings, t0 = {}, time.monotonic()
-        try:
-            _on_pgbouncers(c, "pgbouncer.pause", dbs, spec=spec, databases=dbs)
-        except MigrateError:
-            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
-            raise
+        _pause(c, dbs, spec)
         timings["pause_s"] = round(time.monotonic() - t0, 2)
         t = time.monotonic()
         try:
@@ -454,12 +460,7 @@ def _cutover(cluster: Any, confirm: Any) -> dict:
     spec = __utils__["pgcluster_model.routing"](model, cluster)
     with _routing_lock(cluster):
         timings, t0 = {}, time.monotonic()
-        # Clients wait in PgBouncer from here (their running transactions end first) until RESUME.
-        try:
-            _on_pgbouncers(c, "pgbouncer.pause", dbs, spec=spec, databases=dbs)
-        except MigrateError:
-            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
-            raise
+        _pause(c, dbs, spec)
         timings["pause_s"] = round(time.monotonic() - t0, 2)
         t = time.monotonic()
         try:
@@ -485,7 +486,11 @@ def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: fl
     replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
     # Each PgBouncer RESUMEs as soon as it routes to the leader (one job); where the repoint failed,
     # a RESUME of its own.
-    kwarg = _shared("repoint_kwarg", spec, leader, replicas, resume_paused=True, cut_over=dbs)
+    # After a physical cutover the cluster runs the source's data: its timeline may be older than
+    # the one the routes were fenced with (the same source migrated in before), so this route
+    # carries no timeline (as a restore's: it always passes); the next reconcile fences again.
+    fenced = dict(leader, timeline=None, system=None) if rec["mode"] == "physical" else leader
+    kwarg = _shared("repoint_kwarg", spec, fenced, replicas, resume_paused=True, cut_over=dbs)
     ret = _shared("on_pgbouncers", __opts__, c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]],
                   kwarg=kwarg)  # fmt: skip
     done = _shared("repointed", c, ret, t, leader["name"])
@@ -748,9 +753,11 @@ def _status_physical(c: dict, rec: dict) -> dict:
            "standby_leader": standby, "members": members, "databases": rec["databases"],
            "streaming": bool((here["slot"] or {}).get("active"))}  # fmt: skip
     if standby:
-        lsn, at = _physical("replayed", ops, standby, c["port"])
+        lsn, ago = _physical("replayed", ops, standby, c["port"])
         lag = max(0, _lsn(here["lsn"]) - _lsn(lsn))
-        out.update(source_lsn=here["lsn"], replayed_lsn=lsn, lag_bytes=lag, replayed_commit_at=at)
+        # Caught up, the lag is none however long ago the source's last commit was.
+        seconds = 0.0 if lag == 0 else (round(ago, 1) if ago is not None else None)
+        out.update(source_lsn=here["lsn"], replayed_lsn=lsn, lag_bytes=lag, lag_seconds=seconds)
     return out
 
 
@@ -782,13 +789,17 @@ def start(cluster: str, confirm: bool = False) -> dict:
     (a role without password, certificate authentication from their addresses, a publication
     per database); on the leader creates the source's roles (without passwords yet), each
     database and its schema, and a subscription per database that copies every table and then
-    streams changes. Refuses a second start. Returns what it created and each step's time.
+    streams changes. Physical mode (needs CONFIRM=True: every member's data is replaced): opens
+    the source to the members (replication role, pg_hba block, slot) and rebuilds the cluster as
+    a Patroni standby cluster of it (each data directory kept beside for ``abort``); returns when
+    every member streams. Refuses a second start. Returns what it did and each step's time.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run migrate.start main
+        salt-run migrate.start main confirm=True    # physical mode
     """
     return _start(cluster, confirm)
 
@@ -797,7 +808,9 @@ def start(cluster: str, confirm: bool = False) -> dict:
 def status(cluster: str) -> dict:
     """The started migration of CLUSTER: per database each table's state (copying, ready...), the
     share of the source's table bytes copied, the lag in bytes (WAL the source has not yet
-    sent or had confirmed) and seconds, an ETA for the copy, and whether it streams.
+    sent or had confirmed) and seconds, an ETA for the copy, and whether it streams. Physical
+    mode: the standby leader, each member's role and state, the source's WAL position, the one
+    the standby leader replayed, the lag in bytes and seconds, whether the slot streams.
 
     CLI Example:
 
@@ -812,7 +825,10 @@ def status(cluster: str) -> dict:
 def abort(cluster: str) -> dict:
     """Undo what ``start`` did: the subscriptions, the databases and roles it created on the
     cluster, and on the source the publications, slots, pg_hba/pg_ident blocks, ssl_ca_file and
-    the migration role. The source keeps serving throughout.
+    the migration role. Physical mode: the cluster back as it was (each member's data directory
+    from before the start, the former leader first, the profile's replicas streaming), and on the
+    source the slot, the pg_hba block, the role and lent TLS removed. The source keeps serving
+    throughout.
 
     CLI Example:
 
@@ -831,8 +847,11 @@ def cutover(cluster: str, confirm: bool = False) -> dict:
     from the source; **verification** of every table (row count and checksum), every sequence
     (at least the source's) and the columns of every table; then the subscriptions and the
     source's grants removed. When verification fails the source takes writes again and the
-    migration goes on; the answer says what differs. Needs CONFIRM=True. Returns each step's
-    time and how long the source was read-only.
+    migration goes on; the answer says what differs. Physical mode: the source frozen (every
+    client session ended), its last WAL replayed on the standby leader, every table verified
+    there, the standby cluster promoted, PgBouncer repointed and resumed; then Patroni's roles,
+    its configuration without the standby bootstrap, ``stanza-upgrade``, a full backup. Needs
+    CONFIRM=True. Returns each step's time and how long the source was read-only.
 
     CLI Example:
 

@@ -47,27 +47,35 @@ def source_open_args(ops: Any, model: dict, c: dict, m: dict, databases: list) -
     return args, {"port": m["port"], "routers": routers, "databases": databases}
 
 
-def _applied(ops: Any, minions: list, sls: str) -> None:
-    """``state.sls SLS`` on MINIONS at once; PhysicalError naming the first state that failed."""
-    for minion, ret in ops.each(minions, "state.sls", sls, wait=600).items():
-        if not isinstance(ret, dict):
-            raise PhysicalError(f"{minion}: state.sls {sls}: {ret}")
-        failed = [f"{v.get('__id__', k)}: {v.get('comment')}" for k, v in ret.items()
-                  if isinstance(v, dict) and v.get("result") is False]  # fmt: skip
-        if failed:
-            raise PhysicalError(f"{minion}: state.sls {sls} failed: {failed[0]}")
+# The states that render Patroni's config.yml (and install the clone method it may name), applied
+# alone: the rest of pgcluster.patroni.config (packages, PKI) is the highstate's.
+CONFIG_SLS = "pgcluster.patroni.config"
+CONFIG_STATES = ("patroni-clone-source-installed", "patroni-config-managed")
 
 
-def _exists(ops: Any, minion: str, path: str) -> bool:
-    """Whether directory PATH is on MINION (``file.directory_exists`` answers False, which the
-    master's call takes for a failure)."""
-    return bool(ops.call(minion, "file.find", path, maxdepth=0, type="d", wait=30))
+def _configured(ops: Any, minions: list) -> None:
+    """``CONFIG_STATES`` of ``CONFIG_SLS`` applied on MINIONS at once (``state.sls_id``, with
+    their requisites); PhysicalError naming the first state that failed."""
+    for state in CONFIG_STATES:
+        for minion, ret in ops.each(minions, "state.sls_id", state, CONFIG_SLS, wait=300).items():
+            if not isinstance(ret, dict):
+                raise PhysicalError(f"{minion}: state.sls_id {state} {CONFIG_SLS}: {ret}")
+            failed = [f"{v.get('__id__', k)}: {v.get('comment')}" for k, v in ret.items()
+                      if isinstance(v, dict) and v.get("result") is False]  # fmt: skip
+            if failed:
+                raise PhysicalError(f"{minion}: {CONFIG_SLS} failed: {failed[0]}")
 
 
-def _remove(ops: Any, minion: str, path: str) -> None:
-    """PATH (a directory) removed on MINION when it is there."""
-    if _exists(ops, minion, path):
-        ops.call(minion, "file.remove", path, wait=300)
+def _having(ops: Any, minions: list, path: str) -> list:
+    """The MINIONS where directory PATH is (one job; ``file.directory_exists`` answers False,
+    which the master's call takes for a failure)."""
+    found = ops.each(minions, "file.find", path, maxdepth=0, type="d", wait=30)
+    return [m for m in minions if found.get(m)]
+
+
+def _remove(ops: Any, minions: list, path: str) -> None:
+    """Directory PATH removed on MINIONS where it is."""
+    ops.each(_having(ops, minions, path), "file.remove", path, wait=300)
 
 
 def _configure(ops: Any, model: dict, c: dict, leader: str) -> None:
@@ -137,16 +145,15 @@ def start(ops: Any, model: dict, c: dict, rec: dict, leader: str) -> dict:
     ops.each(others, "patroni.stop", wait=180)  # the replicas first: none of them takes over
     ops.call(leader, "patroni.stop", wait=180)
     ops.call(leader, "patroni.remove_cluster", scope)
-    for x in c["members"]:
-        if x not in rec["aside"] and _exists(ops, x, data):
-            ops.call(x, "file.rename", data, data + ASIDE)
-        rec["aside"][x] = data + ASIDE
-        ops.save(rec)
-        # archive-push's status files of the old system: a name the new system reuses (a
-        # timeline's history file) would count as pushed already.
-        _remove(ops, x, spool)
+    fresh = [x for x in c["members"] if x not in rec["aside"]]  # a start run again moves nothing twice
+    ops.each(_having(ops, fresh, data), "file.rename", data, data + ASIDE, wait=60)
+    rec["aside"].update({x: data + ASIDE for x in c["members"]})
+    ops.save(rec)
+    # archive-push's status files of the old system: a name the new system reuses (a timeline's
+    # history file) would count as pushed already.
+    _remove(ops, c["members"], spool)
     ops.each(c["members"], "grains.setval", GRAIN, {name: source}, wait=30)
-    _applied(ops, c["members"], "pgcluster.patroni.config")
+    _configured(ops, c["members"])
     timings["stopped_s"] = round(time.monotonic() - t, 1)
     t = time.monotonic()
     ops.call(leader, "service.start", "patroni")
@@ -162,11 +169,12 @@ def start(ops: Any, model: dict, c: dict, rec: dict, leader: str) -> dict:
     return timings
 
 
-def replayed(ops: Any, member: str, port: int) -> tuple[str, str | None]:
-    """MEMBER's last replayed WAL position and the commit time it replayed last (ISO, None)."""
-    rows = ops.call(member, "pgsql.query", "SELECT pg_last_wal_replay_lsn(), pg_last_xact_replay_timestamp()",
-                    port=port, wait=30)  # fmt: skip
-    return rows[0][0], rows[0][1] or None
+def replayed(ops: Any, member: str, port: int) -> tuple[str, float | None]:
+    """MEMBER's last replayed WAL position, and how many seconds ago the commit it replayed last
+    was made on the source (None: none replayed yet)."""
+    rows = ops.call(member, "pgsql.query", "SELECT pg_last_wal_replay_lsn(), "
+                    "extract(epoch FROM now() - pg_last_xact_replay_timestamp())", port=port, wait=30)  # fmt: skip
+    return rows[0][0], float(rows[0][1]) if len(rows[0]) > 1 and rows[0][1] else None
 
 
 def promote(ops: Any, model: dict, c: dict, member: str, find_leader) -> dict:
@@ -192,12 +200,13 @@ def settle(ops: Any, model: dict, c: dict, leader: str, rec: dict) -> dict:
     done: dict[str, Any] = {}
     done["roles"] = ops.call(leader, "pgmigrate.patroni_roles", name, port=c["port"], wait=60)
     ops.each(c["members"], "grains.delkey", GRAIN, force=True, wait=30)
-    _applied(ops, c["members"], "pgcluster.patroni.config")
+    _configured(ops, c["members"])
     ops.each(c["members"], "patroni.reload", wait=60)
     _configure(ops, model, c, leader)
     said = ops.call(repo, "pgbackrest.stanza_upgrade", scope, wait=360)
-    done["stanza"] = next((line.split("INFO: ", 1)[-1] for line in said.splitlines()
-                           if "up to date" in line or "stanza-upgrade for" in line), said[-200:])  # fmt: skip
+    lines = [line.split("INFO: ", 1)[-1] for line in said.splitlines()]
+    done["stanza"] = next((x for x in lines if "up to date" in x), None) or next(
+        (x for x in lines if "stanza-upgrade for" in x), said[-200:])  # fmt: skip
     ops.call(repo, "pgbackrest.check", scope, wait=360)
     if not rec.get("backup"):
         rec["backup"] = ops.call(repo, "pgbackrest.backup", scope, kind="full", wait=7300)["label"]
@@ -205,8 +214,7 @@ def settle(ops: Any, model: dict, c: dict, leader: str, rec: dict) -> dict:
     done["backup"] = rec["backup"]
     data = ops.model("data_dir")(model, name)
     _healthy(ops, c, leader)
-    for x in c["members"]:
-        _remove(ops, x, data + ASIDE)
+    _remove(ops, c["members"], data + ASIDE)
     return done
 
 
@@ -222,12 +230,11 @@ def abort(ops: Any, model: dict, c: dict, rec: dict) -> dict:
     ops.each(others, "patroni.stop", wait=180)
     ops.call(leader, "patroni.stop", wait=180)
     ops.call(leader, "patroni.remove_cluster", scope)
-    for x in c["members"]:
-        if x in rec["aside"] and _exists(ops, x, data + ASIDE):
-            _remove(ops, x, data)
-            ops.call(x, "file.rename", data + ASIDE, data)
+    back = _having(ops, [x for x in c["members"] if x in rec["aside"]], data + ASIDE)
+    _remove(ops, back, data)
+    ops.each(back, "file.rename", data + ASIDE, data, wait=60)
     ops.each(c["members"], "grains.delkey", GRAIN, force=True, wait=30)
-    _applied(ops, c["members"], "pgcluster.patroni.config")
+    _configured(ops, c["members"])
     ops.call(leader, "service.start", "patroni")
     _wait(f"{leader} leading its own data again", lambda: node(ops, leader).get("role") == "primary", ROLE_WAIT)
     ops.each(others, "service.start", "patroni", wait=60)

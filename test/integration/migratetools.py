@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from labtools import PGBOUNCERS, lab, leader, local_pillar, psql, sh, wait_for
+from labtools import PGBOUNCERS, lab, leader, local_pillar, psql, salt_json, sh, wait_for
 
 SOURCE = "198.18.0.40"
 SHOP_PASSWORD = "lab-shop-pw-2b7d"  # the legacy host's role shop (test/lab/legacy-setup.sh)
@@ -31,6 +31,12 @@ def via_pgbouncer(sql: str) -> str:
     script = ("read -r PGPASSWORD; export PGPASSWORD; psql -XAtq -v ON_ERROR_STOP=1 "
               f"'host=127.0.0.1 port=6432 dbname=shop user=shop' -c {json.dumps(sql)}")  # fmt: skip
     return sh("app1", script, stdin=SHOP_PASSWORD + "\n").stdout.strip()
+
+
+def shop_routes() -> dict[str, str | None]:
+    """{PgBouncer host: address it sends database shop to}."""
+    ret = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.targets", "main", check=False)
+    return {h: (r or {}).get("shop") if isinstance(r, dict) else None for h, r in ret.items()}
 
 
 def on_legacy(sql: str, db: str = "postgres") -> str:

@@ -12,7 +12,7 @@ import json
 import time
 
 import pytest
-from labtools import ADDRESS, PGBOUNCERS, AckWriter, lab, leader, local_pillar, salt_json, sh, wait_for
+from labtools import ADDRESS, AckWriter, lab, leader, local_pillar, sh, wait_for
 from migratetools import (
     SHOP_PASSWORD,
     SOURCE,
@@ -22,15 +22,10 @@ from migratetools import (
     on_cluster,
     on_legacy,
     run,
+    shop_routes,
     via_pgbouncer,
     wait_ready,
 )
-
-
-def shop_routes() -> dict[str, str | None]:
-    """{PgBouncer host: address it sends database shop to}."""
-    ret = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.targets", "main", check=False)
-    return {h: (r or {}).get("shop") if isinstance(r, dict) else None for h, r in ret.items()}
 
 
 @pytest.fixture(scope="module")

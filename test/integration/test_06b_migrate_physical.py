@@ -18,7 +18,6 @@ import time
 import pytest
 from labtools import (
     ADDRESS,
-    PGBOUNCERS,
     AckWriter,
     changed_states,
     failed_states,
@@ -40,6 +39,7 @@ from migratetools import (
     on_cluster,
     on_legacy,
     run,
+    shop_routes,
     via_pgbouncer,
 )
 
@@ -55,11 +55,6 @@ TABLES = ("public.customers", "public.orders")
 
 def members_system() -> set[str]:
     return {psql(m, SYSTEM, db="postgres").stdout.strip() for m in ("pg1", "pg2", "pg3")}
-
-
-def shop_routes() -> dict[str, str | None]:
-    ret = salt_json(",".join(PGBOUNCERS), "-L", "pgbouncer.targets", "main", check=False)
-    return {h: (r or {}).get("shop") if isinstance(r, dict) else None for h, r in ret.items()}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +103,9 @@ def test_start_makes_the_cluster_a_standby_cluster_of_the_source(before):
     rc, st = run("status")
     assert rc == 0, st
     assert st["streaming"] is True and st["standby_leader"] == out["standby_leader"]
+    assert st["lag_bytes"] >= 0 and "lag_seconds" in st, st
+    if st["lag_bytes"] == 0:
+        assert st["lag_seconds"] == 0, st
     roles = sorted(m["role"] for m in st["members"].values())
     assert roles == ["replica", "replica", "standby_leader"], st["members"]
     # A write on the source reaches every member.

@@ -59,7 +59,7 @@ class FakeOps:
             self.grain.discard(minion)
         elif fun == "service.start":
             self.started.append(minion)
-        elif fun == "state.sls":
+        elif fun == "state.sls_id":
             ok = self.failing_state != minion
             state = {"__id__": "patroni-config-managed", "result": ok, "comment": "ok" if ok else "template error"}
             return {"file_|-patroni-config-managed_|-x_|-managed": state}
@@ -93,7 +93,7 @@ def test_start_stops_the_replicas_first_then_moves_every_data_directory_aside():
     for m in MAIN["members"]:
         assert ops.dirs[m] == {DATA + physical.ASIDE}
         # Aside (and recorded so) before the member is told to follow the source.
-        assert ops.index(m, "file.rename") < ops.index(m, "grains.setval") < ops.index(m, "state.sls")
+        assert ops.index(m, "file.rename") < ops.index(m, "grains.setval") < ops.index(m, "state.sls_id")
         assert ops.calls[ops.index(m, "grains.setval")][1:] == ("grains.setval", physical.GRAIN, {"main": "legacy"})
     assert ops.saved[-1]["aside"] == {m: DATA + physical.ASIDE for m in MAIN["members"]}
     # The former leader starts first (it clones the source), the others once it streams.
@@ -112,7 +112,7 @@ def test_start_run_again_does_not_move_a_data_directory_twice():
 
 def test_a_failed_state_is_named_and_nothing_starts():
     ops = FakeOps(failing_state="pg3")
-    with pytest.raises(physical.PhysicalError, match="pg3: state.sls pgcluster.patroni.config failed: "
+    with pytest.raises(physical.PhysicalError, match="pg3: pgcluster.patroni.config failed: "
                                                       "patroni-config-managed: template error"):  # fmt: skip
         physical.start(ops, MODEL, MAIN, record(), "pg2")
     assert ops.started == []
