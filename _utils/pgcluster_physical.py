@@ -203,7 +203,17 @@ def settle(ops: Any, model: dict, c: dict, leader: str, rec: dict) -> dict:
     _configured(ops, c["members"])
     ops.each(c["members"], "patroni.reload", wait=60)
     _configure(ops, model, c, leader)
-    said = ops.call(repo, "pgbackrest.stanza_upgrade", scope, wait=360)
+
+    def upgraded():
+        try:
+            return ops.call(repo, "pgbackrest.stanza_upgrade", scope, wait=360)
+        except CommandExecutionError as exc:
+            if "[050]" in str(exc):  # another pgBackRest command holds the stanza's lock: again
+                return None
+            raise
+
+    said = _wait("pgbackrest stanza-upgrade (another pgBackRest command held the stanza's lock)", upgraded, 300,
+                 interval=2)  # fmt: skip
     lines = [line.split("INFO: ", 1)[-1] for line in said.splitlines()]
     done["stanza"] = next((x for x in lines if "up to date" in x), None) or next(
         (x for x in lines if "stanza-upgrade for" in x), said[-200:])  # fmt: skip

@@ -33,6 +33,7 @@ class FakeOps:
         self.calls, self.saved = [], []
         self.dirs = {m: set(d) for m, d in (dirs or {m: {DATA} for m in MAIN["members"]}).items()}
         self.grain, self.started, self.failing_state = set(), [], failing_state
+        self.locked = 0  # stanza-upgrade finds the stanza's lock held this many times
 
     def model(self, name):
         return MODEL_FUNCS[name]
@@ -70,6 +71,9 @@ class FakeOps:
                 return {"role": "standby_leader" if minion == self.started[0] else "replica", "state": "running"}
             return {"role": "primary" if minion == self.started[0] else "replica", "state": "running"}
         elif fun == "pgbackrest.stanza_upgrade":
+            if self.locked:
+                self.locked -= 1
+                raise physical.CommandExecutionError("backup: pgbackrest stanza-upgrade: [050] unable to acquire lock")
             return "P00 INFO: stanza-upgrade command begin\nP00   INFO: stanza-upgrade for stanza 'main' on repo1\nend"
         elif fun == "pgbackrest.backup":
             return {"label": "20261128-120000F"}
@@ -145,10 +149,13 @@ def test_settle_gives_patroni_its_roles_the_stanza_a_backup_and_removes_the_old_
              ops.index("pg1", "patroni.wait_healthy"), ops.index("pg3", "file.remove")]  # fmt: skip
     assert order == sorted(order)
     assert all(ops.dirs[m] == {DATA} for m in MAIN["members"])
-    # Run again (a cutover that stopped later): the recorded backup is not taken twice.
+    # Run again (a cutover that stopped later): the recorded backup is not taken twice; a stanza
+    # lock held by another pgBackRest command is waited for.
     again = FakeOps()
+    again.locked = 2
     assert physical.settle(again, MODEL, MAIN, "pg1", rec)["backup"] == "20261128-120000F"
     assert not any(c[1] == "pgbackrest.backup" for c in again.calls)
+    assert sum(c[1] == "pgbackrest.stanza_upgrade" for c in again.calls) == 3
 
 
 def test_promote_waits_until_the_standby_leader_takes_writes():
