@@ -273,14 +273,9 @@ def _verify(c: dict, rec: dict, leader: str) -> dict:
     _catch_up(source, port, dbs, frozen["lsn"])
     timings["catch_up_s"] = round(time.monotonic() - t, 2)
     t = time.monotonic()
-    # Both ends checksum their tables at once (each thread in a copy of this context: Salt's
-    # dunders live in context variables); then the sequences, set from the source's, are read
-    # back with the columns.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
-                            "pgmigrate.fingerprint", dbs, port=p, views=views, wait=VERIFY_WAIT)
-                for host, p, views in ((source, port, True), (leader, c["port"], False))]  # fmt: skip
-        want, got = (end.result() for end in ends)
+    # Both ends checksum their tables at once (the cluster's materialized views are refreshed
+    # first, below); then the sequences, set from the source's, are read back with the columns.
+    want, got = _fingerprints(c, rec, leader, views=False)
     # What logical replication does not carry: sequences, materialized views' data.
     _shared("call", __opts__, leader, "pgmigrate.set_sequences",
             {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip

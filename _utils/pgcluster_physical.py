@@ -117,10 +117,15 @@ def _wait(what: str, probe, timeout: float, interval: float = 1) -> Any:
         time.sleep(interval)
 
 
+def _runs_as(ops: Any, member: str, role: str) -> bool:
+    """Whether MEMBER's PostgreSQL runs in ROLE (one GET /patroni)."""
+    n = node(ops, member)
+    return n.get("role") == role and n.get("state") in ("running", "streaming")
+
+
 def replicating(ops: Any, member: str) -> bool:
     """Whether MEMBER runs as a replica (of the standby leader, or of the leader)."""
-    n = node(ops, member)
-    return n.get("role") == "replica" and n.get("state") in ("running", "streaming")
+    return _runs_as(ops, member, "replica")
 
 
 def standby_leader(ops: Any, c: dict) -> str | None:
@@ -157,9 +162,8 @@ def start(ops: Any, model: dict, c: dict, rec: dict, leader: str) -> dict:
     timings["stopped_s"] = round(time.monotonic() - t, 1)
     t = time.monotonic()
     ops.call(leader, "service.start", "patroni")
-    _wait(f"{leader} streaming from {source} as the standby leader",
-          lambda: node(ops, leader).get("role") == "standby_leader" and node(ops, leader).get("state") in
-          ("running", "streaming"), CLONE_WAIT)  # fmt: skip
+    _wait(f"{leader} streaming from {source} as the standby leader", lambda: _runs_as(ops, leader, "standby_leader"),
+          CLONE_WAIT)  # fmt: skip
     timings["standby_leader_s"] = round(time.monotonic() - t, 1)
     t = time.monotonic()
     ops.each(others, "service.start", "patroni", wait=60)
