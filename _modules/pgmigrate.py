@@ -40,6 +40,11 @@ PUBLICATION = "pgcluster_migrate"
 BEGIN = ("# BEGIN pgcluster migrate: members of the cluster copying this server, its PgBouncer hosts "
          "(migrate.abort removes it)")  # fmt: skip
 END = "# END pgcluster migrate"
+# The cutover's freeze: clients refused at the top of pg_hba.conf (the migration's own sessions and
+# the local superuser excepted) until pgmigrate.thaw; it stays after a cutover.
+FROZEN_BEGIN = ("# BEGIN pgcluster frozen: its databases moved into a pgcluster cluster, clients refused "
+                "(pgmigrate.thaw lets them in again)")  # fmt: skip
+FROZEN_END = "# END pgcluster frozen"
 SNAKEOIL = "/etc/ssl/certs/ssl-cert-snakeoil.pem"  # Debian's default server certificate (ssl-cert)
 # Whether the server's new sessions are read-only (the configured value: the migration's own
 # sessions override it, see _q).
@@ -81,21 +86,24 @@ def subscription(db: str) -> str:
 
 
 # ---- the source ---------------------------------------------------------------------------------
-def _write_block(path: str, lines: list[str], top: bool) -> None:
-    """Put LINES between the markers in the file at PATH (at its top when TOP, else its end),
-    replacing an earlier block; no LINES: remove the block. Owner and mode are kept."""
+def _write_block(path: str, lines: list[str], top: bool, begin: str = BEGIN, end: str = END) -> None:
+    """Put LINES between the markers BEGIN and END in the file at PATH (at its top when TOP, else
+    its end), replacing an earlier block; no LINES: remove the block. Owner and mode are kept; a
+    file that would not change is not written."""
     with salt.utils.files.fopen(path, encoding="utf-8") as f:
-        text = f.read().splitlines()
+        old = f.read()
     kept, inside = [], False
-    for line in text:
-        if line == BEGIN:
+    for line in old.splitlines():
+        if line == begin:
             inside = True
-        elif line == END:
+        elif line == end:
             inside = False
         elif not inside:
             kept.append(line)
-    block = [BEGIN, *lines, END] if lines else []
+    block = [begin, *lines, end] if lines else []
     new = "\n".join(block + kept if top else kept + block) + "\n"
+    if new == old:
+        return
     st = os.stat(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pgcluster-")
     try:
@@ -458,12 +466,27 @@ def source_progress(databases: list, port: int = 5432) -> dict:
     return out
 
 
+def _frozen_lines(databases: list, every_database: bool, superuser: str, ssl: bool) -> list[str]:
+    """pg_hba lines that refuse every client of DATABASES (of every database with EVERY_DATABASE)
+    but SUPERUSER over the local socket (the migration's own calls) and, for a logical migration
+    over TLS (SSL), the migration role (its walsenders may reconnect). Physical replication is not
+    a database: the standby keeps streaming."""
+    dbs = "all" if every_database else ",".join(_ident(d) for d in databases)
+    lines = [f"local {dbs} {_ident(superuser)} peer"]
+    if not every_database and ssl:
+        lines.append(f"hostssl {dbs} {ROLE} all cert map={MAP}")
+    return [*lines, f"local {dbs} all reject", f"host {dbs} all all reject"]
+
+
 def freeze(databases: list, port: int = 5432, every_database: bool = False) -> dict:
     """Make this server read-only for the cutover: new transactions read-only by default
-    (``default_transaction_read_only``, ALTER SYSTEM and reload), then every client session of
-    DATABASES (of every database with EVERY_DATABASE: a physical migration moves them all) ended
-    (the migration's own walsenders kept). Returns the WAL position after it, which the cluster
-    must reach, and the sessions ended.
+    (``default_transaction_read_only``), new client connections to DATABASES (to every database
+    with EVERY_DATABASE: a physical migration moves them all) refused by a block at the top of
+    pg_hba.conf (the local superuser excepted), both by ALTER SYSTEM / file and one reload; then
+    every client session of those databases ended (the migration's own walsenders kept). A client
+    that would say ``BEGIN READ WRITE`` cannot come in. The block stays after the cutover (the
+    source must take no more writes); ``thaw`` removes it. Returns the WAL position after it,
+    which the cluster must reach, and the sessions ended.
 
     CLI Example:
 
@@ -471,8 +494,11 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
 
         salt legacy pgmigrate.freeze '[shop]'
     """
+    (hba, me, ssl) = _q("SELECT current_setting('hba_file'), current_user, current_setting('ssl')", port)[0]
     _q("ALTER SYSTEM SET default_transaction_read_only = on", port)
-    _q("SELECT pg_reload_conf()", port)
+    lines = _frozen_lines(databases, every_database, me, ssl == "on")
+    _write_block(hba, lines, top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
+    _reload(port)
     for _ in range(50):  # the postmaster applies a reload asynchronously
         if _q(READ_ONLY, port)[0][0] == "on":
             break
@@ -486,7 +512,8 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
 
 
 def thaw(port: int = 5432) -> bool:
-    """Undo ``freeze``: this server takes writes again. Returns True.
+    """Undo ``freeze``: clients come in again (the pg_hba block removed) and this server takes
+    writes again. Idempotent. Returns True.
 
     CLI Example:
 
@@ -494,8 +521,10 @@ def thaw(port: int = 5432) -> bool:
 
         salt legacy pgmigrate.thaw
     """
+    (hba,) = _q("SELECT current_setting('hba_file')", port)[0]
+    _write_block(hba, [], top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
     _q("ALTER SYSTEM RESET default_transaction_read_only", port)
-    _q("SELECT pg_reload_conf()", port)
+    _reload(port)
     return True
 
 

@@ -761,6 +761,8 @@ def _abort(cluster: Any) -> dict:
     if rec.get("verified"):
         raise MigrateError(f"the cutover of {cluster} verified the copy: the cluster holds the data now, nothing "
                            f"to abort (migrate.cutover {cluster} confirm=True finishes the clean-up)")  # fmt: skip
+    # A cutover that stopped before its point of no return may have left the source frozen.
+    _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], wait=60)
     if rec["mode"] == "physical":
         back = _physical("abort", _Ops(cluster), model, c, rec)
         closed = _shared("call", __opts__, rec["source"], "pgmigrate.physical_close",
@@ -820,7 +822,8 @@ def status(cluster: str) -> dict:
 def abort(cluster: str) -> dict:
     """Undo what ``start`` did: the subscriptions, the databases and roles it created on the
     cluster, and on the source the publications, slots, pg_hba/pg_ident blocks, ssl_ca_file and
-    the migration role. Physical mode: the cluster back as it was (each member's data directory
+    the migration role; a source a stopped cutover left frozen takes clients and writes again.
+    Physical mode: the cluster back as it was (each member's data directory
     from before the start, the former leader first, the profile's replicas streaming), and on the
     source the slot, the pg_hba block, the role and lent TLS removed. The source keeps serving
     throughout.

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "test" / "integration"))
 from benchtools import fmt  # noqa: E402
 from labtools import ADDRESS, LAB, PGBOUNCERS, AckWriter, lab, leader, local_pillar, psql, sh  # noqa: E402
-from migratetools import empty_cluster  # noqa: E402
+from migratetools import empty_cluster, thaw_legacy  # noqa: E402
 
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
 MARK = "# pgcluster bench_migrate"
@@ -99,7 +99,7 @@ def reset(mode: str = "logical") -> None:
     """The copy gone from the cluster, the source writable, no migration started, PgBouncer
     sending shop to the source again."""
     lab("run", "migrate.abort", "main", check=False)
-    on_legacy("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()")
+    thaw_legacy()
     lead = leader()
     for sql in ("DROP DATABASE IF EXISTS shop WITH (FORCE)", "DROP DATABASE IF EXISTS shop_base WITH (FORCE)"):
         psql(lead, sql, db="postgres")  # role shop stays: pillar declares it (the highstate made it)

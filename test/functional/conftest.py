@@ -3,11 +3,13 @@ data directory, a Unix socket only, a database like a legacy server's."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import tempfile
 
 import pytest
+from pgctest import load_module, run, run_all
 
 BIN = "/usr/lib/postgresql/15/bin"
 PORT = 55432
@@ -50,3 +52,13 @@ def server():
         subprocess.run(["runuser", "-u", "postgres", "--", f"{BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
                        capture_output=True, cwd="/", timeout=60)  # fmt: skip
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture()
+def pgmigrate(server):
+    """pgmigrate with the test server's socket directory in place of Debian's."""
+    pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": run_all, "cmd.run": run})
+    salt = {f"pgsql.{f}": getattr(pgsql, f) for f in ("literal", "ident")}
+    salt["pgsql.query"] = functools.partial(pgsql.query, socket_dir=server["socket_dir"])
+    salt["cmd.run_all"] = run_all
+    return load_module("modules", "pgmigrate", salt=salt)

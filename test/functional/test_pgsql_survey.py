@@ -3,8 +3,6 @@ throwaway data directory, a Unix socket only): what a migration's preflight read
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 from pgctest import load_module, run, run_all
 
@@ -51,16 +49,6 @@ def test_room_what_a_member_offers_a_migration(server):
     assert {"pg_trgm", "pgcrypto", "hstore", "plpgsql"} <= set(room["extensions"])
     assert "C.utf8" in room["locales"]
     assert room["data_directory"].startswith("/tmp/pgc-survey-") and room["free"] > 0
-
-
-@pytest.fixture()
-def pgmigrate(server):
-    """pgmigrate with the test server's socket directory in place of Debian's."""
-    pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": run_all, "cmd.run": run})
-    salt = {f"pgsql.{f}": getattr(pgsql, f) for f in ("literal", "ident")}
-    salt["pgsql.query"] = functools.partial(pgsql.query, socket_dir=server["socket_dir"])
-    salt["cmd.run_all"] = run_all
-    return load_module("modules", "pgmigrate", salt=salt)
 
 
 def test_a_source_that_checks_client_certificates_with_another_ca_is_left_alone(server, pgmigrate):

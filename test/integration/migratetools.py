@@ -44,6 +44,21 @@ def on_legacy(sql: str, db: str = "postgres") -> str:
     return sh("legacy", f"su postgres -c 'psql -X -Atq -v ON_ERROR_STOP=1 -d {db}'", stdin=sql).stdout.strip()
 
 
+def thaw_legacy() -> None:
+    """The legacy server writable and open to clients again after a cutover froze it."""
+    lab("salt", "legacy", "pgmigrate.thaw", "--out=json")
+
+
+def direct_write_refused(sql: str) -> str:
+    """psql's error when role shop, from app1, writes SQL to database shop on the legacy server
+    directly (not through PgBouncer) with ``BEGIN READ WRITE``; "" when it went through."""
+    script = ("read -r PGPASSWORD; export PGPASSWORD; psql -XAtq -v ON_ERROR_STOP=1 "
+              f"'host={SOURCE} dbname=shop user=shop sslmode=require connect_timeout=10' "
+              f"-c 'BEGIN READ WRITE' -c {json.dumps(sql)} -c COMMIT")  # fmt: skip
+    res = sh("app1", script, stdin=SHOP_PASSWORD + "\n", check=False)
+    return "" if res.returncode == 0 else res.stderr.strip()
+
+
 def check() -> tuple[int, dict]:
     res = lab("run", "migrate.check", "main", "--out=json", check=False)
     return res.returncode, json.loads(res.stdout)

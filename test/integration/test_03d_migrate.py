@@ -19,10 +19,12 @@ from migratetools import (
     apply_states,
     check,
     declare,
+    direct_write_refused,
     on_cluster,
     on_legacy,
     run,
     shop_routes,
+    thaw_legacy,
     via_pgbouncer,
     wait_ready,
 )
@@ -44,6 +46,7 @@ def legacy(deployed):
     declare(None)
     apply_states()
     # A cutover leaves the source read-only and the copy on the cluster: back as before.
+    thaw_legacy()
     on_legacy("ALTER SYSTEM RESET ALL; SELECT pg_reload_conf()")
     on_legacy("DROP TABLE IF EXISTS acks", "shop")
     on_cluster("DROP DATABASE IF EXISTS shop WITH (FORCE)", db="postgres")
@@ -227,6 +230,7 @@ def test_a_cutover_that_finds_a_difference_gives_the_source_back(source_before):
     assert "verification failed: database shop: table public.customers has the same" in out["error"]
     assert "legacy takes writes again" in out["error"]
     assert on_legacy("INSERT INTO customers (name) VALUES ('after a failed cutover') RETURNING 1", "shop") == "1"
+    assert direct_write_refused("INSERT INTO customers (name) VALUES ('directly, after a failed cutover')") == ""
     # Resumed and still routed to the source: a client through PgBouncer writes there.
     assert set(shop_routes().values()) == {SOURCE}
     assert via_pgbouncer("INSERT INTO acks (id) VALUES (-1) RETURNING inet_server_addr()") == SOURCE
@@ -268,6 +272,8 @@ def test_cutover_under_a_writer_loses_nothing_and_moves_pgbouncer(source_before)
     refused = sh("legacy", "su postgres -c \"psql -X -d shop -c \\\"INSERT INTO customers (name) VALUES ('x')\\\"\"",
                  check=False)  # fmt: skip
     assert refused.returncode != 0 and "read-only transaction" in refused.stderr
+    # A client that comes in directly and asks for a read-write transaction is not let in.
+    assert "pg_hba.conf rejects connection" in direct_write_refused("INSERT INTO customers (name) VALUES ('x')")
     top = int(on_legacy("SELECT max(id) FROM orders", "shop"))
     assert int(on_cluster("INSERT INTO orders (customer_id, amount) VALUES (1, 1) RETURNING id")) > top
     # Nothing of the migration is left: no subscription, no slot or role on the source.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from labtools import sh, wait_for
-from migratetools import apply_states, check, declare, on_cluster, on_legacy, run, wait_ready
+from migratetools import apply_states, check, declare, on_cluster, on_legacy, run, thaw_legacy, wait_ready
 
 ODD = """
 CREATE EXTENSION hstore;
@@ -53,6 +53,7 @@ def odd(deployed):
     run("abort")
     declare(None)
     apply_states()
+    thaw_legacy()
     on_legacy("ALTER SYSTEM RESET ALL")
     legacy_restart()
     on_legacy("DROP DATABASE IF EXISTS odd WITH (FORCE)")

@@ -35,11 +35,13 @@ from migratetools import (
     SOURCE,
     apply_states,
     declare,
+    direct_write_refused,
     empty_cluster,
     on_cluster,
     on_legacy,
     run,
     shop_routes,
+    thaw_legacy,
     via_pgbouncer,
 )
 
@@ -73,6 +75,7 @@ def prepared(deployed):
     yield
     lab("run", "migrate.abort", "main", check=False)
     declare(None)
+    thaw_legacy()
     on_legacy("ALTER SYSTEM RESET ALL")
     sh("legacy", "systemctl restart postgresql@15-main")
     on_legacy("DROP TABLE IF EXISTS acks", "shop")
@@ -171,6 +174,7 @@ def test_cutover_under_a_writer_loses_nothing(before):
         assert on_cluster(CHECKSUM.format(table)) == on_legacy(CHECKSUM.format(table), "shop")
     refused = sh("legacy", 'su postgres -c "psql -X -d shop -c \\"INSERT INTO acks (id) VALUES (0)\\""', check=False)
     assert refused.returncode != 0 and "read-only transaction" in refused.stderr
+    assert "pg_hba.conf rejects connection" in direct_write_refused("INSERT INTO acks (id) VALUES (0)")
     # Settled: the source holds nothing of the migration, the members no grain, Patroni's roles
     # are pillar's, pgBackRest follows the new system with a full backup of it.
     assert on_legacy("SELECT count(*) FROM pg_replication_slots") == "0"

@@ -1,0 +1,99 @@
+"""_modules/pgmigrate.py freeze/thaw on the source: the pg_hba block that refuses clients during and
+after a cutover (so that no one can ``BEGIN READ WRITE`` on a frozen source), its place above the
+migration's own block, and thaw giving the file back byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+from pgctest import load_module
+
+# Debian's stock pg_hba.conf (comments cut), with the block of a started logical migration on top.
+DEBIAN = """local   all             postgres                                peer
+local   all             all                                     peer
+host    all             all             127.0.0.1/32            scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+"""
+
+
+@pytest.fixture
+def source(tmp_path):
+    hba = tmp_path / "pg_hba.conf"
+    ran = []
+
+    def query(sql, dbname="postgres", port=5432, names=False, timeout=30):
+        ran.append(sql.split("\n", 1)[1])
+        if "current_setting('hba_file'), current_user" in sql:
+            return [[str(hba), "postgres", "on"]]
+        if "current_setting('hba_file')" in sql:
+            return [[str(hba)]]
+        if "pg_hba_file_rules" in sql:
+            return []
+        if "reset_val" in sql:
+            return [["on"]]
+        if "pg_terminate_backend" in sql:
+            return [["2"]]
+        if "pg_current_wal_lsn" in sql:
+            return [["0/3000060"]]
+        return []
+
+    pgsql = load_module("modules", "pgsql")
+    salt = {"pgsql.query": query, "pgsql.literal": pgsql.literal, "pgsql.ident": pgsql.ident}
+    mod = load_module("modules", "pgmigrate", salt=salt)
+    hba.write_text(DEBIAN)
+    mod._write_block(str(hba), ['hostssl "shop" all 198.18.0.50/32 scram-sha-256'], top=True)
+    mod.hba, mod.ran = hba, ran
+    return mod
+
+
+def rules(text: str) -> list[str]:
+    return [" ".join(line.split()) for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_a_logical_freeze_refuses_clients_of_its_databases_above_everything_else(source):
+    before = source.hba.read_text()
+    out = source.freeze(["shop"])
+    assert out == {"lsn": "0/3000060", "sessions_ended": 2}
+    text = source.hba.read_text()
+    assert text.startswith(source.FROZEN_BEGIN + "\n")
+    assert rules(text)[:4] == [
+        'local "shop" "postgres" peer',
+        'hostssl "shop" pgcluster_migrate all cert map=pgcluster-migrate',
+        'local "shop" all reject',
+        'host "shop" all all reject',
+    ]
+    # The routers' line of the migration comes after the refusal: PgBouncer's hosts are refused too.
+    assert rules(text)[4] == 'hostssl "shop" all 198.18.0.50/32 scram-sha-256'
+    assert text.endswith(before)
+    # Read-only by default as well, set before the reload that makes both count; sessions ended after.
+    sql = "\n".join(source.ran)
+    assert sql.index("default_transaction_read_only = on") < sql.index("pg_reload_conf") < sql.index("terminate")
+    assert "datname IN ('shop')" in sql
+
+
+def test_a_physical_freeze_refuses_every_database_but_not_replication(source):
+    source.freeze(["shop"], every_database=True)
+    frozen = rules(source.hba.read_text())[:3]
+    assert frozen == ['local all "postgres" peer', "local all all reject", "host all all all reject"]
+    assert "datname IN" not in "\n".join(source.ran)
+
+
+def test_freeze_twice_writes_one_block_and_thaw_gives_the_file_back(source):
+    before = source.hba.read_text()
+    source.freeze(["shop"])
+    once = source.hba.read_text()
+    source.freeze(["shop"])
+    assert source.hba.read_text() == once and once.count(source.FROZEN_BEGIN) == 1
+    assert source.thaw() is True
+    assert source.hba.read_text() == before
+    assert "RESET default_transaction_read_only" in source.ran[-3]
+    # Thawing a server that is not frozen changes nothing (abort thaws whatever happened).
+    source.thaw()
+    assert source.hba.read_text() == before
+
+
+def test_closing_the_migration_keeps_the_source_frozen(source):
+    source.freeze(["shop"])
+    source._write_block(str(source.hba), [], top=True)
+    text = source.hba.read_text()
+    assert source.FROZEN_BEGIN in text and "198.18.0.50" not in text
+    assert rules(text)[3] == 'host "shop" all all reject'
