@@ -338,8 +338,9 @@ def physical_close(user: str, slot: str, port: int = 5432) -> dict:
 
 
 def physical_progress(slot: str, port: int = 5432) -> dict:
-    """The source's side of a physical migration: its WAL position, whether it is read-only, and
-    slot SLOT (active, the position the standby has flushed, the bytes it has not).
+    """The source's side of a physical migration: its WAL position, whether it is read-only,
+    slot SLOT (active, the position the standby has flushed, the bytes it has not) and the copies
+    it is sending now (``pgsql.basebackups``: the standby leader's while it copies the source).
 
     CLI Example:
 
@@ -354,6 +355,7 @@ def physical_progress(slot: str, port: int = 5432) -> dict:
         "lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0],
         "read_only": _q(READ_ONLY, port)[0][0] == "on",
         "slot": {"active": s[0] == "t", "flushed_lsn": s[1] or None, "lag_bytes": int(float(s[2] or 0))} if s else None,
+        "copies": __salt__["pgsql.basebackups"](port=port),
     }
 
 

@@ -225,6 +225,33 @@ def role_digests(port: int = 5432, socket_dir: str = "/var/run/postgresql", time
     return dict(query(SURVEY_ROLES, port=port, socket_dir=socket_dir, timeout=timeout))
 
 
+# The base backups a server sends now, with what a progress report needs. backup_total is NULL
+# unless the client asked for progress (pg_basebackup -P): the size of its databases stands in.
+BASEBACKUPS = """
+SELECT coalesce(host(a.client_addr), 'local') AS client, p.phase, p.backup_streamed AS sent,
+       coalesce(p.backup_total, (SELECT sum(pg_database_size(oid)) FROM pg_database)) AS total,
+       p.backup_total IS NULL AS estimated, extract(epoch FROM now() - a.backend_start) AS elapsed
+FROM pg_stat_progress_basebackup p JOIN pg_stat_activity a USING (pid) ORDER BY a.backend_start
+"""
+
+
+def basebackups(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: float = 30) -> list:
+    """The base backups the server on PORT is sending now (a pg_basebackup, a new replica's or a
+    migration's copy): per copy the client's address, the phase, the bytes sent, the bytes in all
+    (the server's own count when the client asked for progress, else the size of its databases,
+    ``estimated``) and the seconds since it began. Read-only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt legacy pgsql.basebackups
+    """
+    rows = query(BASEBACKUPS, names=True, port=port, socket_dir=socket_dir, timeout=timeout)
+    return [{"client": r["client"], "phase": r["phase"], "sent_bytes": int(r["sent"]), "total_bytes": int(r["total"]),
+             "estimated": r["estimated"] == "t", "elapsed_s": round(float(r["elapsed"]), 1)} for r in rows]  # fmt: skip
+
+
 ROOM = """
 SELECT current_setting('server_version_num') AS version_num, current_setting('data_directory') AS data_directory,
        (SELECT string_agg(name, ',' ORDER BY name) FROM pg_available_extensions) AS extensions

@@ -708,7 +708,7 @@ def _status(cluster: Any) -> dict:
         return {"cluster": cluster, "cut_over": True, "databases": rec["verified"],
                 "next": f"migrate.cutover {cluster} confirm=True finishes the clean-up"}  # fmt: skip
     if rec["mode"] == "physical":
-        return _status_physical(c, rec)
+        return _status_physical(model, c, rec)
     dbs = rec["databases"]
     there = _shared("call", __opts__, leader["name"], "pgmigrate.progress", dbs, port=c["port"], wait=60)
     here = _shared("call", __opts__, rec["source"], "pgmigrate.source_progress", dbs, port=rec["port"], wait=60)
@@ -735,18 +735,41 @@ def _status(cluster: Any) -> dict:
             "leader": leader["name"], "started": started, "databases": out}  # fmt: skip
 
 
-def _status_physical(c: dict, rec: dict) -> dict:
+def _copies(addresses: dict[str, str], sent: dict[str, list]) -> dict:
+    """{member: its copy in progress (from whom, phase, bytes, fraction, ETA)} of the copies each
+    server sends (SENT: {sender: pgsql.basebackups}); ADDRESSES: {member: address}."""
+    member_at = {a: m for m, a in addresses.items()}
+    out = {}
+    for sender, copies in sent.items():
+        for x in copies:
+            if x["client"] not in member_at:
+                continue
+            fraction = min(x["sent_bytes"] / x["total_bytes"], 1.0) if x["total_bytes"] else 0.0
+            out[member_at[x["client"]]] = {
+                "from": sender, "phase": x["phase"], "copied_bytes": x["sent_bytes"], "total_bytes": x["total_bytes"],
+                "copied_fraction": round(fraction, 3),
+                "eta_seconds": round(x["elapsed_s"] * (1 - fraction) / fraction) if fraction else None,
+            }  # fmt: skip
+    return out
+
+
+def _status_physical(model: dict, c: dict, rec: dict) -> dict:
     """A physical migration: the source's WAL position and slot, the standby leader's replay and
-    the lag behind the source in bytes and seconds, each member's role and state."""
+    the lag behind the source in bytes and seconds, each member's role and state, and the copies
+    in progress (the standby leader's from the source, the replicas' from it) with an ETA."""
     ops = _Ops(c["name"])
     here = _shared("call", __opts__, rec["source"], "pgmigrate.physical_progress", rec["slot"], port=rec["port"],
                    wait=60)  # fmt: skip
     members = {m: {k: n.get(k) for k in ("role", "state")} for m in c["members"] for n in [_physical("node", ops, m)]}
     standby = next((m for m, n in members.items() if n["role"] == "standby_leader"), None)
+    sent = {rec["source"]: here.get("copies") or []}
+    if standby:
+        sent[standby] = _shared("call", __opts__, standby, "pgsql.basebackups", port=c["port"], wait=60)
     out = {"cluster": c["name"], "source": f"{rec['source']}:{rec['port']}", "mode": "physical",
            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec["started"])),
            "standby_leader": standby, "members": members, "databases": rec["databases"],
-           "streaming": bool((here["slot"] or {}).get("active"))}  # fmt: skip
+           "streaming": bool((here["slot"] or {}).get("active")),
+           "copying": _copies({m: model["hosts"][m] for m in c["members"]}, sent)}  # fmt: skip
     if standby:
         lsn, ago = _physical("replayed", ops, standby, c["port"])
         lag = max(0, _lsn(here["lsn"]) - _lsn(lsn))
@@ -807,7 +830,8 @@ def status(cluster: str) -> dict:
     share of the source's table bytes copied, the lag in bytes (WAL the source has not yet
     sent or had confirmed) and seconds, an ETA for the copy, and whether it streams. Physical
     mode: the standby leader, each member's role and state, the source's WAL position, the one
-    the standby leader replayed, the lag in bytes and seconds, whether the slot streams.
+    the standby leader replayed, the lag in bytes and seconds, whether the slot streams, and while
+    members copy (during ``start``, from another shell) each copy's bytes, share done and ETA.
 
     CLI Example:
 

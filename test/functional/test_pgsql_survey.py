@@ -3,6 +3,11 @@ throwaway data directory, a Unix socket only): what a migration's preflight read
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+import time
+
 import pytest
 from pgctest import load_module, run, run_all
 
@@ -78,3 +83,35 @@ def test_the_access_block_is_put_at_the_top_replaced_and_removed(tmp_path, pgmig
     pgmigrate._write_block(str(hba), [], top=True)
     assert hba.read_text() == "local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n"
     assert hba.stat().st_mode & 0o777 == 0o640
+
+
+def test_basebackups_reports_a_copy_in_progress(server):
+    """A pg_basebackup slowed down to 64 kB/s: the server reports it (client, phase, bytes sent and
+    in all, seconds)."""
+    pgsql = load_module("modules", "pgsql", salt={"cmd.run_all": run_all})
+    conn = {"port": server["port"], "socket_dir": server["socket_dir"]}
+    assert pgsql.basebackups(**conn) == []
+    top = tempfile.mkdtemp(prefix="pgc-copy-")  # where the postgres user may write
+    shutil.chown(top, "postgres", "postgres")
+    target = f"{top}/copy"
+    copy = subprocess.Popen(["runuser", "-u", "postgres", "--", "pg_basebackup", "-D", target, "-h",
+                             server["socket_dir"], "-p", str(server["port"]), "--max-rate=64k", "-X", "none",
+                             "-c", "fast"], cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline, copies = time.monotonic() + 30, []
+        while time.monotonic() < deadline:
+            copies = pgsql.basebackups(**conn)
+            if copies and copies[0]["sent_bytes"] > 0:
+                break
+            time.sleep(0.2)
+        (x,) = copies
+        size = int(pgsql.query("SELECT sum(pg_database_size(oid)) FROM pg_database", **conn)[0][0])
+        assert x["client"] == "local" and x["phase"] == "streaming database files"
+        # pg_basebackup 15 has the server count the bytes (no -P needed): about its databases' size.
+        assert 0 < x["sent_bytes"] < x["total_bytes"] and x["estimated"] is False
+        assert 0.9 * size < x["total_bytes"] < 1.1 * size
+        assert 0 <= x["elapsed_s"] < 30
+    finally:
+        copy.kill()
+        copy.wait(timeout=30)
+        shutil.rmtree(top, ignore_errors=True)

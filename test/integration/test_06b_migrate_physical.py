@@ -111,6 +111,7 @@ def test_start_makes_the_cluster_a_standby_cluster_of_the_source(before):
         assert st["lag_seconds"] == 0, st
     roles = sorted(m["role"] for m in st["members"].values())
     assert roles == ["replica", "replica", "standby_leader"], st["members"]
+    assert st["copying"] == {}, st  # every copy done (the source and the standby leader asked)
     # A write on the source reaches every member.
     on_legacy("INSERT INTO acks (id) VALUES (-1)", "shop")
     for m in ("pg1", "pg2", "pg3"):

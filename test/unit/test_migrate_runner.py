@@ -45,3 +45,23 @@ def test_equal_fingerprints_have_no_difference():
 )
 def test_each_difference_is_named(cluster, message):
     assert [d for d in migrate._differences(fingerprint(), cluster) if d.endswith(message)] != []
+
+
+# pgsql.basebackups as the functional test reads it from a real pg_basebackup (values of this lab).
+COPY = {"phase": "streaming database files", "sent_bytes": 250_000_000, "total_bytes": 1_000_000_000,
+        "estimated": False, "elapsed_s": 20.0}  # fmt: skip
+
+
+def test_each_copy_is_named_by_member_with_its_share_and_eta():
+    addresses = {"pg1": "198.18.0.11", "pg2": "198.18.0.12", "pg3": "198.18.0.13"}
+    sent = {
+        "legacy": [dict(COPY, client="198.18.0.11"), dict(COPY, client="local")],  # an operator's own copy: not ours
+        "pg1": [dict(COPY, client="198.18.0.12", sent_bytes=0, phase="waiting for checkpoint to finish")],
+    }
+    out = migrate._copies(addresses, sent)
+    assert set(out) == {"pg1", "pg2"}
+    assert out["pg1"] == {"from": "legacy", "phase": "streaming database files", "copied_bytes": 250_000_000,
+                          "total_bytes": 1_000_000_000, "copied_fraction": 0.25, "eta_seconds": 60}  # fmt: skip
+    # Nothing sent yet: no ETA to give.
+    assert out["pg2"]["from"] == "pg1" and out["pg2"]["copied_fraction"] == 0.0 and out["pg2"]["eta_seconds"] is None
+    assert migrate._copies(addresses, {"legacy": []}) == {}
