@@ -187,6 +187,7 @@ def _check(cluster: Any) -> dict:
         "source": f"{source}:{port}",
         "mode": m["mode"],
         "version": survey["version"],
+        "major": survey["major"],
         "system": survey["system"],
         "databases": {d: survey["databases"][d] for d in dbs if d in survey["databases"]},
         "size_bytes": survey["size"],
@@ -282,7 +283,7 @@ def _verify(c: dict, rec: dict, leader: str) -> dict:
     _shared("call", __opts__, leader, "pgmigrate.refresh_views", {db: list(f["views"]) for db, f in want.items()},
             port=c["port"], wait=VERIFY_WAIT)  # fmt: skip
     after = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False,
-                    wait=VERIFY_WAIT)  # fmt: skip
+                    row_hash=rec.get("row_hash", "text"), wait=VERIFY_WAIT)  # fmt: skip
     got = {db: dict(got[db], **{k: after[db][k] for k in ("views", "sequences", "schema")}) for db in got}
     timings["verify_s"] = round(time.monotonic() - t, 2)
     differences = _differences(want, got)
@@ -313,13 +314,20 @@ def _roles_in_place(model: dict, c: dict, leader: str) -> None:
                            "was done)")  # fmt: skip
 
 
+def _row_hash(found: dict) -> str:
+    """How the cutover hashes rows (``pgmigrate.ROW_HASHES``): by record when both ends have
+    hash_record_extended (PostgreSQL 14; the cluster always has), else as text. FOUND: ``_check``."""
+    return "record" if min(found["major"], found["target"]["major"] or 0) >= 14 else "text"
+
+
 def _fingerprints(c: dict, rec: dict, member: str, views: bool) -> tuple[dict, dict]:
     """``pgmigrate.fingerprint`` of the migrated databases on the source and on MEMBER, at once
     (each thread in a copy of this context: Salt's dunders live in context variables)."""
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
+    row_hash = rec.get("row_hash", "text")  # a migration started by an earlier version: text
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
-                            "pgmigrate.fingerprint", dbs, port=p, views=v, wait=VERIFY_WAIT)
+                            "pgmigrate.fingerprint", dbs, port=p, views=v, row_hash=row_hash, wait=VERIFY_WAIT)
                 for host, p, v in ((source, port, True), (member, c["port"], views))]  # fmt: skip
         want, got = (end.result() for end in ends)
     return want, got
@@ -618,7 +626,8 @@ def _start_physical(cluster: str, model: dict, c: dict, m: dict, found: dict, ti
     opened = _shared("call", __opts__, source, "pgmigrate.physical_open", *args, wait=120, **kwarg)
     timings["source_open_s"] = round(time.monotonic() - t, 2)
     record = {"cluster": cluster, "source": source, "port": m["port"], "mode": "physical", "databases": dbs,
-              "leader": leader, "slot": opened["slot"], "aside": {}, "started": time.time()}  # fmt: skip
+              "leader": leader, "slot": opened["slot"], "aside": {}, "started": time.time(),
+              "row_hash": _row_hash(found)}  # fmt: skip
     _save(cluster, record)
     try:
         timings.update(_physical("start", _Ops(cluster), model, c, record, leader))
@@ -667,7 +676,7 @@ def _start(cluster: Any, confirm: Any = False) -> dict:
         raise
     timings["subscribe_s"] = round(time.monotonic() - t, 2)
     record = {"cluster": cluster, "source": source, "port": m["port"], "mode": "logical", "databases": dbs,
-              "leader": leader, "created": made, "started": time.time()}  # fmt: skip
+              "leader": leader, "created": made, "started": time.time(), "row_hash": _row_hash(found)}  # fmt: skip
     _save(cluster, record)
     return {"started": True, "source": f"{source}:{m['port']}", "leader": leader, "databases": dbs,
             "created": made, "timings": timings}  # fmt: skip

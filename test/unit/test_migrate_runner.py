@@ -65,3 +65,9 @@ def test_each_copy_is_named_by_member_with_its_share_and_eta():
     # Nothing sent yet: no ETA to give.
     assert out["pg2"]["from"] == "pg1" and out["pg2"]["copied_fraction"] == 0.0 and out["pg2"]["eta_seconds"] is None
     assert migrate._copies(addresses, {"legacy": []}) == {}
+
+
+@pytest.mark.parametrize("source, target, method", [(15, 15, "record"), (14, 16, "record"), (13, 15, "text"),
+                                                     (15, None, "text")])  # fmt: skip
+def test_rows_are_hashed_by_record_only_when_both_ends_can(source, target, method):
+    assert migrate._row_hash({"major": source, "target": {"major": target}}) == method
