@@ -185,6 +185,16 @@ def _validate_cluster(name: str, c: Any, model: dict, problems: list[str]) -> No
         _validate_migrate(f"{key}:migrate", c, hosts, problems)
 
 
+def _max_rate_ok(rate: Any) -> bool:
+    """Whether RATE is what ``pg_basebackup --max-rate`` takes: kB/s, or with a k or M suffix, 32
+    kB/s to 1 GB/s."""
+    found = re.fullmatch(r"([0-9]+)([kM]?)", str(rate))
+    if not found:
+        return False
+    kbps = int(found.group(1)) * (1024 if found.group(2) == "M" else 1)
+    return 32 <= kbps <= 1024 * 1024
+
+
 def _validate_migrate(key: str, c: dict, hosts: dict, problems: list[str]) -> None:
     """The migrate block: where an existing PostgreSQL comes from and how it moves in."""
     m = c["migrate"]
@@ -209,6 +219,10 @@ def _validate_migrate(key: str, c: dict, hosts: dict, problems: list[str]) -> No
     elif not dbs and m.get("mode") == "physical":
         problems.append(f"{key}:databases: list the source's databases the applications use (the whole "
                         "instance moves; PgBouncer routes these to the source until the cutover)")  # fmt: skip
+    rate = m.get("copy_max_rate")
+    if rate is not None and not _max_rate_ok(rate):
+        problems.append(f"{key}:copy_max_rate: {rate!r} is not a rate pg_basebackup takes: kB/s as a number, or "
+                        "with k or M (e.g. 50M), from 32k to 1024M")  # fmt: skip
     overlap = sorted(set(dbs or []) & set(c.get("databases") or {})) if isinstance(dbs, list) else []
     if overlap:
         where = key.removesuffix(":migrate")
@@ -847,7 +861,8 @@ def physical_source(model: dict, c: dict) -> dict:
     """Where cluster C's standby cluster streams from during a physical migration: the source's
     address and port, and the replication slot made there for it."""
     m = c["migrate"]
-    return {"host": model["hosts"][m["source"]], "port": int(m.get("port", 5432)), "slot": f"pgcluster_{c['scope']}"}
+    return {"host": model["hosts"][m["source"]], "port": int(m.get("port", 5432)), "slot": f"pgcluster_{c['scope']}",
+            "max_rate": str(m["copy_max_rate"]) if m.get("copy_max_rate") is not None else None}  # fmt: skip
 
 
 def patroni_config(model: dict, name: str, member: str, standby: dict | None = None) -> dict:
@@ -940,6 +955,8 @@ def patroni_config(model: dict, name: str, member: str, standby: dict | None = N
         }  # fmt: skip
         conf["postgresql"]["clone_source"] = {"command": f"{model['lib_dir']}/pgcluster-clone-source",
                                               "no_params": False, "keep_data": False}  # fmt: skip
+        if standby.get("max_rate"):  # Patroni hands it to the method as --max_rate=<rate>
+            conf["postgresql"]["clone_source"]["max_rate"] = standby["max_rate"]
         conf["postgresql"]["create_replica_methods"] = ["basebackup"]
         for key in ("pgbackrest", "recovery_conf"):
             conf["postgresql"].pop(key, None)

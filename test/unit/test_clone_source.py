@@ -12,6 +12,7 @@ from pgctest import REPO
 
 SCRIPT = REPO / "salt/pgcluster/patroni/files/pgcluster-clone-source.sh"
 FAKE = """#!/bin/sh
+echo "$*" > "$CALLED.args"
 for a in "$@"; do
   case "$a" in --pgdata=*) d="${a#--pgdata=}";; --dbname=*) echo "${a#--dbname=}" > "$CALLED";; esac
 done
@@ -50,3 +51,14 @@ def test_a_source_with_its_own_postgresql_conf_keeps_it_beside(tmp_path):
 def test_without_patronis_arguments_it_says_what_is_missing(tmp_path):
     res = _clone(tmp_path, "--scope=main")
     assert res.returncode == 2 and "--datadir= and --connstring= are required" in res.stderr
+
+
+def test_the_copy_rate_patroni_hands_over_limits_pg_basebackup(tmp_path):
+    """migrate:copy_max_rate reaches the method as --max_rate (with Patroni's other keys, ignored)."""
+    d = tmp_path / "data"
+    res = _clone(tmp_path, "--no_params=False", "--keep_data=False", "--max_rate=2M", f"--datadir={d}",
+                 "--connstring=host=x")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "called.args").read_text().split()[-1] == "--max-rate=2M"
+    _clone(tmp_path, f"--datadir={tmp_path / 'again'}", "--connstring=host=x")
+    assert "max-rate" not in (tmp_path / "called.args").read_text()

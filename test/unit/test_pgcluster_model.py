@@ -20,6 +20,9 @@ def model(pillar: dict | None = None) -> dict:
     return pgc.merge(DEFAULTS, OSMAP, LAB if pillar is None else pillar, "Debian")
 
 
+PHYSICAL = {"source": "legacy", "mode": "physical", "databases": ["shop"], "port": 5433}
+
+
 def lab_with(**cluster_changes) -> dict:
     p = copy.deepcopy(LAB)
     p["clusters"]["main"].update(cluster_changes)
@@ -569,6 +572,9 @@ def test_the_default_monitoring_thresholds_are_valid():
         ({"source": "app1", "mode": "logical", "databases": "shop"}, "migrate:databases: must be a list"),
         ({"source": "app1", "mode": "physical"}, "list the source's databases the applications use"),
         ("legacy", "migrate: must be a mapping"),
+        ({**PHYSICAL, "copy_max_rate": "fast"}, "migrate:copy_max_rate: 'fast' is not a rate pg_basebackup takes"),
+        ({**PHYSICAL, "copy_max_rate": "16k"}, "migrate:copy_max_rate: '16k' is not a rate"),
+        ({**PHYSICAL, "copy_max_rate": "2G"}, "migrate:copy_max_rate: '2G' is not a rate"),
     ],
 )  # fmt: skip
 def test_a_bad_migrate_block_names_key_and_problem(migrate, message):
@@ -579,6 +585,8 @@ def test_a_bad_migrate_block_names_key_and_problem(migrate, message):
 def test_a_good_migrate_block_is_valid():
     assert pgc.problems(model(lab_with(migrate={"source": "app1", "mode": "logical", "databases": ["shop"]}))) == []
     assert pgc.problems(model(lab_with(migrate={"source": "legacy", "mode": "physical", "databases": ["shop"]}))) == []
+    for rate in (32, "500k", "50M", "1024M"):
+        assert pgc.problems(model(lab_with(migrate={**PHYSICAL, "copy_max_rate": rate}))) == [], rate
 
 
 @pytest.mark.parametrize("mode", ["logical", "physical"])
@@ -624,9 +632,6 @@ def _member_settings(migrate: dict, grains: dict) -> dict:
     return pgc.settings(DEFAULTS, OSMAP, pgc.pillar_for(p, "pg1"), {"id": "pg1", "os_family": "Debian", **grains})
 
 
-PHYSICAL = {"source": "legacy", "mode": "physical", "databases": ["shop"], "port": 5433}
-
-
 def test_a_started_physical_migration_bootstraps_a_standby_cluster_of_the_source():
     conf = _member_settings(PHYSICAL, {"pgcluster_migrating": {"main": "legacy"}})["node"]["patroni_config"]
     assert conf["bootstrap"]["dcs"]["standby_cluster"] == {
@@ -638,6 +643,13 @@ def test_a_started_physical_migration_bootstraps_a_standby_cluster_of_the_source
     assert "pgbackrest" not in conf["postgresql"] and "recovery_conf" not in conf["postgresql"]
     # The cutover's verification reads every table on the standby leader: no query cancelled.
     assert conf["postgresql"]["parameters"]["hot_standby_feedback"] == "on"
+    assert "max_rate" not in conf["postgresql"]["clone_source"]
+
+
+def test_the_copy_rate_reaches_the_clone_method():
+    slow = {**PHYSICAL, "copy_max_rate": "50M"}
+    conf = _member_settings(slow, {"pgcluster_migrating": {"main": "legacy"}})["node"]["patroni_config"]
+    assert conf["postgresql"]["clone_source"]["max_rate"] == "50M"
 
 
 @pytest.mark.parametrize(
