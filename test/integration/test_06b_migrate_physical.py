@@ -13,6 +13,7 @@ the legacy server's data (before test_07_ports, which starts from a fresh lab).
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -28,6 +29,7 @@ from labtools import (
     psql,
     salt_json,
     sh,
+    wait_for,
     wait_healthy,
 )
 from migratetools import (
@@ -45,7 +47,8 @@ from migratetools import (
     via_pgbouncer,
 )
 
-PHYSICAL = {"source": "legacy", "mode": "physical", "databases": ["shop"]}
+# The copy limited (about 10 s for the lab's source) so that it can be watched and crashed.
+PHYSICAL = {"source": "legacy", "mode": "physical", "databases": ["shop"], "copy_max_rate": "4M"}
 SYSTEM = "SELECT system_identifier FROM pg_control_system()"
 HBA = "cat /etc/postgresql/15/main/pg_hba.conf"
 SOURCE_STATE = ("SELECT current_setting('ssl'), (SELECT count(*) FROM pg_replication_slots), "
@@ -99,8 +102,37 @@ def test_start_needs_confirm_and_changes_nothing_without_it(before):
     assert (sh("legacy", HBA).stdout, on_legacy(SOURCE_STATE)) == before[1:]
 
 
+def _copy_from_legacy() -> dict | None:
+    """The standby leader's copy of the source as ``migrate.status`` reports it, once bytes flow."""
+    rc, st = run("status")
+    copy = next((x for x in (st.get("copying") or {}).values() if x["from"] == "legacy"), None) if rc == 0 else None
+    return copy if copy and copy["copied_bytes"] > 0 else None
+
+
 def test_start_makes_the_cluster_a_standby_cluster_of_the_source(before):
-    rc, out = run("start", "confirm=True")
+    """Started with the copy limited to 4 MB/s: status shows it with an ETA; the source crashes
+    in the middle (status says so) and comes back: Patroni copies again, start finishes."""
+    started: dict = {}
+
+    def start() -> None:
+        started["rc"], started["out"] = run("start", "confirm=True")
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    try:
+        wait_for("status to show the standby leader copying legacy", lambda: _copy_from_legacy() is not None, 180,
+                 interval=0.5)  # fmt: skip
+        copy = _copy_from_legacy() or {}
+        assert 0 < copy["copied_bytes"] < copy["total_bytes"] and copy["phase"] == "streaming database files", copy
+        assert 0 < copy["copied_fraction"] < 1 and copy["eta_seconds"] > 0, copy
+        sh("legacy", "systemctl kill -s KILL postgresql@15-main")
+        rc, st = run("status")
+        assert rc != 0 and st["error"].startswith("legacy: "), st
+        time.sleep(2)
+    finally:
+        sh("legacy", "systemctl start postgresql@15-main")
+        thread.join(timeout=900)
+    rc, out = started["rc"], started["out"]
     assert rc == 0, out
     assert out["mode"] == "physical" and out["standby_leader"] in ("pg1", "pg2", "pg3")
     print(f"physical start: {out['timings']}")
