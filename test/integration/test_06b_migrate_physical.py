@@ -188,6 +188,7 @@ def test_cutover_under_a_writer_loses_nothing(before):
     """Started again; a writer inserts through app1's PgBouncer all along the cutover: no failed
     transaction, every acknowledged id on the cluster, every table equal to the source's, the
     cluster promoted (the source's system, a new timeline), PgBouncer sends shop to the leader."""
+    declare({k: v for k, v in PHYSICAL.items() if k != "copy_max_rate"})  # this copy at full speed
     rc, out = run("start", "confirm=True")
     assert rc == 0, out
     writer = AckWriter("app1", "host=127.0.0.1 port=6432 dbname=shop user=shop", "acks", password=SHOP_PASSWORD)
