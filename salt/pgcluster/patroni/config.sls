@@ -24,9 +24,9 @@ patroni-config-dir-present:
     - group: postgres
     - mode: '0750'
 
-{#- Holds every password of the cluster: 0600, owned by postgres, never diffed. A new version is
-    checked by Patroni's own validator before it replaces the old one (the ports are Patroni's
-    own while it runs: not checked). #}
+{#- Holds every password of the cluster: 0600, owned by postgres, never diffed. (Not checked by
+    `patroni --validate-config`: it also requires every etcd host to answer, which a first
+    highstate of several hosts cannot promise.) #}
 patroni-config-managed:
   file.managed:
     - name: {{ p.config_dir }}/config.yml
@@ -38,12 +38,8 @@ patroni-config-managed:
     - group: postgres
     - mode: '0600'
     - show_changes: False
-{%- if p.install_from == "pip" %}
-    - check_cmd: {{ p.venv }}/bin/patroni --validate-config --ignore-listen-port
-{%- endif %}
     - require:
       - file: patroni-config-dir-present
-      - patroni-installed-in-virtualenv
 
 {#- The clone method of a physical migration's standby leader (config.yml names it only then). #}
 patroni-clone-source-installed:
