@@ -540,13 +540,13 @@ AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_
 KINDS = {"tables": "'r', 'p'", "views": "'m'"}
 # A table's rows and checksum, in any order and constant memory: the sum of each row's 64-bit hash
 # (no sort, no aggregate string; 3.5 times faster than md5). "record": the row hashed column by
-# column with each type's own extended hash (PostgreSQL 14 and later; the functions hash
-# partitioning relies on, the same across versions), 1.8 times faster than "text": each row
-# written as text the same way at both ends whatever their settings (time zone, date, interval
-# and float styles) and hashed; a table with a column type that has no hash (json, geometric
-# types...) falls back to "text".
+# column with each type's own extended hash (PostgreSQL 14 and later), 1.8 times faster than
+# "text", only where both ends share one catalog (a physical copy: an enum's hash is its OID);
+# "text": each row written as text the same way at both ends whatever their settings (time zone,
+# date, interval and float styles) and hashed. A table with a column type that has no hash
+# (json, geometric types...) falls back to "text" (messages in English to tell it).
 ROW_HASHES = {"record": "hash_record_extended(t, 0)", "text": "hashtextextended(t::text, 0)"}
-ROW_SUM = """SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
+ROW_SUM = """SET lc_messages = 'C'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
 SET extra_float_digits = 1; SET bytea_output = 'hex';
 SELECT count(*), coalesce(sum({hash}), 0) FROM {table} t"""
 NO_HASH = "could not identify"  # PostgreSQL: "could not identify a hash function for type json"
@@ -578,7 +578,8 @@ def fingerprint(
     row count and checksum (the sum of its rows' hashes, in any order; a partitioned table as a
     whole), the same of each populated materialized view (VIEWS), each sequence's last value,
     and a checksum of the columns of every table (the schema). ROW_HASH: "text" (any version) or
-    "record" (faster, PostgreSQL 14 and later at both ends), see ``ROW_HASHES``. Reads everything
+    "record" (faster; PostgreSQL 14 and later, a physical copy at the other end), see
+    ``ROW_HASHES``. Reads everything
     (without TABLES, not the tables): run it when no one writes.
 
     CLI Example:

@@ -314,10 +314,12 @@ def _roles_in_place(model: dict, c: dict, leader: str) -> None:
                            "was done)")  # fmt: skip
 
 
-def _row_hash(found: dict) -> str:
-    """How the cutover hashes rows (``pgmigrate.ROW_HASHES``): by record when both ends have
-    hash_record_extended (PostgreSQL 14; the cluster always has), else as text. FOUND: ``_check``."""
-    return "record" if min(found["major"], found["target"]["major"] or 0) >= 14 else "text"
+def _row_hash(found: dict, mode: str) -> str:
+    """How the cutover hashes rows (``pgmigrate.ROW_HASHES``): by record in physical MODE (the
+    cluster is a copy of the source's catalog: same version, same type OIDs, which an enum's or a
+    reg* type's hash is made of) from PostgreSQL 14 on, else as text (logical mode: the cluster's
+    enums have OIDs of their own). FOUND: ``_check``."""
+    return "record" if mode == "physical" and min(found["major"], found["target"]["major"] or 0) >= 14 else "text"
 
 
 def _fingerprints(c: dict, rec: dict, member: str, views: bool) -> tuple[dict, dict]:
@@ -627,7 +629,7 @@ def _start_physical(cluster: str, model: dict, c: dict, m: dict, found: dict, ti
     timings["source_open_s"] = round(time.monotonic() - t, 2)
     record = {"cluster": cluster, "source": source, "port": m["port"], "mode": "physical", "databases": dbs,
               "leader": leader, "slot": opened["slot"], "aside": {}, "started": time.time(),
-              "row_hash": _row_hash(found)}  # fmt: skip
+              "row_hash": _row_hash(found, "physical")}  # fmt: skip
     _save(cluster, record)
     try:
         timings.update(_physical("start", _Ops(cluster), model, c, record, leader))
@@ -676,7 +678,8 @@ def _start(cluster: Any, confirm: Any = False) -> dict:
         raise
     timings["subscribe_s"] = round(time.monotonic() - t, 2)
     record = {"cluster": cluster, "source": source, "port": m["port"], "mode": "logical", "databases": dbs,
-              "leader": leader, "created": made, "started": time.time(), "row_hash": _row_hash(found)}  # fmt: skip
+              "leader": leader, "created": made, "started": time.time(),
+              "row_hash": _row_hash(found, "logical")}  # fmt: skip
     _save(cluster, record)
     return {"started": True, "source": f"{source}:{m['port']}", "leader": leader, "databases": dbs,
             "created": made, "timings": timings}  # fmt: skip
@@ -793,10 +796,11 @@ def _abort(cluster: Any) -> dict:
     if rec.get("verified"):
         raise MigrateError(f"the cutover of {cluster} verified the copy: the cluster holds the data now, nothing "
                            f"to abort (migrate.cutover {cluster} confirm=True finishes the clean-up)")  # fmt: skip
-    # A cutover that stopped before its point of no return may have left the source frozen.
-    _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], wait=60)
     if rec["mode"] == "physical":
         back = _physical("abort", _Ops(cluster), model, c, rec)
+        # The cluster first (a source out of reach must not keep it a standby cluster); a cutover
+        # that stopped before its point of no return may have left the source frozen.
+        _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], wait=60)
         closed = _shared("call", __opts__, rec["source"], "pgmigrate.physical_close",
                          model["patroni"]["replication_user"], rec["slot"], port=rec["port"], wait=120)  # fmt: skip
         _save(cluster, None)
@@ -805,6 +809,7 @@ def _abort(cluster: Any) -> dict:
     dropped = _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, made["databases"], made["roles"],
                       port=c["port"], wait=300)  # fmt: skip
     ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
+    _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], wait=60)
     closed = _shared("call", __opts__, rec["source"], "pgmigrate.source_close", dbs, ca_file, port=rec["port"],
                      wait=120)  # fmt: skip
     _save(cluster, None)
