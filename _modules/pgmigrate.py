@@ -579,8 +579,7 @@ def fingerprint(
     whole), the same of each populated materialized view (VIEWS), each sequence's last value,
     and a checksum of the columns of every table (the schema). ROW_HASH: "text" (any version) or
     "record" (faster; PostgreSQL 14 and later, a physical copy at the other end), see
-    ``ROW_HASHES``. Reads everything
-    (without TABLES, not the tables): run it when no one writes.
+    ``ROW_HASHES``. Reads everything (without TABLES, not the tables): run it when no one writes.
 
     CLI Example:
 

@@ -226,7 +226,7 @@ def role_digests(port: int = 5432, socket_dir: str = "/var/run/postgresql", time
 
 
 # The base backups a server sends now, with what a progress report needs. backup_total is NULL
-# unless the client asked for progress (pg_basebackup -P): the size of its databases stands in.
+# when the client said --no-estimate-size: the size of its databases stands in.
 BASEBACKUPS = """
 SELECT coalesce(host(a.client_addr), 'local') AS client, p.phase, p.backup_streamed AS sent,
        coalesce(p.backup_total, (SELECT sum(pg_database_size(oid)) FROM pg_database)) AS total,
@@ -238,7 +238,7 @@ FROM pg_stat_progress_basebackup p JOIN pg_stat_activity a USING (pid) ORDER BY 
 def basebackups(port: int = 5432, socket_dir: str = "/var/run/postgresql", timeout: float = 30) -> list:
     """The base backups the server on PORT is sending now (a pg_basebackup, a new replica's or a
     migration's copy): per copy the client's address, the phase, the bytes sent, the bytes in all
-    (the server's own count when the client asked for progress, else the size of its databases,
+    (the server's own count, or the size of its databases when the client asked for none,
     ``estimated``) and the seconds since it began. Read-only.
 
     CLI Example:
