@@ -24,6 +24,7 @@ CLI Example:
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import tempfile
@@ -45,6 +46,7 @@ END = "# END pgcluster migrate"
 FROZEN_BEGIN = ("# BEGIN pgcluster frozen: its databases moved into a pgcluster cluster, clients refused "
                 "(pgmigrate.thaw lets them in again)")  # fmt: skip
 FROZEN_END = "# END pgcluster frozen"
+FROZEN_DATABASES = "# refused: "  # the frozen block's first line: which databases (JSON, or "all")
 SNAKEOIL = "/etc/ssl/certs/ssl-cert-snakeoil.pem"  # Debian's default server certificate (ssl-cert)
 # Whether the server's new sessions are read-only (the configured value: the migration's own
 # sessions override it, see _q).
@@ -427,6 +429,7 @@ def source_close(databases: list, ca_file: str, port: int = 5432) -> dict:
         _q("ALTER SYSTEM RESET ssl_ca_file", port)
     _write_block(row[1], [], top=True)
     _write_block(row[2], [], top=False)
+    _unfreeze(row[1], [], port, migrating=False)  # a frozen block keeps refusing, without the role that goes
     _reload(port)
     _return_tls(row[1], port)
     _q(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {_lit(ROLE)}", port)
@@ -468,14 +471,27 @@ def source_progress(databases: list, port: int = 5432) -> dict:
     return out
 
 
-def _frozen_lines(databases: list, every_database: bool, superuser: str, ssl: bool) -> list[str]:
-    """pg_hba lines that refuse every client of DATABASES (of every database with EVERY_DATABASE)
-    but SUPERUSER over the local socket (the migration's own calls) and, for a logical migration
-    over TLS (SSL), the migration role (its walsenders may reconnect). Physical replication is not
-    a database: the standby keeps streaming."""
-    dbs = "all" if every_database else ",".join(_ident(d) for d in databases)
-    lines = [f"local {dbs} {_ident(superuser)} peer"]
-    if not every_database and ssl:
+def _frozen(hba: str) -> list | str | None:
+    """What the frozen block of the pg_hba.conf at HBA refuses: "all", [database, ...] or None
+    (no block). Its first line records it (JSON), so that a second wave adds its databases."""
+    with salt.utils.files.fopen(hba, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if FROZEN_BEGIN not in lines:
+        return None
+    first = lines[lines.index(FROZEN_BEGIN) + 1]
+    if not first.startswith(FROZEN_DATABASES):
+        return "all"  # a block without the record (an earlier version): keep refusing, whatever it named
+    return json.loads(first[len(FROZEN_DATABASES) :])
+
+
+def _frozen_lines(frozen: list | str, superuser: str, migrating: bool) -> list[str]:
+    """pg_hba lines that refuse every client of the FROZEN databases ("all": every database) but
+    SUPERUSER over the local socket (the migration's own calls) and, while a logical migration is
+    MIGRATING over TLS, its role (its walsenders may reconnect). Physical replication is not a
+    database: the standby keeps streaming."""
+    dbs = "all" if frozen == "all" else ",".join(_ident(d) for d in frozen)
+    lines = [FROZEN_DATABASES + json.dumps(frozen), f"local {dbs} {_ident(superuser)} peer"]
+    if frozen != "all" and migrating:
         lines.append(f"hostssl {dbs} {ROLE} all cert map={MAP}")
     return [*lines, f"local {dbs} all reject", f"host {dbs} all all reject"]
 
@@ -487,8 +503,9 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
     pg_hba.conf (the local superuser excepted), both by ALTER SYSTEM / file and one reload; then
     every client session of those databases ended (the migration's own walsenders kept). A client
     that would say ``BEGIN READ WRITE`` cannot come in. The block stays after the cutover (the
-    source must take no more writes); ``thaw`` removes it. Returns the WAL position after it,
-    which the cluster must reach, and the sessions ended.
+    source must take no more writes) and adds the databases of a second migration from this
+    server to those it already refuses; ``thaw`` removes them. Returns the WAL position after
+    it, which the cluster must reach, and the sessions ended.
 
     CLI Example:
 
@@ -498,8 +515,12 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
     """
     (hba, me, ssl) = _q("SELECT current_setting('hba_file'), current_user, current_setting('ssl')", port)[0]
     _q("ALTER SYSTEM SET default_transaction_read_only = on", port)
-    lines = _frozen_lines(databases, every_database, me, ssl == "on")
-    _write_block(hba, lines, top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
+    before = _frozen(hba)
+    if every_database or before == "all":
+        frozen: list | str = "all"
+    else:
+        frozen = [*(before or []), *(d for d in databases if d not in (before or []))]
+    _write_block(hba, _frozen_lines(frozen, me, ssl == "on"), top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
     _reload(port)
     for _ in range(50):  # the postmaster applies a reload asynchronously
         if _q(READ_ONLY, port)[0][0] == "on":
@@ -513,21 +534,44 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
     return {"lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0], "sessions_ended": int(ended)}
 
 
-def thaw(port: int = 5432) -> bool:
-    """Undo ``freeze``: clients come in again (the pg_hba block removed) and this server takes
-    writes again. Idempotent. Returns True.
+def _unfreeze(hba: str, databases: list | None, port: int, migrating: bool = True) -> list | str:
+    """Rewrite the frozen block of HBA without DATABASES (None: remove it; a block refusing "all"
+    goes whole) and, unless MIGRATING (over TLS, as ``freeze`` decides), without the migration
+    role's line; what stays frozen."""
+    before = _frozen(hba)
+    if before is None:
+        return []
+    if databases is None or (before == "all" and databases):
+        left: list | str = []
+    elif before == "all":
+        left = "all"
+    else:
+        left = [d for d in before if d not in databases]
+    (me, ssl) = _q("SELECT current_user, current_setting('ssl')", port)[0]
+    lines = _frozen_lines(left, me, migrating and ssl == "on") if left else []
+    _write_block(hba, lines, top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
+    return left
+
+
+def thaw(port: int = 5432, databases: list | None = None) -> dict:
+    """Undo ``freeze`` for DATABASES (all of them when not given): their clients come in again
+    (out of the pg_hba block) and, once no database stays frozen, this server takes writes again.
+    A database frozen by an earlier migration from this server stays refused. Idempotent.
+    Returns {"frozen": what stays refused}.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt legacy pgmigrate.thaw
+        salt legacy pgmigrate.thaw databases='[billing]'
     """
     (hba,) = _q("SELECT current_setting('hba_file')", port)[0]
-    _write_block(hba, [], top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
-    _q("ALTER SYSTEM RESET default_transaction_read_only", port)
+    left = _unfreeze(hba, databases, port)
+    if not left:
+        _q("ALTER SYSTEM RESET default_transaction_read_only", port)
     _reload(port)
-    return True
+    return {"frozen": left}
 
 
 # The relations compared, by kind: tables (a partitioned one as a whole, through its parent) and

@@ -359,7 +359,7 @@ def _give_back(c: dict, source: str, port: int, dbs: list, spec: dict, exc: Exce
     PgBouncer RESUMEs (whatever the thaw did); MigrateError saying so, or what failed too."""
     also = ""
     try:
-        _shared("call", __opts__, source, "pgmigrate.thaw", port=port, wait=60)
+        _shared("call", __opts__, source, "pgmigrate.thaw", port=port, databases=dbs, wait=60)
     except MigrateError as thaw:
         also = f"; and the source could not be made writable again ({thaw}): run pgmigrate.thaw on {source}"
     finally:
@@ -775,19 +775,22 @@ def _status_physical(model: dict, c: dict, rec: dict) -> dict:
     members = {m: {k: n.get(k) for k in ("role", "state")} for m in c["members"] for n in [_physical("node", ops, m)]}
     standby = next((m for m, n in members.items() if n["role"] == "standby_leader"), None)
     sent = {rec["source"]: here.get("copies") or []}
-    if standby:
-        sent[standby] = _shared("call", __opts__, standby, "pgsql.basebackups", port=c["port"], wait=60)
     out = {"cluster": c["name"], "source": f"{rec['source']}:{rec['port']}", "mode": "physical",
            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec["started"])),
            "standby_leader": standby, "members": members, "databases": rec["databases"],
-           "streaming": bool((here["slot"] or {}).get("active")),
-           "copying": _copies({m: model["hosts"][m] for m in c["members"]}, sent)}  # fmt: skip
+           "streaming": bool((here["slot"] or {}).get("active"))}  # fmt: skip
     if standby:
-        lsn, ago = _physical("replayed", ops, standby, c["port"])
-        lag = max(0, _lsn(here["lsn"]) - _lsn(lsn))
-        # Caught up, the lag is none however long ago the source's last commit was.
-        seconds = 0.0 if lag == 0 else (round(ago, 1) if ago is not None else None)
-        out.update(source_lsn=here["lsn"], replayed_lsn=lsn, lag_bytes=lag, lag_seconds=seconds)
+        try:  # Patroni may name it while its PostgreSQL is down (restarting, copying again)
+            sent[standby] = _shared("call", __opts__, standby, "pgsql.basebackups", port=c["port"], wait=60)
+            lsn, ago = _physical("replayed", ops, standby, c["port"])
+        except MigrateError as exc:
+            out["problem"] = f"the standby leader does not answer as a server: {exc}"
+        else:
+            lag = max(0, _lsn(here["lsn"]) - _lsn(lsn))
+            # Caught up, the lag is none however long ago the source's last commit was.
+            seconds = 0.0 if lag == 0 else (round(ago, 1) if ago is not None else None)
+            out.update(source_lsn=here["lsn"], replayed_lsn=lsn, lag_bytes=lag, lag_seconds=seconds)
+    out["copying"] = _copies({m: model["hosts"][m] for m in c["members"]}, sent)
     return out
 
 
@@ -800,7 +803,8 @@ def _abort(cluster: Any) -> dict:
         back = _physical("abort", _Ops(cluster), model, c, rec)
         # The cluster first (a source out of reach must not keep it a standby cluster); a cutover
         # that stopped before its point of no return may have left the source frozen.
-        _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], wait=60)
+        _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], databases=rec["databases"],
+            wait=60)  # fmt: skip
         closed = _shared("call", __opts__, rec["source"], "pgmigrate.physical_close",
                          model["patroni"]["replication_user"], rec["slot"], port=rec["port"], wait=120)  # fmt: skip
         _save(cluster, None)
@@ -809,7 +813,8 @@ def _abort(cluster: Any) -> dict:
     dropped = _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, made["databases"], made["roles"],
                       port=c["port"], wait=300)  # fmt: skip
     ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
-    _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], wait=60)
+    _shared("call", __opts__, rec["source"], "pgmigrate.thaw", port=rec["port"], databases=rec["databases"],
+            wait=60)  # fmt: skip
     closed = _shared("call", __opts__, rec["source"], "pgmigrate.source_close", dbs, ca_file, port=rec["port"],
                      wait=120)  # fmt: skip
     _save(cluster, None)

@@ -60,3 +60,18 @@ def test_a_frozen_source_refuses_clients_and_thaw_lets_them_in(server, pgmigrate
     assert as_app(server, WRITE).returncode == 0
     with open(hba, encoding="utf-8") as f:
         assert pgmigrate.FROZEN_BEGIN not in f.read()
+
+
+def test_a_second_waves_give_back_keeps_the_first_wave_refused(server, pgmigrate, source):
+    """Wave 1 (shop) cut over, its source stays frozen; wave 2 (postgres here) freezes and is
+    given back: shop's client stays refused and the server read-only; thawing shop opens it."""
+    q, _ = source
+    pgmigrate.freeze(["shop"], port=server["port"])
+    pgmigrate.freeze(["postgres"], port=server["port"])
+    rules = q("SELECT database FROM pg_hba_file_rules WHERE auth_method = 'reject'", port=server["port"])
+    assert rules[0] == ["{shop,postgres}"]
+    assert pgmigrate.thaw(port=server["port"], databases=["postgres"]) == {"frozen": ["shop"]}
+    assert "pg_hba.conf rejects connection" in as_app(server, WRITE).stderr
+    assert q("SHOW default_transaction_read_only", port=server["port"]) == [["on"]]
+    assert pgmigrate.thaw(port=server["port"], databases=["shop"]) == {"frozen": []}
+    assert as_app(server, WRITE).returncode == 0

@@ -24,6 +24,12 @@ def source(tmp_path):
         ran.append(sql.split("\n", 1)[1])
         if "current_setting('hba_file'), current_user" in sql:
             return [[str(hba), "postgres", "on"]]
+        if "current_setting('ssl_ca_file')" in sql:
+            return [["", str(hba), str(tmp_path / "pg_ident.conf")]]
+        if "current_setting('ssl_cert_file')" in sql:
+            return [["/etc/ssl/certs/ssl-cert-snakeoil.pem"]]
+        if "SELECT current_user" in sql:
+            return [["postgres", "on"]]
         if "current_setting('hba_file')" in sql:
             return [[str(hba)]]
         if "pg_hba_file_rules" in sql:
@@ -40,6 +46,7 @@ def source(tmp_path):
     salt = {"pgsql.query": query, "pgsql.literal": pgsql.literal, "pgsql.ident": pgsql.ident}
     mod = load_module("modules", "pgmigrate", salt=salt)
     hba.write_text(DEBIAN)
+    (tmp_path / "pg_ident.conf").write_text("")
     mod._write_block(str(hba), ['hostssl "shop" all 198.18.0.50/32 scram-sha-256'], top=True)
     mod.hba, mod.ran = hba, ran
     return mod
@@ -55,6 +62,7 @@ def test_a_logical_freeze_refuses_clients_of_its_databases_above_everything_else
     assert out == {"lsn": "0/3000060", "sessions_ended": 2}
     text = source.hba.read_text()
     assert text.startswith(source.FROZEN_BEGIN + "\n")
+    assert text.splitlines()[1] == source.FROZEN_DATABASES + '["shop"]'
     assert rules(text)[:4] == [
         'local "shop" "postgres" peer',
         'hostssl "shop" pgcluster_migrate all cert map=pgcluster-migrate',
@@ -83,7 +91,7 @@ def test_freeze_twice_writes_one_block_and_thaw_gives_the_file_back(source):
     once = source.hba.read_text()
     source.freeze(["shop"])
     assert source.hba.read_text() == once and once.count(source.FROZEN_BEGIN) == 1
-    assert source.thaw() is True
+    assert source.thaw() == {"frozen": []}
     assert source.hba.read_text() == before
     assert "RESET default_transaction_read_only" in source.ran[-3]
     # Thawing a server that is not frozen changes nothing (abort thaws whatever happened).
@@ -97,3 +105,48 @@ def test_closing_the_migration_keeps_the_source_frozen(source):
     text = source.hba.read_text()
     assert source.FROZEN_BEGIN in text and "198.18.0.50" not in text
     assert rules(text)[3] == 'host "shop" all all reject'
+
+
+def test_a_second_wave_adds_its_databases_and_its_give_back_thaws_only_them(source):
+    """Wave 1 (shop) cut over, the source stays frozen for it; wave 2 (billing) freezes too, its
+    verification fails and it is given back: shop's clients must stay refused and the server
+    read-only."""
+    source.freeze(["shop"])
+    source.freeze(["billing"])
+    text = source.hba.read_text()
+    assert text.count(source.FROZEN_BEGIN) == 1
+    assert 'local "shop","billing" all reject' in rules(text)
+    # Only this wave's sessions are ended (shop's were, and its clients are refused since).
+    assert "datname IN ('billing')" in source.ran[-2]
+    source.ran.clear()
+    assert source.thaw(databases=["billing"]) == {"frozen": ["shop"]}
+    assert 'local "shop" all reject' in rules(source.hba.read_text())
+    assert not any("RESET default_transaction_read_only" in q for q in source.ran)
+    # The last one thawed: the block goes, the server takes writes again.
+    assert source.thaw(databases=["shop"]) == {"frozen": []}
+    assert source.FROZEN_BEGIN not in source.hba.read_text()
+    assert any("RESET default_transaction_read_only" in q for q in source.ran)
+
+
+def test_a_physical_freeze_covers_every_database_and_a_thaw_of_its_databases_ends_it(source):
+    source.freeze(["shop"])
+    source.freeze(["shop"], every_database=True)
+    assert rules(source.hba.read_text())[:3] == ['local all "postgres" peer', "local all all reject",
+                                                 "host all all all reject"]  # fmt: skip
+    # A logical wave after it refuses all the same.
+    source.freeze(["billing"])
+    assert "local all all reject" in rules(source.hba.read_text())
+    assert source.thaw(databases=["shop"]) == {"frozen": []}
+    assert source.FROZEN_BEGIN not in source.hba.read_text()
+
+
+def test_closing_the_migration_drops_the_role_line_and_keeps_refusing(source):
+    """source_close drops the migration role: the frozen block no longer names it (once the lent
+    TLS is returned, a hostssl line would be reported as unusable), the databases stay refused."""
+    source.freeze(["shop"])
+    source.source_close(["shop"], "/etc/pgcluster/pki/ca.crt")
+    text = source.hba.read_text()
+    assert rules(text)[:3] == ['local "shop" "postgres" peer', 'local "shop" all reject', 'host "shop" all all reject']
+    assert "pgcluster_migrate" not in text and "198.18.0.50" not in text
+    assert source.thaw() == {"frozen": []}
+    assert source.hba.read_text() == DEBIAN

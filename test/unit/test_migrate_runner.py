@@ -74,3 +74,30 @@ def test_each_copy_is_named_by_member_with_its_share_and_eta():
 ])  # fmt: skip
 def test_rows_are_hashed_by_record_only_in_a_physical_copy_from_14_on(mode, source, target, method):
     assert migrate._row_hash({"major": source, "target": {"major": target}}, mode) == method
+
+
+def test_status_names_a_standby_leader_whose_server_is_down_and_reports_the_rest(monkeypatch):
+    """Patroni names a standby leader while its PostgreSQL restarts (a copy begun again after the
+    source crashed): status says so instead of failing."""
+
+    def shared(fun, *args, **kwarg):
+        if fun == "call" and args[2] == "pgmigrate.physical_progress":
+            return {"lsn": "0/5000000", "read_only": False, "slot": {"active": False}, "copies": []}
+        if fun == "call" and args[2] == "pgsql.basebackups":
+            raise migrate.MigrateError("pg1 does not answer as a server: psql: connection refused")
+        raise AssertionError(fun)
+
+    def physical(fun, ops, *args):
+        if fun == "node":
+            return {"role": "standby_leader" if args[0] == "pg1" else "replica", "state": "starting"}
+        raise AssertionError(f"{fun} asked of a server that is down")
+
+    monkeypatch.setattr(migrate, "_shared", shared)
+    monkeypatch.setattr(migrate, "_physical", physical)
+    model = {"hosts": {"pg1": "198.18.0.11", "pg2": "198.18.0.12"}}
+    c = {"name": "main", "members": ["pg1", "pg2"], "port": 5432}
+    rec = {"source": "legacy", "port": 5432, "slot": "pgcluster_main", "databases": ["shop"], "started": 0}
+    out = migrate._status_physical(model, c, rec)
+    assert out["standby_leader"] == "pg1" and out["streaming"] is False
+    assert "connection refused" in out["problem"] and "lag_bytes" not in out
+    assert out["members"]["pg2"] == {"role": "replica", "state": "starting"} and out["copying"] == {}
