@@ -615,8 +615,23 @@ def _checksums(db: str, kind: str, port: int, row_hash: str) -> dict:
     return {name: _row_sum(db, name, port, row_hash) for (name,) in _q(RELATIONS.format(kinds=KINDS[kind]), port, db)}
 
 
+def _replayed_to(lsn: str, port: int, wait: float) -> None:
+    """Wait until this hot standby has replayed WAL up to LSN; CommandExecutionError after WAIT s."""
+    deadline = time.monotonic() + wait
+    while _q(f"SELECT coalesce(pg_last_wal_replay_lsn() >= {_lit(lsn)}::pg_lsn, false)", port)[0][0] != "t":
+        if time.monotonic() >= deadline:
+            raise CommandExecutionError(f"this server did not replay the source's WAL up to {lsn} within {wait} s")
+        time.sleep(0.05)
+
+
 def fingerprint(
-    databases: list, port: int = 5432, tables: bool = True, views: bool = True, row_hash: str = "text"
+    databases: list,
+    port: int = 5432,
+    tables: bool = True,
+    views: bool = True,
+    row_hash: str = "text",
+    replayed: str | None = None,
+    replay_wait: float = 60,
 ) -> dict:
     """What the cutover compares between the source and the cluster, per database: each table's
     row count and checksum (the sum of its rows' hashes, in any order; a partitioned table as a
@@ -624,6 +639,8 @@ def fingerprint(
     and a checksum of the columns of every table (the schema). ROW_HASH: "text" (any version) or
     "record" (faster; PostgreSQL 14 and later, a physical copy at the other end), see
     ``ROW_HASHES``. Reads everything (without TABLES, not the tables): run it when no one writes.
+    REPLAYED: on a hot standby, first wait up to REPLAY_WAIT seconds until it has replayed WAL up to
+    that position (the frozen source's last: one job instead of polling from the master).
 
     CLI Example:
 
@@ -631,6 +648,8 @@ def fingerprint(
 
         salt legacy pgmigrate.fingerprint '[shop]'
     """
+    if replayed:
+        _replayed_to(replayed, port, replay_wait)
     out = {}
     for db in databases:
         seqs = _q("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences", port, db)

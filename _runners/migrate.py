@@ -322,26 +322,19 @@ def _row_hash(found: dict, mode: str) -> str:
     return "record" if mode == "physical" and min(found["major"], found["target"]["major"] or 0) >= 14 else "text"
 
 
-def _fingerprints(c: dict, rec: dict, member: str, views: bool) -> tuple[dict, dict]:
+def _fingerprints(c: dict, rec: dict, member: str, views: bool, replayed: dict | None = None) -> tuple[dict, dict]:
     """``pgmigrate.fingerprint`` of the migrated databases on the source and on MEMBER, at once
-    (each thread in a copy of this context: Salt's dunders live in context variables)."""
+    (each thread in a copy of this context: Salt's dunders live in context variables). REPLAYED:
+    MEMBER's own arguments to wait there first for the source's last WAL (a standby leader)."""
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
     row_hash = rec.get("row_hash", "text")  # a migration started by an earlier version: text
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
-                            "pgmigrate.fingerprint", dbs, port=p, views=v, row_hash=row_hash, wait=VERIFY_WAIT)
-                for host, p, v in ((source, port, True), (member, c["port"], views))]  # fmt: skip
+                            "pgmigrate.fingerprint", dbs, port=p, views=v, row_hash=row_hash, wait=VERIFY_WAIT, **kw)
+                for host, p, v, kw in ((source, port, True, {}), (member, c["port"], views, replayed or {}))
+                ]  # fmt: skip
         want, got = (end.result() for end in ends)
     return want, got
-
-
-def _catch_up_physical(member: str, port: int, lsn: str) -> None:
-    """Wait until MEMBER (the standby leader) has replayed the source's WAL up to LSN."""
-    deadline = time.monotonic() + CATCH_UP_WAIT
-    while _lsn(_physical("replayed", _Ops(""), member, port)[0]) < _lsn(lsn):
-        if time.monotonic() >= deadline:
-            raise MigrateError(f"{member} did not replay the source's WAL up to {lsn} within {CATCH_UP_WAIT} s")
-        time.sleep(0.2)
 
 
 def _pause(c: dict, dbs: list, spec: dict) -> None:
@@ -413,14 +406,14 @@ def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
                              wait=60)  # fmt: skip
             timings["freeze_s"] = round(time.monotonic() - t, 2)
             t1 = time.monotonic()
-            _catch_up_physical(standby, c["port"], frozen["lsn"])
-            timings["catch_up_s"] = round(time.monotonic() - t1, 2)
-            t1 = time.monotonic()
-            want, got = _fingerprints(c, rec, standby, views=True)
+            # The standby leader waits for the source's last WAL in the same job (no polling from
+            # here): catching up and verifying are timed together.
+            replayed = {"replayed": frozen["lsn"], "replay_wait": CATCH_UP_WAIT}
+            want, got = _fingerprints(c, rec, standby, views=True, replayed=replayed)
             differences = _differences(want, got)
             if differences:
                 raise MigrateError("verification failed: " + "; ".join(differences))
-            timings["verify_s"] = round(time.monotonic() - t1, 2)
+            timings["catch_up_and_verify_s"] = round(time.monotonic() - t1, 2)
         except MigrateError as exc:
             _give_back(c, source, port, dbs, spec, exc)
         verified = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),

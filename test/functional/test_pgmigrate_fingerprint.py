@@ -34,3 +34,12 @@ def test_rows_hashed_by_record_where_every_type_has_a_hash_else_as_text(server, 
     shop("UPDATE public.customers_copy SET name = 'changed' WHERE id = 7", port=server["port"], dbname="shop")
     again = pgmigrate.fingerprint(["shop"], port=server["port"], row_hash="record")["shop"]["tables"]
     assert again["public.customers_copy"]["checksum"] != customers["checksum"]
+
+
+def test_waiting_for_wal_a_server_that_replays_none_is_named(server, pgmigrate):
+    """REPLAYED makes the standby leader wait in the same job for the frozen source's last WAL; a
+    server that replays nothing (a primary here) is named once the wait is over, nothing read."""
+    from salt.exceptions import CommandExecutionError
+
+    with pytest.raises(CommandExecutionError, match=r"did not replay the source's WAL up to 0/3000060 within 0.3 s"):
+        pgmigrate.fingerprint(["shop"], port=server["port"], replayed="0/3000060", replay_wait=0.3)
