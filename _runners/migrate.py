@@ -21,10 +21,7 @@ CLI Example:
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
 import functools
-import hashlib
 import json
 import os
 import time
@@ -34,6 +31,7 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "migrate"
 UTILS = (
+    "pgcluster_cutover.cutover",
     "pgcluster_lock.take",
     "pgcluster_master.model",
     "pgcluster_migrate.problems",
@@ -45,14 +43,9 @@ UTILS = (
 SURVEY_WAIT = 120
 # How long the leader may take to create the roles, databases, schemas and subscriptions.
 SUBSCRIBE_WAIT = 900
-# How long the cluster may take to confirm the frozen source's last WAL; to checksum every table.
-CATCH_UP_WAIT = 60
-VERIFY_WAIT = 1800
 # The databases the pg_hba in force admits clients to over TLS with a password.
 HBA_DATABASES = ("SELECT DISTINCT unnest(database) FROM pg_hba_file_rules WHERE type = 'hostssl' "
                  "AND auth_method = 'scram-sha-256'")  # fmt: skip
-# The cutover waits this long for a reconcile round or an event's lookup to release the routing lock.
-LOCK_WAIT = 60.0
 
 
 def __virtual__():
@@ -134,7 +127,7 @@ def _target(model: dict, c: dict, problems: list[str]) -> dict:
         user_tables = {d: facts["tables"] for d, facts in found["databases"].items()}
     first = next(iter(rooms.values()))
     return {
-        "role_digests": _declared_digests(model, c),
+        "role_digests": _step("pgcluster_cutover.declared_digests", _Ops(c["name"]), model, c),
         "major": first["major"],
         "extensions": sorted(set.intersection(*(set(r["extensions"]) for r in rooms.values()))),
         "locales": sorted(set.intersection(*(set(r["locales"]) for r in rooms.values()))),
@@ -179,7 +172,7 @@ def _check(cluster: Any) -> dict:
     if m["mode"] == "logical" and target["leader"]:
         problems += _unadmitted(c, target["leader"], dbs)
         try:
-            _roles_in_place(model, c, target["leader"])
+            _step("pgcluster_cutover.roles_in_place", _Ops(cluster), model, c, target["leader"])
         except MigrateError as exc:
             problems.append(str(exc).removesuffix(" (nothing was done)"))
     ret = {
@@ -200,120 +193,6 @@ def _check(cluster: Any) -> dict:
     return ret
 
 
-def _lsn(text: str | None) -> int:
-    """A WAL position (X/Y) as a number; -1 for none."""
-    if not text:
-        return -1
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
-
-
-def _differences(source: dict, cluster: dict) -> list[str]:
-    """What differs between the source's and the cluster's ``pgmigrate.fingerprint``, one line each."""
-    out = []
-    for db, want in sorted(source.items()):
-        got = cluster.get(db) or {"tables": {}, "views": {}, "sequences": {}, "schema": None}
-        if want["schema"] != got["schema"]:
-            out.append(f"database {db}: the columns of its tables differ")
-        for kind, what in (("tables", "table"), ("views", "materialized view")):
-            where = f"database {db}: {what}"
-            for table, w in sorted(want.get(kind, {}).items()):
-                g = got.get(kind, {}).get(table)
-                if g is None:
-                    out.append(f"{where} {table} is missing on the cluster")
-                elif g["rows"] != w["rows"]:
-                    out.append(f"{where} {table} has {g['rows']} rows on the cluster, {w['rows']} on the source")
-                elif g["checksum"] != w["checksum"]:
-                    out.append(f"{where} {table} has the same {w['rows']} rows on both sides but other content")
-        for seq, value in sorted(want["sequences"].items()):
-            if got["sequences"].get(seq, -1) < value:
-                out.append(f"database {db}: sequence {seq} is at {got['sequences'].get(seq)} on the cluster, "
-                           f"{value} on the source")  # fmt: skip
-    return out
-
-
-def _catch_up(source: str, port: int, dbs: list, lsn: str) -> None:
-    """Wait until every database's subscription has confirmed the source's WAL up to LSN."""
-    deadline = time.monotonic() + CATCH_UP_WAIT
-    while time.monotonic() < deadline:
-        here = _shared("call", __opts__, source, "pgmigrate.source_progress", dbs, port=port, wait=30)
-        slots = [here["databases"][db]["slot"] or {} for db in dbs]
-        if all(_lsn(s.get("confirmed_flush_lsn")) >= _lsn(lsn) for s in slots):
-            return
-        time.sleep(0.2)
-    raise MigrateError(f"the cluster did not confirm {source}'s WAL up to {lsn} within {CATCH_UP_WAIT} s")
-
-
-def _routing_lock(cluster: str):
-    """CLUSTER's routing lock (the switchover's, the reconcile's): no other route change while the
-    cutover moves the databases; MigrateError naming the holder when it is busy."""
-    lock, holder = __utils__["pgcluster_lock.take"](_shared("locks_dir", __opts__), cluster, "migrate.cutover",
-                                                    wait_for_short=LOCK_WAIT)  # fmt: skip
-    if lock is None:
-        raise MigrateError(f"{holder} holds the routing lock of {cluster}: nothing done; run again once it is done")
-    return lock
-
-
-def _on_pgbouncers(c: dict, fun: str, dbs: list, **kwarg: Any) -> dict:
-    """FUN for the migrated databases DBS on every PgBouncer of C; MigrateError naming the hosts
-    where it failed."""
-    ret = _shared("on_pgbouncers", __opts__, c, fun, [c["name"]], timeout=30, kwarg=kwarg)
-    failed = _shared("failures", ret, c["pgbouncer"])
-    if failed:
-        raise MigrateError(f"{fun} of {', '.join(dbs)} failed on " + "; ".join(f"{h}: {w}" for h, w in failed.items()))
-    return ret
-
-
-def _verify(c: dict, rec: dict, leader: str) -> dict:
-    """Wait for the frozen source's last WAL on the cluster, set the sequences, compare both ends;
-    the timings. MigrateError naming every difference."""
-    source, port, dbs = rec["source"], rec["port"], rec["databases"]
-    timings = {}
-    frozen = rec["frozen"]
-    t = time.monotonic()
-    _catch_up(source, port, dbs, frozen["lsn"])
-    timings["catch_up_s"] = round(time.monotonic() - t, 2)
-    t = time.monotonic()
-    # Both ends checksum their tables at once (the cluster's materialized views are refreshed
-    # first, below); then the sequences, set from the source's, are read back with the columns.
-    want, got = _fingerprints(c, rec, leader, views=False)
-    # What logical replication does not carry: sequences, materialized views' data.
-    _shared("call", __opts__, leader, "pgmigrate.set_sequences",
-            {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip
-    _shared("call", __opts__, leader, "pgmigrate.refresh_views", {db: list(f["views"]) for db, f in want.items()},
-            port=c["port"], wait=VERIFY_WAIT)  # fmt: skip
-    after = _shared("call", __opts__, leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False,
-                    row_hash=rec.get("row_hash", "text"), wait=VERIFY_WAIT)  # fmt: skip
-    got = {db: dict(got[db], **{k: after[db][k] for k in ("views", "sequences", "schema")}) for db in got}
-    timings["verify_s"] = round(time.monotonic() - t, 2)
-    differences = _differences(want, got)
-    if differences:
-        raise MigrateError("verification failed: " + "; ".join(differences))
-    timings["verified"] = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
-                                "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
-    return timings
-
-
-def _declared_digests(model: dict, c: dict) -> dict[str, str]:
-    """{role: SHA-256 of its verifier} as pillar declares the roles of C (as a PgBouncer host
-    sees them: other hosts' pillar holds no verifier, secrets by need)."""
-    viewer = (c.get("pgbouncer") or c["members"])[0]
-    seen = _shared("model", __opts__, __utils__["pgcluster_model.settings"], viewer)
-    verifiers = __utils__["pgcluster_model.role_verifiers"](seen, c["name"])
-    return {r: hashlib.sha256(v.encode()).hexdigest() for r, v in verifiers.items()}
-
-
-def _roles_in_place(model: dict, c: dict, leader: str) -> None:
-    """MigrateError unless every role pillar declares logs in on the leader with that verifier:
-    after the cutover PgBouncer logs in there with it."""
-    have = _shared("call", __opts__, leader, "pgsql.role_digests", port=c["port"], wait=60)
-    wrong = sorted(r for r, d in _declared_digests(model, c).items() if have.get(r) != d)
-    if wrong:
-        raise MigrateError(f"role {', '.join(wrong)} on {leader} has not the verifier pillar declares: PgBouncer could "
-                           f"not log in after the cutover; run a highstate on {c['name']}'s members first (nothing "
-                           "was done)")  # fmt: skip
-
-
 def _row_hash(found: dict, mode: str) -> str:
     """How the cutover hashes rows (``pgmigrate.ROW_HASHES``): by record in physical MODE (the
     cluster is a copy of the source's catalog: same version, same type OIDs, which an enum's or a
@@ -322,215 +201,9 @@ def _row_hash(found: dict, mode: str) -> str:
     return "record" if mode == "physical" and min(found["major"], found["target"]["major"] or 0) >= 14 else "text"
 
 
-def _fingerprints(c: dict, rec: dict, member: str, views: bool, replayed: dict | None = None) -> tuple[dict, dict]:
-    """``pgmigrate.fingerprint`` of the migrated databases on the source and on MEMBER, at once
-    (each thread in a copy of this context: Salt's dunders live in context variables). REPLAYED:
-    MEMBER's own arguments to wait there first for the source's last WAL (a standby leader)."""
-    source, port, dbs = rec["source"], rec["port"], rec["databases"]
-    row_hash = rec.get("row_hash", "text")  # a migration started by an earlier version: text
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        ends = [pool.submit(contextvars.copy_context().run, _shared, "call", __opts__, host,
-                            "pgmigrate.fingerprint", dbs, port=p, views=v, row_hash=row_hash, wait=VERIFY_WAIT, **kw)
-                for host, p, v, kw in ((source, port, True, {}), (member, c["port"], views, replayed or {}))
-                ]  # fmt: skip
-        want, got = (end.result() for end in ends)
-    return want, got
-
-
-def _pause(c: dict, dbs: list, spec: dict) -> None:
-    """PAUSE DBS on every PgBouncer of C: clients wait there from now on (their running
-    transactions end first) until RESUME. When a host fails, every host RESUMEs and MigrateError."""
-    try:
-        _on_pgbouncers(c, "pgbouncer.pause", dbs, spec=spec, databases=dbs)
-    except MigrateError:
-        _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
-        raise
-
-
-def _give_back(c: dict, source: str, port: int, dbs: list, spec: dict, exc: Exception) -> None:
-    """After a failure before the point of no return: the source takes writes again and every
-    PgBouncer RESUMEs (whatever the thaw did); MigrateError saying so, or what failed too."""
-    also = ""
-    try:
-        _shared("call", __opts__, source, "pgmigrate.thaw", port=port, databases=dbs, wait=60)
-    except MigrateError as thaw:
-        also = f"; and the source could not be made writable again ({thaw}): run pgmigrate.thaw on {source}"
-    finally:
-        _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
-    if also:
-        raise MigrateError(f"{exc}{also}")
-    raise MigrateError(
-        f"{exc}. {source} takes writes again, PgBouncer still sends {', '.join(dbs)} there; "
-        "the migration goes on (migrate.status, migrate.abort)"
-    )
-
-
-def _not_streaming(c: dict, standby: str) -> list[str]:
-    """The members of C, other than the STANDBY leader, that do not stream from it."""
-    ops = _Ops(c["name"])
-    return [m for m in c["members"] if m != standby and not _physical("replicating", ops, m)]
-
-
-def _promoted(model: dict, c: dict, rec: dict) -> dict:
-    """A cutover run again after the point of no return, with no leader: the standby leader
-    promoted (again: the PATCH is idempotent); MigrateError when there is none."""
-    standby = _physical("standby_leader", _Ops(c["name"]), c)
-    if not standby:
-        raise MigrateError(f"{c['name']} has no leader and no standby leader: the copy was verified and "
-                           f"{rec['source']} is read-only; see patronictl list on the members")  # fmt: skip
-    return _physical("promote", _Ops(c["name"]), model, c, standby, lambda: _find_leader(model, c))
-
-
-def _cutover_physical(model: dict, c: dict, rec: dict) -> dict:
-    """Pause, freeze the source, wait for its last WAL on the standby leader, verify, promote the
-    standby cluster; then ``_finish``. When anything before the promotion fails the source takes
-    writes again and the migration goes on."""
-    cluster, source, port, dbs = c["name"], rec["source"], rec["port"], rec["databases"]
-    standby = _physical("standby_leader", _Ops(cluster), c)
-    if not standby:
-        raise MigrateError(f"no member of {cluster} streams from {source} as its standby leader: nothing done "
-                           f"(migrate.status {cluster})")  # fmt: skip
-    lagging = _not_streaming(c, standby)
-    if lagging:
-        raise MigrateError(f"{', '.join(lagging)} do not stream from the standby leader {standby}: nothing done "
-                           f"(promoted, {cluster} would not keep its profile's promise; migrate.status)")  # fmt: skip
-    spec = __utils__["pgcluster_model.routing"](model, cluster)
-    with _routing_lock(cluster):
-        timings, t0 = {}, time.monotonic()
-        _pause(c, dbs, spec)
-        timings["pause_s"] = round(time.monotonic() - t0, 2)
-        t = time.monotonic()
-        try:
-            # The whole instance moves: every client session of every database ends.
-            frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, every_database=True,
-                             wait=60)  # fmt: skip
-            timings["freeze_s"] = round(time.monotonic() - t, 2)
-            t1 = time.monotonic()
-            # The standby leader waits for the source's last WAL in the same job (no polling from
-            # here): catching up and verifying are timed together.
-            replayed = {"replayed": frozen["lsn"], "replay_wait": CATCH_UP_WAIT}
-            want, got = _fingerprints(c, rec, standby, views=True, replayed=replayed)
-            differences = _differences(want, got)
-            if differences:
-                raise MigrateError("verification failed: " + "; ".join(differences))
-            timings["catch_up_and_verify_s"] = round(time.monotonic() - t1, 2)
-        except MigrateError as exc:
-            _give_back(c, source, port, dbs, spec, exc)
-        verified = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
-                         "sequences": len(f["sequences"])} for db, f in want.items()}  # fmt: skip
-        # The point of no return: once Patroni is told, the cluster takes writes; a cutover run
-        # again only finishes (routes, resumes, settles, cleans up); abort refuses.
-        rec = dict(rec, verified=verified, leader=standby)
-        _save(cluster, rec)
-        t1 = time.monotonic()
-        try:
-            leader = _physical("promote", _Ops(cluster), model, c, standby, lambda: _find_leader(model, c))
-        except MigrateError as exc:
-            _on_pgbouncers(c, "pgbouncer.resume", dbs, spec=spec)
-            raise MigrateError(f"{exc}. {source} stays read-only; migrate.cutover {cluster} confirm=True finishes "
-                               "once the cluster has a leader") from None  # fmt: skip
-        timings["promote_s"] = round(time.monotonic() - t1, 2)
-        timings["source_read_only_s"] = round(time.monotonic() - t, 2)
-        return _finish(model, c, rec, leader, timings, t0)
-
-
 def _cutover(cluster: Any, confirm: Any) -> dict:
     model, c, rec, leader = _started(cluster, f": nothing to cut over (migrate.start {cluster})")
-    source, port, dbs = rec["source"], rec["port"], rec["databases"]
-    if rec["mode"] == "physical" and not rec.get("verified"):
-        if confirm is not True:
-            raise MigrateError(f"the cutover pauses {', '.join(dbs)} on every PgBouncer, makes {source} read-only, "
-                               f"ends its sessions and promotes {cluster}: run it with confirm=True")  # fmt: skip
-        return _cutover_physical(model, c, rec)
-    if rec["mode"] == "physical":  # verified: the promotion was asked for; it may not have happened
-        leader = _find_leader(model, c) or _promoted(model, c, rec)
-    if rec.get("verified"):  # an earlier cutover verified the copy and stopped before the end
-        with _routing_lock(cluster):
-            return _finish(model, c, rec, leader, {}, time.monotonic())
-    if confirm is not True:
-        raise MigrateError(f"the cutover pauses {', '.join(dbs)} on every PgBouncer, makes {source} read-only and "
-                           f"ends its sessions of them: run it with confirm=True")  # fmt: skip
-    there = _shared("call", __opts__, leader["name"], "pgmigrate.progress", dbs, port=c["port"], wait=60)
-    copying = [f"{db}: {t} ({state})" for db in dbs for t, state in there[db]["tables"].items() if state != "ready"]
-    if copying:
-        raise MigrateError(f"the copy is not done ({', '.join(copying)}): see migrate.status {cluster}")
-    _roles_in_place(model, c, leader["name"])
-    spec = __utils__["pgcluster_model.routing"](model, cluster)
-    with _routing_lock(cluster):
-        timings, t0 = {}, time.monotonic()
-        _pause(c, dbs, spec)
-        timings["pause_s"] = round(time.monotonic() - t0, 2)
-        t = time.monotonic()
-        try:
-            frozen = _shared("call", __opts__, source, "pgmigrate.freeze", dbs, port=port, wait=60)
-            timings["freeze_s"] = round(time.monotonic() - t, 2)
-            timings.update(_verify(c, dict(rec, frozen=frozen), leader["name"]))
-        except MigrateError as exc:
-            _give_back(c, source, port, dbs, spec, exc)
-        # The point of no return: from here the cluster holds the data; abort refuses, a new cutover
-        # only finishes (routes the databases to the leader, resumes, cleans up).
-        rec = dict(rec, verified=timings.pop("verified"))
-        _save(cluster, rec)
-        timings["source_read_only_s"] = round(time.monotonic() - t, 2)
-        return _finish(model, c, rec, leader, timings, t0)
-
-
-def _finish(model: dict, c: dict, rec: dict, leader: dict, timings: dict, t0: float) -> dict:
-    """After a verified cutover: every PgBouncer routes the databases to the leader and resumes
-    them; the subscriptions and the source's grants removed, the record too."""
-    source, port, dbs = rec["source"], rec["port"], rec["databases"]
-    spec = __utils__["pgcluster_model.routing"](model, c["name"])
-    t = time.monotonic()
-    replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
-    # Each PgBouncer RESUMEs as soon as it routes to the leader (one job); where the repoint failed,
-    # a RESUME of its own.
-    # After a physical cutover the cluster runs the source's data: its timeline may be older than
-    # the one the routes were fenced with (the same source migrated in before), so this route
-    # carries no timeline (as a restore's: it always passes); the next reconcile fences again.
-    fenced = dict(leader, timeline=None, system=None) if rec["mode"] == "physical" else leader
-    kwarg = _shared("repoint_kwarg", spec, fenced, replicas, resume_paused=True, cut_over=dbs)
-    ret = _shared("on_pgbouncers", __opts__, c, "pgbouncer.repoint", [c["name"], model["hosts"][leader["name"]]],
-                  kwarg=kwarg)  # fmt: skip
-    done = _shared("repointed", c, ret, t, leader["name"])
-    not_resumed = {}
-    if done["failed"]:
-        resumed = _shared("on_pgbouncers", __opts__, c, "pgbouncer.resume", [c["name"]], timeout=30,
-                          kwarg={"spec": spec})  # fmt: skip
-        not_resumed = _shared("failures", resumed, c["pgbouncer"])
-    timings["paused_s"] = round(time.monotonic() - t0, 2)
-    if done["failed"] or done["refused"] or not_resumed:
-        raise MigrateError(f"the copy is verified, but PgBouncer hosts did not all follow: repoint failed on "
-                           f"{done['failed'] or done['refused'] or 'none'}, resume failed on {not_resumed or 'none'}; "
-                           f"migrate.cutover {c['name']} confirm=True tries again")  # fmt: skip
-    t = time.monotonic()
-    settled = {}
-    if rec["mode"] == "physical":
-        try:
-            settled = _physical("settle", _Ops(c["name"]), model, c, leader["name"], rec)
-            _shared("call", __opts__, source, "pgmigrate.physical_close", model["patroni"]["replication_user"],
-                    rec["slot"], port=port, wait=120)  # fmt: skip
-        except MigrateError as exc:
-            raise MigrateError(f"{exc}. The cluster takes writes and PgBouncer sends {', '.join(dbs)} to it; "
-                               f"migrate.cutover {c['name']} confirm=True finishes the rest") from None  # fmt: skip
-    else:
-        _shared("call", __opts__, leader["name"], "pgmigrate.unsubscribe", dbs, port=c["port"], wait=300)
-        ca_file = __utils__["pgcluster_model.pki_files"](model)["ca"]
-        _shared("call", __opts__, source, "pgmigrate.source_close", dbs, ca_file, port=port, wait=120)
-    timings["clean_up_s"] = round(time.monotonic() - t, 2)
-    _save(c["name"], None)
-    return {
-        "cut_over": True,
-        "source": f"{source}:{port} (read-only now)",
-        "leader": leader["name"],
-        "databases": rec["verified"],
-        "verified": "row counts, row checksums, sequences and columns equal",
-        "routed": f"every PgBouncer sends {', '.join(dbs)} to the leader",
-        "roles_created": rec.get("created", {}).get("roles", []),
-        **({"settled": settled} if settled else {}),
-        "timings": timings,
-        "next": f"move {', '.join(dbs)} from pgcluster:clusters:{c['name']}:migrate:databases to "
-        f"pgcluster:clusters:{c['name']}:databases and remove the migrate block",
-    }
+    return _step("pgcluster_cutover.cutover", _Ops(cluster), model, c, rec, leader, confirm)
 
 
 @_clean_errors
@@ -579,7 +252,8 @@ def _save(cluster: str, record: dict | None) -> None:
 
 
 class _Ops:
-    """What the physical mode's steps (``pgcluster_physical``) do through Salt, for CLUSTER."""
+    """What the steps of the physical mode (``pgcluster_physical``) and of the cutover
+    (``pgcluster_cutover``) do through Salt, for CLUSTER."""
 
     def __init__(self, cluster: str):
         self.cluster = cluster
@@ -601,15 +275,33 @@ class _Ops:
     def model(name: str) -> Any:
         return __utils__[f"pgcluster_model.{name}"]
 
+    @staticmethod
+    def util(name: str) -> Any:
+        return __utils__[name]
 
-def _physical(fun: str, *args: Any) -> Any:
-    """FUN of the pgcluster_physical util, its errors as ours. Called bare (not through the
-    loader's wrapper, which would run it in the utils' context): ``ops`` uses the runner's dunders."""
-    func = __utils__[f"pgcluster_physical.{fun}"]
+    @staticmethod
+    def shared(fun: str, *args: Any, **kwargs: Any) -> Any:
+        return _shared(fun, *args, **kwargs)
+
+    @property
+    def opts(self) -> dict:
+        return __opts__
+
+
+def _step(name: str, *args: Any) -> Any:
+    """Util function NAME (``pgcluster_physical``, ``pgcluster_cutover``: steps that take ``ops``),
+    its errors as ours. Called bare (not through the loader's wrapper, which would run it in the
+    utils' context): ``ops`` uses the runner's dunders."""
+    func = __utils__[name]
     try:
         return getattr(func, "func", func)(*args)
     except CommandExecutionError as exc:
         raise MigrateError(str(exc)) from None
+
+
+def _physical(fun: str, *args: Any) -> Any:
+    """FUN of the pgcluster_physical util (``_step``)."""
+    return _step(f"pgcluster_physical.{fun}", *args)
 
 
 def _start_physical(cluster: str, model: dict, c: dict, m: dict, found: dict, timings: dict) -> dict:
@@ -678,16 +370,9 @@ def _start(cluster: Any, confirm: Any = False) -> dict:
             "created": made, "timings": timings}  # fmt: skip
 
 
-def _find_leader(model: dict, c: dict) -> dict | None:
-    """CLUSTER's leader now (``find_leader``: name, timeline, system), None when none takes writes."""
-    apis = {x: __utils__["pgcluster_model.api_url"](model, x) for x in c["members"]}
-    cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
-    return __utils__["pgcluster_routing.find_leader"](apis, timeout=5, cafile=cafile)
-
-
 def _leader(model: dict, c: dict) -> dict:
     """CLUSTER's leader now (``find_leader``: name, timeline, system); MigrateError when none."""
-    leader = _find_leader(model, c)
+    leader = _step("pgcluster_cutover.find_leader", _Ops(c["name"]), model, c)
     if not leader:
         raise MigrateError(f"{c['name']} has no leader that accepts writes")
     return leader
@@ -779,7 +464,8 @@ def _status_physical(model: dict, c: dict, rec: dict) -> dict:
         except MigrateError as exc:
             out["problem"] = f"the standby leader does not answer as a server: {exc}"
         else:
-            lag = max(0, _lsn(here["lsn"]) - _lsn(lsn))
+            lsn_of = __utils__["pgcluster_cutover.lsn"]
+            lag = max(0, lsn_of(here["lsn"]) - lsn_of(lsn))
             # Caught up, the lag is none however long ago the source's last commit was.
             seconds = 0.0 if lag == 0 else (round(ago, 1) if ago is not None else None)
             out.update(source_lsn=here["lsn"], replayed_lsn=lsn, lag_bytes=lag, lag_seconds=seconds)

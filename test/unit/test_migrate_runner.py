@@ -1,5 +1,6 @@
-"""The migrate runner's own judgement at the cutover: WAL positions compared as numbers, and every
-difference between the source's and the cluster's fingerprints named."""
+"""The migration's own judgement (the migrate runner, its cutover util): WAL positions compared as
+numbers, every difference between the source's and the cluster's fingerprints named, copies
+reported per member, the row hash chosen, a status that survives a standby leader that is down."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from pgctest import load_module
 
 migrate = load_module("runners", "migrate")
+cutover = load_module("utils", "pgcluster_cutover")
 
 
 def fingerprint(rows: int = 3, digest: str = "123", seq: int = 10, schema: str = "abc", view_rows: int = 2) -> dict:
@@ -17,14 +19,14 @@ def fingerprint(rows: int = 3, digest: str = "123", seq: int = 10, schema: str =
 
 @pytest.mark.parametrize("lsn, number", [("0/0", 0), ("0/16B3748", 0x16B3748), ("1/0", 1 << 32), (None, -1)])
 def test_wal_positions_compare_as_numbers(lsn, number):
-    assert migrate._lsn(lsn) == number
-    assert migrate._lsn("0/FFFFFFFF") < migrate._lsn("1/0")
+    assert cutover.lsn(lsn) == number
+    assert cutover.lsn("0/FFFFFFFF") < cutover.lsn("1/0")
 
 
 def test_equal_fingerprints_have_no_difference():
-    assert migrate._differences(fingerprint(), fingerprint()) == []
+    assert cutover.differences(fingerprint(), fingerprint()) == []
     # A sequence ahead on the cluster is fine: ids continue without collision.
-    assert migrate._differences(fingerprint(), fingerprint(seq=11)) == []
+    assert cutover.differences(fingerprint(), fingerprint(seq=11)) == []
 
 
 @pytest.mark.parametrize(
@@ -44,7 +46,7 @@ def test_equal_fingerprints_have_no_difference():
     ],
 )
 def test_each_difference_is_named(cluster, message):
-    assert [d for d in migrate._differences(fingerprint(), cluster) if d.endswith(message)] != []
+    assert [d for d in cutover.differences(fingerprint(), cluster) if d.endswith(message)] != []
 
 
 # pgsql.basebackups as the functional test reads it from a real pg_basebackup (values of this lab).
