@@ -194,11 +194,14 @@ def _check(cluster: Any) -> dict:
 
 
 def _row_hash(found: dict, mode: str) -> str:
-    """How the cutover hashes rows (``pgmigrate.ROW_HASHES``): by record in physical MODE (the
-    cluster is a copy of the source's catalog: same version, same type OIDs, which an enum's or a
-    reg* type's hash is made of) from PostgreSQL 14 on, else as text (logical mode: the cluster's
-    enums have OIDs of their own). FOUND: ``_check``."""
-    return "record" if mode == "physical" and min(found["major"], found["target"]["major"] or 0) >= 14 else "text"
+    """How the cutover hashes rows (``pgmigrate.ROW_HASHES``), from PostgreSQL 14 on at both ends
+    (else as text): by record in physical MODE (the cluster is a copy of the source's catalog:
+    same version, same type OIDs, which an enum's or a reg* type's hash is made of); "portable"
+    in logical mode (by record but the tables with such a column, as text: the cluster's enums
+    have OIDs of their own). FOUND: ``_check``."""
+    if min(found["major"], found["target"]["major"] or 0) < 14:
+        return "text"
+    return "record" if mode == "physical" else "portable"
 
 
 def _cutover(cluster: Any, confirm: Any) -> dict:

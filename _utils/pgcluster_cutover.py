@@ -304,8 +304,13 @@ def cutover(ops: Any, model: dict, c: dict, rec: dict, leader: dict, confirm: An
         raise CutoverError(f"the copy is not done ({', '.join(copying)}): see migrate.status {cluster}")
     roles_in_place(ops, model, c, leader["name"])
     spec = ops.model("routing")(model, cluster)
+    # Before the pause: the copied rows' hint bits set (and statistics), else the verification
+    # inside the pause would write every page of the copy to WAL once more.
+    t = time.monotonic()
+    ops.call(leader["name"], "pgmigrate.vacuum_analyze", dbs, port=c["port"], wait=VERIFY_WAIT)
+    prepared = {"vacuum_analyze_s": round(time.monotonic() - t, 2)}
     with _routing_lock(ops, cluster):
-        timings, t0 = {}, time.monotonic()
+        timings, t0 = prepared, time.monotonic()
         _pause(ops, c, dbs, spec)
         timings["pause_s"] = round(time.monotonic() - t0, 2)
         t = time.monotonic()

@@ -43,3 +43,70 @@ def test_waiting_for_wal_a_server_that_replays_none_is_named(server, pgmigrate):
 
     with pytest.raises(CommandExecutionError, match=r"did not replay the source's WAL up to 0/3000060 within 0.3 s"):
         pgmigrate.fingerprint(["shop"], port=server["port"], replayed="0/3000060", replay_wait=0.3)
+
+
+def test_vacuum_analyze_leaves_every_page_of_fresh_rows_all_visible_with_statistics(server, pgmigrate):
+    """What a subscription copied, vacuumed before the cutover: every page all-visible (its rows'
+    hint bits set, so the verification inside the pause writes nothing) and the planner's
+    statistics there."""
+    q = pgmigrate.__salt__["pgsql.query"]
+    port = server["port"]
+    q("CREATE TABLE public.fresh AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 20000) g", port=port,
+      dbname="shop")  # fmt: skip
+    try:
+        state = ("SELECT c.relpages, c.relallvisible, s.last_analyze IS NOT NULL FROM pg_class c "
+                 "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.relname = 'fresh'")  # fmt: skip
+        assert q(state, port=port, dbname="shop")[0][1:] == ["0", "f"]
+        out = pgmigrate.vacuum_analyze(["shop"], port=port)
+        assert set(out) == {"shop"} and out["shop"] >= 0
+        pages, visible, analyzed = q(state, port=port, dbname="shop")[0]
+        assert int(pages) > 0 and visible == pages and analyzed == "t"
+    finally:
+        q("DROP TABLE public.fresh", port=port, dbname="shop")
+
+
+ENUMS = """CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+CREATE TABLE public.feelings (id int, m mood); CREATE TABLE public.moods (id int, ms mood[]);
+CREATE TABLE public.nums (n posint, t text); CREATE TABLE public.rels (r regclass);
+INSERT INTO public.feelings VALUES (1, 'ok'), (2, 'happy'); INSERT INTO public.moods VALUES (1, '{sad,ok}');
+INSERT INTO public.nums VALUES (1, 'a'), (2, 'b'); INSERT INTO public.rels VALUES ('pg_class')"""
+
+
+@pytest.fixture()
+def two_catalogs(server, pgmigrate):
+    """The same tables and rows in shop and in a second database whose enum got another OID (a
+    logical copy's schema restore), as a migration's two ends."""
+    q = pgmigrate.__salt__["pgsql.query"]
+    port = server["port"]
+    q("CREATE DATABASE copy TEMPLATE template0", port=port)
+    q("CREATE TYPE other AS ENUM ('x'); " + ENUMS, port=port, dbname="copy")
+    q(ENUMS, port=port, dbname="shop")
+    yield q
+    q("DROP DATABASE copy", port=port)
+    q("DROP TABLE public.feelings, public.moods, public.nums, public.rels; DROP TYPE mood; DROP DOMAIN posint",
+      port=port, dbname="shop")  # fmt: skip
+
+
+def test_portable_hashing_hashes_oid_bound_tables_as_text_and_matches_across_catalogs(server, pgmigrate, two_catalogs):
+    """An enum's hash is its OID: by record, equal rows in the two catalogs differ; "portable"
+    hashes those tables (an enum, an array of it, a reg* type) as text and the others by record
+    (a domain over int is its base type), so that both ends agree."""
+    port = server["port"]
+    ends = [pgmigrate.fingerprint([db], port=port, row_hash="portable")[db]["tables"] for db in ("shop", "copy")]
+    hashes = {t: ends[0][t]["hash"] for t in ("public.feelings", "public.moods", "public.rels", "public.nums")}
+    assert hashes == {"public.feelings": "text", "public.moods": "text", "public.rels": "text", "public.nums": "record"}
+    assert ends[0]["public.customers"]["hash"] == "record"
+    for table in hashes:
+        assert ends[0][table] == ends[1][table], table
+    by_record = [pgmigrate.fingerprint([db], port=port, row_hash="record")[db]["tables"] for db in ("shop", "copy")]
+    assert by_record[0]["public.feelings"]["checksum"] != by_record[1]["public.feelings"]["checksum"]
+
+
+@pytest.mark.parametrize("row_hash", ["text", "record"])
+def test_a_column_named_t_does_not_stand_for_the_row(server, pgmigrate, two_catalogs, row_hash):
+    """nums has a column named t: the whole row is hashed all the same (a change in n moves it)."""
+    port = server["port"]
+    before = pgmigrate.fingerprint(["shop"], port=port, row_hash=row_hash)["shop"]["tables"]["public.nums"]
+    two_catalogs("UPDATE public.nums SET n = 7 WHERE n = 2", port=port, dbname="shop")
+    after = pgmigrate.fingerprint(["shop"], port=port, row_hash=row_hash)["shop"]["tables"]["public.nums"]
+    assert after["rows"] == before["rows"] and after["checksum"] != before["checksum"]

@@ -103,12 +103,15 @@ def test_a_logical_cutover_pauses_freezes_verifies_then_routes_and_cleans_up(tmp
     out = cutover.cutover(ops, MODEL, MAIN, record(), LEADER, True)
     assert out["cut_over"] is True and out["databases"] == {"shop": {"tables": 1, "rows": 3, "sequences": 1}}
     steps = ops.steps()
-    order = ["app1 pgbouncer.pause", "legacy pgmigrate.freeze", "legacy pgmigrate.fingerprint", "master save",
-             "app1 pgbouncer.repoint", "pg1 pgmigrate.unsubscribe", "legacy pgmigrate.source_close"]  # fmt: skip
+    order = ["pg1 pgmigrate.vacuum_analyze", "app1 pgbouncer.pause", "legacy pgmigrate.freeze",
+             "legacy pgmigrate.fingerprint", "master save", "app1 pgbouncer.repoint", "pg1 pgmigrate.unsubscribe",
+             "legacy pgmigrate.source_close"]  # fmt: skip
     assert [steps.index(s) for s in order] == sorted(steps.index(s) for s in order)
     assert ops.saved[0]["verified"] and ops.saved[-1] is None
     assert "legacy pgmigrate.thaw" not in steps
-    assert {"pause_s", "freeze_s", "catch_up_s", "verify_s", "paused_s", "clean_up_s"} <= set(out["timings"])
+    assert {"vacuum_analyze_s", "pause_s", "freeze_s", "catch_up_s", "verify_s", "paused_s", "clean_up_s"} <= set(
+        out["timings"]
+    )
 
 
 def test_a_difference_gives_the_source_back_thawing_only_this_migrations_databases(tmp_path):
