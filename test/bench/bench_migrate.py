@@ -136,6 +136,7 @@ def migrate(mode: str) -> dict:
             time.sleep(1)
         copy_s = time.monotonic() - t0
         cut = run("cutover", "confirm=True")
+        print(f"{mode} cutover: {cut['timings']}", flush=True)
         time.sleep(3)
     finally:
         report = writer.stop()
