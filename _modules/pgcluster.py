@@ -123,6 +123,28 @@ def check() -> list[str]:
     return []
 
 
+def standby_cluster(cluster: str) -> dict:
+    """When CLUSTER declares a physical migration and Patroni runs it now as a standby cluster of
+    its source (after ``migrate.start``, until the cutover): {"source", "standby_leader"}; else
+    {}. The states that need a leader (routing, pgBackRest's check) keep still meanwhile.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt app1 pgcluster.standby_cluster main
+    """
+    model = settings()
+    c = model["clusters"].get(cluster) or {}
+    m = c.get("migrate") or {}
+    if m.get("mode") != "physical":
+        return {}
+    apis = {x: __utils__["pgcluster_model.api_url"](model, x) for x in c["members"]}
+    cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
+    standby = __utils__["pgcluster_routing.standby_leader"](apis, cafile=cafile)
+    return {"source": m["source"], "standby_leader": standby} if standby else {}
+
+
 def _yaml(data: dict) -> str:
     return "# Managed by Salt (pgcluster formula).\n" + salt.utils.yaml.safe_dump(data, default_flow_style=False)
 

@@ -62,14 +62,21 @@ def stanza_present(name: str, timeout: float = 600) -> dict:
     return ret
 
 
-def checked(name: str, timeout: float = 300) -> dict:
+def checked(name: str, timeout: float = 300, cluster: str | None = None) -> dict:
     """``pgbackrest check`` passes for stanza NAME: the leader's WAL reaches the repository.
 
     A verification: never a change. Under ``test=True`` it is not run (it forces a WAL switch).
+    Not while CLUSTER runs as a standby cluster of a physical migration's source (no primary to
+    check; the cutover moves the stanza to the new system, backs it up and checks it).
     """
     ret = _ret(name)
     if __opts__.get("test"):
         ret["comment"] = "archiving is checked on a real run only"
+        return ret
+    standby = __salt__["pgcluster.standby_cluster"](cluster) if cluster else {}
+    if standby:
+        ret["comment"] = (f"stanza {name}: not checked, {cluster} is a standby cluster of {standby['source']} "
+                          "(physical migration): its cutover upgrades the stanza and takes a full backup")  # fmt: skip
         return ret
     try:
         _until(lambda: __salt__["pgbackrest.check"](name, timeout=timeout), timeout)

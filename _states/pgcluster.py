@@ -415,7 +415,8 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
 
     The leader is read from Patroni (the formula's one leader finder); waits up to TIMEOUT
     seconds for the cluster to have one (on a first deployment the database servers bootstrap
-    at the same time).
+    at the same time). A standby cluster of a physical migration's source has none until the
+    cutover: its routes are kept as they are.
     """
     ret = _ret(name)
     spec = __salt__["pgcluster.settings"]()["node"]["routing"].get(name)
@@ -426,9 +427,15 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + (5 if __opts__.get("test") else timeout)
     while True:
         leader = __utils__["pgcluster_routing.find_leader"](apis, cafile=spec.get("cafile"))
-        if leader or time.monotonic() >= deadline:
+        standby = {} if leader else __salt__["pgcluster.standby_cluster"](name)
+        if leader or standby or time.monotonic() >= deadline:
             break
         time.sleep(2)
+    if standby:
+        ret["comment"] = (f"cluster {name} is a standby cluster of {standby['source']} (physical migration, standby "
+                          f"leader {standby['standby_leader']}): routes kept, the migrated databases go to their "
+                          "source until the cutover")  # fmt: skip
+        return ret
     if leader is None:
         ret.update(result=False, comment=f"cluster {name} has no leader accepting writes after {timeout:.0f} s")
         return ret

@@ -1157,6 +1157,7 @@ def derive(model: dict, minion_id: str, migrating: dict | None = None) -> dict:
         standby = physical_source(model, c) if running else None
         node["patroni_config"] = patroni_config(model, node["member"], minion_id, standby=standby)
         node["dynamic_config"] = dynamic_config(model, node["member"])
+        node["standby_of"] = m["source"] if running else None
     if node["etcd"]:
         node["etcd_endpoints"] = etcd_endpoints(model, node["etcd"])
         node["etcd_peers"] = etcd_peers(model, node["etcd"])

@@ -142,6 +142,20 @@ def find_leader(
     }
 
 
+def standby_leader(apis: dict[str, str], timeout: float = 2.0, cafile: str | None = None) -> str | None:
+    """The member of APIS that the members name standby leader (a Patroni standby cluster, as a
+    physical migration runs one until its cutover), None when none does or they disagree."""
+    ctx = _context(cafile, None, None)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(len(apis), 1))
+    try:
+        views = _views(pool, apis, timeout, ctx)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    named = {m.get("name") for v in views.values() if isinstance(v, dict) for m in v.get("members") or []
+             if m.get("role") == "standby_leader" and m.get("name") in apis}  # fmt: skip
+    return named.pop() if len(named) == 1 else None
+
+
 def readable(view: dict) -> list[str]:
     """The members of a GET /cluster VIEW that may serve reads: replicas streaming at most
     REPLICA_MAX_LAG bytes behind (sorted names)."""

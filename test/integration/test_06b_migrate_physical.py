@@ -171,6 +171,29 @@ def test_a_second_start_is_refused(before):
     assert rc != 0 and "a migration of main from legacy was started at" in out["error"]
 
 
+def test_a_highstate_while_the_cluster_follows_the_source_fails_nothing_and_changes_nothing(before):
+    """A scheduled highstate during the migration: the states that need a writable leader stand
+    aside and say why (PgBouncer's routes kept, pgBackRest's check, the members' dynamic
+    configuration and synchronous promise) instead of waiting 300 s each and failing; nothing
+    changes; the cluster goes on following the source."""
+    t = time.monotonic()
+    ret = highstate()
+    took = time.monotonic() - t
+    assert failed_states(ret) == {m: [] for m in ret}, failed_states(ret)
+    assert changed_states(ret) == {m: [] for m in ret}, changed_states(ret)
+    aside = {m: sorted(s["__id__"] for s in states.values() if "standby cluster of legacy" in str(s.get("comment")))
+             for m, states in ret.items()}  # fmt: skip
+    assert aside["app1"] == ["pgbouncer-routes-main-to-leader"], aside
+    assert aside["backup"] == ["pgbackrest-stanza-main-archiving-checked"], aside
+    member_ids = {s["__id__"] for s in ret["pg1"].values()}
+    assert "patroni-cluster-synchronous" not in member_ids and "patroni-dynamic-config-applied" not in member_ids
+    assert took < 180, took
+    print(f"highstate while migrating: {took:.1f} s")
+    rc, st = run("status")
+    assert rc == 0 and st["streaming"] is True and st["standby_leader"], st
+    assert set(shop_routes().values()) == {SOURCE}
+
+
 def test_abort_puts_the_cluster_back_as_it_was(before):
     rc, out = run("abort")
     assert rc == 0 and out["aborted"] is True, out

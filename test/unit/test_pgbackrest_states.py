@@ -48,3 +48,18 @@ def test_an_error_that_will_not_pass_fails_at_once(code, monkeypatch):
     ret = mod.stanza_present("main", timeout=60)
     assert ret["result"] is False and f"[{code:03}]" in ret["comment"]
     assert len(calls) == 1
+
+
+def test_a_standby_cluster_of_a_migration_is_not_checked_and_not_waited_for(monkeypatch):
+    """After migrate.start (physical) the cluster has no primary: pgbackrest check would fail
+    after its whole timeout; the state says why it does not check, at once."""
+    checks = []
+    salt = {"pgbackrest.check": lambda name, timeout: checks.append(name),
+            "pgcluster.standby_cluster": lambda c: {"source": "legacy", "standby_leader": "pg1"}}  # fmt: skip
+    mod = load_module("states", "pgbackrest", salt=salt, opts={"test": False})
+    ret = mod.checked("main", cluster="main")
+    assert ret["result"] is True and ret["changes"] == {} and checks == []
+    assert "main is a standby cluster of legacy" in ret["comment"]
+    # Not a standby cluster: checked as always.
+    salt["pgcluster.standby_cluster"] = lambda c: {}
+    assert mod.checked("main", cluster="main")["result"] is True and checks == ["main"]

@@ -663,3 +663,16 @@ def test_without_a_started_physical_migration_the_cluster_bootstraps_as_before(m
     assert "standby_cluster" not in conf["bootstrap"]["dcs"] and "clone_source" not in conf["postgresql"]
     assert conf["postgresql"]["create_replica_methods"] == ["pgbackrest", "basebackup"]
     assert "hot_standby_feedback" not in conf["postgresql"]["parameters"]
+
+
+def test_a_member_knows_it_runs_as_a_standby_cluster_of_the_source_only_once_started():
+    """node.standby_of: the states that need a writable leader (the dynamic configuration, the
+    synchronous promise) stand aside while the member follows the source."""
+    assert _member_settings(PHYSICAL, {"pgcluster_migrating": {"main": "legacy"}})["node"]["standby_of"] == "legacy"
+    assert _member_settings(PHYSICAL, {})["node"]["standby_of"] is None
+    assert (
+        _member_settings({**PHYSICAL, "mode": "logical"}, {"pgcluster_migrating": {"main": "legacy"}})["node"][
+            "standby_of"
+        ]
+        is None
+    )

@@ -239,3 +239,14 @@ def test_the_cutover_mark_goes_with_the_migrate_block(tmp_path):
     assert routing.install_route(done, "198.18.0.12", 3, SYSTEM) == (True, None)
     assert "cut over" not in (tmp_path / "routing-main.ini").read_text()
     assert routing.routed(done)["cut"] == []
+
+
+def test_a_standby_cluster_has_a_standby_leader_and_no_leader():
+    """Recorded while a physical migration ran the cluster as a standby cluster of the source:
+    no member accepts writes, pg1 is its standby leader."""
+    standby = {"/cluster": "cluster_standby", "/primary": "primary_on_standby_leader"}
+    with patroni_replay({"pg1": standby, "pg2": None, "pg3": None}) as apis:
+        assert routing.find_leader(apis, timeout=1) is None
+        assert routing.standby_leader(apis, timeout=1) == "pg1"
+    with patroni_replay({"pg1": REPLICA, "pg2": LEADER, "pg3": REPLICA}) as apis:
+        assert routing.standby_leader(apis) is None

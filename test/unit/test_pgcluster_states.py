@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pgctest import load_module
 
@@ -140,8 +142,9 @@ def test_monitoring_role_gets_pg_monitor_and_connect_and_nothing_else(monitor):
         "pgcluster_monitor": ["attributes"]}  # fmt: skip
 
 
-def routed_state(tmp_path, leader: dict):
-    """pgcluster.pgbouncer_routed with a routing spec in TMP_PATH and find_leader answering LEADER."""
+def routed_state(tmp_path, leader: dict | None, standby: dict | None = None):
+    """pgcluster.pgbouncer_routed with a routing spec in TMP_PATH, find_leader answering LEADER
+    and pgcluster.standby_cluster STANDBY."""
     members = {n: {"address": a, "api": f"https://{a}:8008"}
                for n, a in (("pg1", "198.18.0.11"), ("pg2", "198.18.0.12"), ("pg3", "198.18.0.13"))}  # fmt: skip
     spec = {"cluster": "main", "members": members, "port": 5432, "databases": ["app"], "sources": {},
@@ -149,8 +152,8 @@ def routed_state(tmp_path, leader: dict):
     settings = {"node": {"routing": {"main": spec}}}
     utils = load_module("states", "pgcluster").__utils__
     utils["pgcluster_routing.find_leader"] = lambda apis, **_: leader
-    return load_module("states", "pgcluster", salt={"pgcluster.settings": lambda: settings}, utils=utils,
-                       opts={"test": False}), spec  # fmt: skip
+    salt = {"pgcluster.settings": lambda: settings, "pgcluster.standby_cluster": lambda name: standby or {}}
+    return load_module("states", "pgcluster", salt=salt, utils=utils, opts={"test": False}), spec
 
 
 def test_routing_state_owns_the_writes_not_which_replica_takes_the_reads(tmp_path):
@@ -165,3 +168,16 @@ def test_routing_state_owns_the_writes_not_which_replica_takes_the_reads(tmp_pat
     leader.update(name="pg3", timeline=4, replicas=["pg2"])
     assert mod.pgbouncer_routed("main")["changes"] == {"leader": "198.18.0.13"}
     assert "app_ro = host=198.18.0.12" in (tmp_path / "routing-main.ini").read_text()
+
+
+def test_a_standby_cluster_of_a_migration_keeps_its_routes_without_waiting(tmp_path):
+    """After migrate.start (physical) the cluster has no leader accepting writes, only a standby
+    leader: the routes stay (the migrated databases go to their source), no 300 s wait."""
+    mod, spec = routed_state(tmp_path, None, {"source": "legacy", "standby_leader": "pg1"})
+    (tmp_path / "routing-main.ini").write_text("shop = host=198.18.0.40 port=5432\n")
+    start = time.monotonic()
+    ret = mod.pgbouncer_routed("main", timeout=300)
+    assert time.monotonic() - start < 5
+    assert ret["result"] is True and ret["changes"] == {}, ret
+    assert "standby cluster of legacy" in ret["comment"] and "routes kept" in ret["comment"]
+    assert (tmp_path / "routing-main.ini").read_text() == "shop = host=198.18.0.40 port=5432\n"

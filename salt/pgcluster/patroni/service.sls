@@ -49,7 +49,10 @@ patroni-cluster-healthy:
       - service: patroni-service-running
 
 {#- bootstrap.dcs only counts when the cluster is created: afterwards the profile and the
-    shared PostgreSQL parameters are kept in the DCS by PATCHing only what differs. #}
+    shared PostgreSQL parameters are kept in the DCS by PATCHing only what differs. Not while
+    this member runs as a standby cluster of a physical migration's source (its grain says so):
+    that cluster has no synchronous replication until its cutover, which applies pillar's. #}
+{%- if not pgcluster.node.get("standby_of") %}
 patroni-dynamic-config-applied:
   patroni.dynamic_config:
     - config: {{ pgcluster.node.dynamic_config | json }}
@@ -67,4 +70,5 @@ patroni-cluster-synchronous:
     - timeout: 300
     - require:
       - patroni: patroni-dynamic-config-applied
+{%- endif %}
 {%- endif %}

@@ -22,6 +22,7 @@ pgbackrest-stanza-{{ stanza }}-present:
 pgbackrest-stanza-{{ stanza }}-archiving-checked:
   pgbackrest.checked:
     - name: {{ stanza }}
+    - cluster: {{ name }}
     - require:
       - pgbackrest: pgbackrest-stanza-{{ stanza }}-present
 
