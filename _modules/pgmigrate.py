@@ -51,6 +51,9 @@ SNAKEOIL = "/etc/ssl/certs/ssl-cert-snakeoil.pem"  # Debian's default server cer
 # Whether the server's new sessions are read-only (the configured value: the migration's own
 # sessions override it, see _q).
 READ_ONLY = "SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'"
+# The databases made read-only by ALTER DATABASE (a logical migration's freeze).
+DATABASES_READ_ONLY = ("SELECT d.datname FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                       "WHERE s.setrole = 0 AND 'default_transaction_read_only=on' = ANY (s.setconfig)")  # fmt: skip
 # A subscription's state per table (pg_subscription_rel.srsubstate).
 TABLE_STATES = {"i": "initializing", "d": "copying", "f": "copied", "s": "synchronized", "r": "ready"}
 
@@ -453,9 +456,10 @@ def source_progress(databases: list, port: int = 5432) -> dict:
     slots = {s[0]: s for s in _q(f"SELECT slot_name, active, confirmed_flush_lsn, pg_wal_lsn_diff("
                                  f"pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots "
                                  f"WHERE slot_name LIKE {like}", port)}  # fmt: skip
+    frozen = {r[0] for r in _q(DATABASES_READ_ONLY, port)}
     out: dict[str, Any] = {
         "lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0],
-        "read_only": _q(READ_ONLY, port)[0][0] == "on",
+        "read_only": _q(READ_ONLY, port)[0][0] == "on" or set(databases) <= frozen,
         "databases": {},
     }
     for db in databases:
@@ -478,10 +482,14 @@ def _frozen(hba: str) -> list | str | None:
         lines = f.read().splitlines()
     if FROZEN_BEGIN not in lines:
         return None
-    first = lines[lines.index(FROZEN_BEGIN) + 1]
-    if not first.startswith(FROZEN_DATABASES):
-        return "all"  # a block without the record (an earlier version): keep refusing, whatever it named
-    return json.loads(first[len(FROZEN_DATABASES) :])
+    block = lines[lines.index(FROZEN_BEGIN) + 1 :]
+    if block[0].startswith(FROZEN_DATABASES):
+        return json.loads(block[0][len(FROZEN_DATABASES) :])
+    # A block an earlier version wrote, without the record: what its "local <dbs> all reject" names.
+    refusal = next((line.split() for line in block if line.startswith("local ") and line.endswith(" all reject")), None)
+    if refusal is None or refusal[1] == "all":
+        return "all"
+    return [name.strip('"').replace('""', '"') for name in refusal[1].split(",")]
 
 
 def _frozen_lines(frozen: list | str, superuser: str, migrating: bool) -> list[str]:
@@ -497,10 +505,10 @@ def _frozen_lines(frozen: list | str, superuser: str, migrating: bool) -> list[s
 
 
 def freeze(databases: list, port: int = 5432, every_database: bool = False) -> dict:
-    """Make this server read-only for the cutover: new transactions read-only by default
-    (``default_transaction_read_only``), new client connections to DATABASES (to every database
-    with EVERY_DATABASE: a physical migration moves them all) refused by a block at the top of
-    pg_hba.conf (the local superuser excepted), both by ALTER SYSTEM / file and one reload; then
+    """Make DATABASES read-only for the cutover: their new transactions read-only by default
+    (``default_transaction_read_only`` by ALTER DATABASE; with EVERY_DATABASE, a physical
+    migration moving them all, by ALTER SYSTEM: the whole server), their new client connections
+    refused by a block at the top of pg_hba.conf (the local superuser excepted), one reload; then
     every client session of those databases ended (the migration's own walsenders kept). A client
     that would say ``BEGIN READ WRITE`` cannot come in. The block stays after the cutover (the
     source must take no more writes) and adds the databases of a second migration from this
@@ -514,15 +522,16 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
         salt legacy pgmigrate.freeze '[shop]'
     """
     (hba, me, ssl) = _q("SELECT current_setting('hba_file'), current_user, current_setting('ssl')", port)[0]
-    _q("ALTER SYSTEM SET default_transaction_read_only = on", port)
     before = _frozen(hba)
     if every_database or before == "all":
         frozen: list | str = "all"
-    else:
+        _q("ALTER SYSTEM SET default_transaction_read_only = on", port)
+    else:  # only these databases: the server's others keep taking writes
         frozen = [*(before or []), *(d for d in databases if d not in (before or []))]
+        _q("".join(f"ALTER DATABASE {_ident(d)} SET default_transaction_read_only = on;\n" for d in databases), port)
     _write_block(hba, _frozen_lines(frozen, me, ssl == "on"), top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
     _reload(port)
-    for _ in range(50):  # the postmaster applies a reload asynchronously
+    for _ in range(50 if frozen == "all" else 0):  # the postmaster applies a reload asynchronously
         if _q(READ_ONLY, port)[0][0] == "on":
             break
         time.sleep(0.1)
@@ -555,8 +564,9 @@ def _unfreeze(hba: str, databases: list | None, port: int, migrating: bool = Tru
 
 def thaw(port: int = 5432, databases: list | None = None) -> dict:
     """Undo ``freeze`` for DATABASES (all of them when not given): their clients come in again
-    (out of the pg_hba block) and, once no database stays frozen, this server takes writes again.
-    A database frozen by an earlier migration from this server stays refused. Idempotent.
+    (out of the pg_hba block) and they take writes again (and the whole server, once no database
+    stays frozen). A database frozen by an earlier migration from this server stays refused and
+    read-only. Idempotent.
     Returns {"frozen": what stays refused}.
 
     CLI Example:
@@ -566,8 +576,18 @@ def thaw(port: int = 5432, databases: list | None = None) -> dict:
         salt legacy pgmigrate.thaw
         salt legacy pgmigrate.thaw databases='[billing]'
     """
+    if isinstance(databases, str):  # databases=shop on the command line: one database, not its letters
+        databases = [databases]
     (hba,) = _q("SELECT current_setting('hba_file')", port)[0]
+    before = _frozen(hba)
     left = _unfreeze(hba, databases, port)
+    gone = [] if before in (None, "all") else [d for d in before if d not in left]
+    existing = {r[0] for r in _q("SELECT datname FROM pg_database", port)}
+    resets = "".join(
+        f"ALTER DATABASE {_ident(d)} RESET default_transaction_read_only;\n" for d in gone if d in existing
+    )
+    if resets:
+        _q(resets, port)
     if not left:
         _q("ALTER SYSTEM RESET default_transaction_read_only", port)
     _reload(port)
@@ -592,9 +612,12 @@ KINDS = {"tables": "'r', 'p'", "views": "'m'"}
 # The row as "t.*", never a bare "t": in a table with a column named t that would be the column.
 ROW_HASHES = {"record": "hash_record_extended(t.*, 0)", "text": "hashtextextended((t.*)::text, 0)"}
 # "portable" (a logical copy: two catalogs): "record" for every table but those with a column
-# whose hash is not the same in another cluster, listed here (as text): a type, seen through
-# domains and arrays, that is an enum, a composite, a range or a reg* type (their values or
-# hashes are OIDs), or a nondeterministic collation (hashed by its ICU sort key).
+# whose hash may not be the same in another cluster, listed here (as text): a type, seen through
+# domains and arrays, that is an enum (its hash is its OID), a reg* type or aclitem (their values
+# are OIDs), a composite or a range (they hash their members: conservatively), or a
+# nondeterministic collation (hashed by its ICU sort key). By record, values compare by their
+# type's equality: numeric 1.0 and 1.00, citext 'A' and 'a' hash alike (text hashing tells them
+# apart); a logical copy writes each value as the source's text, so they do not differ there.
 OID_BOUND = """WITH RECURSIVE used (rel, typ) AS (
 SELECT a.attrelid, a.atttypid FROM pg_attribute a WHERE a.attnum > 0 AND NOT a.attisdropped
 UNION SELECT u.rel, x.typ FROM used u JOIN pg_type t ON t.oid = u.typ
@@ -602,7 +625,8 @@ CROSS JOIN LATERAL (VALUES (t.typbasetype), (t.typelem)) x (typ) WHERE x.typ <> 
 SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 AND n.nspname !~ '^pg_' AND (c.oid IN (SELECT u.rel FROM used u JOIN pg_type t ON t.oid = u.typ
-WHERE t.typtype NOT IN ('b', 'd') OR (t.typnamespace = 'pg_catalog'::regnamespace AND t.typname ~ '^reg'))
+WHERE t.typtype NOT IN ('b', 'd')
+OR (t.typnamespace = 'pg_catalog'::regnamespace AND (t.typname ~ '^reg' OR t.typname = 'aclitem')))
 OR c.oid IN (SELECT a.attrelid FROM pg_attribute a JOIN pg_collation l ON l.oid = a.attcollation
 WHERE a.attnum > 0 AND NOT a.attisdropped AND NOT l.collisdeterministic))"""
 ROW_SUM = """SET lc_messages = 'C'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
@@ -634,13 +658,22 @@ def _checksums(db: str, kind: str, port: int, row_hash: str) -> dict:
     return {name: _row_sum(db, name, port, "text" if name in bound else "record") for name in names}
 
 
-def _replayed_to(lsn: str, port: int, wait: float) -> None:
-    """Wait until this hot standby has replayed WAL up to LSN; CommandExecutionError after WAIT s."""
+def replayed_to(lsn: str, port: int = 5432, wait: float = 60) -> bool:
+    """Wait until this hot standby (a physical migration's standby leader) has replayed WAL up to
+    LSN (the frozen source's last); CommandExecutionError after WAIT seconds. Returns True.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.replayed_to 0/3000060
+    """
     deadline = time.monotonic() + wait
     while _q(f"SELECT coalesce(pg_last_wal_replay_lsn() >= {_lit(lsn)}::pg_lsn, false)", port)[0][0] != "t":
         if time.monotonic() >= deadline:
             raise CommandExecutionError(f"this server did not replay the source's WAL up to {lsn} within {wait} s")
         time.sleep(0.05)
+    return True
 
 
 def fingerprint(
@@ -649,8 +682,6 @@ def fingerprint(
     tables: bool = True,
     views: bool = True,
     row_hash: str = "text",
-    replayed: str | None = None,
-    replay_wait: float = 60,
 ) -> dict:
     """What the cutover compares between the source and the cluster, per database: each table's
     row count and checksum (the sum of its rows' hashes, in any order; a partitioned table as a
@@ -659,8 +690,6 @@ def fingerprint(
     "record" (faster; PostgreSQL 14 and later, a physical copy at the other end) or "portable"
     (by record but the tables whose hash would be made of OIDs, as text; a logical copy at the
     other end), see ``ROW_HASHES``. Reads everything (without TABLES, not the tables): run it when no one writes.
-    REPLAYED: on a hot standby, first wait up to REPLAY_WAIT seconds until it has replayed WAL up to
-    that position (the frozen source's last: one job instead of polling from the master).
 
     CLI Example:
 
@@ -668,8 +697,6 @@ def fingerprint(
 
         salt legacy pgmigrate.fingerprint '[shop]'
     """
-    if replayed:
-        _replayed_to(replayed, port, replay_wait)
     out = {}
     for db in databases:
         seqs = _q("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences", port, db)

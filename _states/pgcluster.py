@@ -431,6 +431,10 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
         if leader or standby or time.monotonic() >= deadline:
             break
         time.sleep(2)
+    if standby and not os.path.exists(spec["path"]):
+        ret.update(result=False, comment=f"cluster {name} is a standby cluster of {standby['source']} (physical "
+                   "migration) and this host has no routes yet: run the highstate again after the cutover")  # fmt: skip
+        return ret
     if standby:
         ret["comment"] = (f"cluster {name} is a standby cluster of {standby['source']} (physical migration, standby "
                           f"leader {standby['standby_leader']}): routes kept, the migrated databases go to their "

@@ -167,19 +167,15 @@ def roles_in_place(ops: Any, model: dict, c: dict, leader: str) -> None:
                            "was done)")  # fmt: skip
 
 
-def _fingerprints(
-    ops: Any, c: dict, rec: dict, member: str, views: bool, replayed: dict | None = None
-) -> tuple[dict, dict]:
+def _fingerprints(ops: Any, c: dict, rec: dict, member: str, views: bool) -> tuple[dict, dict]:
     """``pgmigrate.fingerprint`` of the migrated databases on the source and on MEMBER, at once
-    (each thread in a copy of this context: Salt's dunders live in context variables). REPLAYED:
-    MEMBER's own arguments to wait there first for the source's last WAL (a standby leader)."""
+    (each thread in a copy of this context: Salt's dunders live in context variables)."""
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
     row_hash = rec.get("row_hash", "text")  # a migration started by an earlier version: text
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         ends = [pool.submit(contextvars.copy_context().run, ops.call, host,
-                            "pgmigrate.fingerprint", dbs, port=p, views=v, row_hash=row_hash, wait=VERIFY_WAIT, **kw)
-                for host, p, v, kw in ((source, port, True, {}), (member, c["port"], views, replayed or {}))
-                ]  # fmt: skip
+                            "pgmigrate.fingerprint", dbs, port=p, views=v, row_hash=row_hash, wait=VERIFY_WAIT)
+                for host, p, v in ((source, port, True), (member, c["port"], views))]  # fmt: skip
         want, got = (end.result() for end in ends)
     return want, got
 
@@ -197,17 +193,20 @@ def _pause(ops: Any, c: dict, dbs: list, spec: dict) -> None:
 def _give_back(ops: Any, c: dict, source: str, port: int, dbs: list, spec: dict, exc: Exception) -> None:
     """After a failure before the point of no return: the source takes writes again and every
     PgBouncer RESUMEs (whatever the thaw did), CutoverError saying so, or what failed too."""
-    also = ""
+    also, still = "", []
     try:
-        ops.call(source, "pgmigrate.thaw", port=port, databases=dbs, wait=60)
+        still = (ops.call(source, "pgmigrate.thaw", port=port, databases=dbs, wait=60) or {}).get("frozen") or []
     except CommandExecutionError as thaw:
         also = f"; and the source could not be made writable again ({thaw}): run pgmigrate.thaw on {source}"
     finally:
         _on_pgbouncers(ops, c, "pgbouncer.resume", dbs, spec=spec)
     if also:
         raise CutoverError(f"{exc}{also}")
+    # An earlier migration's databases still frozen there keep the server read-only by default.
+    writes = (f"lets clients of {', '.join(dbs)} in again but stays read-only by default: {', '.join(still)} of an "
+              "earlier migration stay frozen (pgmigrate.thaw)") if still else "takes writes again"  # fmt: skip
     raise CutoverError(
-        f"{exc}. {source} takes writes again, PgBouncer still sends {', '.join(dbs)} there; "
+        f"{exc}. {source} {writes}, PgBouncer still sends {', '.join(dbs)} there; "
         "the migration goes on (migrate.status, migrate.abort)"
     )
 
@@ -252,14 +251,17 @@ def _cutover_physical(ops: Any, model: dict, c: dict, rec: dict) -> dict:
                              wait=60)  # fmt: skip
             timings["freeze_s"] = round(time.monotonic() - t, 2)
             t1 = time.monotonic()
-            # The standby leader waits for the source's last WAL in the same job (no polling from
-            # here): catching up and verifying are timed together.
-            replayed = {"replayed": frozen["lsn"], "replay_wait": CATCH_UP_WAIT}
-            want, got = _fingerprints(ops, c, rec, standby, views=True, replayed=replayed)
+            # The standby leader waits for the source's last WAL in one job (no polling from here),
+            # before either end checksums: a standby that does not get there gives the source back
+            # within CATCH_UP_WAIT, not after the source's whole checksum.
+            ops.call(standby, "pgmigrate.replayed_to", frozen["lsn"], c["port"], CATCH_UP_WAIT, wait=CATCH_UP_WAIT + 30)
+            timings["catch_up_s"] = round(time.monotonic() - t1, 2)
+            t1 = time.monotonic()
+            want, got = _fingerprints(ops, c, rec, standby, views=True)
             found = differences(want, got)
             if found:
                 raise CutoverError("verification failed: " + "; ".join(found))
-            timings["catch_up_and_verify_s"] = round(time.monotonic() - t1, 2)
+            timings["verify_s"] = round(time.monotonic() - t1, 2)
         except CommandExecutionError as exc:
             _give_back(ops, c, source, port, dbs, spec, exc)
         verified = {db: {"tables": len(f["tables"]), "rows": sum(x["rows"] for x in f["tables"].values()),
@@ -307,7 +309,9 @@ def cutover(ops: Any, model: dict, c: dict, rec: dict, leader: dict, confirm: An
     # Before the pause: the copied rows' hint bits set (and statistics), else the verification
     # inside the pause would write every page of the copy to WAL once more.
     t = time.monotonic()
-    ops.call(leader["name"], "pgmigrate.vacuum_analyze", dbs, port=c["port"], wait=VERIFY_WAIT)
+    ops.call(
+        leader["name"], "pgmigrate.vacuum_analyze", dbs, port=c["port"], timeout=VERIFY_WAIT, wait=VERIFY_WAIT + 60
+    )
     prepared = {"vacuum_analyze_s": round(time.monotonic() - t, 2)}
     with _routing_lock(ops, cluster):
         timings, t0 = prepared, time.monotonic()

@@ -37,12 +37,12 @@ def test_rows_hashed_by_record_where_every_type_has_a_hash_else_as_text(server, 
 
 
 def test_waiting_for_wal_a_server_that_replays_none_is_named(server, pgmigrate):
-    """REPLAYED makes the standby leader wait in the same job for the frozen source's last WAL; a
-    server that replays nothing (a primary here) is named once the wait is over, nothing read."""
+    """replayed_to makes the standby leader wait in one job for the frozen source's last WAL; a
+    server that replays nothing (a primary here) is named once the wait is over."""
     from salt.exceptions import CommandExecutionError
 
     with pytest.raises(CommandExecutionError, match=r"did not replay the source's WAL up to 0/3000060 within 0.3 s"):
-        pgmigrate.fingerprint(["shop"], port=server["port"], replayed="0/3000060", replay_wait=0.3)
+        pgmigrate.replayed_to("0/3000060", port=server["port"], wait=0.3)
 
 
 def test_vacuum_analyze_leaves_every_page_of_fresh_rows_all_visible_with_statistics(server, pgmigrate):

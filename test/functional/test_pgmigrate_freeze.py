@@ -54,8 +54,11 @@ def test_a_frozen_source_refuses_clients_and_thaw_lets_them_in(server, pgmigrate
               "ORDER BY line_number", port=server["port"])  # fmt: skip
     assert [r for r in rules if r[5]] == []
     assert rules[0][1:5] == ["local", "{all}" if every_database else "{shop}", "{postgres}", "peer"]
-    # The migration's own calls (the superuser over the socket) still work, and see a read-only server.
+    # The migration's own calls (the superuser over the socket) still work, and see a read-only database.
     assert q("SHOW default_transaction_read_only", port=server["port"], dbname="shop") == [["on"]]
+    # The server's other databases keep taking writes in logical mode (only shop moves).
+    other = q("SHOW default_transaction_read_only", port=server["port"], dbname="postgres")
+    assert other == [["on" if every_database else "off"]]
     pgmigrate.thaw(port=server["port"])
     assert as_app(server, WRITE).returncode == 0
     with open(hba, encoding="utf-8") as f:
@@ -72,6 +75,7 @@ def test_a_second_waves_give_back_keeps_the_first_wave_refused(server, pgmigrate
     assert rules[0] == ["{shop,postgres}"]
     assert pgmigrate.thaw(port=server["port"], databases=["postgres"]) == {"frozen": ["shop"]}
     assert "pg_hba.conf rejects connection" in as_app(server, WRITE).stderr
-    assert q("SHOW default_transaction_read_only", port=server["port"]) == [["on"]]
+    assert q("SHOW default_transaction_read_only", port=server["port"], dbname="shop") == [["on"]]
+    assert q("SHOW default_transaction_read_only", port=server["port"]) == [["off"]]
     assert pgmigrate.thaw(port=server["port"], databases=["shop"]) == {"frozen": []}
     assert as_app(server, WRITE).returncode == 0

@@ -28,6 +28,8 @@ def source(tmp_path):
             return [["", str(hba), str(tmp_path / "pg_ident.conf")]]
         if "current_setting('ssl_cert_file')" in sql:
             return [["/etc/ssl/certs/ssl-cert-snakeoil.pem"]]
+        if "SELECT datname FROM pg_database" in sql:
+            return [["shop"], ["billing"]]
         if "SELECT current_user" in sql:
             return [["postgres", "on"]]
         if "current_setting('hba_file')" in sql:
@@ -76,6 +78,8 @@ def test_a_logical_freeze_refuses_clients_of_its_databases_above_everything_else
     sql = "\n".join(source.ran)
     assert sql.index("default_transaction_read_only = on") < sql.index("pg_reload_conf") < sql.index("terminate")
     assert "datname IN ('shop')" in sql
+    # Only shop is made read-only (the server's other databases keep taking writes).
+    assert 'ALTER DATABASE "shop" SET default_transaction_read_only = on' in sql and "ALTER SYSTEM" not in sql
 
 
 def test_a_physical_freeze_refuses_every_database_but_not_replication(source):
@@ -83,6 +87,7 @@ def test_a_physical_freeze_refuses_every_database_but_not_replication(source):
     frozen = rules(source.hba.read_text())[:3]
     assert frozen == ['local all "postgres" peer', "local all all reject", "host all all all reject"]
     assert "datname IN" not in "\n".join(source.ran)
+    assert "ALTER SYSTEM SET default_transaction_read_only = on" in "\n".join(source.ran)
 
 
 def test_freeze_twice_writes_one_block_and_thaw_gives_the_file_back(source):
@@ -121,11 +126,14 @@ def test_a_second_wave_adds_its_databases_and_its_give_back_thaws_only_them(sour
     source.ran.clear()
     assert source.thaw(databases=["billing"]) == {"frozen": ["shop"]}
     assert 'local "shop" all reject' in rules(source.hba.read_text())
-    assert not any("RESET default_transaction_read_only" in q for q in source.ran)
+    # billing takes writes again, shop stays read-only and so does nothing else: per database.
+    assert any('ALTER DATABASE "billing" RESET default_transaction_read_only' in q for q in source.ran)
+    assert not any('"shop" RESET' in q or "ALTER SYSTEM RESET" in q for q in source.ran)
     # The last one thawed: the block goes, the server takes writes again.
     assert source.thaw(databases=["shop"]) == {"frozen": []}
     assert source.FROZEN_BEGIN not in source.hba.read_text()
-    assert any("RESET default_transaction_read_only" in q for q in source.ran)
+    assert any('ALTER DATABASE "shop" RESET default_transaction_read_only' in q for q in source.ran)
+    assert any("ALTER SYSTEM RESET default_transaction_read_only" in q for q in source.ran)
 
 
 def test_a_physical_freeze_covers_every_database_and_a_thaw_of_its_databases_ends_it(source):
@@ -150,3 +158,14 @@ def test_closing_the_migration_drops_the_role_line_and_keeps_refusing(source):
     assert "pgcluster_migrate" not in text and "198.18.0.50" not in text
     assert source.thaw() == {"frozen": []}
     assert source.hba.read_text() == DEBIAN
+
+
+def test_a_block_written_before_the_record_keeps_its_databases(source):
+    """A block an earlier version wrote (no "# refused:" line) names its databases in its reject
+    line: closing the migration or a second wave keeps exactly those, never "all"."""
+    old = ['local "shop" "postgres" peer', 'local "shop" all reject', 'host "shop" all all reject']
+    source._write_block(str(source.hba), old, top=True, begin=source.FROZEN_BEGIN, end=source.FROZEN_END)
+    assert source._frozen(str(source.hba)) == ["shop"]
+    source.freeze(["billing"])
+    assert 'local "shop","billing" all reject' in rules(source.hba.read_text())
+    assert source.thaw(databases="billing") == {"frozen": ["shop"]}  # a string names one database

@@ -126,19 +126,34 @@ def test_a_difference_gives_the_source_back_thawing_only_this_migrations_databas
     assert ops.saved == [] and "app1 pgbouncer.repoint" not in steps
 
 
-def test_a_physical_standby_leader_waits_for_the_last_wal_in_its_fingerprint_job(tmp_path):
+def test_a_physical_standby_leader_waits_for_the_last_wal_in_one_job_before_either_end_checksums(tmp_path):
     ops = FakeOps(tmp_path)
     out = cutover.cutover(ops, MODEL, MAIN, record("physical"), {}, True)
     assert out["leader"] == "pg1" and out["settled"] == {"stanza": "upgraded"}
-    prints = {m: kw for m, f, kw in ops.calls if f == "pgmigrate.fingerprint"}
-    assert prints["pg1"]["replayed"] == "0/3000060" and "replayed" not in prints["legacy"]
-    # Every database of the instance frozen; no polling job between the freeze and the verification.
+    # Every database of the instance frozen; then one job waits on the standby leader (no polling
+    # from the master), and only then both ends checksum.
     freeze = next(kw for m, f, kw in ops.calls if f == "pgmigrate.freeze")
     assert freeze["every_database"] is True
     steps = ops.steps()
-    between = steps[steps.index("legacy pgmigrate.freeze") + 1 : steps.index("pg1 pgmigrate.fingerprint")]
-    assert all(s.endswith("pgmigrate.fingerprint") for s in between)
+    wait = steps.index("pg1 pgmigrate.replayed_to")
+    assert steps[steps.index("legacy pgmigrate.freeze") + 1] == "pg1 pgmigrate.replayed_to"
+    assert wait < steps.index("legacy pgmigrate.fingerprint") and wait < steps.index("pg1 pgmigrate.fingerprint")
     assert steps.index("master save") < steps.index("pg1 promote") < steps.index("app1 pgbouncer.repoint")
+    assert {"catch_up_s", "verify_s", "promote_s"} <= set(out["timings"])
+
+
+def test_a_give_back_says_the_source_stays_read_only_while_an_earlier_wave_stays_frozen(tmp_path):
+    ops = FakeOps(tmp_path, cluster_digest="999")
+    call = ops.call
+
+    def thaw_keeps_wave_1(minion, fun, *args, **kwarg):
+        out = call(minion, fun, *args, **kwarg)
+        return {"frozen": ["crm"]} if fun == "pgmigrate.thaw" else out
+
+    ops.call = thaw_keeps_wave_1
+    with pytest.raises(cutover.CutoverError, match="legacy lets clients of shop in again but stays read-only by "
+                       "default: crm of an earlier migration stay frozen"):  # fmt: skip
+        cutover.cutover(ops, MODEL, MAIN, record(), LEADER, True)
 
 
 def test_without_confirm_nothing_is_done(tmp_path):

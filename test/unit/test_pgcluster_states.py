@@ -181,3 +181,9 @@ def test_a_standby_cluster_of_a_migration_keeps_its_routes_without_waiting(tmp_p
     assert ret["result"] is True and ret["changes"] == {}, ret
     assert "standby cluster of legacy" in ret["comment"] and "routes kept" in ret["comment"]
     assert (tmp_path / "routing-main.ini").read_text() == "shop = host=198.18.0.40 port=5432\n"
+
+
+def test_a_standby_cluster_with_no_routes_here_yet_is_a_failure_not_kept_routes(tmp_path):
+    mod, _ = routed_state(tmp_path, None, {"source": "legacy", "standby_leader": "pg1"})
+    ret = mod.pgbouncer_routed("main", timeout=300)
+    assert ret["result"] is False and "has no routes yet" in ret["comment"]

@@ -50,9 +50,11 @@ patroni-cluster-healthy:
 
 {#- bootstrap.dcs only counts when the cluster is created: afterwards the profile and the
     shared PostgreSQL parameters are kept in the DCS by PATCHing only what differs. Not while
-    this member runs as a standby cluster of a physical migration's source (its grain says so):
-    that cluster has no synchronous replication until its cutover, which applies pillar's. #}
-{%- if not pgcluster.node.get("standby_of") %}
+    this member runs as a standby cluster of a physical migration's source (its grain says so
+    and Patroni names a standby leader: a grain left behind by a cutover that stopped in its
+    settling does not count): that cluster has no synchronous replication until its cutover,
+    which applies pillar's. #}
+{%- if not (pgcluster.node.get("standby_of") and salt["pgcluster.standby_cluster"](name)) %}
 patroni-dynamic-config-applied:
   patroni.dynamic_config:
     - config: {{ pgcluster.node.dynamic_config | json }}
