@@ -543,13 +543,13 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
     return {"lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0], "sessions_ended": int(ended)}
 
 
-def _unfreeze(hba: str, databases: list | None, port: int, migrating: bool = True) -> list | str:
+def _unfreeze(hba: str, databases: list | None, port: int, migrating: bool = True) -> tuple:
     """Rewrite the frozen block of HBA without DATABASES (None: remove it; a block refusing "all"
     goes whole) and, unless MIGRATING (over TLS, as ``freeze`` decides), without the migration
-    role's line; what stays frozen."""
+    role's line; (what was frozen, what stays frozen)."""
     before = _frozen(hba)
     if before is None:
-        return []
+        return None, []
     if databases is None or (before == "all" and databases):
         left: list | str = []
     elif before == "all":
@@ -559,7 +559,7 @@ def _unfreeze(hba: str, databases: list | None, port: int, migrating: bool = Tru
     (me, ssl) = _q("SELECT current_user, current_setting('ssl')", port)[0]
     lines = _frozen_lines(left, me, migrating and ssl == "on") if left else []
     _write_block(hba, lines, top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
-    return left
+    return before, left
 
 
 def thaw(port: int = 5432, databases: list | None = None) -> dict:
@@ -579,8 +579,7 @@ def thaw(port: int = 5432, databases: list | None = None) -> dict:
     if isinstance(databases, str):  # databases=shop on the command line: one database, not its letters
         databases = [databases]
     (hba,) = _q("SELECT current_setting('hba_file')", port)[0]
-    before = _frozen(hba)
-    left = _unfreeze(hba, databases, port)
+    before, left = _unfreeze(hba, databases, port)
     gone = [] if before in (None, "all") else [d for d in before if d not in left]
     existing = {r[0] for r in _q("SELECT datname FROM pg_database", port)}
     resets = "".join(

@@ -115,9 +115,7 @@ def _target(model: dict, c: dict, problems: list[str]) -> dict:
             problems.append(f"member {member} does not answer: {exc}")
     if not rooms:
         raise MigrateError(f"no member of {c['name']} answers: nothing to judge the migration against")
-    apis = {m: __utils__["pgcluster_model.api_url"](model, m) for m in c["members"]}
-    cafile = __utils__["pgcluster_model.pki_files"](model)["ca"]
-    leader = __utils__["pgcluster_routing.find_leader"](apis, timeout=5, cafile=cafile)
+    leader = _step("pgcluster_cutover.find_leader", _Ops(c["name"]), model, c)
     user_tables: dict[str, int] = {}
     found: dict = {}
     if leader is None:
