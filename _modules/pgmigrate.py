@@ -504,7 +504,7 @@ def _frozen_lines(frozen: list | str, superuser: str, migrating: bool) -> list[s
     return [*lines, f"local {dbs} all reject", f"host {dbs} all all reject"]
 
 
-def freeze(databases: list, port: int = 5432, every_database: bool = False) -> dict:
+def freeze(databases: list, port: int = 5432, every_database: bool = False, confirm_wait: float = 0) -> dict:
     """Make DATABASES read-only for the cutover: their new transactions read-only by default
     (``default_transaction_read_only`` by ALTER DATABASE; with EVERY_DATABASE, a physical
     migration moving them all, by ALTER SYSTEM: the whole server), their new client connections
@@ -513,7 +513,11 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
     that would say ``BEGIN READ WRITE`` cannot come in. The block stays after the cutover (the
     source must take no more writes) and adds the databases of a second migration from this
     server to those it already refuses; ``thaw`` removes them. Returns the WAL position after
-    it, which the cluster must reach, and the sessions ended.
+    it (once the ended sessions are gone), which the cluster must reach, and the sessions ended.
+    With CONFIRM_WAIT (a logical cutover: one job, not one per poll), it then waits until every
+    database's migration slot has confirmed that position (the cluster has every committed row;
+    CommandExecutionError after that many seconds) and returns what logical replication does not
+    carry, as the frozen source has it: each database's sequences and populated materialized views.
 
     CLI Example:
 
@@ -537,10 +541,45 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False) -> d
         time.sleep(0.1)
     names = ",".join(_lit(d) for d in databases)
     where = "" if every_database else f"datname IN ({names}) AND "
-    ended = _q(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {where}"
-               f"backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> {_lit(ROLE)}",
-               port)[0][0]  # fmt: skip
-    return {"lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0], "sessions_ended": int(ended)}
+    ended = [pid for pid, done in _q(f"SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}"
+                                     f"backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> "
+                                     f"{_lit(ROLE)}", port) if done == "t"]  # fmt: skip
+    _gone(ended, port)
+    out = {"lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0], "sessions_ended": len(ended)}
+    if confirm_wait:
+        t = time.monotonic()
+        _confirmed(databases, out["lsn"], port, confirm_wait)
+        out["confirm_s"] = round(time.monotonic() - t, 2)
+        out["sequences"] = {db: _sequences(db, port) for db in databases}
+        out["views"] = {db: [n for (n,) in _q(RELATIONS.format(kinds=KINDS["views"]), port, db)] for db in databases}
+    return out
+
+
+def _gone(pids: list, port: int, wait: float = 5) -> None:
+    """Wait (at most WAIT seconds) until the backends PIDS, just told to terminate, have exited:
+    one still committing would write after the position the cutover reads."""
+    deadline = time.monotonic() + wait
+    while pids and _q(f"SELECT pid FROM pg_stat_activity WHERE pid IN ({','.join(str(int(p)) for p in pids)})", port):
+        if time.monotonic() >= deadline:
+            raise CommandExecutionError(f"sessions {pids} did not end within {wait} s of being terminated")
+        time.sleep(0.02)
+
+
+def _confirmed(databases: list, position: str, port: int, wait: float) -> None:
+    """Wait until the migration slot of every database of DATABASES has confirmed the WAL up to
+    POSITION; CommandExecutionError naming those that did not after WAIT seconds."""
+    names = ",".join(_lit(subscription(db)) for db in databases)
+    deadline = time.monotonic() + wait
+    while True:
+        done = {r[0] for r in _q(f"SELECT slot_name FROM pg_replication_slots WHERE slot_name IN ({names}) AND "
+                                 f"confirmed_flush_lsn >= {_lit(position)}::pg_lsn", port)}  # fmt: skip
+        behind = [db for db in databases if subscription(db) not in done]
+        if not behind:
+            return
+        if time.monotonic() >= deadline:
+            raise CommandExecutionError(f"the cluster did not confirm the WAL of {', '.join(behind)} up to {position} "
+                                        f"within {wait} s")  # fmt: skip
+        time.sleep(0.05)
 
 
 def _unfreeze(hba: str, databases: list | None, port: int, migrating: bool = True) -> tuple:
@@ -698,14 +737,35 @@ def fingerprint(
     """
     out = {}
     for db in databases:
-        seqs = _q("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences", port, db)
         out[db] = {
             "tables": _checksums(db, "tables", port, row_hash) if tables else {},
             "views": _checksums(db, "views", port, row_hash) if views else {},
-            "sequences": {name: int(value or 0) for name, value in seqs},
+            "sequences": _sequences(db, port),
             "schema": _q(FINGERPRINT_SCHEMA, port, db)[0][0],
         }
     return out
+
+
+def _sequences(db: str, port: int) -> dict:
+    """{schema.sequence: last value (0: never used)} of DB."""
+    seqs = _q("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences", port, db)
+    return {name: int(value or 0) for name, value in seqs}
+
+
+def finish_copy(databases: list, sequences: dict, views: dict, port: int = 5432, row_hash: str = "text") -> dict:
+    """On the cluster's leader in a logical cutover, once the frozen source's last WAL is here (one
+    job): each sequence set from SEQUENCES (``set_sequences``), the materialized views of VIEWS
+    refreshed (``refresh_views``), then the ``fingerprint`` of DATABASES to compare with the source's.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pg1 pgmigrate.finish_copy '[shop]' '{shop: {public.orders_id_seq: 10}}' '{shop: []}'
+    """
+    set_sequences(sequences, port=port)
+    refresh_views(views, port=port)
+    return fingerprint(databases, port=port, row_hash=row_hash)
 
 
 def refresh_views(views: dict, port: int = 5432) -> dict:

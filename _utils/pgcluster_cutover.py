@@ -85,18 +85,6 @@ def differences(source: dict, cluster: dict) -> list[str]:
     return out
 
 
-def _catch_up(ops: Any, source: str, port: int, dbs: list, position: str) -> None:
-    """Wait until every database's subscription has confirmed the source's WAL up to POSITION."""
-    deadline = time.monotonic() + CATCH_UP_WAIT
-    while time.monotonic() < deadline:
-        here = ops.call(source, "pgmigrate.source_progress", dbs, port=port, wait=30)
-        slots = [here["databases"][db]["slot"] or {} for db in dbs]
-        if all(lsn(s.get("confirmed_flush_lsn")) >= lsn(position) for s in slots):
-            return
-        time.sleep(0.2)
-    raise CutoverError(f"the cluster did not confirm {source}'s WAL up to {position} within {CATCH_UP_WAIT} s")
-
-
 def _routing_lock(ops: Any, cluster: str):
     """CLUSTER's routing lock (the switchover's, the reconcile's): no other route change while the
     cutover moves the databases; CutoverError naming the holder when it is busy."""
@@ -118,27 +106,14 @@ def _on_pgbouncers(ops: Any, c: dict, fun: str, dbs: list, **kwarg: Any) -> dict
 
 
 def _verify(ops: Any, c: dict, rec: dict, leader: str) -> dict:
-    """Wait for the frozen source's last WAL on the cluster, set the sequences, compare both ends;
+    """Compare both ends once the cluster has the frozen source's last WAL: the source's
+    fingerprint and, at once, the leader's after it set the sequences and refreshed the
+    materialized views (what logical replication does not carry) as the frozen source has them;
     the timings. CutoverError naming every difference."""
-    source, port, dbs = rec["source"], rec["port"], rec["databases"]
-    timings = {}
     frozen = rec["frozen"]
     t = time.monotonic()
-    _catch_up(ops, source, port, dbs, frozen["lsn"])
-    timings["catch_up_s"] = round(time.monotonic() - t, 2)
-    t = time.monotonic()
-    # Both ends checksum their tables at once (the cluster's materialized views are refreshed
-    # first, below); then the sequences, set from the source's, are read back with the columns.
-    want, got = _fingerprints(ops, c, rec, leader, views=False)
-    # What logical replication does not carry: sequences, materialized views' data.
-    ops.call(leader, "pgmigrate.set_sequences",
-            {db: f["sequences"] for db, f in want.items()}, port=c["port"], wait=60)  # fmt: skip
-    ops.call(leader, "pgmigrate.refresh_views", {db: list(f["views"]) for db, f in want.items()},
-            port=c["port"], wait=VERIFY_WAIT)  # fmt: skip
-    after = ops.call(leader, "pgmigrate.fingerprint", dbs, port=c["port"], tables=False,
-                    row_hash=rec.get("row_hash", "text"), wait=VERIFY_WAIT)  # fmt: skip
-    got = {db: dict(got[db], **{k: after[db][k] for k in ("views", "sequences", "schema")}) for db in got}
-    timings["verify_s"] = round(time.monotonic() - t, 2)
+    want, got = _fingerprints(ops, c, rec, leader, "pgmigrate.finish_copy", frozen["sequences"], frozen["views"])
+    timings = {"verify_s": round(time.monotonic() - t, 2)}
     found = differences(want, got)
     if found:
         raise CutoverError("verification failed: " + "; ".join(found))
@@ -167,15 +142,16 @@ def roles_in_place(ops: Any, model: dict, c: dict, leader: str) -> None:
                            "was done)")  # fmt: skip
 
 
-def _fingerprints(ops: Any, c: dict, rec: dict, member: str, views: bool) -> tuple[dict, dict]:
-    """``pgmigrate.fingerprint`` of the migrated databases on the source and on MEMBER, at once
-    (each thread in a copy of this context: Salt's dunders live in context variables)."""
+def _fingerprints(ops: Any, c: dict, rec: dict, member: str, fun: str, *args: Any) -> tuple[dict, dict]:
+    """``pgmigrate.fingerprint`` of the migrated databases on the source and, at once, FUN (the
+    same, or a function that returns it) with ARGS after them on MEMBER (each thread in a copy of
+    this context: Salt's dunders live in context variables)."""
     source, port, dbs = rec["source"], rec["port"], rec["databases"]
     row_hash = rec.get("row_hash", "text")  # a migration started by an earlier version: text
+    jobs = ((source, port, "pgmigrate.fingerprint", ()), (member, c["port"], fun, args))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        ends = [pool.submit(contextvars.copy_context().run, ops.call, host,
-                            "pgmigrate.fingerprint", dbs, port=p, views=v, row_hash=row_hash, wait=VERIFY_WAIT)
-                for host, p, v in ((source, port, True), (member, c["port"], views))]  # fmt: skip
+        ends = [pool.submit(contextvars.copy_context().run, ops.call, host, f, dbs, *a, port=p, row_hash=row_hash,
+                            wait=VERIFY_WAIT) for host, p, f, a in jobs]  # fmt: skip
         want, got = (end.result() for end in ends)
     return want, got
 
@@ -257,7 +233,7 @@ def _cutover_physical(ops: Any, model: dict, c: dict, rec: dict) -> dict:
             ops.call(standby, "pgmigrate.replayed_to", frozen["lsn"], c["port"], CATCH_UP_WAIT, wait=CATCH_UP_WAIT + 30)
             timings["catch_up_s"] = round(time.monotonic() - t1, 2)
             t1 = time.monotonic()
-            want, got = _fingerprints(ops, c, rec, standby, views=True)
+            want, got = _fingerprints(ops, c, rec, standby, "pgmigrate.fingerprint")
             found = differences(want, got)
             if found:
                 raise CutoverError("verification failed: " + "; ".join(found))
@@ -319,8 +295,11 @@ def cutover(ops: Any, model: dict, c: dict, rec: dict, leader: dict, confirm: An
         timings["pause_s"] = round(time.monotonic() - t0, 2)
         t = time.monotonic()
         try:
-            frozen = ops.call(source, "pgmigrate.freeze", dbs, port=port, wait=60)
+            # One job: frozen, and the cluster has confirmed the source's last WAL.
+            frozen = ops.call(source, "pgmigrate.freeze", dbs, port=port, confirm_wait=CATCH_UP_WAIT,
+                             wait=CATCH_UP_WAIT + 60)  # fmt: skip
             timings["freeze_s"] = round(time.monotonic() - t, 2)
+            timings["catch_up_s"] = frozen.get("confirm_s")
             timings.update(_verify(ops, c, dict(rec, frozen=frozen), leader["name"]))
         except CommandExecutionError as exc:
             _give_back(ops, c, source, port, dbs, spec, exc)

@@ -29,7 +29,7 @@ def server():
     as_postgres("mkdir", sock)
     as_postgres(f"{BIN}/initdb", "-D", data, "-E", "UTF8", "--locale=C.UTF-8", "-A", "peer")
     as_postgres(f"{BIN}/pg_ctl", "-D", data, "-w", "-l", f"{top}/log", "-o",
-                f"-p {PORT} -k {sock} -c listen_addresses='' -c wal_level=replica", "start")  # fmt: skip
+                f"-p {PORT} -k {sock} -c listen_addresses='' -c wal_level=logical", "start")  # fmt: skip
     try:
         psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", sock, "-p", str(PORT)]
         as_postgres(*psql, "-c", "CREATE DATABASE shop ENCODING 'UTF8' TEMPLATE template0")

@@ -23,12 +23,13 @@ def test_rows_hashed_by_record_where_every_type_has_a_hash_else_as_text(server, 
     by_record = pgmigrate.fingerprint(["shop"], port=server["port"], row_hash="record")["shop"]["tables"]
     as_text = pgmigrate.fingerprint(["shop"], port=server["port"])["shop"]["tables"]
     customers, copy, docs = (by_record[f"public.{t}"] for t in ("customers", "customers_copy", "docs"))
-    assert customers["hash"] == "record" and customers["rows"] == 1000
+    (count,) = shop("SELECT count(*) FROM public.customers", port=server["port"], dbname="shop")[0]
+    assert customers["hash"] == "record" and customers["rows"] == int(count) >= 1000
     # The same rows in another table, in another physical order: the same checksum.
     assert (copy["rows"], copy["checksum"]) == (customers["rows"], customers["checksum"])
     # json has no hash function: that table is hashed as text, the same as the text method says.
     assert docs["hash"] == "text" and docs == as_text["public.docs"]
-    assert as_text["public.customers"]["hash"] == "text" and as_text["public.customers"]["rows"] == 1000
+    assert as_text["public.customers"]["hash"] == "text" and as_text["public.customers"]["rows"] == int(count)
     assert as_text["public.customers"]["checksum"] != customers["checksum"]
     # One row changed: the checksum moves.
     shop("UPDATE public.customers_copy SET name = 'changed' WHERE id = 7", port=server["port"], dbname="shop")

@@ -6,6 +6,7 @@ superuser calls still work, PostgreSQL parses every line pgcluster writes; thaw 
 from __future__ import annotations
 
 import subprocess
+import threading
 
 import pytest
 
@@ -79,3 +80,52 @@ def test_a_second_waves_give_back_keeps_the_first_wave_refused(server, pgmigrate
     assert q("SHOW default_transaction_read_only", port=server["port"]) == [["off"]]
     assert pgmigrate.thaw(port=server["port"], databases=["shop"]) == {"frozen": []}
     assert as_app(server, WRITE).returncode == 0
+
+
+def test_a_logical_cutovers_freeze_waits_for_the_confirmation_and_the_leader_finishes_the_copy(
+    server, pgmigrate, source
+):
+    """The logical cutover's two jobs inside the pause. On the source: frozen, then waiting until
+    the migration slot has confirmed the frozen position (a subscriber that confirms nothing is
+    named), returning the sequences and populated materialized views as frozen. On the leader
+    (this server plays it too): sequences set and views refreshed before its fingerprint."""
+    from salt.exceptions import CommandExecutionError
+
+    q, _ = source
+    port, slot = server["port"], pgmigrate.subscription("shop")
+    q(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')", port=port, dbname="shop")
+    try:
+        with pytest.raises(CommandExecutionError, match=r"did not confirm the WAL of shop up to \S+ within 0.5 s"):
+            pgmigrate.freeze(["shop"], port=port, confirm_wait=0.5)
+        stop = threading.Event()
+
+        def subscriber():  # confirms whatever the server has written, as an applying subscriber does
+            while not stop.wait(0.05):
+                q(f"SELECT pg_replication_slot_advance('{slot}', pg_current_wal_lsn())", port=port, dbname="shop")
+
+        confirming = threading.Thread(target=subscriber)
+        confirming.start()
+        try:
+            out = pgmigrate.freeze(["shop"], port=port, confirm_wait=10)
+        finally:
+            stop.set()
+            confirming.join()
+        assert out["confirm_s"] < 10
+        (seq,) = q("SELECT last_value FROM public.customers_id_seq", port=port, dbname="shop")[0]
+        assert out["sequences"]["shop"]["public.customers_id_seq"] == int(seq) >= 1000
+        assert out["views"] == {"shop": ["sales.totals"]}
+    finally:
+        q(f"SELECT pg_drop_replication_slot('{slot}')", port=port, dbname="shop")
+    pgmigrate.thaw(port=port)
+    # The leader's side: a row the view does not show yet, a sequence behind the source's.
+    q("INSERT INTO sales.lines VALUES (1, 1)", port=port, dbname="shop")
+    stale = pgmigrate.fingerprint(["shop"], port=port)["shop"]["views"]["sales.totals"]
+    try:
+        got = pgmigrate.finish_copy(["shop"], {"shop": {"public.customers_id_seq": int(seq) + 500}},
+                                    {"shop": ["sales.totals"]}, port=port)["shop"]  # fmt: skip
+        assert got["sequences"]["public.customers_id_seq"] == int(seq) + 500
+        assert got["views"]["sales.totals"]["checksum"] != stale["checksum"]
+        assert got["tables"]["public.customers"]["rows"] >= 1000
+    finally:
+        q(f"DELETE FROM sales.lines; REFRESH MATERIALIZED VIEW sales.totals; "
+          f"SELECT setval('public.customers_id_seq', {int(seq)})", port=port, dbname="shop")  # fmt: skip

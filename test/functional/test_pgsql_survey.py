@@ -20,7 +20,7 @@ def found(server):
 
 def test_the_instance_version_system_and_replication_settings(found):
     assert found["major"] == 15 and found["version_num"] >= 150000 and found["system"].isdigit()
-    assert found["wal_level"] == "replica" and found["max_wal_senders"] >= 1
+    assert found["wal_level"] == "logical" and found["max_wal_senders"] >= 1  # the server runs with wal_level=logical
     # What a standby of it must match (a physical migration): Debian's defaults.
     assert found["standby_settings"]["max_connections"] == 100 and found["standby_settings"]["max_wal_senders"] >= 1
     assert found["shared_preload_libraries"] == []

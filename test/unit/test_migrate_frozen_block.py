@@ -18,7 +18,7 @@ host    replication     all             127.0.0.1/32            scram-sha-256
 @pytest.fixture
 def source(tmp_path):
     hba = tmp_path / "pg_hba.conf"
-    ran = []
+    ran, source_slots = [], []
 
     def query(sql, dbname="postgres", port=5432, names=False, timeout=30):
         ran.append(sql.split("\n", 1)[1])
@@ -39,7 +39,13 @@ def source(tmp_path):
         if "reset_val" in sql:
             return [["on"]]
         if "pg_terminate_backend" in sql:
-            return [["2"]]
+            return [["2", "t"], ["3", "t"]]
+        if "confirmed_flush_lsn >=" in sql:
+            return [[name] for name in source_slots]
+        if "FROM pg_sequences" in sql:
+            return [["public.orders_id_seq", "10"]]
+        if "c.relkind IN ('m')" in sql:
+            return [["public.daily"]]
         if "pg_current_wal_lsn" in sql:
             return [["0/3000060"]]
         return []
@@ -50,7 +56,7 @@ def source(tmp_path):
     hba.write_text(DEBIAN)
     (tmp_path / "pg_ident.conf").write_text("")
     mod._write_block(str(hba), ['hostssl "shop" all 198.18.0.50/32 scram-sha-256'], top=True)
-    mod.hba, mod.ran = hba, ran
+    mod.hba, mod.ran, mod.slots = hba, ran, source_slots
     return mod
 
 
@@ -77,6 +83,8 @@ def test_a_logical_freeze_refuses_clients_of_its_databases_above_everything_else
     # Read-only by default as well, set before the reload that makes both count; sessions ended after.
     sql = "\n".join(source.ran)
     assert sql.index("default_transaction_read_only = on") < sql.index("pg_reload_conf") < sql.index("terminate")
+    # The position is read once the ended sessions are gone (one still committing would write after it).
+    assert sql.index("terminate") < sql.index("WHERE pid IN (2,3)") < sql.index("pg_current_wal_lsn")
     assert "datname IN ('shop')" in sql
     # Only shop is made read-only (the server's other databases keep taking writes).
     assert 'ALTER DATABASE "shop" SET default_transaction_read_only = on' in sql and "ALTER SYSTEM" not in sql
@@ -122,7 +130,7 @@ def test_a_second_wave_adds_its_databases_and_its_give_back_thaws_only_them(sour
     assert text.count(source.FROZEN_BEGIN) == 1
     assert 'local "shop","billing" all reject' in rules(text)
     # Only this wave's sessions are ended (shop's were, and its clients are refused since).
-    assert "datname IN ('billing')" in source.ran[-2]
+    assert "datname IN ('billing')" in [q for q in source.ran if "terminate" in q][-1]
     source.ran.clear()
     assert source.thaw(databases=["billing"]) == {"frozen": ["shop"]}
     assert 'local "shop" all reject' in rules(source.hba.read_text())
@@ -169,3 +177,16 @@ def test_a_block_written_before_the_record_keeps_its_databases(source):
     source.freeze(["billing"])
     assert 'local "shop","billing" all reject' in rules(source.hba.read_text())
     assert source.thaw(databases="billing") == {"frozen": ["shop"]}  # a string names one database
+
+
+def test_a_logical_cutovers_freeze_waits_for_the_clusters_confirmation_and_returns_what_it_does_not_carry(source):
+    """With confirm_wait (one job of the cutover): once every migration slot confirmed the frozen
+    position, the sequences and materialized views as the frozen source has them; a slot that
+    does not get there within the wait is named."""
+    source.slots.append(source.subscription("shop"))
+    out = source.freeze(["shop"], confirm_wait=1)
+    assert out["sequences"] == {"shop": {"public.orders_id_seq": 10}} and out["views"] == {"shop": ["public.daily"]}
+    sql = "\n".join(source.ran)
+    assert sql.index("pg_current_wal_lsn") < sql.index("confirmed_flush_lsn >= '0/3000060'") < sql.index("pg_sequences")
+    with pytest.raises(source.CommandExecutionError, match="did not confirm the WAL of billing up to 0/3000060"):
+        source.freeze(["shop", "billing"], confirm_wait=0.2)

@@ -2,8 +2,9 @@
 the cluster and the PgBouncer hosts: the order of the steps (PAUSE before the freeze, the
 verification before the point of no return, the repoint before the clean-up), a difference that
 gives the source back (only this migration's databases thawed, every PgBouncer resumed, nothing
-recorded as verified), and the physical standby leader waiting for the source's last WAL in its
-own fingerprint job."""
+recorded as verified), the logical pause holding three jobs (the freeze that waits for the
+cluster's confirmation, both ends' fingerprints), and the physical standby leader waiting for the
+source's last WAL in a job of its own before either end checksums."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class FakeOps:
     """Records every job and every shared routing call, in order, with their keyword arguments."""
 
     def __init__(self, tmp_path, cluster_digest: str = "123"):
-        self.calls, self.saved, self.cluster_digest = [], [], cluster_digest
+        self.calls, self.args, self.saved, self.cluster_digest = [], [], [], cluster_digest
         self.opts = {"cachedir": str(tmp_path)}
         self.locks = str(tmp_path / "locks")
 
@@ -77,15 +78,15 @@ class FakeOps:
 
     def call(self, minion, fun, *args, wait=120, **kwarg):
         self.calls.append((minion, fun, kwarg))
+        self.args.append((minion, fun, args))
         if fun == "pgmigrate.progress":
             return {"shop": {"tables": {"public.orders": "ready"}}}
         if fun == "pgsql.role_digests":
             return {"app": hashlib.sha256(b"SCRAM-SHA-256$app").hexdigest()}
         if fun == "pgmigrate.freeze":
-            return {"lsn": "0/3000060", "sessions_ended": 1}
-        if fun == "pgmigrate.source_progress":
-            return {"databases": {"shop": {"slot": {"confirmed_flush_lsn": "0/3000060"}}}}
-        if fun == "pgmigrate.fingerprint":
+            confirmed = {"confirm_s": 0.1, "sequences": {"shop": {"public.orders_id_seq": 10}}, "views": {"shop": []}}
+            return {"lsn": "0/3000060", "sessions_ended": 1, **(confirmed if kwarg.get("confirm_wait") else {})}
+        if fun in ("pgmigrate.fingerprint", "pgmigrate.finish_copy"):
             return fingerprint("123" if minion == "legacy" else self.cluster_digest)
         return {}
 
@@ -107,6 +108,14 @@ def test_a_logical_cutover_pauses_freezes_verifies_then_routes_and_cleans_up(tmp
              "legacy pgmigrate.fingerprint", "master save", "app1 pgbouncer.repoint", "pg1 pgmigrate.unsubscribe",
              "legacy pgmigrate.source_close"]  # fmt: skip
     assert [steps.index(s) for s in order] == sorted(steps.index(s) for s in order)
+    # Inside the pause: one job freezes and waits for the cluster's confirmation, then both ends
+    # at once, the leader setting the frozen source's sequences before its own fingerprint.
+    paused = steps[steps.index("app1 pgbouncer.pause") + 1 : steps.index("master save")]
+    assert sorted(paused) == ["legacy pgmigrate.fingerprint", "legacy pgmigrate.freeze", "pg1 pgmigrate.finish_copy"]
+    freeze = next(kw for m, f, kw in ops.calls if f == "pgmigrate.freeze")
+    assert freeze["confirm_wait"] == cutover.CATCH_UP_WAIT
+    finish = next(a for m, f, a in ops.args if f == "pgmigrate.finish_copy")
+    assert finish == (["shop"], {"shop": {"public.orders_id_seq": 10}}, {"shop": []})
     assert ops.saved[0]["verified"] and ops.saved[-1] is None
     assert "legacy pgmigrate.thaw" not in steps
     assert {"vacuum_analyze_s", "pause_s", "freeze_s", "catch_up_s", "verify_s", "paused_s", "clean_up_s"} <= set(
