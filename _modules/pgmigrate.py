@@ -720,6 +720,8 @@ def fingerprint(
     tables: bool = True,
     views: bool = True,
     row_hash: str = "text",
+    replayed: str | None = None,
+    replay_wait: float = 60,
 ) -> dict:
     """What the cutover compares between the source and the cluster, per database: each table's
     row count and checksum (the sum of its rows' hashes, in any order; a partitioned table as a
@@ -728,6 +730,8 @@ def fingerprint(
     "record" (faster; PostgreSQL 14 and later, a physical copy at the other end) or "portable"
     (by record but the tables whose hash would be made of OIDs, as text; a logical copy at the
     other end), see ``ROW_HASHES``. Reads everything (without TABLES, not the tables): run it when no one writes.
+    With REPLAYED (a physical cutover's standby leader, in the same job): first ``replayed_to``
+    that position, within REPLAY_WAIT seconds.
 
     CLI Example:
 
@@ -735,6 +739,8 @@ def fingerprint(
 
         salt legacy pgmigrate.fingerprint '[shop]'
     """
+    if replayed:
+        replayed_to(replayed, port=port, wait=replay_wait)
     out = {}
     for db in databases:
         out[db] = {

@@ -44,6 +44,9 @@ def test_waiting_for_wal_a_server_that_replays_none_is_named(server, pgmigrate):
 
     with pytest.raises(CommandExecutionError, match=r"did not replay the source's WAL up to 0/3000060 within 0.3 s"):
         pgmigrate.replayed_to("0/3000060", port=server["port"], wait=0.3)
+    # The standby leader's fingerprint in a physical cutover waits for it first, in the same job.
+    with pytest.raises(CommandExecutionError, match=r"did not replay the source's WAL up to 0/3000060 within 0.3 s"):
+        pgmigrate.fingerprint(["shop"], port=server["port"], replayed="0/3000060", replay_wait=0.3)
 
 
 def test_vacuum_analyze_leaves_every_page_of_fresh_rows_all_visible_with_statistics(server, pgmigrate):

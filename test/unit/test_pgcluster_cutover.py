@@ -4,14 +4,17 @@ verification before the point of no return, the repoint before the clean-up), a 
 gives the source back (only this migration's databases thawed, every PgBouncer resumed, nothing
 recorded as verified), the logical pause holding three jobs (the freeze that waits for the
 cluster's confirmation, both ends' fingerprints), and the physical standby leader waiting for the
-source's last WAL in a job of its own before either end checksums."""
+source's last WAL in its own fingerprint job, the source given back at once when it fails."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 
 import pytest
 from pgctest import load_module
+from salt.exceptions import CommandExecutionError
 
 cutover = load_module("utils", "pgcluster_cutover")
 lock = load_module("utils", "pgcluster_lock")
@@ -144,11 +147,39 @@ def test_a_physical_standby_leader_waits_for_the_last_wal_in_one_job_before_eith
     freeze = next(kw for m, f, kw in ops.calls if f == "pgmigrate.freeze")
     assert freeze["every_database"] is True
     steps = ops.steps()
-    wait = steps.index("pg1 pgmigrate.replayed_to")
-    assert steps[steps.index("legacy pgmigrate.freeze") + 1] == "pg1 pgmigrate.replayed_to"
-    assert wait < steps.index("legacy pgmigrate.fingerprint") and wait < steps.index("pg1 pgmigrate.fingerprint")
+    frozen = steps.index("legacy pgmigrate.freeze")
+    assert sorted(steps[frozen + 1 : frozen + 3]) == ["legacy pgmigrate.fingerprint", "pg1 pgmigrate.fingerprint"]
+    standby = next(kw for m, f, kw in ops.calls if (m, f) == ("pg1", "pgmigrate.fingerprint"))
+    assert standby["replayed"] == "0/3000060" and standby["replay_wait"] == cutover.CATCH_UP_WAIT
+    source = next(kw for m, f, kw in ops.calls if (m, f) == ("legacy", "pgmigrate.fingerprint"))
+    assert "replayed" not in source
     assert steps.index("master save") < steps.index("pg1 promote") < steps.index("app1 pgbouncer.repoint")
-    assert {"catch_up_s", "verify_s", "promote_s"} <= set(out["timings"])
+    assert {"catch_up_and_verify_s", "promote_s"} <= set(out["timings"])
+
+
+def test_a_standby_that_does_not_replay_gives_the_source_back_without_waiting_for_its_checksum(tmp_path):
+    """The standby leader's job fails (no replay within the wait) while the source still
+    checksums: the source is thawed and every PgBouncer resumed at once, nothing recorded."""
+    ops = FakeOps(tmp_path)
+    call, checksumming = ops.call, threading.Event()
+
+    def slow_source_standby_behind(minion, fun, *args, **kwarg):
+        if fun == "pgmigrate.fingerprint" and minion == "legacy":
+            checksumming.wait(30)  # a big source: ends only when the test is over
+        if fun == "pgmigrate.fingerprint" and minion == "pg1":
+            raise CommandExecutionError("this server did not replay the source's WAL up to 0/3000060 within 60 s")
+        return call(minion, fun, *args, **kwarg)
+
+    ops.call = slow_source_standby_behind
+    t = time.monotonic()
+    try:
+        with pytest.raises(cutover.CutoverError, match="did not replay.*legacy takes writes again"):
+            cutover.cutover(ops, MODEL, MAIN, record("physical"), {}, True)
+        assert time.monotonic() - t < 5
+        steps = ops.steps()
+        assert "legacy pgmigrate.thaw" in steps and steps[-1] == "app1 pgbouncer.resume" and ops.saved == []
+    finally:
+        checksumming.set()
 
 
 def test_a_give_back_says_the_source_stays_read_only_while_an_earlier_wave_stays_frozen(tmp_path):
