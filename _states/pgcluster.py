@@ -409,6 +409,51 @@ def database_present(name: str, cluster: str, port: int = 5432) -> dict:
                    f"REVOKE ALL ON DATABASE {idt(name)} FROM PUBLIC"], port)  # fmt: skip
 
 
+def _routes_in_place(spec: dict, text: str) -> bool:
+    """Whether SPEC's routing file already sends every database where TEXT does. Which replica
+    takes the <db>_ro reads changes with replication at run time (the event path and the safety
+    net follow it): the state owns where writes go, so a second run that finds them in place
+    changes nothing."""
+    reads = {f"{db}_ro" for db in spec["databases"]}
+
+    def writes(routes: str) -> list[str]:
+        return [line for line in routes.splitlines() if line.split(" = ", 1)[0] not in reads]
+
+    try:
+        with salt.utils.files.fopen(spec["path"]) as f:
+            return writes(f.read()) == writes(text)
+    except FileNotFoundError:
+        return False
+
+
+def _standby_routes(ret: dict, spec: dict, standby: dict) -> dict:
+    """A standby cluster of a physical migration's source (no leader until the cutover): the routes
+    kept as they were written (the header's leader, timeline and databases cut over), but with
+    every database of ``migrate:databases`` going to its source, one added since ``start`` too."""
+    name = spec["cluster"]
+    kept = (f"cluster {name} is a standby cluster of {standby['source']} (physical migration, standby leader "
+            f"{standby['standby_leader']})")  # fmt: skip
+    current = __utils__["pgcluster_routing.routed"](spec) or {}
+    leader, timeline, system = current.get("leader"), current.get("timeline"), current.get("system")
+    text = __utils__["pgcluster_routing.routing_text"](spec, leader, timeline, None, system, current.get("cut") or [])
+    ret["comment"] = f"{kept}: routes kept, the migrated databases go to their source until the cutover"
+    if _routes_in_place(spec, text):
+        return ret
+    at_source = sorted(set(spec.get("sources") or {}) - set(current.get("cut") or []))
+    ret["changes"] = {"to_their_source": at_source}
+    if __opts__.get("test"):
+        ret.update(result=None, comment=f"{kept}: would send {', '.join(at_source)} to their source")
+        return ret
+    changed, why = __utils__["pgcluster_routing.install_route"](spec, leader, timeline, system)
+    if why:
+        ret.update(result=False, changes={}, comment=f"{kept}: routing of {name} left alone: {why}")
+    elif not changed:
+        ret["changes"] = {}
+    else:
+        ret["comment"] = f"{kept}: {', '.join(at_source)} sent to their source until the cutover"
+    return ret
+
+
 def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     """Ensure this PgBouncer's routing file for cluster NAME points at the current leader (a
     database being migrated in: at its source, until its cutover).
@@ -416,7 +461,7 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     The leader is read from Patroni (the formula's one leader finder); waits up to TIMEOUT
     seconds for the cluster to have one (on a first deployment the database servers bootstrap
     at the same time). A standby cluster of a physical migration's source has none until the
-    cutover: its routes are kept as they are.
+    cutover: its routes are kept as they are (``_standby_routes``).
     """
     ret = _ret(name)
     spec = __salt__["pgcluster.settings"]()["node"]["routing"].get(name)
@@ -436,10 +481,7 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
                    "migration) and this host has no routes yet: run the highstate again after the cutover")  # fmt: skip
         return ret
     if standby:
-        ret["comment"] = (f"cluster {name} is a standby cluster of {standby['source']} (physical migration, standby "
-                          f"leader {standby['standby_leader']}): routes kept, the migrated databases go to their "
-                          "source until the cutover")  # fmt: skip
-        return ret
+        return _standby_routes(ret, spec, standby)
     if leader is None:
         ret.update(result=False, comment=f"cluster {name} has no leader accepting writes after {timeout:.0f} s")
         return ret
@@ -456,20 +498,8 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     cut = (current or {}).get("cut") or []
     replicas = __utils__["pgcluster_routing.replica_addresses"](spec, leader)
     text = __utils__["pgcluster_routing.routing_text"](spec, address, timeline, replicas, system, cut)
-    # Which replica takes the <db>_ro reads changes with replication at run time (the event path
-    # and the safety net follow it): the state owns where writes go, so a second run that finds
-    # them in place changes nothing.
-    reads = {f"{db}_ro" for db in spec["databases"]}
-
-    def writes(routes: str) -> list[str]:
-        return [line for line in routes.splitlines() if line.split(" = ", 1)[0] not in reads]
-
-    try:
-        with salt.utils.files.fopen(spec["path"]) as f:
-            if writes(f.read()) == writes(text):
-                return ret
-    except FileNotFoundError:
-        pass
+    if _routes_in_place(spec, text):
+        return ret
     ret["changes"] = {"leader": address}
     at_source = sorted(set(spec.get("sources") or {}) - set(cut))
     if at_source:

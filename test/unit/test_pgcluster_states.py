@@ -7,6 +7,8 @@ import time
 import pytest
 from pgctest import load_module
 
+ROUTING = load_module("utils", "pgcluster_routing")
+
 PILLAR = {"pgcluster": {"clusters": {"main": {
     "roles": {"app": {"password": "s3cret-password-1"}},
     "databases": {"app": {"owner": "app"}, "plain": None},
@@ -174,13 +176,37 @@ def test_a_standby_cluster_of_a_migration_keeps_its_routes_without_waiting(tmp_p
     """After migrate.start (physical) the cluster has no leader accepting writes, only a standby
     leader: the routes stay (the migrated databases go to their source), no 300 s wait."""
     mod, spec = routed_state(tmp_path, None, {"source": "legacy", "standby_leader": "pg1"})
-    (tmp_path / "routing-main.ini").write_text("shop = host=198.18.0.40 port=5432\n")
+    spec.update(databases=["app", "shop"], sources={"shop": {"address": "198.18.0.40", "port": 5432}})
+    written = ROUTING.routing_text(spec, "198.18.0.11", 1, None, "7", [])  # as migrate.start left it
+    (tmp_path / "routing-main.ini").write_text(written)
     start = time.monotonic()
     ret = mod.pgbouncer_routed("main", timeout=300)
     assert time.monotonic() - start < 5
     assert ret["result"] is True and ret["changes"] == {}, ret
     assert "standby cluster of legacy" in ret["comment"] and "routes kept" in ret["comment"]
-    assert (tmp_path / "routing-main.ini").read_text() == "shop = host=198.18.0.40 port=5432\n"
+    assert (tmp_path / "routing-main.ini").read_text() == written
+
+
+def test_a_database_added_to_the_migration_after_start_goes_to_its_source_in_a_standby_cluster(tmp_path):
+    """migrate:databases gained crm after migrate.start: the highstate sends it to its source too
+    (was "routes kept" without it), the other routes and the header as they were; test=True only says so."""
+    mod, spec = routed_state(tmp_path, None, {"source": "legacy", "standby_leader": "pg1"})
+    spec.update(databases=["app", "shop"], sources={"shop": {"address": "198.18.0.40", "port": 5432}})
+    written = ROUTING.routing_text(spec, "198.18.0.11", 1, None, "7", [])
+    (tmp_path / "routing-main.ini").write_text(written)
+    spec["databases"].append("crm")
+    spec["sources"]["crm"] = {"address": "198.18.0.40", "port": 5432}
+    mod.__opts__["test"] = True
+    ret = mod.pgbouncer_routed("main")
+    assert ret["result"] is None and "would send crm, shop to their source" in ret["comment"]
+    assert (tmp_path / "routing-main.ini").read_text() == written
+    mod.__opts__["test"] = False
+    ret = mod.pgbouncer_routed("main")
+    assert ret["result"] is True and ret["changes"] == {"to_their_source": ["crm", "shop"]}, ret
+    text = (tmp_path / "routing-main.ini").read_text()
+    assert text.splitlines()[0] == written.splitlines()[0]
+    assert "crm = host=198.18.0.40 port=5432 dbname=crm" in text and "app = host=198.18.0.11" in text
+    assert mod.pgbouncer_routed("main")["changes"] == {}
 
 
 def test_a_standby_cluster_with_no_routes_here_yet_is_a_failure_not_kept_routes(tmp_path):
