@@ -472,7 +472,9 @@ def pgbouncer_routed(name: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + (5 if __opts__.get("test") else timeout)
     while True:
         leader = __utils__["pgcluster_routing.find_leader"](apis, cafile=spec.get("cafile"))
-        standby = {} if leader else __salt__["pgcluster.standby_cluster"](name)
+        # Only a cluster that declares a migration can be a standby cluster (no model rendered
+        # each poll while a first deployment waits for its leader).
+        standby = {} if leader or not spec.get("sources") else __salt__["pgcluster.standby_cluster"](name)
         if leader or standby or time.monotonic() >= deadline:
             break
         time.sleep(2)

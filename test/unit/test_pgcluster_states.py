@@ -210,6 +210,7 @@ def test_a_database_added_to_the_migration_after_start_goes_to_its_source_in_a_s
 
 
 def test_a_standby_cluster_with_no_routes_here_yet_is_a_failure_not_kept_routes(tmp_path):
-    mod, _ = routed_state(tmp_path, None, {"source": "legacy", "standby_leader": "pg1"})
+    mod, spec = routed_state(tmp_path, None, {"source": "legacy", "standby_leader": "pg1"})
+    spec["sources"] = {"shop": {"address": "198.18.0.40", "port": 5432}}
     ret = mod.pgbouncer_routed("main", timeout=300)
     assert ret["result"] is False and "has no routes yet" in ret["comment"]
