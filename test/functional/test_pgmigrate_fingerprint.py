@@ -24,7 +24,8 @@ def test_rows_hashed_by_record_where_every_type_has_a_hash_else_as_text(server, 
     as_text = pgmigrate.fingerprint(["shop"], port=server["port"])["shop"]["tables"]
     customers, copy, docs = (by_record[f"public.{t}"] for t in ("customers", "customers_copy", "docs"))
     (count,) = shop("SELECT count(*) FROM public.customers", port=server["port"], dbname="shop")[0]
-    assert customers["hash"] == "record" and customers["rows"] == int(count) >= 1000
+    # Every column of customers has its type's hash: hashed column by column, no record formed.
+    assert customers["hash"] == "columns" and customers["rows"] == int(count) >= 1000
     # The same rows in another table, in another physical order: the same checksum.
     assert (copy["rows"], copy["checksum"]) == (customers["rows"], customers["checksum"])
     # json has no hash function: that table is hashed as text, the same as the text method says.
@@ -93,13 +94,14 @@ def two_catalogs(server, pgmigrate):
 
 def test_portable_hashing_hashes_oid_bound_tables_as_text_and_matches_across_catalogs(server, pgmigrate, two_catalogs):
     """An enum's hash is its OID: by record, equal rows in the two catalogs differ; "portable"
-    hashes those tables (an enum, an array of it, a reg* type) as text and the others by record
-    (a domain over int is its base type), so that both ends agree."""
+    hashes those tables (an enum, an array of it, a reg* type) as text and the others column by
+    column (a domain over int is its base type), so that both ends agree."""
     port = server["port"]
     ends = [pgmigrate.fingerprint([db], port=port, row_hash="portable")[db]["tables"] for db in ("shop", "copy")]
     hashes = {t: ends[0][t]["hash"] for t in ("public.feelings", "public.moods", "public.rels", "public.nums")}
-    assert hashes == {"public.feelings": "text", "public.moods": "text", "public.rels": "text", "public.nums": "record"}
-    assert ends[0]["public.customers"]["hash"] == "record"
+    assert hashes == {"public.feelings": "text", "public.moods": "text", "public.rels": "text",
+                      "public.nums": "columns"}  # fmt: skip
+    assert ends[0]["public.customers"]["hash"] == "columns"
     for table in hashes:
         assert ends[0][table] == ends[1][table], table
     by_record = [pgmigrate.fingerprint([db], port=port, row_hash="record")[db]["tables"] for db in ("shop", "copy")]
@@ -114,3 +116,43 @@ def test_a_column_named_t_does_not_stand_for_the_row(server, pgmigrate, two_cata
     two_catalogs("UPDATE public.nums SET n = 7 WHERE n = 2", port=port, dbname="shop")
     after = pgmigrate.fingerprint(["shop"], port=port, row_hash=row_hash)["shop"]["tables"]["public.nums"]
     assert after["rows"] == before["rows"] and after["checksum"] != before["checksum"]
+
+
+@pytest.fixture()
+def tables(server, pgmigrate):
+    """Pairs of tables in shop: one with a dropped column and its copy without; swapped values;
+    a NULL in one column or the other; one with a bool column (hashed as char: no column hash)."""
+    q = pgmigrate.__salt__["pgsql.query"]
+    port = server["port"]
+    q("""CREATE TABLE public.wide (id int, junk int, name varchar(20), price numeric, at timestamptz, body text);
+      ALTER TABLE public.wide DROP COLUMN junk;
+      CREATE TABLE public.wide2 (id int, name varchar(20), price numeric, at timestamptz, body text);
+      INSERT INTO public.wide VALUES (1, 'a', 1.5, '2026-11-28 10:00+00', NULL), (2, NULL, NULL, NULL, 'x');
+      INSERT INTO public.wide2 SELECT * FROM public.wide;
+      CREATE TABLE public.pair (a int, b int); INSERT INTO public.pair VALUES (1, 2);
+      CREATE TABLE public.pair2 (a int, b int); INSERT INTO public.pair2 VALUES (2, 1);
+      CREATE TABLE public.nulls (a int, b int); INSERT INTO public.nulls VALUES (NULL, 1);
+      CREATE TABLE public.nulls2 (a int, b int); INSERT INTO public.nulls2 VALUES (1, NULL);
+      CREATE TABLE public.flags (id int, ok bool); INSERT INTO public.flags VALUES (1, true)""",
+      port=port, dbname="shop")  # fmt: skip
+    yield q
+    q("DROP TABLE public.wide, public.wide2, public.pair, public.pair2, public.nulls, public.nulls2, public.flags",
+      port=port, dbname="shop")  # fmt: skip
+
+
+@pytest.mark.parametrize("row_hash", ["record", "portable"])
+def test_rows_hashed_column_by_column_match_by_rank_and_tell_every_value(server, pgmigrate, tables, row_hash):
+    """Column by column (record and portable modes): a table with a dropped column matches its
+    copy without it (columns seeded by rank, not number); swapped values, a NULL in another
+    column, one changed value each move the checksum; a bool column makes the table hashed by record."""
+    fp = pgmigrate.fingerprint(["shop"], port=server["port"], row_hash=row_hash)["shop"]["tables"]
+    wide, wide2 = fp["public.wide"], fp["public.wide2"]
+    assert wide["hash"] == wide2["hash"] == "columns" and wide["rows"] == 2
+    assert wide["checksum"] == wide2["checksum"]
+    assert fp["public.pair"]["checksum"] != fp["public.pair2"]["checksum"]
+    assert fp["public.nulls"]["checksum"] != fp["public.nulls2"]["checksum"]
+    assert fp["public.flags"]["hash"] == "record"
+    tables("UPDATE public.wide2 SET price = 1.6 WHERE id = 1", port=server["port"], dbname="shop")
+    again = pgmigrate.fingerprint(["shop"], port=server["port"], row_hash=row_hash)["shop"]["tables"]
+    assert again["public.wide2"]["checksum"] != wide["checksum"]
+    assert again["public.wide"]["checksum"] == wide["checksum"]
