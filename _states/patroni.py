@@ -21,9 +21,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+import salt.utils.files
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "patroni"
@@ -117,6 +119,67 @@ def dynamic_config(name: str, config: dict, **kwargs: Any) -> dict:
             return ret
         ret["comment"] = "dynamic configuration patched"
         return ret
+    return ret
+
+
+def _hba_in_effect(rules: list, port: int) -> bool:
+    """Whether PostgreSQL's hba file holds exactly RULES (Patroni writes them under a comment
+    header) and PostgreSQL loaded its configuration since the file was written."""
+    (path, loaded) = __salt__["pgsql.query"](
+        "SELECT current_setting('hba_file'), extract(epoch FROM pg_conf_load_time())", port=port
+    )[0]
+    try:
+        with salt.utils.files.fopen(path) as f:
+            lines = [" ".join(line.split()) for line in f if line.strip() and not line.lstrip().startswith("#")]
+        written = os.path.getmtime(path)
+    except OSError:
+        return False
+    return lines == [" ".join(str(r).split()) for r in rules] and float(loaded) >= written
+
+
+def reloaded(name: str, pg_hba: list | None = None, port: int = 5432, timeout: float = 60, **kwargs: Any) -> dict:
+    """Make this member re-read config.yml (POST /reload; retried while a Patroni started a moment
+    ago does not answer yet) and, with PG_HBA (the rules config.yml gives Patroni), wait until they
+    are in effect: Patroni applies a reload in its next cycle, after the answer, and a highstate
+    that reported success while PostgreSQL still had the former rules would not keep its promise
+    (a database just declared refused). NAME is only the state's name.
+
+    .. code-block:: yaml
+
+        patroni-config-reloaded:
+          patroni.reloaded:
+            - pg_hba: ["local all postgres peer"]
+            - onchanges:
+              - file: /etc/patroni/config.yml
+    """
+    ret = _ret(name)
+    if __opts__.get("test"):
+        ret.update(result=None, comment="Patroni would re-read its configuration")
+        return ret
+    conn = _conn(kwargs)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            said = __salt__["patroni.reload"](**conn)
+            break
+        except CommandExecutionError as exc:
+            if time.monotonic() >= deadline:
+                ret.update(result=False, comment=f"Patroni did not take the reload within {timeout:.0f} s: {exc}")
+                return ret
+            time.sleep(2)
+    ret["changes"] = {"reloaded": said}
+    while pg_hba:
+        try:
+            if _hba_in_effect(pg_hba, port):
+                break
+        except CommandExecutionError:
+            pass  # PostgreSQL restarting or not up yet: asked again
+        if time.monotonic() >= deadline:
+            ret.update(result=False, comment=f"Patroni re-read its configuration ({said}) but PostgreSQL did not have "
+                       f"the pg_hba rules it gives within {timeout:.0f} s")  # fmt: skip
+            return ret
+        time.sleep(0.2)
+    ret["comment"] = f"Patroni re-read its configuration ({said})" + (", its pg_hba rules in effect" if pg_hba else "")
     return ret
 
 

@@ -28,11 +28,12 @@ patroni-service-running:
     lab, pgBackRest's check then failed). #}
 {%- if salt["service.status"]("patroni") %}
 patroni-config-reloaded:
-  module.run:
-    - patroni.reload: []
-    - retry:
-        attempts: 15
-        interval: 2
+  patroni.reloaded:
+    {#- Patroni applies a reload after it answers: the state waits until PostgreSQL has the
+        pg_hba rules config.yml gives (a database declared in this highstate admitted when it ends). #}
+    - pg_hba: {{ pgcluster.node.patroni_config.postgresql.pg_hba | json }}
+    - port: {{ c.port }}
+    - timeout: 60
     - onchanges:
       - file: patroni-config-managed
       {#- A renewed certificate: Patroni's REST API and PostgreSQL re-read theirs on reload. #}
