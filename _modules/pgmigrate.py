@@ -24,6 +24,7 @@ CLI Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -64,10 +65,10 @@ def __virtual__():
     return __virtualname__
 
 
-def _q(sql: str, port: int, dbname: str = "postgres", names: bool = False) -> list:
+def _q(sql: str, port: int, dbname: str = "postgres", names: bool = False, timeout: float = 60) -> list:
     """Rows of SQL in DBNAME; the migration's own sessions write even on a frozen source."""
     sql = f"SET default_transaction_read_only = off;\n{sql}"
-    return __salt__["pgsql.query"](sql, dbname=dbname, port=port, names=names, timeout=60)
+    return __salt__["pgsql.query"](sql, dbname=dbname, port=port, names=names, timeout=timeout)
 
 
 def _lit(value: Any) -> str:
@@ -525,7 +526,8 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False, conf
 
         salt legacy pgmigrate.freeze '[shop]'
     """
-    (hba, me, ssl) = _q("SELECT current_setting('hba_file'), current_user, current_setting('ssl')", port)[0]
+    (hba, me, ssl, loaded) = _q("SELECT current_setting('hba_file'), current_user, current_setting('ssl'), "
+                                "pg_conf_load_time()", port)[0]  # fmt: skip
     before = _frozen(hba)
     if every_database or before == "all":
         frozen: list | str = "all"
@@ -535,8 +537,10 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False, conf
         _q("".join(f"ALTER DATABASE {_ident(d)} SET default_transaction_read_only = on;\n" for d in databases), port)
     _write_block(hba, _frozen_lines(frozen, me, ssl == "on"), top=True, begin=FROZEN_BEGIN, end=FROZEN_END)
     _reload(port)
-    for _ in range(50 if frozen == "all" else 0):  # the postmaster applies a reload asynchronously
-        if _q(READ_ONLY, port)[0][0] == "on":
+    # The postmaster applies a reload asynchronously: a client let in by the former rules after the
+    # sessions are ended below would never be ended.
+    for _ in range(50):
+        if _q(f"SELECT pg_conf_load_time() > {_lit(loaded)}::timestamptz", port)[0][0] == "t":
             break
         time.sleep(0.1)
     names = ",".join(_lit(d) for d in databases)
@@ -545,7 +549,9 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False, conf
                                      f"backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> "
                                      f"{_lit(ROLE)}", port) if done == "t"]  # fmt: skip
     _gone(ended, port)
-    out = {"lsn": _q("SELECT pg_current_wal_lsn()", port)[0][0], "sessions_ended": len(ended)}
+    # Where the last record was inserted, not the write position: an asynchronous commit of a
+    # session just ended may not be written yet.
+    out = {"lsn": _q("SELECT pg_current_wal_insert_lsn()", port)[0][0], "sessions_ended": len(ended)}
     if confirm_wait:
         t = time.monotonic()
         _confirmed(databases, out["lsn"], port, confirm_wait)
@@ -670,13 +676,17 @@ WHERE a.attnum > 0 AND NOT a.attisdropped AND NOT l.collisdeterministic))"""
 ROW_SUM = """SET lc_messages = 'C'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
 SET extra_float_digits = 1; SET bytea_output = 'hex';
 SELECT count(*), coalesce(sum({hash}), 0) FROM {table} t"""
+# A checksum or a materialized view's refresh may take long (the cutover's job waits 1800 s).
+LONG_QUERY = 1800
 NO_HASH = "could not identify"  # PostgreSQL: "could not identify a hash function for type json"
 # Faster still where "record" would be used (1.7 times, pgbench_accounts on PostgreSQL 15): no row
 # formed as a record, each column hashed by its type's own extended hash function in the row's
-# expression, seeded by the column's rank among the table's columns (not its number: a dropped
-# column at one end only shifts numbers), a NULL by a constant of its rank, the columns combined
-# by XOR. Only for a table every column of which has such a function, the default hash operator
-# class's as hash partitioning uses (stable across versions): of its type, of a domain's base type
+# expression, the columns combined by XOR. Each column by its rank among the table's columns (not
+# its number: a dropped column at one end only shifts numbers): a 64-bit seed and a NULL's value
+# of its own, pseudo-random (``_seed``): a numeric, float or jsonb zero hashes to its seed or next
+# to it, so small seeds (the rank) and NULL values made zeros and NULLs cancel out under XOR. Only
+# for a table every column of which has such a function, the default hash operator class's as hash
+# partitioning uses (stable across versions): of its type, of a domain's base type
 # or of a type it is binary-coercible to (varchar: text's), the value cast to what the function
 # takes where a cast exists (timestamptz to timestamp, at the UTC that ROW_SUM sets; a cast by
 # the type's own name, never "character": that is char(1) and would cut the value); the others
@@ -697,7 +707,7 @@ WHERE tt.oid = coalesce(d.arg, b.arg) AND tt.oid <> x.typ) FROM cols x
 JOIN pg_class c ON c.oid = x.rel JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN hashes d ON d.typ = x.typ
 LEFT JOIN LATERAL (SELECT h.arg, h.fn FROM pg_cast k JOIN hashes h ON h.typ = k.casttarget
-WHERE k.castsource = x.typ AND k.castmethod = 'b' ORDER BY h.typ LIMIT 1) b ON d.fn IS NULL
+WHERE k.castsource = x.typ AND k.castmethod = 'b' ORDER BY h.typ::regtype::text LIMIT 1) b ON d.fn IS NULL
 WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 AND n.nspname !~ '^pg_' ORDER BY 1, 2"""
 FINGERPRINT_SCHEMA = """SELECT md5(string_agg(format('%s.%s.%s:%s:%s', table_schema, table_name, column_name,
@@ -707,15 +717,28 @@ FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'inform
 
 def _row_sum(db: str, name: str, port: int, row_hash: str, columns: str | None = None) -> dict:
     """{"rows", "checksum", "hash"} of relation NAME of DB, its rows hashed the ROW_HASH way
-    ("columns": by the expression COLUMNS, ``_column_hashes``)."""
+    ("columns": by the expression COLUMNS, ``_column_hashes``, its "functions" named by a digest:
+    two ends whose types hash by other functions, an extension's versions, say so; any error
+    there: by record)."""
     expression = f"({columns})" if row_hash == "columns" else ROW_HASHES[row_hash]
     try:
-        count, digest = _q(ROW_SUM.format(hash=expression, table=name), port, db)[0]
+        count, digest = _q(ROW_SUM.format(hash=expression, table=name), port, db, timeout=LONG_QUERY)[0]
     except CommandExecutionError as exc:
+        if row_hash == "columns":
+            return _row_sum(db, name, port, "record")
         if row_hash == "text" or NO_HASH not in str(exc):
             raise
         return _row_sum(db, name, port, "text")
-    return {"rows": int(count), "checksum": digest, "hash": row_hash}
+    out = {"rows": int(count), "checksum": digest, "hash": row_hash}
+    if row_hash == "columns":
+        out["functions"] = hashlib.sha256(str(columns).replace("pg_catalog.", "").encode()).hexdigest()[:12]
+    return out
+
+
+def _seed(pos: int, what: str) -> int:
+    """A pseudo-random signed 64-bit constant for column rank POS: its hash seed or its NULL's value
+    (the same at both ends: derived from the rank only)."""
+    return int.from_bytes(hashlib.sha256(f"pgcluster {what} {pos}".encode()).digest()[:8], "big", signed=True)
 
 
 def _column_hashes(db: str, port: int) -> dict[str, str]:
@@ -723,8 +746,12 @@ def _column_hashes(db: str, port: int) -> dict[str, str]:
     column has its type's extended hash function (``COLUMN_HASHES``)."""
     found: dict[str, list] = {}
     for name, pos, column, fun, arg in _q(COLUMN_HASHES, port, db):
-        value = f"t.{column}::{arg}" if arg else f"t.{column}"
-        found.setdefault(name, []).append(f"coalesce({fun}({value}, {int(pos)}), {-int(pos)})" if fun else None)
+        value, pos = f"t.{column}::{arg}" if arg else f"t.{column}", int(pos)
+        found.setdefault(name, []).append(
+            f"CASE WHEN t.{column} IS NULL THEN {_seed(pos, 'null')} ELSE {fun}({value}, {_seed(pos, 'seed')}) END"
+            if fun
+            else None
+        )
     return {name: " # ".join(parts) for name, parts in found.items() if None not in parts}
 
 
@@ -838,7 +865,7 @@ def refresh_views(views: dict, port: int = 5432) -> dict:
     """
     for db, names in views.items():
         for name in names:  # NAME as format('%I.%I') wrote it
-            _q(f"REFRESH MATERIALIZED VIEW {name}", port, db)
+            _q(f"REFRESH MATERIALIZED VIEW {name}", port, db, timeout=LONG_QUERY)
     return views
 
 

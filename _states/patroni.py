@@ -122,19 +122,27 @@ def dynamic_config(name: str, config: dict, **kwargs: Any) -> dict:
     return ret
 
 
-def _hba_in_effect(rules: list, port: int) -> bool:
-    """Whether PostgreSQL's hba file holds exactly RULES (Patroni writes them under a comment
-    header) and PostgreSQL loaded its configuration since the file was written."""
-    (path, loaded) = __salt__["pgsql.query"](
-        "SELECT current_setting('hba_file'), extract(epoch FROM pg_conf_load_time())", port=port
-    )[0]
+def _hba_in_effect(rules: list, port: int) -> str | None:
+    """None when PostgreSQL's hba file holds exactly RULES (Patroni writes them under a comment
+    header), without a line PostgreSQL refuses, and PostgreSQL loaded its configuration since the
+    file was written; else what is not so yet."""
+    (path, loaded, bad) = __salt__["pgsql.query"](
+        "SELECT current_setting('hba_file'), extract(epoch FROM pg_conf_load_time()), (SELECT format('line %s: %s', "
+        "line_number, error) FROM pg_hba_file_rules WHERE error IS NOT NULL LIMIT 1)", port=port
+    )[0]  # fmt: skip
     try:
         with salt.utils.files.fopen(path) as f:
             lines = [" ".join(line.split()) for line in f if line.strip() and not line.lstrip().startswith("#")]
         written = os.path.getmtime(path)
-    except OSError:
-        return False
-    return lines == [" ".join(str(r).split()) for r in rules] and float(loaded) >= written
+    except OSError as exc:
+        return f"{path}: {exc}"
+    if lines != [" ".join(str(r).split()) for r in rules]:
+        return f"{path} does not hold the rules config.yml gives"
+    if bad:
+        return f"PostgreSQL refuses {path} {bad} (it keeps the former rules)"
+    if float(loaded) < written:
+        return f"PostgreSQL has not loaded {path} since it was written"
+    return None
 
 
 def reloaded(name: str, pg_hba: list | None = None, port: int = 5432, timeout: float = 60, **kwargs: Any) -> dict:
@@ -168,19 +176,34 @@ def reloaded(name: str, pg_hba: list | None = None, port: int = 5432, timeout: f
                 return ret
             time.sleep(2)
     ret["changes"] = {"reloaded": said}
+    ret["comment"] = f"Patroni re-read its configuration ({said})"
+    deadline = time.monotonic() + timeout  # the rules' own wait
     while pg_hba:
         try:
-            if _hba_in_effect(pg_hba, port):
-                break
-        except CommandExecutionError:
-            pass  # PostgreSQL restarting or not up yet: asked again
+            why = _hba_in_effect(pg_hba, port)
+        except CommandExecutionError as exc:
+            state = _postgres_state(conn)
+            if state != "running":  # down on purpose, rebuilt, starting: its rules apply when it starts
+                ret["comment"] += f"; PostgreSQL here is {state}: the pg_hba rules apply when it runs"
+                return ret
+            why = str(exc)
+        if why is None:
+            ret["comment"] += ", its pg_hba rules in effect"
+            return ret
         if time.monotonic() >= deadline:
-            ret.update(result=False, comment=f"Patroni re-read its configuration ({said}) but PostgreSQL did not have "
-                       f"the pg_hba rules it gives within {timeout:.0f} s")  # fmt: skip
+            ret.update(result=False, comment=f"{ret['comment']} but its pg_hba rules are not in effect after "
+                       f"{timeout:.0f} s: {why}")  # fmt: skip
             return ret
         time.sleep(0.2)
-    ret["comment"] = f"Patroni re-read its configuration ({said})" + (", its pg_hba rules in effect" if pg_hba else "")
     return ret
+
+
+def _postgres_state(conn: dict) -> str:
+    """PostgreSQL's state as this member's Patroni sees it (running, starting, stopped...)."""
+    try:
+        return str(__salt__["patroni.node"](**conn).get("state") or "unknown")
+    except CommandExecutionError as exc:
+        return f"unknown ({exc})"
 
 
 def leader(name: str, timeout: float = 60, **kwargs: Any) -> dict:

@@ -23,7 +23,9 @@ def source(tmp_path):
     def query(sql, dbname="postgres", port=5432, names=False, timeout=30):
         ran.append(sql.split("\n", 1)[1])
         if "current_setting('hba_file'), current_user" in sql:
-            return [[str(hba), "postgres", "on"]]
+            return [[str(hba), "postgres", "on", "2026-11-28 10:00:00+00"]]
+        if "pg_conf_load_time() >" in sql:
+            return [["t"]]
         if "current_setting('ssl_ca_file')" in sql:
             return [["", str(hba), str(tmp_path / "pg_ident.conf")]]
         if "current_setting('ssl_cert_file')" in sql:
@@ -46,7 +48,7 @@ def source(tmp_path):
             return [["public.orders_id_seq", "10"]]
         if "c.relkind IN ('m')" in sql:
             return [["public.daily"]]
-        if "pg_current_wal_lsn" in sql:
+        if "pg_current_wal_lsn" in sql or "pg_current_wal_insert_lsn" in sql:
             return [["0/3000060"]]
         return []
 
@@ -84,7 +86,8 @@ def test_a_logical_freeze_refuses_clients_of_its_databases_above_everything_else
     sql = "\n".join(source.ran)
     assert sql.index("default_transaction_read_only = on") < sql.index("pg_reload_conf") < sql.index("terminate")
     # The position is read once the ended sessions are gone (one still committing would write after it).
-    assert sql.index("terminate") < sql.index("WHERE pid IN (2,3)") < sql.index("pg_current_wal_lsn")
+    assert sql.index("pg_reload_conf") < sql.index("pg_conf_load_time() >") < sql.index("terminate")
+    assert sql.index("terminate") < sql.index("WHERE pid IN (2,3)") < sql.index("pg_current_wal_insert_lsn")
     assert "datname IN ('shop')" in sql
     # Only shop is made read-only (the server's other databases keep taking writes).
     assert 'ALTER DATABASE "shop" SET default_transaction_read_only = on' in sql and "ALTER SYSTEM" not in sql
@@ -187,6 +190,10 @@ def test_a_logical_cutovers_freeze_waits_for_the_clusters_confirmation_and_retur
     out = source.freeze(["shop"], confirm_wait=1)
     assert out["sequences"] == {"shop": {"public.orders_id_seq": 10}} and out["views"] == {"shop": ["public.daily"]}
     sql = "\n".join(source.ran)
-    assert sql.index("pg_current_wal_lsn") < sql.index("confirmed_flush_lsn >= '0/3000060'") < sql.index("pg_sequences")
+    assert (
+        sql.index("pg_current_wal_insert_lsn")
+        < sql.index("confirmed_flush_lsn >= '0/3000060'")
+        < sql.index("pg_sequences")
+    )
     with pytest.raises(source.CommandExecutionError, match="did not confirm the WAL of billing up to 0/3000060"):
         source.freeze(["shop", "billing"], confirm_wait=0.2)
