@@ -133,24 +133,33 @@ def tables(server, pgmigrate):
       CREATE TABLE public.pair2 (a int, b int); INSERT INTO public.pair2 VALUES (2, 1);
       CREATE TABLE public.nulls (a int, b int); INSERT INTO public.nulls VALUES (NULL, 1);
       CREATE TABLE public.nulls2 (a int, b int); INSERT INTO public.nulls2 VALUES (1, NULL);
-      CREATE TABLE public.flags (id int, ok bool); INSERT INTO public.flags VALUES (1, true)""",
+      CREATE TABLE public.flags (id int, ok bool); INSERT INTO public.flags VALUES (1, true);
+      CREATE TABLE public.zeros (id int, a numeric, b numeric); INSERT INTO public.zeros VALUES (1, 0, 0);
+      CREATE TABLE public.zeros2 (id int, a numeric, b numeric); INSERT INTO public.zeros2 VALUES (1, NULL, NULL);
+      CREATE TABLE public.floats (a float8, b float8, c float8); INSERT INTO public.floats VALUES (0, NULL, NULL);
+      CREATE TABLE public.floats2 (a float8, b float8, c float8); INSERT INTO public.floats2 VALUES (NULL, NULL, 0)""",
       port=port, dbname="shop")  # fmt: skip
     yield q
-    q("DROP TABLE public.wide, public.wide2, public.pair, public.pair2, public.nulls, public.nulls2, public.flags",
-      port=port, dbname="shop")  # fmt: skip
+    q("DROP TABLE public.wide, public.wide2, public.pair, public.pair2, public.nulls, public.nulls2, public.flags, "
+      "public.zeros, public.zeros2, public.floats, public.floats2", port=port, dbname="shop")  # fmt: skip
 
 
 @pytest.mark.parametrize("row_hash", ["record", "portable"])
 def test_rows_hashed_column_by_column_match_by_rank_and_tell_every_value(server, pgmigrate, tables, row_hash):
     """Column by column (record and portable modes): a table with a dropped column matches its
     copy without it (columns seeded by rank, not number); swapped values, a NULL in another
-    column, one changed value each move the checksum; a bool column makes the table hashed by record."""
+    column, zeros for NULLs in two columns, one changed value each move the checksum; a bool
+    column makes the table hashed by record."""
     fp = pgmigrate.fingerprint(["shop"], port=server["port"], row_hash=row_hash)["shop"]["tables"]
     wide, wide2 = fp["public.wide"], fp["public.wide2"]
     assert wide["hash"] == wide2["hash"] == "columns" and wide["rows"] == 2
     assert wide["checksum"] == wide2["checksum"]
     assert fp["public.pair"]["checksum"] != fp["public.pair2"]["checksum"]
     assert fp["public.nulls"]["checksum"] != fp["public.nulls2"]["checksum"]
+    # A zero hashes to (next to) its seed: zeros and NULLs must not cancel out under XOR.
+    assert fp["public.zeros"]["hash"] == "columns" and fp["public.zeros"]["checksum"] != fp["public.zeros2"]["checksum"]
+    assert fp["public.floats"]["checksum"] != fp["public.floats2"]["checksum"]
+    assert fp["public.wide"]["functions"] == fp["public.wide2"]["functions"]
     assert fp["public.flags"]["hash"] == "record"
     tables("UPDATE public.wide2 SET price = 1.6 WHERE id = 1", port=server["port"], dbname="shop")
     again = pgmigrate.fingerprint(["shop"], port=server["port"], row_hash=row_hash)["shop"]["tables"]
