@@ -439,14 +439,18 @@ def _standby_routes(ret: dict, spec: dict, standby: dict) -> dict:
     ret["comment"] = f"{kept}: routes kept, the migrated databases go to their source until the cutover"
     if _routes_in_place(spec, text):
         return ret
-    at_source = sorted(set(spec.get("sources") or {}) - set(current.get("cut") or []))
+    with salt.utils.files.fopen(spec["path"]) as f:
+        have = set(f.read().splitlines())
+    wanted = [line for line in text.splitlines() if " = host=" in line]
+    at_source = sorted(db for db in set(spec.get("sources") or {}) - set(current.get("cut") or [])
+                       if any(line.startswith(f"{db} = ") and line not in have for line in wanted))  # fmt: skip
     ret["changes"] = {"to_their_source": at_source}
     if __opts__.get("test"):
         ret.update(result=None, comment=f"{kept}: would send {', '.join(at_source)} to their source")
         return ret
     changed, why = __utils__["pgcluster_routing.install_route"](spec, leader, timeline, system)
     if why:
-        ret.update(result=False, changes={}, comment=f"{kept}: routing of {name} left alone: {why}")
+        ret.update(changes={}, comment=f"{kept}: routing of {name} left alone: {why}")
     elif not changed:
         ret["changes"] = {}
     else:

@@ -231,6 +231,10 @@ def _cutover_physical(ops: Any, model: dict, c: dict, rec: dict) -> dict:
     """Pause, freeze the source, wait for its last WAL on the standby leader, verify, promote the
     standby cluster; then ``_finish``. When anything before the promotion fails the source takes
     writes again and the migration goes on."""
+    # The whole instance moves: a database declared in migrate:databases since start (PgBouncer
+    # sends it to the source already) is paused, verified and repointed with the others.
+    declared = (c.get("migrate") or {}).get("databases") or []
+    rec = dict(rec, databases=sorted({*rec["databases"], *declared}))
     cluster, source, port, dbs = c["name"], rec["source"], rec["port"], rec["databases"]
     standby = _physical(ops, "standby_leader", c)
     if not standby:

@@ -201,3 +201,15 @@ def test_without_confirm_nothing_is_done(tmp_path):
     with pytest.raises(cutover.CutoverError, match="run it with confirm=True"):
         cutover.cutover(ops, MODEL, MAIN, record(), LEADER, False)
     assert [s for s in ops.steps() if "pause" in s or "freeze" in s] == []
+
+
+def test_a_physical_cutover_also_moves_a_database_declared_since_start(tmp_path):
+    """migrate:databases gained crm after start (the routing state sends it to the source): the
+    whole instance moves, so crm is paused, checksummed and repointed with shop."""
+    ops = FakeOps(tmp_path)
+    cluster = dict(MAIN, migrate={"source": "legacy", "mode": "physical", "databases": ["shop", "crm"]})
+    cutover.cutover(ops, MODEL, cluster, record("physical"), {}, True)
+    pause = next(kw for m, f, kw in ops.calls if f == "pgbouncer.pause")
+    assert pause["kwarg"]["databases"] == ["crm", "shop"]
+    assert next(a for m, f, a in ops.args if f == "pgmigrate.fingerprint")[0] == ["crm", "shop"]
+    assert ops.saved[0]["databases"] == ["crm", "shop"]
