@@ -197,3 +197,13 @@ def test_a_logical_cutovers_freeze_waits_for_the_clusters_confirmation_and_retur
     )
     with pytest.raises(source.CommandExecutionError, match="did not confirm the WAL of billing up to 0/3000060"):
         source.freeze(["shop", "billing"], confirm_wait=0.2)
+
+
+def test_a_session_that_does_not_end_after_its_terminate_stops_the_freeze_naming_it(source):
+    """The position is read only once the ended sessions are gone; one that stays is named."""
+    query = source.__salt__["pgsql.query"]
+    source.__salt__["pgsql.query"] = lambda sql, **kw: [["2"]] if "WHERE pid IN (2)" in sql else query(sql, **kw)
+    with pytest.raises(source.CommandExecutionError, match=r"sessions \[2\] did not end within 0.2 s"):
+        source._gone([2], 5432, wait=0.2)
+    source.__salt__["pgsql.query"] = query
+    source._gone([2], 5432, wait=0.2)  # gone (the fake has no such session): returns at once
