@@ -30,6 +30,7 @@ import os
 import shlex
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import salt.utils.files
@@ -69,6 +70,16 @@ def _q(sql: str, port: int, dbname: str = "postgres", names: bool = False, timeo
     """Rows of SQL in DBNAME; the migration's own sessions write even on a frozen source."""
     sql = f"SET default_transaction_read_only = off;\n{sql}"
     return __salt__["pgsql.query"](sql, dbname=dbname, port=port, names=names, timeout=timeout)
+
+
+def _until(ready: Callable[[], Any], wait: float, interval: float) -> bool:
+    """Call READY every INTERVAL seconds until it answers true (True) or WAIT seconds passed (False)."""
+    deadline = time.monotonic() + wait
+    while not ready():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def _lit(value: Any) -> str:
@@ -539,10 +550,7 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False, conf
     _reload(port)
     # The postmaster applies a reload asynchronously: a client let in by the former rules after the
     # sessions are ended below would never be ended.
-    for _ in range(50):
-        if _q(f"SELECT pg_conf_load_time() > {_lit(loaded)}::timestamptz", port)[0][0] == "t":
-            break
-        time.sleep(0.1)
+    _until(lambda: _q(f"SELECT pg_conf_load_time() > {_lit(loaded)}::timestamptz", port)[0][0] == "t", 5, 0.1)
     names = ",".join(_lit(d) for d in databases)
     where = "" if every_database else f"datname IN ({names}) AND "
     ended = [pid for pid, done in _q(f"SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}"
@@ -564,28 +572,26 @@ def freeze(databases: list, port: int = 5432, every_database: bool = False, conf
 def _gone(pids: list, port: int, wait: float = 5) -> None:
     """Wait (at most WAIT seconds) until the backends PIDS, just told to terminate, have exited:
     one still committing would write after the position the cutover reads."""
-    deadline = time.monotonic() + wait
-    while pids and _q(f"SELECT pid FROM pg_stat_activity WHERE pid IN ({','.join(str(int(p)) for p in pids)})", port):
-        if time.monotonic() >= deadline:
-            raise CommandExecutionError(f"sessions {pids} did not end within {wait} s of being terminated")
-        time.sleep(0.02)
+    sql = f"SELECT pid FROM pg_stat_activity WHERE pid IN ({','.join(str(int(p)) for p in pids)})"
+    if pids and not _until(lambda: not _q(sql, port), wait, 0.02):
+        raise CommandExecutionError(f"sessions {pids} did not end within {wait} s of being terminated")
 
 
 def _confirmed(databases: list, position: str, port: int, wait: float) -> None:
     """Wait until the migration slot of every database of DATABASES has confirmed the WAL up to
     POSITION; CommandExecutionError naming those that did not after WAIT seconds."""
     names = ",".join(_lit(subscription(db)) for db in databases)
-    deadline = time.monotonic() + wait
-    while True:
+    behind = list(databases)
+
+    def confirmed() -> bool:
         done = {r[0] for r in _q(f"SELECT slot_name FROM pg_replication_slots WHERE slot_name IN ({names}) AND "
                                  f"confirmed_flush_lsn >= {_lit(position)}::pg_lsn", port)}  # fmt: skip
-        behind = [db for db in databases if subscription(db) not in done]
-        if not behind:
-            return
-        if time.monotonic() >= deadline:
-            raise CommandExecutionError(f"the cluster did not confirm the WAL of {', '.join(behind)} up to {position} "
-                                        f"within {wait} s")  # fmt: skip
-        time.sleep(0.05)
+        behind[:] = [db for db in databases if subscription(db) not in done]
+        return not behind
+
+    if not _until(confirmed, wait, 0.05):
+        raise CommandExecutionError(f"the cluster did not confirm the WAL of {', '.join(behind)} up to {position} "
+                                    f"within {wait} s")  # fmt: skip
 
 
 def _unfreeze(hba: str, databases: list | None, port: int, migrating: bool = True) -> tuple:
@@ -755,18 +761,23 @@ def _column_hashes(db: str, port: int) -> dict[str, str]:
     return {name: " # ".join(parts) for name, parts in found.items() if None not in parts}
 
 
-def _checksums(db: str, kind: str, port: int, row_hash: str) -> dict:
-    """{relation: {"rows", "checksum", "hash"}} of DB's relations of KIND (``KINDS``), in creation
-    order: "text" each row as text; "record" column by column (``_column_hashes``) where every
-    column allows it, else by record; "portable" the same but the tables ``OID_BOUND`` names, as text."""
-    names = [name for (name,) in _q(RELATIONS.format(kinds=KINDS[kind]), port, db)]
+def _hash_plan(db: str, port: int, row_hash: str) -> tuple[set | None, dict]:
+    """How DB's relations are hashed, read once per database: (those hashed as text: None for all
+    of them ("text"), ``OID_BOUND``'s for "portable"; {relation: column-by-column expression})."""
     if row_hash == "text":
-        return {name: _row_sum(db, name, port, "text") for name in names}
+        return None, {}
     bound = {name for (name,) in _q(OID_BOUND, port, db)} if row_hash == "portable" else set()
-    columns = _column_hashes(db, port)
+    return bound, _column_hashes(db, port)
+
+
+def _checksums(db: str, kind: str, port: int, plan: tuple[set | None, dict]) -> dict:
+    """{relation: {"rows", "checksum", "hash"}} of DB's relations of KIND (``KINDS``), in creation
+    order, as PLAN (``_hash_plan``) says: as text, column by column where every column allows it,
+    else by record."""
+    bound, columns = plan
     out = {}
-    for name in names:
-        if name in bound:
+    for (name,) in _q(RELATIONS.format(kinds=KINDS[kind]), port, db):
+        if bound is None or name in bound:
             out[name] = _row_sum(db, name, port, "text")
         elif name in columns:
             out[name] = _row_sum(db, name, port, "columns", columns[name])
@@ -785,11 +796,9 @@ def replayed_to(lsn: str, port: int = 5432, wait: float = 60) -> bool:
 
         salt pg1 pgmigrate.replayed_to 0/3000060
     """
-    deadline = time.monotonic() + wait
-    while _q(f"SELECT coalesce(pg_last_wal_replay_lsn() >= {_lit(lsn)}::pg_lsn, false)", port)[0][0] != "t":
-        if time.monotonic() >= deadline:
-            raise CommandExecutionError(f"this server did not replay the source's WAL up to {lsn} within {wait} s")
-        time.sleep(0.05)
+    sql = f"SELECT coalesce(pg_last_wal_replay_lsn() >= {_lit(lsn)}::pg_lsn, false)"
+    if not _until(lambda: _q(sql, port)[0][0] == "t", wait, 0.05):
+        raise CommandExecutionError(f"this server did not replay the source's WAL up to {lsn} within {wait} s")
     return True
 
 
@@ -822,9 +831,10 @@ def fingerprint(
         replayed_to(replayed, port=port, wait=replay_wait)
     out = {}
     for db in databases:
+        plan = _hash_plan(db, port, row_hash) if tables or views else (set(), {})
         out[db] = {
-            "tables": _checksums(db, "tables", port, row_hash) if tables else {},
-            "views": _checksums(db, "views", port, row_hash) if views else {},
+            "tables": _checksums(db, "tables", port, plan) if tables else {},
+            "views": _checksums(db, "views", port, plan) if views else {},
             "sequences": _sequences(db, port),
             "schema": _q(FINGERPRINT_SCHEMA, port, db)[0][0],
         }
