@@ -36,6 +36,9 @@ __virtualname__ = "pgcluster_members"
 LEADER_ROLES = ("leader", "primary", "standby_leader", "master")
 # After Patroni stops, its member key lives until the ttl runs out; a loop or two on top.
 EXPIRY_MARGIN = 15.0
+# A replica that reconnects (its walreceiver restarting, a reload) is "running" or "in archive
+# recovery" for a few seconds before it streams again: looked at again this long before refusing.
+STREAMING_WAIT = 30.0
 
 
 def __virtual__():
@@ -55,13 +58,22 @@ def refusal(c: dict, member: str, state: dict[str, dict], leader: str | None) ->
         return f"{member} is the leader of cluster {name}: switch over first (salt-run pgcluster.switchover {name})"
     if not leader:
         return f"cluster {name} has no leader accepting writes"
-    streaming = sorted(m for m, s in state.items() if m not in (member, leader) and s.get("state") == "streaming")
+    return too_few_replicas(c, member, state, leader)
+
+
+def too_few_replicas(c: dict, member: str, state: dict[str, dict], leader: str) -> str | None:
+    """Why cluster C, without MEMBER, would not keep its profile's synchronous standbys (None: it
+    would): fewer replicas than it wants stream from LEADER. Names each replica that does not
+    stream with its state."""
+    others = {m: s.get("state") for m, s in state.items() if m not in (member, leader)}
+    streaming = sorted(m for m, s in others.items() if s == "streaming")
     want = c.get("sync_standbys", 0)
-    if len(streaming) < want:
-        return (f"without {member}, cluster {name} has {len(streaming)} streaming replica(s) "
-                f"({', '.join(streaming) or 'none'}) while its profile {c.get('profile')} wants {want} synchronous: "
-                "commits would block")  # fmt: skip
-    return None
+    if len(streaming) >= want:
+        return None
+    not_streaming = "".join(f"; {m}: {s}" for m, s in sorted(others.items()) if s != "streaming")
+    return (f"without {member}, cluster {c['name']} has {len(streaming)} streaming replica(s) "
+            f"({', '.join(streaming) or 'none'}{not_streaming}) while its profile {c.get('profile')} wants {want} "
+            "synchronous: commits would block")  # fmt: skip
 
 
 def remove(master: Any, c: dict, member: str, timeout: float = 120) -> dict:
@@ -142,6 +154,14 @@ def _leave_patroni(master: Any, c: dict, member: str, timeout: float, t0: float)
         return {"patroni": "not a member"}
     leader = master.find_leader(c)
     why = refusal(c, member, state, leader)
+    deadline = time.monotonic() + STREAMING_WAIT
+    # Short of streaming replicas only: one reconnecting streams again within seconds.
+    while why and why == too_few_replicas(c, member, state, leader or "") and time.monotonic() < deadline:
+        time.sleep(1)
+        state = master.members_state(c) or state
+        if member not in state:
+            return {"patroni": "not a member"}
+        why = refusal(c, member, state, leader)
     if why:
         raise MembersError(f"{why}: nothing done")
     steps: dict[str, Any] = {"leader": leader, "was": state[member].get("state")}

@@ -66,6 +66,7 @@ class FakeMaster:
 @pytest.fixture(autouse=True)
 def quick(monkeypatch):
     monkeypatch.setattr(members, "EXPIRY_MARGIN", 0.5)
+    monkeypatch.setattr(members, "STREAMING_WAIT", 0.3)
     monkeypatch.setattr(members.time, "sleep", lambda s: None)
 
 
@@ -84,7 +85,7 @@ def test_stops_it_waits_until_patroni_forgets_it_then_for_the_others():
         ({**MAIN, "members": ["pg1", "pg2", "pg3"]}, FakeMaster(), "pg3 is still in clusters:main:members"),
         (MAIN, FakeMaster(leader="pg3"), "pg3 is the leader of cluster main: switch over first"),
         (MAIN, FakeMaster(leader=None), "cluster main has no leader accepting writes"),
-        (MAIN, FakeMaster(down=("pg2",)), "without pg3, cluster main has 0 streaming replica(s) (none)"),
+        (MAIN, FakeMaster(down=("pg2",)), "without pg3, cluster main has 0 streaming replica(s) (none; pg2: stopped)"),
     ],
 )
 def test_refused_with_nothing_done(cluster, master, message):
@@ -92,6 +93,34 @@ def test_refused_with_nothing_done(cluster, master, message):
         members.remove(master, cluster, "pg3")
     assert message in str(err.value)
     assert master.calls == [] and "pg3" in master.state
+
+
+class Reconnecting(FakeMaster):
+    """pg2 is "running" (its walreceiver reconnecting) for the first LOOKS looks, then streams."""
+
+    def __init__(self, looks):
+        super().__init__()
+        self.looks = looks
+        self.state["pg2"]["state"] = "running"
+
+    def members_state(self, c):
+        self.looks -= 1
+        if self.looks < 0:
+            self.state["pg2"]["state"] = "streaming"
+        return super().members_state(c)
+
+
+def test_a_replica_that_streams_again_within_the_wait_does_not_refuse_the_removal():
+    master = Reconnecting(looks=3)
+    steps = members.remove(master, MAIN, "pg3")
+    assert steps["result"] is True and master.calls[0] == ("stop_patroni", "pg3")
+
+
+def test_a_replica_that_does_not_stream_again_refuses_it_after_the_wait_naming_its_state():
+    master = Reconnecting(looks=10**9)
+    with pytest.raises(members.MembersError, match=r"0 streaming replica\(s\) \(none; pg2: running\)"):
+        members.remove(master, MAIN, "pg3")
+    assert master.calls == [] and 10**9 - master.looks > 1
 
 
 def test_a_replaced_etcd_host_leaves_patroni_then_etcd_stopped_before_its_removal():
