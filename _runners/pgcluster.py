@@ -778,9 +778,10 @@ def remove_member(cluster: str, member: str, timeout: float = 120) -> dict:
 
     Out of Patroni's cluster: refused with nothing done while it is the leader (switch over
     first), without a leader, or when the remaining replicas could not keep the profile's
-    synchronous standbys. Then Patroni is stopped and disabled on it (its PostgreSQL with it; its
-    data directory stays), its member key expires from the DCS, and the remaining members are
-    waited for (up to TIMEOUT seconds) until they are healthy.
+    synchronous standbys (those not streaming are looked at again for up to 30 s first). Then
+    Patroni is stopped and disabled on it (its PostgreSQL with it; its data directory stays), its
+    member key expires from the DCS, and the remaining members are waited for (up to TIMEOUT
+    seconds) until they are healthy.
 
     Out of etcd: refused with nothing done until every etcd host pillar names is a started etcd
     member (replace a host by adding the new one first: highstate). Then etcd is stopped and
