@@ -68,14 +68,26 @@ while [ $SECONDS -lt $end ]; do
 done
 """
 
+# One admin-console session kept open per host (psql's \watch), read by Python with no process
+# per look: a psql started every 50 ms on each of the four hosts loaded the 2-core machine and
+# inflated the routing delay it measured (stop 25's note).
 ROUTE_POLLER = """
-end=$((SECONDS + {seconds})); last=
-while [ $SECONDS -lt $end ]; do
-  h=$(runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -XAt -F'|' pgbouncer -c 'SHOW DATABASES' \
-      2>/dev/null | awk -F'|' '$1=="app"{{print $2}}')
-  if [ "$h" != "$last" ]; then echo "$(date +%s.%N) $h"; last=$h; fi
-  sleep 0.05
-done
+import subprocess, time
+end = time.time() + {seconds}
+psql = subprocess.Popen(["runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql", "-p", "6432",
+                         "-XAt", "-F|", "pgbouncer"], cwd="/tmp", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True)
+psql.stdin.write("SHOW DATABASES \\\\watch 0.05\\n")
+psql.stdin.flush()
+last = None
+for line in psql.stdout:
+    fields = line.split("|")
+    if fields[0] == "app" and fields[1] != last:
+        print(f"{{time.time():.6f}} {{fields[1]}}", flush=True)
+        last = fields[1]
+    if time.time() > end:
+        break
+psql.kill()
 """
 
 # On the master's host: the members' firewalls admit it to Patroni's REST API (not the lab's
@@ -100,8 +112,9 @@ while time.time() < deadline:
 """
 
 
-def start(host: str, script: str) -> subprocess.Popen:
-    return subprocess.Popen([str(LAB), "exec", host, "--", "bash", "-c", script],
+def start(host: str, script: str, python: bool = False) -> subprocess.Popen:
+    runner = ["python3", "-c"] if python else ["bash", "-c"]
+    return subprocess.Popen([str(LAB), "exec", host, "--", *runner, script],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
 
 
@@ -129,7 +142,7 @@ def outage(rows: list, t0: float, old_addr: str) -> tuple[float | None, int, flo
 def one_run(fault: str) -> dict:
     old = leader()
     old_addr = ADDRESS[old]
-    procs = {f"route:{h}": start(h, ROUTE_POLLER.format(seconds=SECONDS)) for h in PGBOUNCERS}
+    procs = {f"route:{h}": start(h, ROUTE_POLLER.format(seconds=SECONDS), python=True) for h in PGBOUNCERS}
     for path, port in (("pgbouncer", 6432), ("haproxy", 6433)):
         procs[f"w:{path}"] = start(
             "app1", "export PGPASSFILE=/root/.pgpass-bench;" + WRITER.format(seconds=SECONDS, port=port)
