@@ -180,23 +180,26 @@ def repoint(
     changed, refused = __utils__["pgcluster_routing.install_route"](s, leader, timeline, system, replicas,
                                                                     cut_over=cut_over or ())  # fmt: skip
     if refused:  # this PgBouncer already routes for a newer timeline: nothing to verify here
-        now = _targets(s, _databases(_admin("SHOW DATABASES", s)))
-        resumed = resume(cluster, spec=s) if resume_paused else []
-        return {"changed": False, "refused": refused, "targets": now,
+        shown = _databases(_admin("SHOW DATABASES", s))
+        resumed = _resume(s, shown) if resume_paused else []
+        return {"changed": False, "refused": refused, "targets": _targets(s, shown),
                 "seconds": round(time.monotonic() - start, 4), "resumed": resumed}  # fmt: skip
     cut = __utils__["pgcluster_routing.routed"](s)["cut"]
     wanted = {db: host for db, (host, _) in __utils__["pgcluster_routing.destinations"](s, leader, cut).items()}
     # RELOAD is synchronous on the admin console: SHOW DATABASES in the same session verifies it.
     reload_and_show = "RELOAD;\nSHOW DATABASES;"
-    now = _targets(s, _databases(_admin(reload_and_show if changed else "SHOW DATABASES", s)))
+    shown = _databases(_admin(reload_and_show if changed else "SHOW DATABASES", s))
     deadline = start + timeout
-    while now != wanted:
+    while _targets(s, shown) != wanted:
         if time.monotonic() >= deadline:
-            raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {now} after RELOAD (wanted {wanted})")
+            raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {_targets(s, shown)} after RELOAD "
+                                        f"(wanted {wanted})")  # fmt: skip
         time.sleep(0.05)
-        now = _targets(s, _databases(_admin(reload_and_show, s)))
-    resumed = resume(cluster, spec=s) if resume_paused else []
-    return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4), "resumed": resumed}
+        shown = _databases(_admin(reload_and_show, s))
+    # The verifying SHOW DATABASES says which are paused: their RESUME comes in one more session.
+    resumed = _resume(s, shown) if resume_paused else []
+    return {"changed": changed, "targets": _targets(s, shown), "seconds": round(time.monotonic() - start, 4),
+            "resumed": resumed}  # fmt: skip
 
 
 def pause(cluster: str, spec: dict | None = None, databases: list | None = None) -> list[str]:
@@ -227,13 +230,17 @@ def resume(cluster: str, spec: dict | None = None) -> list[str]:
         salt app1 pgbouncer.resume main
     """
     s = _spec(cluster, spec)
-    dbs = set(s["databases"])
-    done = []
-    for d in _databases(_admin("SHOW DATABASES", s)):
-        if d["name"] in dbs and d["paused"]:
-            _admin(f"RESUME {d['name']}", s, names=False)
-            done.append(d["name"])
-    return done
+    return _resume(s, _databases(_admin("SHOW DATABASES", s)))
+
+
+def _resume(spec: dict, shown: list[dict]) -> list[str]:
+    """RESUME, in one admin session, every database of SPEC that SHOWN (SHOW DATABASES) says is
+    paused. Returns them."""
+    dbs = set(spec["databases"])
+    paused = [d["name"] for d in shown if d["name"] in dbs and d["paused"]]
+    if paused:
+        _admin("".join(f"RESUME {db};\n" for db in paused), spec, names=False)
+    return paused
 
 
 def status(cluster: str | None = None) -> dict[str, Any]:

@@ -103,3 +103,24 @@ def test_repoint_keeps_a_database_being_migrated_at_its_source_until_it_is_cut_o
     pgb.answer = show({"app": "198.18.0.12", "shop": "198.18.0.40"})
     with pytest.raises(pgb.CommandExecutionError, match="still routes to"):
         pgb.repoint("main", "198.18.0.13", timeline=4, spec=spec, timeout=0.2)
+
+
+def test_a_repoint_that_resumes_uses_its_verifying_show_databases_and_one_session_for_the_resumes(pgb):
+    """Inside a switchover's pause every admin session counts: RELOAD and SHOW DATABASES in one,
+    then the RESUME of what that SHOW DATABASES says is paused in one more; no second SHOW."""
+    pgb.__utils__ = {**pgb.__utils__, "pgcluster_routing.install_route": lambda *a, **k: (True, None),
+                     "pgcluster_routing.routed": lambda s: {"cut": []},
+                     "pgcluster_routing.destinations": lambda s, leader, cut: {"app": (leader, 5433)}}  # fmt: skip
+    pgb.answer = SHOW_LATER  # app routed to 198.18.0.12, paused
+    out = pgb.repoint("main", "198.18.0.12", timeline=4, resume_paused=True, spec=SPEC)
+    assert [r["sql"] for r in pgb.ran] == ["RELOAD;\nSHOW DATABASES;", "RESUME app;\n"]
+    assert out["resumed"] == ["app"] and out["targets"] == {"app": "198.18.0.12"} and out["changed"] is True
+
+
+def test_a_repoint_resumes_nothing_that_is_not_paused(pgb):
+    pgb.__utils__ = {**pgb.__utils__, "pgcluster_routing.install_route": lambda *a, **k: (False, None),
+                     "pgcluster_routing.routed": lambda s: {"cut": []},
+                     "pgcluster_routing.destinations": lambda s, leader, cut: {"app": (leader, 5433)}}  # fmt: skip
+    pgb.answer = SHOW_LATER.replace("\x021\x020\n", "\x020\x020\n")  # app not paused
+    out = pgb.repoint("main", "198.18.0.12", resume_paused=True, spec=SPEC)
+    assert [r["sql"] for r in pgb.ran] == ["SHOW DATABASES"] and out["resumed"] == []
