@@ -189,17 +189,17 @@ def repoint(
     # RELOAD is synchronous on the admin console: SHOW DATABASES in the same session verifies it.
     reload_and_show = "RELOAD;\nSHOW DATABASES;"
     shown = _databases(_admin(reload_and_show if changed else "SHOW DATABASES", s))
+    now = _targets(s, shown)
     deadline = start + timeout
-    while _targets(s, shown) != wanted:
+    while now != wanted:
         if time.monotonic() >= deadline:
-            raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {_targets(s, shown)} after RELOAD "
-                                        f"(wanted {wanted})")  # fmt: skip
+            raise CommandExecutionError(f"pgbouncer: {cluster} still routes to {now} after RELOAD (wanted {wanted})")
         time.sleep(0.05)
         shown = _databases(_admin(reload_and_show, s))
+        now = _targets(s, shown)
     # The verifying SHOW DATABASES says which are paused: their RESUME comes in one more session.
     resumed = _resume(s, shown) if resume_paused else []
-    return {"changed": changed, "targets": _targets(s, shown), "seconds": round(time.monotonic() - start, 4),
-            "resumed": resumed}  # fmt: skip
+    return {"changed": changed, "targets": now, "seconds": round(time.monotonic() - start, 4), "resumed": resumed}
 
 
 def pause(cluster: str, spec: dict | None = None, databases: list | None = None) -> list[str]:

@@ -53,15 +53,20 @@ def refusal(c: dict, member: str, state: dict[str, dict], leader: str | None) ->
     """Why MEMBER, no longer in the model's members, cannot be taken out of cluster C now (None:
     it can). STATE: {member: {role, state}} as Patroni lists them; LEADER: the member that accepts
     writes, if any."""
+    return _leader_refusal(c, member, state, leader) or _too_few_replicas(c, member, state, str(leader))
+
+
+def _leader_refusal(c: dict, member: str, state: dict[str, dict], leader: str | None) -> str | None:
+    """Why MEMBER cannot leave cluster C whoever streams: it is the leader, or there is none."""
     name = c["name"]
     if member == leader or state[member].get("role") in LEADER_ROLES:
         return f"{member} is the leader of cluster {name}: switch over first (salt-run pgcluster.switchover {name})"
     if not leader:
         return f"cluster {name} has no leader accepting writes"
-    return too_few_replicas(c, member, state, leader)
+    return None
 
 
-def too_few_replicas(c: dict, member: str, state: dict[str, dict], leader: str) -> str | None:
+def _too_few_replicas(c: dict, member: str, state: dict[str, dict], leader: str) -> str | None:
     """Why cluster C, without MEMBER, would not keep its profile's synchronous standbys (None: it
     would): fewer replicas than it wants stream from LEADER. Names each replica that does not
     stream with its state."""
@@ -156,7 +161,7 @@ def _leave_patroni(master: Any, c: dict, member: str, timeout: float, t0: float)
     why = refusal(c, member, state, leader)
     deadline = time.monotonic() + STREAMING_WAIT
     # Short of streaming replicas only: one reconnecting streams again within seconds.
-    while why and why == too_few_replicas(c, member, state, leader or "") and time.monotonic() < deadline:
+    while why and not _leader_refusal(c, member, state, leader) and time.monotonic() < deadline:
         time.sleep(1)
         state = master.members_state(c) or state
         if member not in state:
